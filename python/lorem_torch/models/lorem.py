@@ -1,0 +1,517 @@
+"""The LOREM model (arXiv 2507.19382), numerically the same family of functions as
+lorem-jax 0.2.0 (`lorem/models/mlip.py`), with its hyperparameter names and defaults.
+
+Shapes: N atoms, P pairs (i <- j), d = num_features, s = num_spherical_features,
+L = max_degree, C = 1 + (max_degree_lr + 1)**2 charge channels.
+Scalar features [N, d]; spherical features [N, (L+1)**2, s] (e3x basis).
+
+The forward pass is split into the stages of DESIGN.md section 3:
+  encode -> charges, per-atom short-range energies and the state for the readout;
+  long-range potentials of the charges (long_range/);
+  readout(state, potentials) -> per-atom long-range energies.
+"""
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from ..long_range import Ewald, direct_potentials
+from ..nn.layers import MLP, DegreeWiseDense, Dense, TensorDense, TensorProduct, Update
+from ..nn.radial import BernsteinBasis, cosine_cutoff
+from ..nn.spherical import SphericalHarmonics, degree_of_component, degree_wise_norm
+
+NUM_ELEMENTS = 100  # rows of the species embedding (atomic numbers 0..99), as lorem-jax
+
+DEFAULT_HYPERPARAMETERS = {
+    "cutoff": 5.0,
+    "max_degree": 6,
+    "max_degree_lr": 2,
+    "num_features": 128,
+    "num_radial": 32,
+    "num_species": 8,
+    "num_spherical_features": 8,
+    "cutoff_fn": "cosine_cutoff",
+    "radial_basis": "basic_bernstein",
+    "lr": True,
+    "num_message_passing": 0,
+    "equivariant_message_passing": True,
+    "initialize_node_features": True,
+}
+
+
+class RadialCoefficients(torch.nn.Module):
+    """Edge scalars: MLP[d, num_radial * d](pair features) contracted with the radial basis.
+
+    [P, in] pair features, [P, num_radial] radial expansion -> [P, d].
+    """
+
+    def __init__(self, in_features: int, num_radial: int, features: int):
+        super().__init__()
+        self.num_radial = num_radial
+        self.features = features
+        self.mlp = MLP(in_features, [features, num_radial * features])
+
+    def forward(self, pair_features: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
+        coefficients = self.mlp(pair_features).reshape(-1, self.num_radial, self.features)
+        return torch.einsum("prf,pr->pf", coefficients, radial)
+
+    def from_species_pairs(
+        self, embedding: torch.Tensor, pair_type: torch.Tensor, num_types: int, radial: torch.Tensor
+    ) -> torch.Tensor:
+        """The same for pair features concat(emb_i, emb_j) that depend only on the species
+        pair: the MLP runs once per species pair rather than once per edge.
+
+        embedding [T, e] of the species present; pair_type [P] = t_i * T + t_j.
+        """
+        table_in = torch.cat(
+            [
+                embedding[:, None, :].expand(num_types, num_types, embedding.shape[1]),
+                embedding[None, :, :].expand(num_types, num_types, embedding.shape[1]),
+            ],
+            dim=-1,
+        ).reshape(num_types * num_types, -1)
+        table = self.mlp(table_in).reshape(-1, self.num_radial, self.features)  # [T*T, R, d]
+        order = torch.argsort(pair_type)
+        counts: List[int] = torch.bincount(pair_type, minlength=num_types * num_types).tolist()
+        sorted_radial = radial.index_select(0, order)
+        pieces: List[torch.Tensor] = []
+        start = 0
+        for t, count in enumerate(counts):
+            if count > 0:
+                pieces.append(sorted_radial[start : start + count] @ table[t])
+            start += count
+        if len(pieces) == 0:
+            return radial.new_zeros(0, self.features)
+        result_sorted = torch.cat(pieces, dim=0)
+        return torch.zeros_like(result_sorted).index_copy(0, order, result_sorted)
+
+
+class ScalarMessagePassingStep(torch.nn.Module):
+    """One optional message-passing step of lorem-jax with scalar messages only."""
+
+    def __init__(self, features: int, num_radial: int):
+        super().__init__()
+        self.radial_coefficients = RadialCoefficients(2 * features, num_radial, features)
+        self.edge_to_node = Dense(features, features, bias=False)
+        self.update_scalar = Update(features, features)
+        self.energy_head = MLP(features, [features, features, 1])
+
+    def scalar_update(
+        self,
+        scalar: torch.Tensor,
+        radial: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """New scalar features [N, d] and the edge scalars [P, d]."""
+        pair_features = torch.cat([scalar[centers], scalar[others]], dim=-1)
+        edges_scalar = self.radial_coefficients(pair_features, radial)
+        summed = edges_scalar.new_zeros(scalar.shape).index_add(0, centers, edges_scalar)
+        return self.update_scalar(scalar, self.edge_to_node(summed)), edges_scalar
+
+    def forward(
+        self,
+        scalar: torch.Tensor,
+        spherical: torch.Tensor,
+        radial: torch.Tensor,
+        harmonics: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(scalar, spherical, per-atom energy term)."""
+        scalar, _ = self.scalar_update(scalar, radial, centers, others)
+        return scalar, spherical, self.energy_head(scalar)[:, 0]
+
+
+class EquivariantMessagePassingStep(ScalarMessagePassingStep):
+    """One optional message-passing step with equivariant messages (e3x.nn.MessagePass)."""
+
+    def __init__(self, features: int, num_radial: int, max_degree: int, spherical_features: int):
+        super().__init__(features, num_radial)
+        num_l = max_degree + 1
+        self.max_degree = max_degree
+        self.spherical_coefficients = Dense(features, num_l * spherical_features, bias=False)
+        self.filter = DegreeWiseDense(max_degree, spherical_features, spherical_features)
+        self.message_tensor = TensorProduct(max_degree, max_degree, max_degree, spherical_features)
+        self.self_dense = DegreeWiseDense(max_degree, spherical_features, spherical_features)
+        self.message_dense = DegreeWiseDense(max_degree, spherical_features, spherical_features)
+        self.combine = TensorProduct(max_degree, max_degree, max_degree, spherical_features)
+        self.update_spherical = Update(features, num_l * spherical_features)
+        self.register_buffer("l_factors", degree_factors(max_degree), persistent=False)
+        self.register_buffer("component_degree", degree_of_component(max_degree), persistent=False)
+
+    def forward(
+        self,
+        scalar: torch.Tensor,
+        spherical: torch.Tensor,
+        radial: torch.Tensor,
+        harmonics: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scalar, edges_scalar = self.scalar_update(scalar, radial, centers, others)
+        edges_spherical = edge_spherical(
+            self.spherical_coefficients(edges_scalar),
+            harmonics,
+            self.component_degree,
+            self.max_degree,
+        )
+        products = self.message_tensor(self.filter(edges_spherical), spherical[others])
+        messages = torch.zeros_like(spherical).index_add(0, centers, products)
+        spherical = self.combine(self.self_dense(spherical), self.message_dense(messages))
+        scalar = self.update_spherical(
+            scalar, norm_features(spherical, self.max_degree, self.l_factors)
+        )
+        return scalar, spherical, self.energy_head(scalar)[:, 0]
+
+
+class LongRangeBlock(torch.nn.Module):
+    """Charges from the features, and the readout of the long-range potentials."""
+
+    def __init__(self, features: int, max_degree: int, spherical_features: int, max_degree_lr: int):
+        super().__init__()
+        self.max_degree = max_degree
+        self.charge_head = MLP(features, [2 * features, 1])
+        self.charge_tensor = TensorDense(max_degree, spherical_features, 1, max_degree_lr)
+        self.potential_mixing = DegreeWiseDense(max_degree_lr, 1, spherical_features)
+        self.potential_tensor = TensorProduct(
+            max_degree_lr, max_degree, max_degree, spherical_features
+        )
+        self.update_lr = Update(features, 1 + (max_degree + 1) * spherical_features)
+        self.energy_head = MLP(features, [features, features, 1])
+        self.register_buffer("l_factors", degree_factors(max_degree), persistent=False)
+
+    def charges(self, scalar: torch.Tensor, spherical: torch.Tensor) -> torch.Tensor:
+        """[N, C]: the scalar charge, then the l = 0..max_degree_lr spherical components."""
+        spherical_charges = self.charge_tensor(spherical).reshape(scalar.shape[0], -1)
+        return torch.cat([self.charge_head(scalar), spherical_charges], dim=-1)
+
+    def readout(
+        self, scalar: torch.Tensor, spherical: torch.Tensor, potentials: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom long-range energies [N] from the state and the potentials [N, C]."""
+        num_atoms = scalar.shape[0]
+        spherical_potential = potentials[:, 1:].reshape(num_atoms, -1, 1)
+        products = self.potential_tensor(self.potential_mixing(spherical_potential), spherical)
+        updates = torch.cat(
+            [potentials[:, 0:1], norm_features(products, self.max_degree, self.l_factors)], dim=-1
+        )
+        return self.energy_head(self.update_lr(scalar, updates))[:, 0]
+
+
+def degree_factors(max_degree: int) -> torch.Tensor:
+    """[L+1] (2l+1)^(1/4): empirical factors that even out the variance of the norms."""
+    return torch.tensor([(2 * l + 1) ** 0.25 for l in range(max_degree + 1)])
+
+
+def norm_features(
+    spherical: torch.Tensor, max_degree: int, l_factors: torch.Tensor
+) -> torch.Tensor:
+    """[N, (L+1)**2, s] -> [N, (L+1) * s] degree-wise norms times (2l+1)^(1/4)."""
+    norms = degree_wise_norm(spherical, max_degree) * l_factors[None, :, None]
+    return norms.reshape(norms.shape[0], -1)
+
+
+def edge_spherical(
+    coefficients: torch.Tensor,
+    harmonics: torch.Tensor,
+    component_degree: torch.Tensor,
+    max_degree: int,
+) -> torch.Tensor:
+    """[P, (L+1) * s] per-degree coefficients, [P, (L+1)**2] harmonics -> [P, (L+1)**2, s]."""
+    per_degree = coefficients.reshape(coefficients.shape[0], max_degree + 1, -1)
+    return per_degree[:, component_degree, :] * harmonics[:, :, None]
+
+
+class Lorem(torch.nn.Module):
+    """LOREM: equivariant message passing with learned scalar and spherical charges in Ewald."""
+
+    def __init__(
+        self,
+        cutoff: float = 5.0,
+        max_degree: int = 6,
+        max_degree_lr: int = 2,
+        num_features: int = 128,
+        num_radial: int = 32,
+        num_species: int = 8,
+        num_spherical_features: int = 8,
+        cutoff_fn: str = "cosine_cutoff",
+        radial_basis: str = "basic_bernstein",
+        lr: bool = True,
+        num_message_passing: int = 0,
+        equivariant_message_passing: bool = True,
+        initialize_node_features: bool = True,
+        species: List[int] | None = None,
+        baseline: Dict[int, float] | None = None,
+    ):
+        super().__init__()
+        if cutoff_fn != "cosine_cutoff":
+            raise ValueError(f"cutoff_fn {cutoff_fn!r} is not supported (only 'cosine_cutoff')")
+        if radial_basis != "basic_bernstein":
+            raise ValueError(
+                f"radial_basis {radial_basis!r} is not supported (only 'basic_bernstein')"
+            )
+        if lr and not 0 <= max_degree_lr <= max_degree:
+            raise ValueError(f"max_degree_lr {max_degree_lr} must lie in [0, max_degree]")
+        if num_message_passing < 0:
+            raise ValueError(f"num_message_passing must be >= 0, got {num_message_passing}")
+        if cutoff <= 0:
+            raise ValueError(f"cutoff must be positive, got {cutoff}")
+        d, s, num_l = num_features, num_spherical_features, max_degree + 1
+        self.cutoff = float(cutoff)
+        self.max_degree = max_degree
+        self.num_features = d
+        self.spherical_features = s
+        self.num_charges = 1 + (max_degree_lr + 1) ** 2 if lr else 0
+        # long-range parameters are model state (DESIGN.md section 2), never re-derived
+        self.lr_wavelength = self.cutoff / 8.0
+        self.smearing = 2.0 * self.lr_wavelength
+
+        species_list = sorted(set(species)) if species is not None else list(range(1, NUM_ELEMENTS))
+        if any(not 0 < int(z) < NUM_ELEMENTS for z in species_list):
+            raise ValueError(f"species must be atomic numbers in [1, {NUM_ELEMENTS})")
+        self.species: List[int] = [int(z) for z in species_list]
+        known = torch.zeros(NUM_ELEMENTS, dtype=torch.bool)
+        known[torch.tensor(self.species, dtype=torch.long)] = True
+        self.register_buffer("known_species", known)
+        baseline_table = torch.zeros(NUM_ELEMENTS)
+        for z, energy in (baseline or {}).items():
+            baseline_table[int(z)] = float(energy)
+        self.register_buffer("baseline", baseline_table)
+        self.register_buffer("l_factors", degree_factors(max_degree), persistent=False)
+        self.register_buffer("component_degree", degree_of_component(max_degree), persistent=False)
+
+        self.embedding = torch.nn.Parameter(torch.randn(NUM_ELEMENTS, num_species))
+        self.radial = BernsteinBasis(num_radial, self.cutoff)
+        self.harmonics = SphericalHarmonics(max_degree)
+
+        # -- initial block --
+        self.radial_coefficients = RadialCoefficients(2 * num_species, num_radial, d)
+        self.node_init: Dense | None = (
+            Dense(num_species, d, bias=True) if initialize_node_features else None
+        )
+        self.edge_to_node = Dense(d, d, bias=False)
+        self.update_scalar = Update(d, d)
+        self.spherical_coefficients = Dense(d, num_l * s, bias=False)
+        self.self_tensor = TensorDense(max_degree, s, s, max_degree)
+        self.update_spherical = Update(d, num_l * s)
+        self.energy_head = MLP(d, [d, d, 1])
+
+        # -- optional message passing --
+        steps: List[torch.nn.Module] = []
+        for _ in range(num_message_passing):
+            if equivariant_message_passing:
+                steps.append(EquivariantMessagePassingStep(d, num_radial, max_degree, s))
+            else:
+                steps.append(ScalarMessagePassingStep(d, num_radial))
+        self.message_passing = torch.nn.ModuleList(steps)
+
+        # -- long range --
+        self.ewald = Ewald(smearing=self.smearing, lr_wavelength=self.lr_wavelength)
+        self.long_range: LongRangeBlock | None = (
+            LongRangeBlock(d, max_degree, s, max_degree_lr) if lr else None
+        )
+
+        self.hyperparameters = {
+            "cutoff": float(cutoff),
+            "max_degree": int(max_degree),
+            "max_degree_lr": int(max_degree_lr),
+            "num_features": int(num_features),
+            "num_radial": int(num_radial),
+            "num_species": int(num_species),
+            "num_spherical_features": int(num_spherical_features),
+            "cutoff_fn": cutoff_fn,
+            "radial_basis": radial_basis,
+            "lr": bool(lr),
+            "num_message_passing": int(num_message_passing),
+            "equivariant_message_passing": bool(equivariant_message_passing),
+            "initialize_node_features": bool(initialize_node_features),
+        }
+
+    @torch.jit.unused
+    def config(self) -> Dict:
+        """Everything needed to rebuild the model, as plain data."""
+        baseline = {z: float(self.baseline[z]) for z in self.species if float(self.baseline[z])}
+        return {**self.hyperparameters, "species": list(self.species), "baseline": baseline}
+
+    def check_species(self, atomic_numbers: torch.Tensor) -> None:
+        """Raise for atomic numbers the model does not know (one host sync)."""
+        out_of_range = (atomic_numbers < 0) | (atomic_numbers >= NUM_ELEMENTS)
+        if bool(out_of_range.any()):
+            raise ValueError("unknown element: atomic numbers must lie in [0, 100)")
+        unknown = ~self.known_species[atomic_numbers]
+        if bool(unknown.any()):
+            bad = torch.unique(atomic_numbers[unknown]).tolist()
+            raise ValueError(
+                "unknown element: atomic numbers "
+                + str(bad)
+                + " are not among the model's species "
+                + str(self.species)
+            )
+
+    # -- stage 1: encode --
+
+    def encode(
+        self,
+        atomic_numbers: torch.Tensor,
+        pair_vectors: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Short-range part for all N atoms given [P, 3] vectors r_j - r_i of pairs i <- j.
+
+        Returns per-atom energies without baseline [N], scalar [N, d] and spherical
+        [N, (L+1)**2, s] features, and charges [N, C] (C = 0 without long range).
+        """
+        num_atoms = atomic_numbers.shape[0]
+        distances = torch.linalg.norm(pair_vectors, dim=-1)
+        unit = pair_vectors / distances[:, None]
+        radial = self.radial(distances) * cosine_cutoff(distances, self.cutoff)[:, None]
+        harmonics = self.harmonics(unit)
+
+        present, species_index = torch.unique(atomic_numbers, return_inverse=True)
+        num_types = present.shape[0]
+        species_embedding = self.embedding[atomic_numbers]
+        pair_type = species_index[centers] * num_types + species_index[others]
+        edges_scalar = self.radial_coefficients.from_species_pairs(
+            self.embedding[present], pair_type, num_types, radial
+        )
+
+        node_init = self.node_init
+        if node_init is not None:
+            scalar = node_init(species_embedding)
+        else:
+            scalar = species_embedding.new_zeros(num_atoms, self.num_features)
+        # the sum over neighbours commutes with the bias-free Dense: sum first
+        summed = edges_scalar.new_zeros(num_atoms, self.num_features).index_add(
+            0, centers, edges_scalar
+        )
+        scalar = self.update_scalar(scalar, self.edge_to_node(summed))
+
+        edges_spherical = edge_spherical(
+            self.spherical_coefficients(edges_scalar),
+            harmonics,
+            self.component_degree,
+            self.max_degree,
+        )
+        spherical = edges_spherical.new_zeros(
+            num_atoms, edges_spherical.shape[1], self.spherical_features
+        ).index_add(0, centers, edges_spherical)
+        spherical = self.self_tensor(spherical)
+        scalar = self.update_spherical(
+            scalar, norm_features(spherical, self.max_degree, self.l_factors)
+        )
+        energy = self.energy_head(scalar)[:, 0]
+
+        for step in self.message_passing:
+            scalar, spherical, step_energy = step(
+                scalar, spherical, radial, harmonics, centers, others
+            )
+            energy = energy + step_energy
+
+        long_range = self.long_range
+        if long_range is not None:
+            charges = long_range.charges(scalar, spherical)
+        else:
+            charges = scalar.new_zeros(num_atoms, 0)
+        return energy, scalar, spherical, charges
+
+    # -- stage 5: readout --
+
+    def readout(
+        self, scalar: torch.Tensor, spherical: torch.Tensor, potentials: torch.Tensor
+    ) -> torch.Tensor:
+        """Long-range per-atom energies [N] from the state and potentials [N, C]."""
+        long_range = self.long_range
+        if long_range is None:
+            return scalar.new_zeros(scalar.shape[0])
+        return long_range.readout(scalar, spherical, potentials)
+
+    # -- single process: stages 2-4 with identity communication --
+
+    def long_range_potentials(
+        self,
+        positions: torch.Tensor,
+        charges: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        distances: torch.Tensor,
+        pair_structure: torch.Tensor,
+        structure_offsets: torch.Tensor,
+    ) -> torch.Tensor:
+        """[N, C] potentials of a batch: Ewald per periodic structure, direct sum otherwise."""
+        periodic_pairs = pbc[pair_structure]
+        real_space = self.ewald.real_space_potentials(
+            charges,
+            positions.shape[0],
+            centers[periodic_pairs],
+            others[periodic_pairs],
+            distances[periodic_pairs],
+        )
+        offsets: List[int] = structure_offsets.tolist()
+        periodic: List[bool] = pbc.tolist()
+        pieces: List[torch.Tensor] = []
+        for index in range(len(offsets) - 1):
+            start, stop = offsets[index], offsets[index + 1]
+            q = charges[start:stop]
+            r = positions[start:stop]
+            if periodic[index]:
+                shape = self.ewald.grid_shape(cell[index])
+                structure_factors = self.ewald.structure_factors(r, q, cell[index], shape)
+                pieces.append(
+                    self.ewald.potentials(
+                        r,
+                        q,
+                        structure_factors,
+                        q.sum(dim=0),
+                        cell[index],
+                        shape,
+                        real_space[start:stop],
+                    )
+                )
+            else:
+                pieces.append(direct_potentials(r, q, self.ewald.prefactor))
+        return torch.cat(pieces, dim=0)
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        cell_shifts: torch.Tensor,
+        atom_structure: torch.Tensor,
+        structure_offsets: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-atom energies [N] (baseline included), charges [N, C], potentials [N, C].
+
+        Inputs as in keys.py; differentiable in positions and cell.
+        """
+        pair_structure = atom_structure[centers]
+        pair_vectors = (
+            positions[others]
+            - positions[centers]
+            + torch.einsum("pa,pab->pb", cell_shifts, cell[pair_structure])
+        )
+        energy, scalar, spherical, charges = self.encode(
+            atomic_numbers, pair_vectors, centers, others
+        )
+        potentials = charges
+        if self.long_range is not None:
+            potentials = self.long_range_potentials(
+                positions,
+                charges,
+                cell,
+                pbc,
+                centers,
+                others,
+                torch.linalg.norm(pair_vectors, dim=-1),
+                pair_structure,
+                structure_offsets,
+            )
+            energy = energy + self.readout(scalar, spherical, potentials)
+        return energy + self.baseline[atomic_numbers], charges, potentials

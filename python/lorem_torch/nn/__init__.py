@@ -1,0 +1,1 @@
+"""Building blocks that see tensors only: radial basis, spherical blocks, MLPs, Update."""

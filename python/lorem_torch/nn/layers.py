@@ -1,0 +1,163 @@
+"""Dense layers, MLPs, the Update block and the equivariant (e3x-style) layers.
+
+Kernels are stored as [in, out] (flax's layout) so that x @ kernel is the layer
+and lorem-jax parameters load without transposition.
+
+Shapes: scalar features [N, F]; spherical features [N, (L+1)**2, F].
+"""
+
+import math
+from typing import List
+
+import torch
+
+from .spherical import clebsch_gordan, degree_of_component
+
+
+class Dense(torch.nn.Module):
+    """[..., in] -> [..., out], kernel [in, out], LeCun-normal initialisation."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.kernel = torch.nn.Parameter(
+            torch.randn(in_features, out_features) / math.sqrt(in_features)
+        )
+        self.bias = torch.nn.Parameter(torch.zeros(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x @ self.kernel
+        bias = self.bias
+        if bias is not None:
+            y = y + bias
+        return y
+
+
+class MLP(torch.nn.Module):
+    """Dense layers of the given widths with SiLU between them (not after the last)."""
+
+    def __init__(self, in_features: int, features: List[int]):
+        super().__init__()
+        widths = [in_features] + list(features)
+        self.layers = torch.nn.ModuleList(
+            [Dense(widths[i], widths[i + 1]) for i in range(len(features))]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            x = layer(x)
+            if index != last:
+                x = torch.nn.functional.silu(x)
+        return x
+
+
+class LayerNorm(torch.nn.Module):
+    """LayerNorm with flax's epsilon (1e-6) and parameter names (scale, bias)."""
+
+    def __init__(self, features: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.scale = torch.nn.Parameter(torch.ones(features))
+        self.bias = torch.nn.Parameter(torch.zeros(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.layer_norm(x, (x.shape[-1],), self.scale, self.bias, self.eps)
+
+
+class Update(torch.nn.Module):
+    """x += MLP(y); LayerNorm; x += MLP(x); LayerNorm. x [N, F], y [N, in_features]."""
+
+    def __init__(self, features: int, in_features: int):
+        super().__init__()
+        self.mlp_in = MLP(in_features, [2 * features, features])
+        self.norm_in = LayerNorm(features)
+        self.mlp_self = MLP(features, [2 * features, features])
+        self.norm_self = LayerNorm(features)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = self.norm_in(x + self.mlp_in(y))
+        return self.norm_self(x + self.mlp_self(x))
+
+
+class DegreeWiseDense(torch.nn.Module):
+    """e3x.nn.Dense without bias: a separate [in, out] kernel for every degree.
+
+    [N, (L+1)**2, in] -> [N, (L+1)**2, out]; kernel [L+1, in, out].
+    """
+
+    def __init__(self, max_degree: int, in_features: int, out_features: int):
+        super().__init__()
+        self.max_degree = max_degree
+        self.kernel = torch.nn.Parameter(
+            torch.randn(max_degree + 1, in_features, out_features) / math.sqrt(in_features)
+        )
+        self.register_buffer("degree", degree_of_component(max_degree), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # [N, C, in] x [C, in, out] -> [N, C, out]; C = (L+1)**2 is small
+        return torch.einsum("ncf,cfg->ncg", x, self.kernel[self.degree])
+
+
+class TensorProduct(torch.nn.Module):
+    """e3x.nn.Tensor without pseudotensors: feature-wise coupling of two spherical inputs.
+
+    z[n, c3, f] = sum_{c1, c2} x1[n, c1, f] x2[n, c2, f] w[l1, l2, l3, f] CG[c1, c2, c3]
+    over the parity-conserving paths (l1 + l2 + l3 even). kernel [L1+1, L2+1, L3+1, F].
+    """
+
+    def __init__(self, max_degree1: int, max_degree2: int, max_degree3: int, features: int):
+        super().__init__()
+        self.max_degree1 = max_degree1
+        self.max_degree2 = max_degree2
+        self.max_degree3 = max_degree3
+        l1 = torch.arange(max_degree1 + 1)[:, None, None]
+        l2 = torch.arange(max_degree2 + 1)[None, :, None]
+        l3 = torch.arange(max_degree3 + 1)[None, None, :]
+        allowed = ((l1 + l2 + l3) % 2 == 0) & ((l1 - l2).abs() <= l3) & (l3 <= l1 + l2)
+        paths_per_output = allowed.sum(dim=(0, 1)).clamp(min=1).to(torch.get_default_dtype())
+        kernel = torch.randn(max_degree1 + 1, max_degree2 + 1, max_degree3 + 1, features)
+        self.kernel = torch.nn.Parameter(
+            kernel * allowed[..., None] / paths_per_output.sqrt()[None, None, :, None]
+        )
+        self.register_buffer("path_mask", allowed.to(torch.get_default_dtype()), persistent=False)
+        self.register_buffer(
+            "cg",
+            clebsch_gordan(max_degree1, max_degree2, max_degree3).to(torch.get_default_dtype()),
+            persistent=False,
+        )
+        self.register_buffer("degree1", degree_of_component(max_degree1), persistent=False)
+        self.register_buffer("degree2", degree_of_component(max_degree2), persistent=False)
+        self.register_buffer("degree3", degree_of_component(max_degree3), persistent=False)
+
+    def expanded_weights(self) -> torch.Tensor:
+        """[C1 * C2, C3, F] the kernel spread over components and times CG."""
+        kernel = self.kernel * self.path_mask[..., None]
+        kernel = kernel[self.degree1][:, self.degree2][:, :, self.degree3]
+        weights = kernel * self.cg[..., None]
+        return weights.reshape(-1, weights.shape[2], weights.shape[3])
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        num = x1.shape[0]
+        features = x1.shape[2]
+        # [N, C1, C2, F] -> [F, N, C1 * C2] @ [F, C1 * C2, C3] -> [N, C3, F]
+        outer = (x1.unsqueeze(2) * x2.unsqueeze(1)).reshape(num, -1, features)
+        weights = self.expanded_weights().permute(2, 0, 1)
+        out = torch.bmm(outer.permute(2, 0, 1), weights)
+        return out.permute(1, 2, 0)
+
+
+class TensorDense(torch.nn.Module):
+    """e3x.nn.TensorDense without bias: two degree-wise projections, then their product.
+
+    [N, (L_in+1)**2, in] -> [N, (L_out+1)**2, out].
+    """
+
+    def __init__(self, max_degree: int, in_features: int, out_features: int, max_degree_out: int):
+        super().__init__()
+        self.out_features = out_features
+        self.dense = DegreeWiseDense(max_degree, in_features, 2 * out_features)
+        self.tensor = TensorProduct(max_degree, max_degree, max_degree_out, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        projected = self.dense(x)
+        return self.tensor(projected[..., : self.out_features], projected[..., self.out_features :])

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create (or update) the virtual environment .venv at the repository root and
+# install lorem-torch into it, editable, with its test dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first, pinned: the CPU wheel; anything looser pulls a CUDA build
+.venv/bin/python -m pip install --quiet torch==2.13.0
+.venv/bin/python -m pip install --quiet scikit-build-core pybind11
+.venv/bin/python -m pip install --quiet --no-build-isolation -e ".[test]"
