@@ -46,7 +46,7 @@ class LoremCalculator(Calculator):
         self.model.check_species(graph[keys.ATOMIC_NUMBERS])
         periodic = bool(self.atoms.pbc.all())
         out = self.energy_model(**graph, compute_forces=True, compute_stress=periodic)
-        energy = float(out[keys.ENERGY][0])
+        energy = float(out[keys.ENERGY][0].detach())
         self.results = {
             "energy": energy,
             "free_energy": energy,

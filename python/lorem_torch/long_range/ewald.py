@@ -66,11 +66,23 @@ def reciprocal_cell(cell: torch.Tensor) -> torch.Tensor:
 class Ewald(torch.nn.Module):
     """Multi-channel Ewald potentials with fixed smearing and k-grid resolution."""
 
-    def __init__(self, smearing: float, lr_wavelength: float, prefactor: float = 1.0):
+    def __init__(
+        self,
+        smearing: float,
+        lr_wavelength: float,
+        prefactor: float = 1.0,
+        chunk_elements: int = 2**24,
+    ):
         super().__init__()
         self.smearing = smearing
         self.lr_wavelength = lr_wavelength
         self.prefactor = prefactor
+        # atoms are processed in chunks so that the per-chunk phase tables
+        # [atoms, n2 n3] hold about this many elements
+        self.chunk_elements = chunk_elements
+
+    def _chunk_size(self, shape: List[int]) -> int:
+        return max(1, self.chunk_elements // max(1, shape[1] * shape[2]))
 
     def grid_shape(self, cell: torch.Tensor) -> List[int]:
         return kgrid_shape(cell, self.lr_wavelength)
@@ -87,8 +99,8 @@ class Ewald(torch.nn.Module):
         c2, s2 = torch.cos(angle2)[:, :, None], torch.sin(angle2)[:, :, None]
         c3, s3 = torch.cos(angle3)[:, None, :], torch.sin(angle3)[:, None, :]
         num = positions.shape[0]
-        real23 = (c2 * c3 - s2 * s3).reshape(num, -1)
-        imag23 = (c2 * s3 + s2 * c3).reshape(num, -1)
+        real23 = (c2 * c3 - s2 * s3).reshape(num, c2.shape[1] * c3.shape[2])
+        imag23 = (c2 * s3 + s2 * c3).reshape(num, c2.shape[1] * c3.shape[2])
         return torch.cos(angle1), torch.sin(angle1), real23, imag23
 
     def kernel(self, cell: torch.Tensor, shape: List[int]) -> torch.Tensor:
@@ -112,8 +124,23 @@ class Ewald(torch.nn.Module):
     ) -> torch.Tensor:
         """Partial structure factors of the given atoms: [N, 3], [N, C] -> [C, K, 2].
 
-        S_c(k) = sum_j q_jc exp(i k . r_j); additive over disjoint sets of atoms.
+        S_c(k) = sum_j q_jc exp(i k . r_j); additive over disjoint sets of atoms,
+        which is how chunks of atoms (and MPI ranks) combine.
         """
+        chunk = self._chunk_size(shape)
+        num = positions.shape[0]
+        if num > chunk:
+            total = self._structure_factors(positions[:chunk], charges[:chunk], cell, shape)
+            for start in range(chunk, num, chunk):
+                total = total + self._structure_factors(
+                    positions[start : start + chunk], charges[start : start + chunk], cell, shape
+                )
+            return total
+        return self._structure_factors(positions, charges, cell, shape)
+
+    def _structure_factors(
+        self, positions: torch.Tensor, charges: torch.Tensor, cell: torch.Tensor, shape: List[int]
+    ) -> torch.Tensor:
         cos1, sin1, real23, imag23 = self._phases(positions, cell, shape)
         num, channels = charges.shape[0], charges.shape[1]
         n1h = cos1.shape[1]
@@ -131,21 +158,43 @@ class Ewald(torch.nn.Module):
         shape: List[int],
     ) -> torch.Tensor:
         """[N, C] sum_k G(k) Re(exp(-i k . r_i) S_c(k)) / V (before the factor 1/2)."""
-        cos1, sin1, real23, imag23 = self._phases(positions, cell, shape)
         g = self.kernel(cell, shape)  # [n1h, n23]
         n1h, n23 = g.shape[0], g.shape[1]
         channels = structure_factors.shape[0]
         s = structure_factors.reshape(channels, n1h, n23, 2)
         t_real = (s[..., 0] * g).reshape(channels * n1h, n23)
         t_imag = (s[..., 1] * g).reshape(channels * n1h, n23)
+        volume = torch.abs(torch.linalg.det(cell))
+        chunk = self._chunk_size(shape)
+        pieces: List[torch.Tensor] = []
+        for start in range(0, positions.shape[0], chunk):
+            pieces.append(
+                self._apply_kernel(
+                    positions[start : start + chunk], t_real, t_imag, cell, shape, channels
+                )
+            )
+        if len(pieces) == 0:
+            return positions.new_zeros(0, channels)
+        return torch.cat(pieces, dim=0) / volume
+
+    def _apply_kernel(
+        self,
+        positions: torch.Tensor,
+        t_real: torch.Tensor,
+        t_imag: torch.Tensor,
+        cell: torch.Tensor,
+        shape: List[int],
+        channels: int,
+    ) -> torch.Tensor:
+        cos1, sin1, real23, imag23 = self._phases(positions, cell, shape)
+        n1h = cos1.shape[1]
         u_real = real23 @ t_real.transpose(0, 1) + imag23 @ t_imag.transpose(0, 1)
         u_imag = real23 @ t_imag.transpose(0, 1) - imag23 @ t_real.transpose(0, 1)
         num = positions.shape[0]
         pot = cos1[:, None, :] * u_real.reshape(num, channels, n1h) + sin1[
             :, None, :
         ] * u_imag.reshape(num, channels, n1h)
-        volume = torch.abs(torch.linalg.det(cell))
-        return pot.sum(dim=-1) / volume
+        return pot.sum(dim=-1)
 
     def real_space_potentials(
         self,

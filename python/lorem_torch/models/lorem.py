@@ -16,6 +16,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from ..long_range import Ewald, direct_potentials
+from ..nn.constants import ConstantsModule
 from ..nn.layers import MLP, DegreeWiseDense, Dense, TensorDense, TensorProduct, Update
 from ..nn.radial import BernsteinBasis, cosine_cutoff
 from ..nn.spherical import SphericalHarmonics, degree_of_component, degree_wise_norm
@@ -123,7 +124,7 @@ class ScalarMessagePassingStep(torch.nn.Module):
         return scalar, spherical, self.energy_head(scalar)[:, 0]
 
 
-class EquivariantMessagePassingStep(ScalarMessagePassingStep):
+class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
     """One optional message-passing step with equivariant messages (e3x.nn.MessagePass)."""
 
     def __init__(self, features: int, num_radial: int, max_degree: int, spherical_features: int):
@@ -137,7 +138,7 @@ class EquivariantMessagePassingStep(ScalarMessagePassingStep):
         self.message_dense = DegreeWiseDense(max_degree, spherical_features, spherical_features)
         self.combine = TensorProduct(max_degree, max_degree, max_degree, spherical_features)
         self.update_spherical = Update(features, num_l * spherical_features)
-        self.register_buffer("l_factors", degree_factors(max_degree), persistent=False)
+        self.register_constant("l_factors", degree_factors(max_degree))
         self.register_buffer("component_degree", degree_of_component(max_degree), persistent=False)
 
     def forward(
@@ -165,7 +166,7 @@ class EquivariantMessagePassingStep(ScalarMessagePassingStep):
         return scalar, spherical, self.energy_head(scalar)[:, 0]
 
 
-class LongRangeBlock(torch.nn.Module):
+class LongRangeBlock(ConstantsModule):
     """Charges from the features, and the readout of the long-range potentials."""
 
     def __init__(self, features: int, max_degree: int, spherical_features: int, max_degree_lr: int):
@@ -179,7 +180,7 @@ class LongRangeBlock(torch.nn.Module):
         )
         self.update_lr = Update(features, 1 + (max_degree + 1) * spherical_features)
         self.energy_head = MLP(features, [features, features, 1])
-        self.register_buffer("l_factors", degree_factors(max_degree), persistent=False)
+        self.register_constant("l_factors", degree_factors(max_degree))
 
     def charges(self, scalar: torch.Tensor, spherical: torch.Tensor) -> torch.Tensor:
         """[N, C]: the scalar charge, then the l = 0..max_degree_lr spherical components."""
@@ -223,7 +224,7 @@ def edge_spherical(
     return per_degree[:, component_degree, :] * harmonics[:, :, None]
 
 
-class Lorem(torch.nn.Module):
+class Lorem(ConstantsModule):
     """LOREM: equivariant message passing with learned scalar and spherical charges in Ewald."""
 
     def __init__(
@@ -274,11 +275,11 @@ class Lorem(torch.nn.Module):
         known = torch.zeros(NUM_ELEMENTS, dtype=torch.bool)
         known[torch.tensor(self.species, dtype=torch.long)] = True
         self.register_buffer("known_species", known)
-        baseline_table = torch.zeros(NUM_ELEMENTS)
+        baseline_table = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
         for z, energy in (baseline or {}).items():
             baseline_table[int(z)] = float(energy)
-        self.register_buffer("baseline", baseline_table)
-        self.register_buffer("l_factors", degree_factors(max_degree), persistent=False)
+        self.register_constant("baseline", baseline_table, persistent=True)
+        self.register_constant("l_factors", degree_factors(max_degree))
         self.register_buffer("component_degree", degree_of_component(max_degree), persistent=False)
 
         self.embedding = torch.nn.Parameter(torch.randn(NUM_ELEMENTS, num_species))

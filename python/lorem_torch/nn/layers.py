@@ -11,6 +11,7 @@ from typing import List
 
 import torch
 
+from .constants import ConstantsModule
 from .spherical import clebsch_gordan, degree_of_component
 
 
@@ -98,7 +99,7 @@ class DegreeWiseDense(torch.nn.Module):
         return torch.einsum("ncf,cfg->ncg", x, self.kernel[self.degree])
 
 
-class TensorProduct(torch.nn.Module):
+class TensorProduct(ConstantsModule):
     """e3x.nn.Tensor without pseudotensors: feature-wise coupling of two spherical inputs.
 
     z[n, c3, f] = sum_{c1, c2} x1[n, c1, f] x2[n, c2, f] w[l1, l2, l3, f] CG[c1, c2, c3]
@@ -119,12 +120,8 @@ class TensorProduct(torch.nn.Module):
         self.kernel = torch.nn.Parameter(
             kernel * allowed[..., None] / paths_per_output.sqrt()[None, None, :, None]
         )
-        self.register_buffer("path_mask", allowed.to(torch.get_default_dtype()), persistent=False)
-        self.register_buffer(
-            "cg",
-            clebsch_gordan(max_degree1, max_degree2, max_degree3).to(torch.get_default_dtype()),
-            persistent=False,
-        )
+        self.register_constant("path_mask", allowed.to(torch.float64))
+        self.register_constant("cg", clebsch_gordan(max_degree1, max_degree2, max_degree3))
         self.register_buffer("degree1", degree_of_component(max_degree1), persistent=False)
         self.register_buffer("degree2", degree_of_component(max_degree2), persistent=False)
         self.register_buffer("degree3", degree_of_component(max_degree3), persistent=False)

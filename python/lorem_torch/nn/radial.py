@@ -4,6 +4,8 @@ import math
 
 import torch
 
+from .constants import ConstantsModule
+
 
 def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
     """[P] -> [P]: 0.5 cos(pi r / cutoff) + 0.5 below the cutoff, 0 beyond."""
@@ -11,7 +13,7 @@ def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
     return torch.where(x < 1, 0.5 * torch.cos(math.pi * x) + 0.5, torch.zeros_like(x))
 
 
-class BernsteinBasis(torch.nn.Module):
+class BernsteinBasis(ConstantsModule):
     """[P] -> [P, num] Bernstein polynomials binom(n, k) x^k (1 - x)^(n - k), x = r / limit.
 
     e3x's `basic_bernstein`: evaluated in log space, zero outside [0, 1] except
@@ -27,8 +29,8 @@ class BernsteinBasis(torch.nn.Module):
         degree = num - 1
         k = torch.arange(num, dtype=torch.float64)
         log_binomial = math.lgamma(degree + 1) - torch.lgamma(k + 1) - torch.lgamma(degree - k + 1)
-        self.register_buffer("k", k.to(torch.get_default_dtype()))
-        self.register_buffer("log_binomial", log_binomial.to(torch.get_default_dtype()))
+        self.register_constant("k", k)
+        self.register_constant("log_binomial", log_binomial)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         degree = self.num - 1

@@ -19,6 +19,7 @@ import torch
 from e3nn import o3
 
 from ._e3x_basis import E3X_FROM_E3NN
+from .constants import ConstantsModule
 
 
 def num_components(max_degree: int) -> int:
@@ -66,7 +67,7 @@ def clebsch_gordan(max_degree1: int, max_degree2: int, max_degree3: int) -> torc
     return cg
 
 
-class SphericalHarmonics(torch.nn.Module):
+class SphericalHarmonics(ConstantsModule):
     """Unit vectors [P, 3] -> [P, (L+1)**2] real spherical harmonics, e3x basis."""
 
     def __init__(self, max_degree: int):
@@ -76,9 +77,7 @@ class SphericalHarmonics(torch.nn.Module):
             list(range(max_degree + 1)), normalize=False, normalization="norm"
         )
         # Y_e3x = Y_e3nn @ basis.T; a buffer so that it follows .to(dtype/device)
-        self.register_buffer(
-            "basis_t", e3x_basis_change(max_degree).T.contiguous().to(torch.get_default_dtype())
-        )
+        self.register_constant("basis_t", e3x_basis_change(max_degree).T.contiguous())
 
     def forward(self, unit_vectors: torch.Tensor) -> torch.Tensor:
         return self.e3nn_harmonics(unit_vectors) @ self.basis_t
