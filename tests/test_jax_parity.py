@@ -125,3 +125,36 @@ def test_unsupported_options_are_named():
     extra = {**params, "Dense_99/kernel": np.zeros((2, 2))}
     with pytest.raises(JaxParameterError, match="Dense_99"):
         from_jax_params(extra, hyperparameters)
+
+
+def test_import_real_lorem_jax_checkpoint(tmp_path):
+    """A checkpoint written by lorem-jax's trainer, through lorem-import-jax."""
+    from lorem_torch.checkpoint import model_from_checkpoint
+    from lorem_torch.interop.jax import import_jax_main
+
+    folder = FIXTURES / "jax_checkpoint"
+    output = tmp_path / "imported.pt"
+    import_jax_main([str(folder), "-o", str(output)])
+    model = model_from_checkpoint(output, dtype=torch.float64)
+    assert model.species == [1, 6]
+    reference = np.load(folder / "reference.npz")
+    for index in range(3):
+        p = f"s{index}:"
+        atoms = Atoms(numbers=reference[p + "numbers"], positions=reference[p + "positions"])
+        graph = atoms_to_graph([atoms], model.cutoff, dtype=torch.float64)
+        out = EnergyModel(model)(**graph)
+        energy = float(reference[p + "energy"])
+        assert float(out["energy"][0]) == pytest.approx(energy, rel=1e-5)
+        np.testing.assert_allclose(out["forces"].numpy(), reference[p + "forces"], atol=1e-4)
+
+
+def test_not_a_lorem_jax_checkpoint(tmp_path):
+    from lorem_torch.interop.jax import import_jax_checkpoint
+
+    with pytest.raises(FileNotFoundError, match="model.yaml"):
+        import_jax_checkpoint(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.yaml").write_text("model:\n  lorem.LoremBEC: {}\n")
+    (tmp_path / "model" / "model.msgpack").write_bytes(b"")
+    with pytest.raises(UnsupportedJaxOptionError, match="LoremBEC"):
+        import_jax_checkpoint(tmp_path)

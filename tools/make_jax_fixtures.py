@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 CONFIGS = {
-    "mp1_equivariant": dict(num_features=16, num_message_passing=1),
+    "mp1_equivariant": dict(num_features=16, num_message_passing=1, charge_kernel_scale=1e8),
     "mp2_scalar": dict(num_features=16, num_message_passing=2, equivariant_message_passing=False),
     "lr_off": dict(num_features=16, lr=False, num_message_passing=1),
     "cutoff4_degree4": dict(num_features=16, cutoff=4.0, max_degree=4, num_spherical_features=4),
@@ -27,7 +27,7 @@ CONFIGS = {
 
 # l > 0 charges of a freshly initialised model are tiny; scale the coupling kernel
 # of the charge projection so that they are of order one (as in the shared fixture)
-CHARGE_KERNEL_SCALE = 1e4
+DEFAULT_CHARGE_KERNEL_SCALE = 1e4
 
 
 def structures():
@@ -67,7 +67,7 @@ def unflatten(flat):
     return tree
 
 
-def main(folder):
+def main(folder, only=None):
     import jax
     import jax.numpy as jnp
     from lorem import Lorem
@@ -75,13 +75,17 @@ def main(folder):
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, overrides in CONFIGS.items():
+        if only and name not in only:
+            continue
+        overrides = dict(overrides)
+        scale = overrides.pop("charge_kernel_scale", DEFAULT_CHARGE_KERNEL_SCALE)
         model = Lorem(**overrides)
         params = model.init(jax.random.key(0), *model.dummy_inputs())
         flat = flatten(params["params"])
         num_mp = model.num_message_passing
         if model.lr:
             key = "TensorDense_1/tensor/kernel"
-            flat[key] = flat[key] * CHARGE_KERNEL_SCALE
+            flat[key] = flat[key] * scale
         params = {"params": jax.tree.map(jnp.asarray, unflatten(flat))}
         hyperparameters = {
             k: getattr(model, k)
@@ -129,4 +133,4 @@ def main(folder):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2:])

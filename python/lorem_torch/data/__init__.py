@@ -1,5 +1,19 @@
 """Data: ASE Atoms -> graph dicts with vesin neighbour lists, batching."""
 
-from .graph import DEFAULT_MIN_DISTANCE, atoms_to_graph, check_structure, neighbor_list
+from .graph import (
+    DEFAULT_MIN_DISTANCE,
+    atoms_to_graph,
+    check_structure,
+    collate,
+    neighbor_list,
+    structure_to_graph,
+)
 
-__all__ = ["DEFAULT_MIN_DISTANCE", "atoms_to_graph", "check_structure", "neighbor_list"]
+__all__ = [
+    "DEFAULT_MIN_DISTANCE",
+    "atoms_to_graph",
+    "check_structure",
+    "collate",
+    "neighbor_list",
+    "structure_to_graph",
+]

@@ -3,7 +3,7 @@
 Structures are concatenated without padding; pairs never cross structures.
 """
 
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import torch
@@ -63,6 +63,73 @@ def check_structure(atoms, index: int = 0, min_distance: float = DEFAULT_MIN_DIS
     return periodic
 
 
+def structure_to_graph(
+    atoms,
+    cutoff: float,
+    index: int = 0,
+    min_distance: float = DEFAULT_MIN_DISTANCE,
+) -> Dict[str, np.ndarray]:
+    """One ASE Atoms -> graph dict of numpy arrays (keys.py), neighbour list at `cutoff`."""
+    periodic = check_structure(atoms, index, min_distance)
+    positions = atoms.get_positions()
+    cell = atoms.get_cell().array if periodic else np.zeros((3, 3))
+    nl = neighbor_list(positions, cell, periodic, cutoff)
+    if len(nl["distances"]) and nl["distances"].min() < min_distance:
+        k = int(np.argmin(nl["distances"]))
+        raise AtomsTooCloseError(
+            f"structure {index}: atoms {nl['centers'][k]} and {nl['others'][k]} are "
+            f"{nl['distances'][k]:.4f} A apart, closer than the allowed minimum "
+            f"{min_distance} A"
+        )
+    return {
+        keys.POSITIONS: positions,
+        keys.ATOMIC_NUMBERS: atoms.get_atomic_numbers().astype(np.int64),
+        keys.CELL: cell[None],
+        keys.PBC: np.array([periodic]),
+        keys.CENTERS: nl["centers"].astype(np.int64),
+        keys.OTHERS: nl["others"].astype(np.int64),
+        keys.CELL_SHIFTS: nl["cell_shifts"].astype(np.float64),
+        keys.ATOM_STRUCTURE: np.zeros(len(atoms), dtype=np.int64),
+        keys.STRUCTURE_OFFSETS: np.array([0, len(atoms)], dtype=np.int64),
+    }
+
+
+def collate(
+    graphs: Sequence[Dict[str, np.ndarray]],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | None = None,
+) -> Dict[str, torch.Tensor]:
+    """Concatenate single-structure graphs (structure_to_graph) into one batch, no padding."""
+    if len(graphs) == 0:
+        raise EmptyStructureError("no structures given")
+    counts = [len(g[keys.ATOMIC_NUMBERS]) for g in graphs]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    def cat(key):
+        return np.concatenate([g[key] for g in graphs])
+
+    def shifted(key):
+        return np.concatenate([g[key] + offsets[i] for i, g in enumerate(graphs)])
+
+    def floats(x):
+        return torch.tensor(x, dtype=dtype, device=device)
+
+    def ints(x):
+        return torch.tensor(x, dtype=torch.int64, device=device)
+
+    return {
+        keys.POSITIONS: floats(cat(keys.POSITIONS)),
+        keys.ATOMIC_NUMBERS: ints(cat(keys.ATOMIC_NUMBERS)),
+        keys.CELL: floats(cat(keys.CELL)),
+        keys.PBC: torch.tensor(cat(keys.PBC), dtype=torch.bool, device=device),
+        keys.CENTERS: ints(shifted(keys.CENTERS)),
+        keys.OTHERS: ints(shifted(keys.OTHERS)),
+        keys.CELL_SHIFTS: floats(cat(keys.CELL_SHIFTS)),
+        keys.ATOM_STRUCTURE: ints(np.repeat(np.arange(len(graphs)), counts)),
+        keys.STRUCTURE_OFFSETS: ints(offsets),
+    }
+
+
 def atoms_to_graph(
     atoms_list: Sequence,
     cutoff: float,
@@ -73,54 +140,8 @@ def atoms_to_graph(
     """Batch of ASE Atoms -> graph dict of tensors (keys.py), neighbour lists at `cutoff`."""
     if len(atoms_list) == 0:
         raise EmptyStructureError("no structures given")
-    positions: List[np.ndarray] = []
-    numbers: List[np.ndarray] = []
-    cells: List[np.ndarray] = []
-    pbcs: List[bool] = []
-    centers: List[np.ndarray] = []
-    others: List[np.ndarray] = []
-    shifts: List[np.ndarray] = []
-    offsets = [0]
-    for index, atoms in enumerate(atoms_list):
-        periodic = check_structure(atoms, index, min_distance)
-        pos = atoms.get_positions()
-        cell = atoms.get_cell().array if periodic else np.zeros((3, 3))
-        nl = neighbor_list(pos, cell, periodic, cutoff)
-        if len(nl["distances"]) and nl["distances"].min() < min_distance:
-            k = int(np.argmin(nl["distances"]))
-            raise AtomsTooCloseError(
-                f"structure {index}: atoms {nl['centers'][k]} and {nl['others'][k]} are "
-                f"{nl['distances'][k]:.4f} A apart, closer than the allowed minimum "
-                f"{min_distance} A"
-            )
-        positions.append(pos)
-        numbers.append(atoms.get_atomic_numbers())
-        cells.append(cell)
-        pbcs.append(periodic)
-        centers.append(nl["centers"] + offsets[-1])
-        others.append(nl["others"] + offsets[-1])
-        shifts.append(nl["cell_shifts"])
-        offsets.append(offsets[-1] + len(atoms))
-
-    def as_float(x):
-        return torch.tensor(
-            np.concatenate(x) if isinstance(x, list) else x, dtype=dtype, device=device
-        )
-
-    def as_int(x):
-        return torch.tensor(np.concatenate(x).astype(np.int64), device=device)
-
-    counts = np.diff(offsets)
-    return {
-        keys.POSITIONS: as_float(positions),
-        keys.ATOMIC_NUMBERS: as_int(numbers),
-        keys.CELL: torch.tensor(np.stack(cells), dtype=dtype, device=device),
-        keys.PBC: torch.tensor(pbcs, dtype=torch.bool, device=device),
-        keys.CENTERS: as_int(centers),
-        keys.OTHERS: as_int(others),
-        keys.CELL_SHIFTS: as_float(shifts),
-        keys.ATOM_STRUCTURE: torch.tensor(
-            np.repeat(np.arange(len(atoms_list)), counts), dtype=torch.int64, device=device
-        ),
-        keys.STRUCTURE_OFFSETS: torch.tensor(offsets, dtype=torch.int64, device=device),
-    }
+    graphs = [
+        structure_to_graph(atoms, cutoff, index, min_distance)
+        for index, atoms in enumerate(atoms_list)
+    ]
+    return collate(graphs, dtype=dtype, device=device)

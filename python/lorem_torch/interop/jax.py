@@ -195,3 +195,90 @@ def from_jax_params(
     if left_over:
         raise JaxParameterError(f"lorem-jax parameters not used by the model: {left_over[:10]}")
     return model
+
+
+# -- lorem-jax checkpoint folders --
+
+
+def read_flax_msgpack(path) -> Dict[str, np.ndarray]:
+    """A flax msgpack file (flax.serialization) -> flat {"a/b/c": array}, without flax."""
+    import msgpack
+
+    def unpack_array(data: bytes) -> np.ndarray:
+        shape, dtype_name, buffer = msgpack.unpackb(data, raw=True)
+        return np.frombuffer(buffer, dtype=np.dtype(dtype_name.decode())).reshape(shape)
+
+    def ext_hook(code: int, data: bytes):
+        if code == 1:  # ndarray
+            return unpack_array(data)
+        if code == 3:  # numpy scalar, stored as a 0-d array
+            return unpack_array(data)[()]
+        if code == 2:  # complex
+            real, imag = msgpack.unpackb(data)
+            return complex(real, imag)
+        raise JaxParameterError(f"unknown msgpack extension type {code} in {path}")
+
+    with open(path, "rb") as f:
+        tree = msgpack.unpackb(f.read(), ext_hook=ext_hook, raw=False, strict_map_key=False)
+
+    flat: Dict[str, np.ndarray] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}/{key}" if prefix else str(key))
+        else:
+            flat[prefix] = np.asarray(node)
+
+    walk(tree, "")
+    return flat
+
+
+def import_jax_checkpoint(folder, dtype: torch.dtype = torch.float32) -> Lorem:
+    """A lorem-jax checkpoint folder (model/model.yaml, model/model.msgpack,
+    model/baseline.yaml) -> a Lorem with its weights, species and baseline."""
+    from pathlib import Path
+
+    import yaml
+
+    folder = Path(folder)
+    model_dir = folder / "model" if (folder / "model").is_dir() else folder
+    for name in ("model.yaml", "model.msgpack"):
+        if not (model_dir / name).is_file():
+            raise FileNotFoundError(f"{model_dir / name} is missing: not a lorem-jax checkpoint")
+    spec = yaml.safe_load((model_dir / "model.yaml").read_text())
+    spec = spec.get("model", spec)
+    if len(spec) != 1:
+        raise UnsupportedJaxOptionError(f"model.yaml names several models: {list(spec)}")
+    ((kind, hyperparameters),) = spec.items()
+    if kind.split(".")[-1] != "Lorem":
+        raise UnsupportedJaxOptionError(
+            f"model class {kind} is not supported (only lorem.Lorem; LoremBEC is not)"
+        )
+    species = baseline = None
+    if (model_dir / "baseline.yaml").is_file():
+        elemental = yaml.safe_load((model_dir / "baseline.yaml").read_text())["elemental"]
+        baseline = {int(z): float(e) for z, e in elemental.items()}
+        species = sorted(baseline)
+    params = read_flax_msgpack(model_dir / "model.msgpack")
+    return from_jax_params(
+        params, hyperparameters or {}, species=species, baseline=baseline, dtype=dtype
+    )
+
+
+def import_jax_main(argv=None) -> None:
+    """lorem-import-jax CHECKPOINT_DIR -o CHECKPOINT"""
+    import argparse
+
+    from ..checkpoint import save_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="lorem-import-jax",
+        description="Convert a lorem-jax checkpoint folder into a lorem-torch checkpoint.",
+    )
+    parser.add_argument("folder", help="lorem-jax checkpoint folder (holding model/model.yaml)")
+    parser.add_argument("-o", "--output", required=True, help="lorem-torch checkpoint to write")
+    args = parser.parse_args(argv)
+    model = import_jax_checkpoint(args.folder, dtype=torch.float32)
+    save_checkpoint(args.output, model, metadata={"imported_from": str(args.folder)})
+    print(f"wrote {args.output}: species {model.species}, {model.hyperparameters}")

@@ -1,0 +1,119 @@
+"""Checkpoints: everything needed to rebuild a model, as tensors and plain data.
+
+A checkpoint is a `torch.save` file of a dict (no pickled modules; loaded with
+weights_only=True):
+
+    format          "lorem-torch-checkpoint"
+    format_version  int (FORMAT_VERSION when written)
+    versions        {"lorem_torch": ..., "torch": ..., "e3nn": ...}
+    model           Lorem.config(): hyperparameters (lorem-jax names), species, baseline
+    state_dict      the model's parameters and buffers
+    training        optional: optimiser, scheduler, EMA and loop state for --resume
+    metadata        optional: free-form plain data (where it came from, metrics)
+
+Files are written atomically: to a temporary file in the same folder, flushed,
+then renamed over the destination, so a crash never leaves a half-written file.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+FORMAT = "lorem-torch-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A file that is not a lorem-torch checkpoint, or one this version cannot read."""
+
+
+def library_versions() -> Dict[str, str]:
+    import e3nn
+
+    from . import __version__
+
+    return {
+        "lorem_torch": str(__version__),
+        "torch": str(torch.__version__),
+        "e3nn": str(e3nn.__version__),
+    }
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(temporary_path), then rename it over `path` (same filesystem)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        write(temporary)
+        with open(temporary, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+
+
+def save_checkpoint(
+    path: str | Path,
+    model,
+    training: Dict[str, Any] | None = None,
+    metadata: Dict[str, Any] | None = None,
+) -> None:
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "versions": library_versions(),
+        "model": model.config(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "training": training,
+        "metadata": metadata or {},
+    }
+    atomic_write(path, lambda temporary: torch.save(payload, temporary))
+
+
+def load_checkpoint(path: str | Path) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # a TorchScript archive, a foreign pickle, garbage
+        raise CheckpointError(
+            f"{path} is not a lorem-torch checkpoint (torch.load failed: {error})"
+        ) from error
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a lorem-torch checkpoint (no '{FORMAT}' marker)")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this lorem-torch "
+            f"({library_versions()['lorem_torch']}) reads versions up to {FORMAT_VERSION}"
+        )
+    for key in ("model", "state_dict"):
+        if key not in payload:
+            raise CheckpointError(f"{path} lacks the '{key}' entry")
+    return payload
+
+
+def model_from_checkpoint(
+    checkpoint: str | Path | Dict[str, Any], dtype: torch.dtype | None = None
+):
+    """Rebuild the Lorem of a checkpoint (a path or a loaded payload)."""
+    from .models import Lorem
+
+    payload = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
+    config = dict(payload["model"])
+    baseline = {int(z): float(e) for z, e in config.pop("baseline", {}).items()}
+    model = Lorem(**config, baseline=baseline)
+    state = payload["state_dict"]
+    if dtype is None:
+        dtype = state["embedding"].dtype
+    model = model.to(dtype)
+    model.load_state_dict(state, strict=True)
+    return model

@@ -1,0 +1,184 @@
+"""Labelled datasets from ASE-readable files: configurable keys, checks, splits, baseline."""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
+
+import numpy as np
+import torch
+
+from .. import keys
+from ..data import collate, structure_to_graph
+from ..errors import LoremInputError
+
+
+class DataError(LoremInputError):
+    """Training or evaluation data that cannot be used as given."""
+
+
+class MissingKeyError(DataError, KeyError):
+    """A label key that a structure does not have; the message lists the keys it has."""
+
+    def __str__(self):  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclass
+class LabelKeys:
+    """Where the labels live: atoms.info / atoms.arrays, or the attached calculator."""
+
+    energy: str = "energy"
+    forces: str | None = "forces"
+    stress: str | None = None
+
+
+@dataclass
+class Sample:
+    graph: Dict[str, np.ndarray]
+    energy: float
+    forces: np.ndarray | None
+    stress: np.ndarray | None  # [3, 3] eV/A^3, ASE sign convention
+    config_type: str = "all"
+    num_atoms: int = 0
+
+
+def _available(atoms) -> List[str]:
+    names = list(atoms.info) + list(atoms.arrays)
+    if atoms.calc is not None:
+        names += [f"{k} (calculator)" for k in atoms.calc.results]
+    return names
+
+
+def _label(atoms, key: str, per_atom: bool, index: int, source: str):
+    calc_results = atoms.calc.results if atoms.calc is not None else {}
+    if per_atom and key in atoms.arrays:
+        value = atoms.arrays[key]
+    elif not per_atom and key in atoms.info:
+        value = atoms.info[key]
+    elif key in calc_results:
+        value = calc_results[key]
+    else:
+        raise MissingKeyError(
+            f"{source}: structure {index} has no {'per-atom ' if per_atom else ''}label "
+            f"'{key}'; it has: {', '.join(_available(atoms)) or 'nothing'}"
+        )
+    value = np.asarray(value, dtype=np.float64)
+    if not np.isfinite(value).all():
+        raise DataError(f"{source}: structure {index} has NaN or infinite '{key}'")
+    return value
+
+
+def _stress_matrix(value: np.ndarray) -> np.ndarray:
+    if value.shape == (3, 3):
+        return value
+    if value.shape == (6,):  # Voigt xx yy zz yz xz xy
+        xx, yy, zz, yz, xz, xy = value
+        return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    if value.shape == (9,):
+        return value.reshape(3, 3)
+    raise DataError(f"stress of shape {value.shape} is neither 3x3 nor Voigt")
+
+
+def load_samples(
+    frames: Sequence, cutoff: float, label_keys: LabelKeys, source: str = "data"
+) -> List[Sample]:
+    """ASE frames -> samples with graphs precomputed (the positions never change)."""
+    if len(frames) == 0:
+        raise DataError(f"{source} holds no structures")
+    samples = []
+    for index, atoms in enumerate(frames):
+        energy = float(_label(atoms, label_keys.energy, False, index, source))
+        forces = (
+            _label(atoms, label_keys.forces, True, index, source).reshape(len(atoms), 3)
+            if label_keys.forces
+            else None
+        )
+        stress = None
+        if label_keys.stress and atoms.pbc.all():
+            stress = _stress_matrix(_label(atoms, label_keys.stress, False, index, source))
+        samples.append(
+            Sample(
+                graph=structure_to_graph(atoms, cutoff, index),
+                energy=energy,
+                forces=forces,
+                stress=stress,
+                config_type=str(atoms.info.get("config_type", "all")),
+                num_atoms=len(atoms),
+            )
+        )
+    return samples
+
+
+def read_frames(path: str, index: str = ":") -> list:
+    import ase.io
+
+    try:
+        frames = ase.io.read(path, index)
+    except FileNotFoundError:
+        raise
+    except Exception as error:
+        raise DataError(f"cannot read {path} with ASE: {error}") from error
+    return frames if isinstance(frames, list) else [frames]
+
+
+def split(samples: List, fractions: Sequence[float], seed: int) -> List[List]:
+    """Seeded random split by fractions (normalised); every part must be non-empty."""
+    order = np.random.default_rng(seed).permutation(len(samples))
+    weights = np.asarray(fractions, dtype=float) / np.sum(fractions)
+    bounds = np.round(np.cumsum(weights) * len(samples)).astype(int)
+    parts, start = [], 0
+    for stop in bounds:
+        parts.append([samples[i] for i in order[start:stop]])
+        start = stop
+    for name, part in zip(("train", "valid", "test"), parts):
+        if not part:
+            raise DataError(
+                f"the {name} split is empty ({len(samples)} structures split as {list(fractions)})"
+            )
+    return parts
+
+
+def fit_baseline(samples: Sequence[Sample]) -> Dict[int, float]:
+    """Per-element energies by least squares: E_s ~ sum_Z n_sZ e_Z."""
+    species = sorted({int(z) for s in samples for z in s.graph[keys.ATOMIC_NUMBERS]})
+    counts = np.zeros((len(samples), len(species)))
+    column = {z: i for i, z in enumerate(species)}
+    for row, sample in enumerate(samples):
+        for z in sample.graph[keys.ATOMIC_NUMBERS]:
+            counts[row, column[int(z)]] += 1
+    energies = np.array([s.energy for s in samples])
+    solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return {z: float(solution[column[z]]) for z in species}
+
+
+@dataclass
+class Batch:
+    graph: Dict[str, torch.Tensor]
+    energy: torch.Tensor  # [S]
+    num_atoms: torch.Tensor  # [S]
+    forces: torch.Tensor | None  # [N, 3]
+    stress: torch.Tensor | None  # [S, 3, 3]
+    stress_mask: torch.Tensor | None  # [S] which structures have a stress label
+    config_types: List[str] = field(default_factory=list)
+
+
+def make_batch(samples: Sequence[Sample], dtype: torch.dtype) -> Batch:
+    graph = collate([s.graph for s in samples], dtype=dtype)
+    forces = None
+    if all(s.forces is not None for s in samples):
+        forces = torch.tensor(np.concatenate([s.forces for s in samples]), dtype=dtype)
+    stress = stress_mask = None
+    if any(s.stress is not None for s in samples):
+        stress = torch.tensor(
+            np.stack([s.stress if s.stress is not None else np.zeros((3, 3)) for s in samples]),
+            dtype=dtype,
+        )
+        stress_mask = torch.tensor([s.stress is not None for s in samples])
+    return Batch(
+        graph=graph,
+        energy=torch.tensor([s.energy for s in samples], dtype=dtype),
+        num_atoms=torch.tensor([s.num_atoms for s in samples], dtype=dtype),
+        forces=forces,
+        stress=stress,
+        stress_mask=stress_mask,
+        config_types=[s.config_type for s in samples],
+    )

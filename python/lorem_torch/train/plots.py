@@ -1,0 +1,70 @@
+"""Plots people would rather look at: learning curves and parity plots (PNG)."""
+
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def learning_curve(history: List[Dict[str, Any]], path: Path) -> None:
+    if not history:
+        return
+    plt = _pyplot()
+    epochs = [row["epoch"] for row in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    axes[0].semilogy(epochs, [row["train_loss"] for row in history], label="train")
+    axes[0].semilogy(epochs, [row["valid_loss"] for row in history], label="validation")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    axes[1].semilogy(epochs, [row["valid_energy_mae"] for row in history], label="MAE")
+    axes[1].semilogy(epochs, [row["valid_energy_rmse"] for row in history], label="RMSE")
+    axes[1].set_ylabel("validation energy error (meV/atom)")
+    axes[1].legend()
+    axes[2].semilogy(epochs, [row["valid_forces_mae"] for row in history], label="MAE")
+    axes[2].semilogy(epochs, [row["valid_forces_rmse"] for row in history], label="RMSE")
+    axes[2].set_ylabel("validation force error (meV/A)")
+    axes[2].legend()
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parity(
+    reference: Sequence[float],
+    predicted: Sequence[float],
+    groups: Sequence[str],
+    label: str,
+    unit: str,
+    path: Path,
+) -> None:
+    plt = _pyplot()
+    reference, predicted = np.asarray(reference), np.asarray(predicted)
+    groups = np.asarray(groups)
+    fig, ax = plt.subplots(figsize=(4.8, 4.5))
+    for group in sorted(set(groups.tolist())):
+        mask = groups == group
+        ax.scatter(reference[mask], predicted[mask], s=6, alpha=0.6, label=group)
+    low = float(min(reference.min(), predicted.min()))
+    high = float(max(reference.max(), predicted.max()))
+    ax.plot([low, high], [low, high], color="black", lw=0.8)
+    mae = float(np.abs(predicted - reference).mean())
+    ax.set_title(f"{label}: MAE {mae:.3g} {unit}")
+    ax.set_xlabel(f"reference {label} ({unit})")
+    ax.set_ylabel(f"predicted {label} ({unit})")
+    if len(set(groups.tolist())) > 1:
+        ax.legend(fontsize=7, markerscale=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
