@@ -129,7 +129,7 @@ def split(samples: List, fractions: Sequence[float], seed: int) -> List[List]:
     for stop in bounds:
         parts.append([samples[i] for i in order[start:stop]])
         start = stop
-    for name, part in zip(("train", "valid", "test"), parts):
+    for name, part in zip(("train", "valid", "test"), parts, strict=False):
         if not part:
             raise DataError(
                 f"the {name} split is empty ({len(samples)} structures split as {list(fractions)})"

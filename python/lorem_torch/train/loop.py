@@ -262,7 +262,9 @@ class Trainer:
             return
         decay = float(self.settings["ema_decay"])
         with torch.no_grad():
-            for ema_param, param in zip(self.ema.parameters(), self.model.parameters()):
+            for ema_param, param in zip(
+                self.ema.parameters(), self.model.parameters(), strict=True
+            ):
                 ema_param.mul_(decay).add_(param, alpha=1 - decay)
 
     def _evaluation_model(self) -> Lorem:
