@@ -19,12 +19,13 @@ def evaluate_checkpoint(
     checkpoint: str,
     data: str,
     output: str | None = None,
-    label_keys: LabelKeys = LabelKeys(),
+    label_keys: LabelKeys | None = None,
     batch_size: int = 4,
     dtype: torch.dtype = torch.float64,
     index: str = ":",
 ) -> Dict[str, Any]:
     """Errors of a checkpoint on an ASE-readable file; plots and JSON into `output`."""
+    label_keys = label_keys or LabelKeys()
     model = model_from_checkpoint(checkpoint, dtype=dtype)
     samples = load_samples(read_frames(data, index), model.cutoff, label_keys, data)
     present = sorted({int(z) for s in samples for z in s.graph[keys.ATOMIC_NUMBERS]})
