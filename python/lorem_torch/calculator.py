@@ -1,68 +1,156 @@
-"""ASE calculator over a LOREM model (the only module that knows ASE calculators)."""
+"""ASE calculator over a LOREM model (the only module that knows ASE calculators).
 
+The model may be a Lorem object, a checkpoint path or an exported TorchScript file.
+Neighbour lists are built at cutoff + skin and reused, filtered to the cutoff, until
+an atom has moved by more than half the skin or the cell has changed.
+"""
+
+from pathlib import Path
+
+import numpy as np
 import torch
-from ase.calculators.calculator import Calculator, all_changes
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import keys
-from .data import DEFAULT_MIN_DISTANCE, atoms_to_graph
-from .models import EnergyModel
+from .data import DEFAULT_MIN_DISTANCE, check_structure, neighbor_list
+from .errors import AtomsTooCloseError
+from .models import EnergyModel, Lorem
+
+
+def _load(model, dtype):
+    """-> (callable (graph) -> outputs dict, cutoff, dtype, check_species)"""
+    if isinstance(model, (str, Path)):
+        from .checkpoint import CheckpointError, model_from_checkpoint
+
+        try:
+            model = model_from_checkpoint(model, dtype=dtype)
+        except CheckpointError:
+            from .export import load_exported
+
+            module, metadata = load_exported(model)
+            export_dtype = {"float32": torch.float32, "float64": torch.float64}[metadata["dtype"]]
+            if dtype is not None and dtype != export_dtype:
+                raise ValueError(
+                    f"{model} was exported in {metadata['dtype']}; export it again with "
+                    f"--dtype {str(dtype).replace('torch.', '')} to compute in that precision"
+                ) from None
+            return module, float(metadata["cutoff"]), export_dtype
+    if not isinstance(model, Lorem):
+        raise TypeError(f"expected a Lorem, a checkpoint or an exported file, got {type(model)}")
+    dtype = dtype or next(model.parameters()).dtype
+    return model.to(dtype), model.cutoff, dtype
 
 
 class LoremCalculator(Calculator):
-    """Energy, per-atom energies, forces and (periodic cells) stress of a LOREM model.
+    """Energy, free energy, per-atom energies, forces and (periodic cells) stress.
 
     Extra results: "charges" [N, C] and "potentials" [N, C] of the long range.
-    Computes in the model's dtype unless `dtype` is given.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
 
     def __init__(
         self,
-        model: torch.nn.Module,
+        model: Lorem | str | Path,
         device: str | None = None,
         dtype: torch.dtype | None = None,
+        skin: float = 0.5,
         min_distance: float = DEFAULT_MIN_DISTANCE,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if dtype is None:
-            dtype = next(model.parameters()).dtype
-        self.dtype = dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.model = model.to(dtype=dtype, device=self.device)
-        self.energy_model = EnergyModel(self.model)
+        self.model, self.cutoff, self.dtype = _load(model, dtype)
+        self.model = self.model.to(self.device)
+        self.scripted = isinstance(self.model, torch.jit.ScriptModule)
+        self.energy_model = None if self.scripted else EnergyModel(self.model)
+        self.skin = float(skin)
         self.min_distance = min_distance
+        self._list = None  # neighbour list at cutoff + skin, with the geometry it was built for
+        self.rebuilds = 0
+
+    def _pairs(self, atoms):
+        periodic = check_structure(atoms, 0, self.min_distance)
+        positions = atoms.get_positions()
+        cell = atoms.get_cell().array if periodic else np.zeros((3, 3))
+        stale = (
+            self._list is None
+            or self._list["periodic"] != periodic
+            or len(self._list["positions"]) != len(atoms)
+            or not np.allclose(self._list["cell"], cell, rtol=0, atol=1e-10)
+            or not np.array_equal(self._list["numbers"], atoms.numbers)
+            or np.max(np.linalg.norm(positions - self._list["positions"], axis=1), initial=0.0)
+            > 0.5 * self.skin
+        )
+        if stale:
+            self._list = neighbor_list(positions, cell, periodic, self.cutoff + self.skin)
+            self._list.update(
+                positions=positions.copy(),
+                cell=cell.copy(),
+                periodic=periodic,
+                numbers=atoms.numbers.copy(),
+            )
+            self.rebuilds += 1
+        nl = self._list
+        vectors = positions[nl["others"]] - positions[nl["centers"]] + nl["cell_shifts"] @ cell
+        distances = np.linalg.norm(vectors, axis=1)
+        keep = distances < self.cutoff
+        if keep.any() and distances[keep].min() < self.min_distance:
+            k = np.where(keep)[0][np.argmin(distances[keep])]
+            raise AtomsTooCloseError(
+                f"atoms {nl['centers'][k]} and {nl['others'][k]} are {distances[k]:.4f} A apart, "
+                f"closer than the allowed minimum {self.min_distance} A"
+            )
+        return periodic, cell, nl["centers"][keep], nl["others"][keep], nl["cell_shifts"][keep]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        graph = atoms_to_graph(
-            [self.atoms],
-            self.model.cutoff,
-            dtype=self.dtype,
-            device=self.device,
-            min_distance=self.min_distance,
-        )
-        self.model.check_species(graph[keys.ATOMIC_NUMBERS])
-        periodic = bool(self.atoms.pbc.all())
-        out = self.energy_model(**graph, compute_forces=True, compute_stress=periodic)
-        energy = float(out[keys.ENERGY][0].detach())
+        periodic, cell, centers, others, shifts = self._pairs(self.atoms)
+        if "stress" in properties and not periodic:
+            raise PropertyNotImplementedError("stress is only defined for periodic cells")
+        n = len(self.atoms)
+
+        def floats(x):
+            return torch.tensor(np.asarray(x), dtype=self.dtype, device=self.device)
+
+        def ints(x):
+            return torch.tensor(np.asarray(x, dtype=np.int64), device=self.device)
+
+        graph = {
+            keys.POSITIONS: floats(self.atoms.get_positions()),
+            keys.ATOMIC_NUMBERS: ints(self.atoms.numbers),
+            keys.CELL: floats(cell[None]),
+            keys.PBC: torch.tensor([periodic], device=self.device),
+            keys.CENTERS: ints(centers),
+            keys.OTHERS: ints(others),
+            keys.CELL_SHIFTS: floats(shifts.astype(np.float64)),
+            keys.ATOM_STRUCTURE: ints(np.zeros(n)),
+            keys.STRUCTURE_OFFSETS: ints([0, n]),
+        }
+        if self.scripted:
+            self.model.check_species(graph[keys.ATOMIC_NUMBERS])
+            energy, energies, forces, virial, charges, potentials = self.model.energy_forces_virial(
+                *(graph[k] for k in keys.INPUT_KEYS)
+            )
+            out = {keys.ENERGY: energy, keys.ENERGIES: energies, keys.FORCES: forces}
+            out.update({keys.VIRIAL: virial, keys.CHARGES: charges, keys.POTENTIALS: potentials})
+        else:
+            self.model.check_species(graph[keys.ATOMIC_NUMBERS])
+            out = self.energy_model(**graph, compute_forces=True, compute_stress=periodic)
+
+        def numpy(key):
+            return out[key].detach().cpu().double().numpy()
+
+        energy = float(numpy(keys.ENERGY)[0])
         self.results = {
             "energy": energy,
             "free_energy": energy,
-            "energies": out[keys.ENERGIES].detach().cpu().double().numpy(),
-            "forces": out[keys.FORCES].detach().cpu().double().numpy(),
-            "charges": out[keys.CHARGES].detach().cpu().double().numpy(),
-            "potentials": out[keys.POTENTIALS].detach().cpu().double().numpy(),
+            "energies": numpy(keys.ENERGIES),
+            "forces": numpy(keys.FORCES),
+            "charges": numpy(keys.CHARGES),
+            "potentials": numpy(keys.POTENTIALS),
         }
         if periodic:
-            stress = out[keys.STRESS][0].detach().cpu().double().numpy()
+            stress = numpy(keys.VIRIAL)[0] / abs(np.linalg.det(cell))
             stress = 0.5 * (stress + stress.T)
             self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]].copy()
-        elif "stress" in properties:
-            from ase.calculators.calculator import PropertyNotImplementedError
-
-            raise PropertyNotImplementedError("stress is only defined for periodic cells")
-
-
-__all__ = ["LoremCalculator"]

@@ -70,7 +70,7 @@ class RadialCoefficients(torch.nn.Module):
                 embedding[None, :, :].expand(num_types, num_types, embedding.shape[1]),
             ],
             dim=-1,
-        ).reshape(num_types * num_types, -1)
+        ).reshape(num_types * num_types, 2 * embedding.shape[1])
         table = self.mlp(table_in).reshape(-1, self.num_radial, self.features)  # [T*T, R, d]
         order = torch.argsort(pair_type)
         counts: List[int] = torch.bincount(pair_type, minlength=num_types * num_types).tolist()
@@ -184,7 +184,8 @@ class LongRangeBlock(ConstantsModule):
 
     def charges(self, scalar: torch.Tensor, spherical: torch.Tensor) -> torch.Tensor:
         """[N, C]: the scalar charge, then the l = 0..max_degree_lr spherical components."""
-        spherical_charges = self.charge_tensor(spherical).reshape(scalar.shape[0], -1)
+        projected = self.charge_tensor(spherical)  # [N, (L_lr+1)**2, 1]
+        spherical_charges = projected.reshape(projected.shape[0], projected.shape[1])
         return torch.cat([self.charge_head(scalar), spherical_charges], dim=-1)
 
     def readout(
@@ -192,7 +193,7 @@ class LongRangeBlock(ConstantsModule):
     ) -> torch.Tensor:
         """Per-atom long-range energies [N] from the state and the potentials [N, C]."""
         num_atoms = scalar.shape[0]
-        spherical_potential = potentials[:, 1:].reshape(num_atoms, -1, 1)
+        spherical_potential = potentials[:, 1:].reshape(num_atoms, potentials.shape[1] - 1, 1)
         products = self.potential_tensor(self.potential_mixing(spherical_potential), spherical)
         updates = torch.cat(
             [potentials[:, 0:1], norm_features(products, self.max_degree, self.l_factors)], dim=-1
@@ -210,7 +211,7 @@ def norm_features(
 ) -> torch.Tensor:
     """[N, (L+1)**2, s] -> [N, (L+1) * s] degree-wise norms times (2l+1)^(1/4)."""
     norms = degree_wise_norm(spherical, max_degree) * l_factors[None, :, None]
-    return norms.reshape(norms.shape[0], -1)
+    return norms.reshape(norms.shape[0], norms.shape[1] * norms.shape[2])
 
 
 def edge_spherical(
@@ -220,7 +221,9 @@ def edge_spherical(
     max_degree: int,
 ) -> torch.Tensor:
     """[P, (L+1) * s] per-degree coefficients, [P, (L+1)**2] harmonics -> [P, (L+1)**2, s]."""
-    per_degree = coefficients.reshape(coefficients.shape[0], max_degree + 1, -1)
+    per_degree = coefficients.reshape(
+        coefficients.shape[0], max_degree + 1, coefficients.shape[1] // (max_degree + 1)
+    )
     return per_degree[:, component_degree, :] * harmonics[:, :, None]
 
 
@@ -337,12 +340,12 @@ class Lorem(ConstantsModule):
 
     def check_species(self, atomic_numbers: torch.Tensor) -> None:
         """Raise for atomic numbers the model does not know (one host sync)."""
-        out_of_range = (atomic_numbers < 0) | (atomic_numbers >= NUM_ELEMENTS)
+        out_of_range = (atomic_numbers < 0) | (atomic_numbers >= self.known_species.shape[0])
         if bool(out_of_range.any()):
             raise ValueError("unknown element: atomic numbers must lie in [0, 100)")
         unknown = ~self.known_species[atomic_numbers]
         if bool(unknown.any()):
-            bad = torch.unique(atomic_numbers[unknown]).tolist()
+            bad: List[int] = torch.unique(atomic_numbers[unknown]).tolist()
             raise ValueError(
                 "unknown element: atomic numbers "
                 + str(bad)

@@ -137,7 +137,9 @@ class TensorProduct(ConstantsModule):
         num = x1.shape[0]
         features = x1.shape[2]
         # [N, C1, C2, F] -> [F, N, C1 * C2] @ [F, C1 * C2, C3] -> [N, C3, F]
-        outer = (x1.unsqueeze(2) * x2.unsqueeze(1)).reshape(num, -1, features)
+        outer = (x1.unsqueeze(2) * x2.unsqueeze(1)).reshape(
+            num, x1.shape[1] * x2.shape[1], features
+        )
         weights = self.expanded_weights().permute(2, 0, 1)
         out = torch.bmm(outer.permute(2, 0, 1), weights)
         return out.permute(1, 2, 0)

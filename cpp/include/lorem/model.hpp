@@ -1,0 +1,101 @@
+// lorem::Model: load a lorem-torch export (TorchScript + metadata.json), check it,
+// and evaluate a system of local and ghost atoms, whole or stage by stage with a
+// caller-supplied Communicator (DESIGN.md section 3).
+#pragma once
+
+#include <torch/script.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace lorem {
+
+// Every error of the runtime: the message names the problem.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// What one rank knows of the system: local atoms first, then ghost atoms.
+struct System {
+  torch::Tensor positions;       // [n_all, 3] Angstrom
+  torch::Tensor atomic_numbers;  // [n_all] int64
+  int64_t n_local = 0;
+  torch::Tensor centers;  // [P] int64, pairs i <- j with i < n_local
+  torch::Tensor others;   // [P] int64, j (local or ghost)
+  torch::Tensor cell;     // [3, 3] lattice vectors in rows (ignored when not periodic)
+  bool periodic = true;
+};
+
+struct Result {
+  double energy = 0.0;     // this rank's share (sum over local atoms)
+  torch::Tensor energies;  // [n_local] eV
+  torch::Tensor forces;    // [n_all, 3] eV/A; ghost rows still to be sent to their owners
+  torch::Tensor virial;    // [3, 3] dE/d(strain), this rank's share (eV)
+};
+
+// The collective operations of the staged long range. Every rank calls every
+// method in the same order, also with zero local atoms.
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  // charges [n_local, C] of this rank's atoms -> charges of its ghosts [n_ghost, C]
+  virtual torch::Tensor forward_ghosts(const torch::Tensor& local_values) = 0;
+  // values on ghosts [n_ghost, C] -> summed onto their owners' local atoms [n_local, C]
+  virtual torch::Tensor reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) = 0;
+  // element-wise sum over ranks (same shape everywhere)
+  virtual torch::Tensor all_reduce_sum(const torch::Tensor& values) = 0;
+  // rows [n_local, D] of every rank, concatenated in rank order; offset of ours
+  virtual torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) = 0;
+};
+
+// One process holding the whole system: ghosts are periodic images of local atoms.
+class SingleProcess : public Communicator {
+ public:
+  explicit SingleProcess(torch::Tensor ghost_owner);  // [n_ghost] local index of each ghost
+  torch::Tensor forward_ghosts(const torch::Tensor& local_values) override;
+  torch::Tensor reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) override;
+  torch::Tensor all_reduce_sum(const torch::Tensor& values) override;
+  torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) override;
+
+ private:
+  torch::Tensor ghost_owner_;
+};
+
+struct Metadata {
+  std::string json;  // the whole metadata.json
+  int64_t format_version = 0;
+  double cutoff = 0.0;
+  int64_t num_charges = 0;
+  int64_t num_message_passing = 0;
+  bool long_range = false;
+  std::vector<int64_t> species;  // atomic numbers the model knows
+  torch::Dtype dtype = torch::kFloat32;
+};
+
+constexpr int64_t kExportFormatVersion = 1;
+
+class Model {
+ public:
+  // device: "cpu", "cuda", "cuda:N"; throws lorem::Error when unavailable.
+  explicit Model(const std::string& path, const std::string& device = "cpu");
+
+  const Metadata& metadata() const { return metadata_; }
+  torch::Device device() const { return device_; }
+
+  // Energy, per-atom energies, forces on local and ghost atoms, virial share.
+  Result compute(const System& system, Communicator& comm, bool compute_virial = true);
+
+ private:
+  torch::jit::script::Module module_;
+  Metadata metadata_;
+  torch::Device device_;
+};
+
+// Fold ghost forces [n_all, 3] onto their owners (single process).
+torch::Tensor fold_ghost_forces(const torch::Tensor& forces, int64_t n_local,
+                                const torch::Tensor& ghost_owner);
+
+}  // namespace lorem

@@ -1,0 +1,227 @@
+// The staged evaluation of a lorem-torch export; mirrors lorem_torch/export/driver.py.
+#include "lorem/model.hpp"
+
+#include <torch/torch.h>
+
+#include <regex>
+#include <sstream>
+
+namespace lorem {
+
+namespace {
+
+std::string json_raw_value(const std::string& json, const std::string& key) {
+  // metadata.json is written by lorem-export (json.dumps); top-level scalars only
+  const std::regex pattern("\"" + key + "\"\\s*:\\s*(\"[^\"]*\"|[-+0-9.eE]+|true|false)");
+  std::smatch match;
+  if (!std::regex_search(json, match, pattern)) {
+    throw Error("model metadata lacks '" + key + "'");
+  }
+  std::string value = match[1];
+  if (!value.empty() && value.front() == '"') value = value.substr(1, value.size() - 2);
+  return value;
+}
+
+torch::Tensor defined_or_zeros(const torch::Tensor& gradient, const torch::Tensor& like) {
+  return gradient.defined() ? gradient : torch::zeros_like(like);
+}
+
+std::vector<torch::Tensor> gradients(const torch::Tensor& output,
+                                     const std::vector<torch::Tensor>& inputs, bool retain) {
+  if (!output.requires_grad()) {
+    std::vector<torch::Tensor> zeros;
+    for (const auto& input : inputs) zeros.push_back(torch::zeros_like(input));
+    return zeros;
+  }
+  auto grads = torch::autograd::grad({output}, inputs, /*grad_outputs=*/{}, retain,
+                                     /*create_graph=*/false, /*allow_unused=*/true);
+  for (size_t k = 0; k < grads.size(); ++k) grads[k] = defined_or_zeros(grads[k], inputs[k]);
+  return grads;
+}
+
+}  // namespace
+
+SingleProcess::SingleProcess(torch::Tensor ghost_owner) : ghost_owner_(std::move(ghost_owner)) {}
+
+torch::Tensor SingleProcess::forward_ghosts(const torch::Tensor& local_values) {
+  return local_values.index_select(0, ghost_owner_.to(local_values.device()));
+}
+
+torch::Tensor SingleProcess::reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) {
+  auto out = torch::zeros({n_local, ghost_values.size(1)}, ghost_values.options());
+  return out.index_add(0, ghost_owner_.to(ghost_values.device()), ghost_values);
+}
+
+torch::Tensor SingleProcess::all_reduce_sum(const torch::Tensor& values) { return values; }
+
+torch::Tensor SingleProcess::all_gather_rows(const torch::Tensor& rows, int64_t& offset) {
+  offset = 0;
+  return rows;
+}
+
+torch::Tensor fold_ghost_forces(const torch::Tensor& forces, int64_t n_local,
+                                const torch::Tensor& ghost_owner) {
+  auto local = forces.slice(0, 0, n_local).clone();
+  return local.index_add(0, ghost_owner.to(forces.device()), forces.slice(0, n_local));
+}
+
+Model::Model(const std::string& path, const std::string& device) : device_(torch::kCPU) {
+  try {
+    device_ = torch::Device(device);
+  } catch (const std::exception&) {
+    throw Error("unknown device '" + device + "' (use cpu, cuda or cuda:N)");
+  }
+  if (device_.is_cuda()) {
+    if (!torch::cuda::is_available()) {
+      throw Error("device '" + device + "' requested but CUDA is not available to libtorch");
+    }
+    if (device_.has_index() && device_.index() >= static_cast<int>(torch::cuda::device_count())) {
+      throw Error("device '" + device + "' requested but only " +
+                  std::to_string(torch::cuda::device_count()) + " CUDA devices are visible");
+    }
+  }
+  std::unordered_map<std::string, std::string> extra{{"metadata.json", ""}};
+  try {
+    module_ = torch::jit::load(path, device_, extra);
+  } catch (const std::exception& error) {
+    std::ifstream probe(path);
+    if (!probe.good()) throw Error("model file '" + path + "' does not exist or cannot be read");
+    throw Error("'" + path + "' is not a TorchScript archive: " + std::string(error.what()).substr(0, 200));
+  }
+  metadata_.json = extra["metadata.json"];
+  if (metadata_.json.empty()) {
+    throw Error("'" + path + "' is a TorchScript archive but not a lorem-torch export (no metadata.json)");
+  }
+  if (json_raw_value(metadata_.json, "format") != "lorem-torch-export") {
+    throw Error("'" + path + "' is not a lorem-torch export");
+  }
+  metadata_.format_version = std::stoll(json_raw_value(metadata_.json, "format_version"));
+  if (metadata_.format_version > kExportFormatVersion) {
+    throw Error("'" + path + "' has export format version " +
+                std::to_string(metadata_.format_version) + ", newer than this runtime reads (" +
+                std::to_string(kExportFormatVersion) + "): rebuild the plugin from a newer lorem-torch");
+  }
+  metadata_.cutoff = std::stod(json_raw_value(metadata_.json, "cutoff"));
+  metadata_.num_charges = std::stoll(json_raw_value(metadata_.json, "num_charges"));
+  metadata_.num_message_passing = std::stoll(json_raw_value(metadata_.json, "num_message_passing"));
+  metadata_.long_range = module_.attr("has_long_range").toBool();
+  metadata_.species = module_.attr("model").toModule().attr("species").toIntVector();
+  const auto dtype = json_raw_value(metadata_.json, "dtype");
+  if (dtype == "float32") {
+    metadata_.dtype = torch::kFloat32;
+  } else if (dtype == "float64") {
+    metadata_.dtype = torch::kFloat64;
+  } else {
+    throw Error("model dtype '" + dtype + "' is not supported (float32 or float64)");
+  }
+  module_.eval();
+}
+
+Result Model::compute(const System& system, Communicator& comm, bool compute_virial) {
+  const auto options = torch::TensorOptions().dtype(metadata_.dtype).device(device_);
+  const auto index_options = torch::TensorOptions().dtype(torch::kLong).device(device_);
+  const int64_t n_all = system.positions.size(0);
+  const int64_t n_local = system.n_local;
+  if (system.positions.dim() != 2 || system.positions.size(1) != 3) {
+    throw Error("positions must have shape [n_all, 3]");
+  }
+  if (n_local < 0 || n_local > n_all) throw Error("n_local must lie in [0, n_all]");
+  if (system.atomic_numbers.numel() != n_all) throw Error("one atomic number per atom is needed");
+  if (system.centers.numel() != system.others.numel()) throw Error("centers and others differ in length");
+  if (metadata_.num_message_passing > 0 && metadata_.long_range) {
+    // ghost features would need a ghost shell of (1 + num_message_passing) cutoffs
+    throw Error("staged evaluation supports num_message_passing = 0 only; this model has " +
+                std::to_string(metadata_.num_message_passing));
+  }
+
+  auto positions = system.positions.to(options).detach().requires_grad_(true);
+  auto numbers = system.atomic_numbers.to(index_options);
+  auto centers = system.centers.to(index_options);
+  auto others = system.others.to(index_options);
+  auto cell = system.cell.to(options);
+  auto strain = torch::zeros({3, 3}, options).requires_grad_(compute_virial);
+
+  try {
+    module_.get_method("check_species")({numbers});
+    auto encoded = module_.get_method("encode")({positions, numbers, centers, others, strain, n_local})
+                       .toTuple()
+                       ->elements();
+    auto energies = encoded[0].toTensor();
+    auto scalar = encoded[1].toTensor();
+    auto spherical = encoded[2].toTensor();
+    auto charges = encoded[3].toTensor();
+
+    std::vector<torch::Tensor> leaves;
+    torch::Tensor partial_sf, partial_q;
+    int64_t offset = 0;
+    if (metadata_.long_range) {
+      torch::Tensor potentials;
+      if (system.periodic) {
+        auto grid = module_.get_method("grid_shape")({cell}).toIntVector();
+        partial_sf = module_.get_method("structure_factors")(
+                                {positions.slice(0, 0, n_local), charges, cell, strain, grid})
+                         .toTensor();
+        partial_q = charges.sum(0);
+        auto total_sf = comm.all_reduce_sum(partial_sf.detach()).detach().requires_grad_(true);
+        auto total_q = comm.all_reduce_sum(partial_q.detach()).detach().requires_grad_(true);
+        auto ghost_q = comm.forward_ghosts(charges.detach()).detach().requires_grad_(true);
+        auto charges_all = torch::cat({charges, ghost_q});
+        potentials = module_.get_method("potentials")(
+                                {positions, charges_all, total_sf, total_q, cell, strain, grid,
+                                 centers, others, n_local})
+                         .toTensor();
+        leaves = {ghost_q, total_sf, total_q};
+      } else {
+        auto all_positions =
+            comm.all_gather_rows(positions.slice(0, 0, n_local).detach(), offset).detach().requires_grad_(true);
+        auto all_charges = comm.all_gather_rows(charges.detach(), offset).detach().requires_grad_(true);
+        auto receivers = torch::arange(offset, offset + n_local, index_options);
+        potentials = module_.get_method("direct_potentials")({all_positions, all_charges, strain, receivers})
+                         .toTensor();
+        leaves = {all_positions, all_charges};
+      }
+      energies = energies + module_.get_method("readout")({scalar, spherical, potentials}).toTensor();
+    }
+
+    auto total = energies.sum();
+    std::vector<torch::Tensor> inputs{positions, strain};
+    inputs.insert(inputs.end(), leaves.begin(), leaves.end());
+    auto first = gradients(total, inputs, /*retain=*/metadata_.long_range);
+    auto grad_positions = first[0];
+    auto grad_strain = first[1];
+
+    if (metadata_.long_range) {
+      torch::Tensor surrogate;
+      if (system.periodic) {
+        auto grad_sf = comm.all_reduce_sum(first[3]);
+        auto grad_q = comm.all_reduce_sum(first[4]);
+        auto grad_charges = comm.reverse_ghosts(first[2], n_local);
+        surrogate = (partial_sf * grad_sf).sum() + (partial_q * grad_q).sum() + (charges * grad_charges).sum();
+      } else {
+        auto grad_all_positions = comm.all_reduce_sum(first[2]);
+        auto grad_all_charges = comm.all_reduce_sum(first[3]);
+        grad_positions = grad_positions.clone();
+        grad_positions.slice(0, 0, n_local) += grad_all_positions.slice(0, offset, offset + n_local);
+        surrogate = (charges * grad_all_charges.slice(0, offset, offset + n_local)).sum();
+      }
+      auto second = gradients(surrogate, {positions, strain}, /*retain=*/false);
+      grad_positions = grad_positions + second[0];
+      grad_strain = grad_strain + second[1];
+    }
+
+    Result result;
+    result.energies = energies.detach().to(torch::kCPU, torch::kFloat64);
+    result.energy = result.energies.sum().item<double>();
+    result.forces = (-grad_positions).detach().to(torch::kCPU, torch::kFloat64);
+    result.virial = grad_strain.detach().to(torch::kCPU, torch::kFloat64);
+    return result;
+  } catch (const Error&) {
+    throw;
+  } catch (const c10::Error& error) {
+    throw Error(std::string("lorem model evaluation failed: ") + error.what_without_backtrace());
+  } catch (const std::exception& error) {
+    throw Error(std::string("lorem model evaluation failed: ") + error.what());
+  }
+}
+
+}  // namespace lorem

@@ -1,0 +1,73 @@
+// lorem_torch._core: the C++ runtime for Python tests and tools (numpy in, numpy out).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "lorem/model.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+template <typename T>
+torch::Tensor to_tensor(const py::array_t<T, py::array::c_style | py::array::forcecast>& array,
+                        torch::Dtype dtype) {
+  std::vector<int64_t> shape(array.shape(), array.shape() + array.ndim());
+  return torch::from_blob(const_cast<T*>(array.data()), shape, dtype).clone();
+}
+
+py::array_t<double> to_numpy(const torch::Tensor& tensor) {
+  auto t = tensor.to(torch::kCPU, torch::kFloat64).contiguous();
+  std::vector<py::ssize_t> shape(t.sizes().begin(), t.sizes().end());
+  py::array_t<double> out(shape);
+  std::memcpy(out.mutable_data(), t.data_ptr<double>(), sizeof(double) * t.numel());
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lorem-torch C++ runtime (libtorch): load exports, evaluate systems";
+  py::register_exception<lorem::Error>(m, "LoremError", PyExc_ValueError);
+
+  py::class_<lorem::Model>(m, "Model")
+      .def(py::init<const std::string&, const std::string&>(), py::arg("path"),
+           py::arg("device") = "cpu")
+      .def_property_readonly("metadata_json", [](const lorem::Model& model) { return model.metadata().json; })
+      .def_property_readonly("cutoff", [](const lorem::Model& model) { return model.metadata().cutoff; })
+      .def_property_readonly("species", [](const lorem::Model& model) { return model.metadata().species; })
+      .def_property_readonly("device", [](const lorem::Model& model) { return model.device().str(); })
+      .def(
+          "compute",
+          [](lorem::Model& model, py::array_t<double, py::array::c_style | py::array::forcecast> positions,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> atomic_numbers, int64_t n_local,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> centers,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> others,
+             py::array_t<double, py::array::c_style | py::array::forcecast> cell, bool periodic,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> ghost_owner) {
+            lorem::System system;
+            system.positions = to_tensor<double>(positions, torch::kFloat64);
+            system.atomic_numbers = to_tensor<int64_t>(atomic_numbers, torch::kLong);
+            system.n_local = n_local;
+            system.centers = to_tensor<int64_t>(centers, torch::kLong);
+            system.others = to_tensor<int64_t>(others, torch::kLong);
+            system.cell = to_tensor<double>(cell, torch::kFloat64);
+            system.periodic = periodic;
+            auto owner = to_tensor<int64_t>(ghost_owner, torch::kLong);
+            lorem::SingleProcess comm(owner);
+            lorem::Result result;
+            {
+              py::gil_scoped_release release;
+              result = model.compute(system, comm, true);
+            }
+            py::dict out;
+            out["energy"] = result.energy;
+            out["energies"] = to_numpy(result.energies);
+            out["forces"] = to_numpy(lorem::fold_ghost_forces(result.forces, n_local, owner));
+            out["virial"] = to_numpy(result.virial);
+            return out;
+          },
+          py::arg("positions"), py::arg("atomic_numbers"), py::arg("n_local"), py::arg("centers"),
+          py::arg("others"), py::arg("cell"), py::arg("periodic"), py::arg("ghost_owner"),
+          "Evaluate local + ghost atoms in one process; forces folded onto local atoms.");
+}

@@ -1,0 +1,165 @@
+"""lorem-export: one TorchScript archive with a JSON metadata entry, checked on load.
+
+The archive holds ExportedLorem (export/staged.py) and the extra file
+`metadata.json`: format and version, library versions, hyperparameters, species
+(Z and symbols), cutoff, long-range conventions and parameters, units, dtype, a
+SHA-256 hash of the weights and the export date.
+"""
+
+import datetime
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+
+from ..checkpoint import atomic_write, library_versions, model_from_checkpoint
+from .staged import ExportedLorem
+
+EXPORT_FORMAT = "lorem-torch-export"
+EXPORT_FORMAT_VERSION = 1
+METADATA_FILE = "metadata.json"
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class ExportError(ValueError):
+    """A file that is not a lorem-torch export, or one this version cannot use."""
+
+
+def weight_hash(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def metadata_of(model, dtype: torch.dtype) -> Dict[str, Any]:
+    from ase.data import chemical_symbols
+
+    return {
+        "format": EXPORT_FORMAT,
+        "format_version": EXPORT_FORMAT_VERSION,
+        "versions": library_versions(),
+        "hyperparameters": model.hyperparameters,
+        "species": {
+            "atomic_numbers": model.species,
+            "symbols": [chemical_symbols[z] for z in model.species],
+        },
+        "baseline": model.config()["baseline"],
+        "cutoff": model.cutoff,
+        "num_charges": model.num_charges,
+        "num_message_passing": model.hyperparameters["num_message_passing"],
+        "long_range": {
+            "enabled": model.long_range is not None,
+            "conventions": "jax-pme (lorem-jax 0.2.0): potentials carry the factor 1/2",
+            "method": "ewald (periodic), direct sum (non-periodic)",
+            "smearing": model.smearing,
+            "lr_wavelength": model.lr_wavelength,
+            "prefactor": model.ewald.prefactor,
+            "exponent": 1,
+        },
+        "units": {"energy": "eV", "length": "Angstrom"},
+        "dtype": str(dtype).replace("torch.", ""),
+        "weight_sha256": weight_hash(model),
+        "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "methods": [
+            "forward",
+            "energy_forces_virial",
+            "check_species",
+            "grid_shape",
+            "encode",
+            "structure_factors",
+            "potentials",
+            "direct_potentials",
+            "readout",
+        ],
+    }
+
+
+def export_model(
+    source: str | Path | torch.nn.Module, path: str | Path, dtype: str = "float32"
+) -> Dict[str, Any]:
+    """Script a model (or a checkpoint's) into `path`, atomically; returns the metadata."""
+    if dtype not in DTYPES:
+        raise ExportError(f"dtype must be float32 or float64, got {dtype!r}")
+    torch_dtype = DTYPES[dtype]
+    if isinstance(source, torch.nn.Module):
+        model = source
+        model = model_from_checkpoint(
+            {"model": model.config(), "state_dict": model.state_dict()}, dtype=torch_dtype
+        )
+    else:
+        model = model_from_checkpoint(source, dtype=torch_dtype)
+    model.eval()
+    scripted = torch.jit.script(ExportedLorem(model))
+    metadata = metadata_of(model, torch_dtype)
+    atomic_write(
+        path,
+        lambda temporary: torch.jit.save(
+            scripted, temporary, _extra_files={METADATA_FILE: json.dumps(metadata, indent=1)}
+        ),
+    )
+    return metadata
+
+
+def read_metadata(path: str | Path) -> Dict[str, Any]:
+    """The metadata of an export, checked: a clear ExportError names what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    extra = {METADATA_FILE: ""}
+    try:
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as error:
+        raise ExportError(f"{path} is not a TorchScript archive ({error})") from error
+    if not extra[METADATA_FILE]:
+        raise ExportError(
+            f"{path} is a TorchScript archive but not a lorem-torch export (no {METADATA_FILE})"
+        )
+    return check_metadata(json.loads(extra[METADATA_FILE]), str(path))
+
+
+def check_metadata(metadata: Dict[str, Any], name: str) -> Dict[str, Any]:
+    if metadata.get("format") != EXPORT_FORMAT:
+        raise ExportError(f"{name} is not a lorem-torch export (format {metadata.get('format')!r})")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version > EXPORT_FORMAT_VERSION:
+        raise ExportError(
+            f"{name} has export format version {version}, newer than this lorem-torch "
+            f"reads ({EXPORT_FORMAT_VERSION}): update lorem-torch"
+        )
+    for key in ("species", "cutoff", "long_range", "dtype", "units"):
+        if key not in metadata:
+            raise ExportError(f"{name}: metadata lacks '{key}'")
+    if metadata["units"] != {"energy": "eV", "length": "Angstrom"}:
+        raise ExportError(f"{name}: units {metadata['units']} are not eV and Angstrom")
+    return metadata
+
+
+def load_exported(
+    path: str | Path, device: str = "cpu"
+) -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
+    """Load an export after checking its metadata; returns (module, metadata)."""
+    metadata = read_metadata(path)
+    module = torch.jit.load(str(path), map_location=device)
+    return module, metadata
+
+
+def export_main(argv=None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="lorem-export",
+        description="Export a lorem-torch checkpoint to a TorchScript file for LAMMPS and C++.",
+    )
+    parser.add_argument("checkpoint")
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    args = parser.parse_args(argv)
+    metadata = export_model(args.checkpoint, args.output, args.dtype)
+    print(
+        f"wrote {args.output}: species {metadata['species']['symbols']}, cutoff "
+        f"{metadata['cutoff']} A, {metadata['dtype']}, weights {metadata['weight_sha256'][:12]}"
+    )

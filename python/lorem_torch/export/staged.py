@@ -1,0 +1,198 @@
+"""The exported module: the whole-batch forward and the staged methods of DESIGN.md section 3.
+
+Staged inputs describe one system as a simulation engine holds it on one rank: the
+local atoms first, then ghost atoms (periodic images or atoms of other ranks), so
+positions [n_all, 3] with n_local <= n_all, and pairs i <- j with i local. A
+homogeneous strain [3, 3] (zeros) applied to positions and cell inside every stage
+gives the virial by autograd.
+
+Stages (all tensors; the caller communicates between them):
+  encode             -> short-range energies, state, charges of local atoms
+  structure_factors  -> partial S(k) [C, K, 2] of local atoms   (sum over ranks)
+  potentials         -> potentials of local atoms from S, Q and pairs with ghosts
+  direct_potentials  -> non-periodic: potentials from all atoms (all-gathered)
+  readout            -> long-range energies of local atoms
+"""
+
+from typing import List, Tuple
+
+import torch
+
+from ..long_range import direct_potentials as direct_sum
+from ..models import Lorem
+from ..models.outputs import EnergyModel
+
+
+class ExportedLorem(torch.nn.Module):
+    """What lorem-export scripts: a Lorem with the batch forward and the staged methods."""
+
+    def __init__(self, model: Lorem):
+        super().__init__()
+        self.model = model
+        self.energy_model = EnergyModel(model)
+        self.cutoff = model.cutoff
+        self.num_charges = model.num_charges
+        self.has_long_range = model.long_range is not None
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        cell_shifts: torch.Tensor,
+        atom_structure: torch.Tensor,
+        structure_offsets: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-atom energies, charges and potentials of a batch (keys.py inputs)."""
+        return self.model(
+            positions,
+            atomic_numbers,
+            cell,
+            pbc,
+            centers,
+            others,
+            cell_shifts,
+            atom_structure,
+            structure_offsets,
+        )
+
+    @torch.jit.export
+    def energy_forces_virial(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        cell_shifts: torch.Tensor,
+        atom_structure: torch.Tensor,
+        structure_offsets: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Total energies [S], per-atom energies [N], forces [N, 3], virials [S, 3, 3],
+        charges [N, C] and potentials [N, C]."""
+        out = self.energy_model(
+            positions,
+            atomic_numbers,
+            cell,
+            pbc,
+            centers,
+            others,
+            cell_shifts,
+            atom_structure,
+            structure_offsets,
+            True,
+            True,
+            False,
+        )
+        return (
+            out["energy"].detach(),
+            out["energies"].detach(),
+            out["forces"],
+            out["virial"],
+            out["charges"].detach(),
+            out["potentials"].detach(),
+        )
+
+    # -- staged --
+
+    @torch.jit.export
+    def check_species(self, atomic_numbers: torch.Tensor) -> None:
+        self.model.check_species(atomic_numbers)
+
+    @torch.jit.export
+    def grid_shape(self, cell: torch.Tensor) -> List[int]:
+        return self.model.ewald.grid_shape(cell)
+
+    @torch.jit.export
+    def encode(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        strain: torch.Tensor,
+        n_local: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Short-range energies with baseline [n_local], scalar and spherical state,
+        charges [n_local, C]. Features are computed for every atom that is a centre;
+        only the local rows are returned (ghost rows need a deep enough ghost shell
+        when num_message_passing > 0)."""
+        deformed = positions @ (torch.eye(3, dtype=strain.dtype, device=strain.device) + strain)
+        vectors = deformed[others] - deformed[centers]
+        energy, scalar, spherical, charges = self.model.encode(
+            atomic_numbers, vectors, centers, others
+        )
+        energy = energy + self.model.baseline[atomic_numbers]
+        return energy[:n_local], scalar[:n_local], spherical[:n_local], charges[:n_local]
+
+    @torch.jit.export
+    def structure_factors(
+        self,
+        positions_local: torch.Tensor,
+        charges_local: torch.Tensor,
+        cell: torch.Tensor,
+        strain: torch.Tensor,
+        grid: List[int],
+    ) -> torch.Tensor:
+        """Partial structure factors [C, K, 2] of the local atoms (sum them over ranks)."""
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        return self.model.ewald.structure_factors(
+            positions_local @ deformation, charges_local, cell @ deformation, grid
+        )
+
+    @torch.jit.export
+    def potentials(
+        self,
+        positions: torch.Tensor,
+        charges_all: torch.Tensor,
+        structure_factors: torch.Tensor,
+        total_charge: torch.Tensor,
+        cell: torch.Tensor,
+        strain: torch.Tensor,
+        grid: List[int],
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        n_local: int,
+    ) -> torch.Tensor:
+        """Periodic: potentials [n_local, C] of the local atoms from the summed S and Q,
+        and real-space pairs i <- j (i local, j local or ghost, charges_all [n_all, C])."""
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        deformed = positions @ deformation
+        distances = torch.linalg.norm(deformed[others] - deformed[centers], dim=-1)
+        real_space = self.model.ewald.real_space_potentials(
+            charges_all, n_local, centers, others, distances
+        )
+        return self.model.ewald.potentials(
+            deformed[:n_local],
+            charges_all[:n_local],
+            structure_factors,
+            total_charge,
+            cell @ deformation,
+            grid,
+            real_space,
+        )
+
+    @torch.jit.export
+    def direct_potentials(
+        self,
+        positions_all: torch.Tensor,
+        charges_all: torch.Tensor,
+        strain: torch.Tensor,
+        receivers: torch.Tensor,
+    ) -> torch.Tensor:
+        """Non-periodic: potentials [n, C] of atoms `receivers` (indices into the
+        all-gathered positions_all [M, 3] and charges_all [M, C]) from all others."""
+        deformed = positions_all @ (torch.eye(3, dtype=strain.dtype, device=strain.device) + strain)
+        full = direct_sum(deformed, charges_all, self.model.ewald.prefactor)
+        return full[receivers]
+
+    @torch.jit.export
+    def readout(
+        self, scalar: torch.Tensor, spherical: torch.Tensor, potentials: torch.Tensor
+    ) -> torch.Tensor:
+        """Long-range energies [n_local] of the local atoms."""
+        return self.model.readout(scalar, spherical, potentials)
