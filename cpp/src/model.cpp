@@ -86,11 +86,13 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
   } catch (const std::exception& error) {
     std::ifstream probe(path);
     if (!probe.good()) throw Error("model file '" + path + "' does not exist or cannot be read");
-    throw Error("'" + path + "' is not a TorchScript archive: " + std::string(error.what()).substr(0, 200));
+    throw Error("'" + path +
+                "' is not a TorchScript archive: " + std::string(error.what()).substr(0, 200));
   }
   metadata_.json = extra["metadata.json"];
   if (metadata_.json.empty()) {
-    throw Error("'" + path + "' is a TorchScript archive but not a lorem-torch export (no metadata.json)");
+    throw Error("'" + path +
+                "' is a TorchScript archive but not a lorem-torch export (no metadata.json)");
   }
   if (json_raw_value(metadata_.json, "format") != "lorem-torch-export") {
     throw Error("'" + path + "' is not a lorem-torch export");
@@ -99,7 +101,8 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
   if (metadata_.format_version > kExportFormatVersion) {
     throw Error("'" + path + "' has export format version " +
                 std::to_string(metadata_.format_version) + ", newer than this runtime reads (" +
-                std::to_string(kExportFormatVersion) + "): rebuild the plugin from a newer lorem-torch");
+                std::to_string(kExportFormatVersion) +
+                "): rebuild the plugin from a newer lorem-torch");
   }
   metadata_.cutoff = std::stod(json_raw_value(metadata_.json, "cutoff"));
   metadata_.num_charges = std::stoll(json_raw_value(metadata_.json, "num_charges"));
@@ -127,7 +130,8 @@ Result Model::compute(const System& system, Communicator& comm, bool compute_vir
   }
   if (n_local < 0 || n_local > n_all) throw Error("n_local must lie in [0, n_all]");
   if (system.atomic_numbers.numel() != n_all) throw Error("one atomic number per atom is needed");
-  if (system.centers.numel() != system.others.numel()) throw Error("centers and others differ in length");
+  if (system.centers.numel() != system.others.numel())
+    throw Error("centers and others differ in length");
   if (metadata_.num_message_passing > 0 && metadata_.long_range) {
     // ghost features would need a ghost shell of (1 + num_message_passing) cutoffs
     throw Error("staged evaluation supports num_message_passing = 0 only; this model has " +
@@ -143,9 +147,10 @@ Result Model::compute(const System& system, Communicator& comm, bool compute_vir
 
   try {
     module_.get_method("check_species")({numbers});
-    auto encoded = module_.get_method("encode")({positions, numbers, centers, others, strain, n_local})
-                       .toTuple()
-                       ->elements();
+    auto encoded =
+        module_.get_method("encode")({positions, numbers, centers, others, strain, n_local})
+            .toTuple()
+            ->elements();
     auto energies = encoded[0].toTensor();
     auto scalar = encoded[1].toTensor();
     auto spherical = encoded[2].toTensor();
@@ -158,29 +163,34 @@ Result Model::compute(const System& system, Communicator& comm, bool compute_vir
       torch::Tensor potentials;
       if (system.periodic) {
         auto grid = module_.get_method("grid_shape")({cell}).toIntVector();
-        partial_sf = module_.get_method("structure_factors")(
-                                {positions.slice(0, 0, n_local), charges, cell, strain, grid})
+        partial_sf = module_
+                         .get_method("structure_factors")(
+                             {positions.slice(0, 0, n_local), charges, cell, strain, grid})
                          .toTensor();
         partial_q = charges.sum(0);
         auto total_sf = comm.all_reduce_sum(partial_sf.detach()).detach().requires_grad_(true);
         auto total_q = comm.all_reduce_sum(partial_q.detach()).detach().requires_grad_(true);
         auto ghost_q = comm.forward_ghosts(charges.detach()).detach().requires_grad_(true);
         auto charges_all = torch::cat({charges, ghost_q});
-        potentials = module_.get_method("potentials")(
-                                {positions, charges_all, total_sf, total_q, cell, strain, grid,
-                                 centers, others, n_local})
+        potentials = module_
+                         .get_method("potentials")({positions, charges_all, total_sf, total_q, cell,
+                                                    strain, grid, centers, others, n_local})
                          .toTensor();
         leaves = {ghost_q, total_sf, total_q};
       } else {
-        auto all_positions =
-            comm.all_gather_rows(positions.slice(0, 0, n_local).detach(), offset).detach().requires_grad_(true);
-        auto all_charges = comm.all_gather_rows(charges.detach(), offset).detach().requires_grad_(true);
+        auto all_positions = comm.all_gather_rows(positions.slice(0, 0, n_local).detach(), offset)
+                                 .detach()
+                                 .requires_grad_(true);
+        auto all_charges =
+            comm.all_gather_rows(charges.detach(), offset).detach().requires_grad_(true);
         auto receivers = torch::arange(offset, offset + n_local, index_options);
-        potentials = module_.get_method("direct_potentials")({all_positions, all_charges, strain, receivers})
-                         .toTensor();
+        potentials =
+            module_.get_method("direct_potentials")({all_positions, all_charges, strain, receivers})
+                .toTensor();
         leaves = {all_positions, all_charges};
       }
-      energies = energies + module_.get_method("readout")({scalar, spherical, potentials}).toTensor();
+      energies =
+          energies + module_.get_method("readout")({scalar, spherical, potentials}).toTensor();
     }
 
     auto total = energies.sum();
@@ -196,12 +206,14 @@ Result Model::compute(const System& system, Communicator& comm, bool compute_vir
         auto grad_sf = comm.all_reduce_sum(first[3]);
         auto grad_q = comm.all_reduce_sum(first[4]);
         auto grad_charges = comm.reverse_ghosts(first[2], n_local);
-        surrogate = (partial_sf * grad_sf).sum() + (partial_q * grad_q).sum() + (charges * grad_charges).sum();
+        surrogate = (partial_sf * grad_sf).sum() + (partial_q * grad_q).sum() +
+                    (charges * grad_charges).sum();
       } else {
         auto grad_all_positions = comm.all_reduce_sum(first[2]);
         auto grad_all_charges = comm.all_reduce_sum(first[3]);
         grad_positions = grad_positions.clone();
-        grad_positions.slice(0, 0, n_local) += grad_all_positions.slice(0, offset, offset + n_local);
+        grad_positions.slice(0, 0, n_local) +=
+            grad_all_positions.slice(0, offset, offset + n_local);
         surrogate = (charges * grad_all_charges.slice(0, offset, offset + n_local)).sum();
       }
       auto second = gradients(surrogate, {positions, strain}, /*retain=*/false);

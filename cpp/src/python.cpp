@@ -33,14 +33,20 @@ PYBIND11_MODULE(_core, m) {
   py::class_<lorem::Model>(m, "Model")
       .def(py::init<const std::string&, const std::string&>(), py::arg("path"),
            py::arg("device") = "cpu")
-      .def_property_readonly("metadata_json", [](const lorem::Model& model) { return model.metadata().json; })
-      .def_property_readonly("cutoff", [](const lorem::Model& model) { return model.metadata().cutoff; })
-      .def_property_readonly("species", [](const lorem::Model& model) { return model.metadata().species; })
-      .def_property_readonly("device", [](const lorem::Model& model) { return model.device().str(); })
+      .def_property_readonly("metadata_json",
+                             [](const lorem::Model& model) { return model.metadata().json; })
+      .def_property_readonly("cutoff",
+                             [](const lorem::Model& model) { return model.metadata().cutoff; })
+      .def_property_readonly("species",
+                             [](const lorem::Model& model) { return model.metadata().species; })
+      .def_property_readonly("device",
+                             [](const lorem::Model& model) { return model.device().str(); })
       .def(
           "compute",
-          [](lorem::Model& model, py::array_t<double, py::array::c_style | py::array::forcecast> positions,
-             py::array_t<int64_t, py::array::c_style | py::array::forcecast> atomic_numbers, int64_t n_local,
+          [](lorem::Model& model,
+             py::array_t<double, py::array::c_style | py::array::forcecast> positions,
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> atomic_numbers,
+             int64_t n_local,
              py::array_t<int64_t, py::array::c_style | py::array::forcecast> centers,
              py::array_t<int64_t, py::array::c_style | py::array::forcecast> others,
              py::array_t<double, py::array::c_style | py::array::forcecast> cell, bool periodic,
