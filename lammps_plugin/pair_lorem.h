@@ -1,0 +1,45 @@
+// pair_style lorem: LOREM machine-learning potentials (lorem-torch exports) with
+// their learned long range exact across MPI ranks.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "lorem/model.hpp"
+#include "pair.h"
+
+namespace LAMMPS_NS {
+
+class PairLorem : public Pair {
+ public:
+  explicit PairLorem(class LAMMPS *);
+  ~PairLorem() override;
+
+  void compute(int eflag, int vflag) override;
+  void settings(int narg, char **arg) override;
+  void coeff(int narg, char **arg) override;
+  void init_style() override;
+  double init_one(int i, int j) override;
+
+  int pack_forward_comm(int n, int *list, double *buf, int pbc_flag, int *pbc) override;
+  void unpack_forward_comm(int n, int first, double *buf) override;
+  int pack_reverse_comm(int n, int first, double *buf) override;
+  void unpack_reverse_comm(int n, int *list, double *buf) override;
+
+  // per-atom exchange buffer [nmax, width] used by the long-range communicator
+  std::vector<double> exchange;
+  int exchange_width = 0;
+
+ private:
+  void allocate();
+  torch::Device choose_device() const;
+
+  std::unique_ptr<lorem::Model> model_;
+  std::string device_request_ = "auto";
+  std::vector<int64_t> type_to_z_;  // per LAMMPS type (1-based); 0 for NULL
+  double cutoff_ = 0.0;
+  double energy_unit_ = 1.0;  // model eV -> LAMMPS energy unit
+};
+
+}  // namespace LAMMPS_NS
