@@ -118,6 +118,9 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
     throw Error("model dtype '" + dtype + "' is not supported (float32 or float64)");
   }
   module_.eval();
+  // The profiling executor re-specialises the graph whenever the number of atoms or
+  // pairs changes, which in MD is every step: plain execution is far faster there.
+  torch::jit::setGraphExecutorOptimize(false);
 }
 
 Result Model::compute(const System& system, Communicator& comm, bool compute_virial) {
@@ -143,7 +146,9 @@ Result Model::compute(const System& system, Communicator& comm, bool compute_vir
   auto centers = system.centers.to(index_options);
   auto others = system.others.to(index_options);
   auto cell = system.cell.to(options);
-  auto strain = torch::zeros({3, 3}, options).requires_grad_(compute_virial);
+  // the strain always takes part (its gradient costs next to nothing); compute_virial only
+  // decides whether the caller wants it
+  auto strain = torch::zeros({3, 3}, options).requires_grad_(true);
 
   try {
     module_.get_method("check_species")({numbers});
@@ -225,7 +230,8 @@ Result Model::compute(const System& system, Communicator& comm, bool compute_vir
     result.energies = energies.detach().to(torch::kCPU, torch::kFloat64);
     result.energy = result.energies.sum().item<double>();
     result.forces = (-grad_positions).detach().to(torch::kCPU, torch::kFloat64);
-    result.virial = grad_strain.detach().to(torch::kCPU, torch::kFloat64);
+    result.virial = compute_virial ? grad_strain.detach().to(torch::kCPU, torch::kFloat64)
+                                   : torch::zeros({3, 3}, torch::kFloat64);
     return result;
   } catch (const Error&) {
     throw;

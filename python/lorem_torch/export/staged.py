@@ -118,16 +118,17 @@ class ExportedLorem(torch.nn.Module):
         n_local: int,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Short-range energies with baseline [n_local], scalar and spherical state,
-        charges [n_local, C]. Features are computed for every atom that is a centre;
-        only the local rows are returned (ghost rows need a deep enough ghost shell
-        when num_message_passing > 0)."""
+        charges [n_local, C] of the local atoms (centres must be local)."""
         deformed = positions @ (torch.eye(3, dtype=strain.dtype, device=strain.device) + strain)
         vectors = deformed[others] - deformed[centers]
+        # without message passing only the local atoms need features (ghosts lend
+        # their species to the edges); with it, every atom is a node
+        num_nodes = n_local if len(self.model.message_passing) == 0 else atomic_numbers.shape[0]
         energy, scalar, spherical, charges = self.model.encode(
-            atomic_numbers, vectors, centers, others
+            atomic_numbers, vectors, centers, others, num_nodes
         )
-        energy = energy + self.model.baseline[atomic_numbers]
-        return energy[:n_local], scalar[:n_local], spherical[:n_local], charges[:n_local]
+        energy = energy[:n_local] + self.model.baseline[atomic_numbers[:n_local]]
+        return energy, scalar[:n_local], spherical[:n_local], charges[:n_local]
 
     @torch.jit.export
     def structure_factors(

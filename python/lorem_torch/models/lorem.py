@@ -361,13 +361,18 @@ class Lorem(ConstantsModule):
         pair_vectors: torch.Tensor,
         centers: torch.Tensor,
         others: torch.Tensor,
+        num_nodes: int = -1,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Short-range part for all N atoms given [P, 3] vectors r_j - r_i of pairs i <- j.
+        """Short-range part given [P, 3] vectors r_j - r_i of pairs i <- j.
 
-        Returns per-atom energies without baseline [N], scalar [N, d] and spherical
-        [N, (L+1)**2, s] features, and charges [N, C] (C = 0 without long range).
+        Node features are computed for the first `num_nodes` atoms (all by default);
+        the others (ghost atoms) only lend their species to the edges, and every
+        centre must lie among the nodes. Message passing needs all atoms as nodes.
+
+        Returns per-atom energies without baseline [n], scalar [n, d] and spherical
+        [n, (L+1)**2, s] features, and charges [n, C] (C = 0 without long range).
         """
-        num_atoms = atomic_numbers.shape[0]
+        num_atoms = atomic_numbers.shape[0] if num_nodes < 0 else num_nodes
         distances = torch.linalg.norm(pair_vectors, dim=-1)
         unit = pair_vectors / distances[:, None]
         radial = self.radial(distances) * cosine_cutoff(distances, self.cutoff)[:, None]
@@ -375,7 +380,7 @@ class Lorem(ConstantsModule):
 
         present, species_index = torch.unique(atomic_numbers, return_inverse=True)
         num_types = present.shape[0]
-        species_embedding = self.embedding[atomic_numbers]
+        species_embedding = self.embedding[atomic_numbers[:num_atoms]]
         pair_type = species_index[centers] * num_types + species_index[others]
         edges_scalar = self.radial_coefficients.from_species_pairs(
             self.embedding[present], pair_type, num_types, radial

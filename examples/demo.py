@@ -1,0 +1,131 @@
+"""The main job, end to end on bundled data: train a small LOREM model on periodic
+water boxes, evaluate it, export it, and run it in LAMMPS on 1 and 2 MPI ranks.
+
+    bash examples/run_demo.sh            # sets up .venv, then runs this
+    .venv/bin/python examples/demo.py --epochs 20 --output runs/demo
+
+Everything lands in the output folder: the training run (log.csv,
+learning_curve.png, best.pt), the evaluation (parity plots, metrics.json), the
+exported model.pt and the LAMMPS runs (log.lammps of each).
+"""
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.io
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def step(title: str) -> None:
+    print(f"\n== {title} ==", flush=True)
+
+
+def run_lammps(folder: Path, model: Path, ranks: int, steps: int) -> float:
+    from lorem_torch.lammps import plugin_path
+
+    folder.mkdir(parents=True, exist_ok=True)
+    frames = ase.io.read(HERE / "data" / "water-64.xyz", "-1")
+    ase.io.write(
+        folder / "water.data", frames, format="lammps-data", specorder=["O", "H"], masses=True
+    )
+    (folder / "in.water").write_text(
+        f"""# NVT water with a LOREM model (pair_style lorem from lorem-torch)
+units metal
+atom_style atomic
+read_data water.data
+plugin load {plugin_path()}
+pair_style lorem
+pair_coeff * * {model.resolve()} O H
+velocity all create 300 20261125 mom yes rot no dist gaussian
+timestep 0.0005
+fix thermostat all nvt temp 300 300 0.05
+thermo 10
+thermo_style custom step temp pe etotal press
+run {steps}
+"""
+    )
+    command = [str(BIN / "lmp"), "-in", "in.water"]
+    if ranks > 1:
+        command = [str(BIN / "mpirun"), "-np", str(ranks)] + command
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or "ERROR" in proc.stdout:
+        print(proc.stdout[-3000:], proc.stderr[-3000:])
+        raise SystemExit(f"LAMMPS failed on {ranks} rank(s)")
+    lines = proc.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["Step", "Temp"])
+    for line in lines[start : start + 4]:
+        print("   ", line)
+    print("    ...")
+    loop = next(line for line in lines if line.startswith("Loop time"))
+    print("   ", loop)
+    seconds = float(re.search(r"Loop time of (\S+)", loop).group(1))
+    return steps / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output", default="runs/demo")
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--md-steps", type=int, default=100)
+    args = parser.parse_args()
+    output = Path(args.output)
+
+    from lorem_torch.export import export_model
+    from lorem_torch.train import evaluate_checkpoint, train
+    from lorem_torch.train.evaluation import format_table
+
+    step("1. train a small LOREM on 64-molecule water boxes (lorem-train)")
+    config = {
+        "model": {
+            "num_features": 32,
+            "max_degree": 4,
+            "num_spherical_features": 4,
+            "num_radial": 16,
+        },
+        "data": {"train": str(HERE / "data" / "water-64.xyz"), "split": [0.8, 0.2], "seed": 0},
+        "training": {
+            "output": str(output / "train"),
+            "epochs": args.epochs,
+            "batch_size": 2,
+            "learning_rate": 3e-3,
+            "warmup_epochs": 1,
+            "progress": sys.stdout.isatty(),
+        },
+    }
+    result = train(config)
+    print(
+        f"best validation loss {result['best_valid_loss']:.4g}; learning curve in {output / 'train'}"
+    )
+
+    step("2. evaluate the best checkpoint (lorem-eval)")
+    evaluation = evaluate_checkpoint(
+        output / "train" / "best.pt",
+        str(HERE / "data" / "water-64.xyz"),
+        output=str(output / "eval"),
+    )
+    print(format_table(evaluation["errors"]))
+
+    step("3. export it to TorchScript (lorem-export)")
+    model_file = output / "model.pt"
+    metadata = export_model(output / "train" / "best.pt", model_file, "float32")
+    print(f"{model_file}: species {metadata['species']['symbols']}, cutoff {metadata['cutoff']} A")
+
+    rates = {}
+    for ranks in (1, 2):
+        step(f"4. LAMMPS NVT, 192 atoms, pair_style lorem on {ranks} MPI rank(s)")
+        rates[ranks] = run_lammps(output / f"lammps-{ranks}", model_file, ranks, args.md_steps)
+    print("\nsteps per second:", ", ".join(f"{r} rank(s) {v:.2f}" for r, v in rates.items()))
+    print(f"done: everything is in {output}")
+
+
+if __name__ == "__main__":
+    main()
