@@ -11,6 +11,7 @@
 #include <torch/cuda.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "atom.h"
@@ -143,6 +144,13 @@ PairLorem::PairLorem(LAMMPS *lmp) : Pair(lmp) {
 }
 
 PairLorem::~PairLorem() {
+  if (model_ && model_->timings().calls > 0 && std::getenv("LOREM_TIMING")) {
+    const auto &t = model_->timings();
+    utils::logmesg(lmp,
+                   "pair_style lorem timing (rank {}, {} calls, s): short range {:.4f} long range "
+                   "{:.4f} backward {:.4f} communication {:.4f}\n",
+                   comm->me, t.calls, t.short_range, t.long_range, t.backward, t.communication);
+  }
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);

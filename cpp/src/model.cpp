@@ -3,12 +3,51 @@
 
 #include <torch/torch.h>
 
+#include <chrono>
 #include <regex>
 #include <sstream>
 
 namespace lorem {
 
 namespace {
+
+double now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Times the communicator's calls (and synchronises CUDA so that the times are real).
+class TimedCommunicator : public Communicator {
+ public:
+  TimedCommunicator(Communicator& inner, double& seconds) : inner_(inner), seconds_(seconds) {}
+  torch::Tensor forward_ghosts(const torch::Tensor& values) override {
+    const double start = now();
+    auto out = inner_.forward_ghosts(values);
+    seconds_ += now() - start;
+    return out;
+  }
+  torch::Tensor reverse_ghosts(const torch::Tensor& values, int64_t n_local) override {
+    const double start = now();
+    auto out = inner_.reverse_ghosts(values, n_local);
+    seconds_ += now() - start;
+    return out;
+  }
+  torch::Tensor all_reduce_sum(const torch::Tensor& values) override {
+    const double start = now();
+    auto out = inner_.all_reduce_sum(values);
+    seconds_ += now() - start;
+    return out;
+  }
+  torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) override {
+    const double start = now();
+    auto out = inner_.all_gather_rows(rows, offset);
+    seconds_ += now() - start;
+    return out;
+  }
+
+ private:
+  Communicator& inner_;
+  double& seconds_;
+};
 
 std::string json_raw_value(const std::string& json, const std::string& key) {
   // metadata.json is written by lorem-export (json.dumps); top-level scalars only
@@ -123,7 +162,13 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
   torch::jit::setGraphExecutorOptimize(false);
 }
 
-Result Model::compute(const System& system, Communicator& comm, bool compute_virial) {
+Result Model::compute(const System& system, Communicator& outer_comm, bool compute_virial) {
+  double comm_seconds = 0.0;
+  TimedCommunicator comm(outer_comm, comm_seconds);
+  auto sync = [this]() {
+    if (device_.is_cuda()) torch::cuda::synchronize(device_.index());
+  };
+  const double start = now();
   const auto options = torch::TensorOptions().dtype(metadata_.dtype).device(device_);
   const auto index_options = torch::TensorOptions().dtype(torch::kLong).device(device_);
   const int64_t n_all = system.positions.size(0);
@@ -160,6 +205,8 @@ Result Model::compute(const System& system, Communicator& comm, bool compute_vir
     auto scalar = encoded[1].toTensor();
     auto spherical = encoded[2].toTensor();
     auto charges = encoded[3].toTensor();
+    sync();
+    const double encoded_at = now();
 
     std::vector<torch::Tensor> leaves;
     torch::Tensor partial_sf, partial_q;
@@ -198,6 +245,9 @@ Result Model::compute(const System& system, Communicator& comm, bool compute_vir
           energies + module_.get_method("readout")({scalar, spherical, potentials}).toTensor();
     }
 
+    sync();
+    const double forward_at = now();
+    const double forward_comm = comm_seconds;
     auto total = energies.sum();
     std::vector<torch::Tensor> inputs{positions, strain};
     inputs.insert(inputs.end(), leaves.begin(), leaves.end());
@@ -225,6 +275,14 @@ Result Model::compute(const System& system, Communicator& comm, bool compute_vir
       grad_positions = grad_positions + second[0];
       grad_strain = grad_strain + second[1];
     }
+
+    sync();
+    const double end = now();
+    timings_.short_range += encoded_at - start;
+    timings_.long_range += forward_at - encoded_at - forward_comm;
+    timings_.backward += end - forward_at - (comm_seconds - forward_comm);
+    timings_.communication += comm_seconds;
+    timings_.calls += 1;
 
     Result result;
     result.energies = energies.detach().to(torch::kCPU, torch::kFloat64);

@@ -29,6 +29,15 @@ struct System {
   bool periodic = true;
 };
 
+// Wall-clock seconds spent in each part of Model::compute, accumulated over calls.
+struct Timings {
+  double short_range = 0.0;     // encode (forward)
+  double long_range = 0.0;      // structure factors, potentials, readout (forward)
+  double backward = 0.0;        // both autograd passes
+  double communication = 0.0;   // inside the Communicator
+  int64_t calls = 0;
+};
+
 struct Result {
   double energy = 0.0;     // this rank's share (sum over local atoms)
   torch::Tensor energies;  // [n_local] eV
@@ -88,10 +97,13 @@ class Model {
   // Energy, per-atom energies, forces on local and ghost atoms, virial share.
   Result compute(const System& system, Communicator& comm, bool compute_virial = true);
 
+  const Timings& timings() const { return timings_; }
+
  private:
   torch::jit::script::Module module_;
   Metadata metadata_;
   torch::Device device_;
+  Timings timings_;
 };
 
 // Fold ghost forces [n_all, 3] onto their owners (single process).

@@ -137,14 +137,26 @@ def split(samples: List, fractions: Sequence[float], seed: int) -> List[List]:
     return parts
 
 
-def fit_baseline(samples: Sequence[Sample]) -> Dict[int, float]:
-    """Per-element energies by least squares: E_s ~ sum_Z n_sZ e_Z."""
+def composition_matrix(samples: Sequence[Sample]):
+    """[S, Z] counts of each element per structure, and the elements (columns)."""
     species = sorted({int(z) for s in samples for z in s.graph[keys.ATOMIC_NUMBERS]})
     counts = np.zeros((len(samples), len(species)))
     column = {z: i for i, z in enumerate(species)}
     for row, sample in enumerate(samples):
         for z in sample.graph[keys.ATOMIC_NUMBERS]:
             counts[row, column[int(z)]] += 1
+    return counts, species, column
+
+
+def baseline_is_determined(samples: Sequence[Sample]) -> bool:
+    counts, species, _ = composition_matrix(samples)
+    return np.linalg.matrix_rank(counts) == len(species)
+
+
+def fit_baseline(samples: Sequence[Sample]) -> Dict[int, float]:
+    """Per-element energies by least squares: E_s ~ sum_Z n_sZ e_Z (minimum norm if the
+    compositions do not determine them)."""
+    counts, species, column = composition_matrix(samples)
     energies = np.array([s.energy for s in samples])
     solution, *_ = np.linalg.lstsq(counts, energies, rcond=None)
     return {z: float(solution[column[z]]) for z in species}

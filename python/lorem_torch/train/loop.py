@@ -28,6 +28,7 @@ from .data import (
     Batch,
     LabelKeys,
     Sample,
+    baseline_is_determined,
     fit_baseline,
     load_samples,
     make_batch,
@@ -209,6 +210,7 @@ class Trainer:
         self.ema = copy.deepcopy(self.model) if self.settings["ema_decay"] > 0 else None
         self.optimizer = self._make_optimizer()
         self.epoch = 0
+        self.ema_steps = 0
         self.best_loss = float("inf")
         self.stale = 0
         self.history: List[Dict[str, Any]] = []
@@ -221,6 +223,11 @@ class Trainer:
             f"{len(self.train_samples)} training, {len(self.valid_samples)} validation, "
             f"{len(self.test_samples)} test structures; species {self.species}"
         )
+        if not baseline_is_determined(self.train_samples):
+            self.log(
+                "the training compositions do not determine per-element energies (all "
+                "proportional): the baseline is the minimum-norm fit, right only as a sum"
+            )
         self.log(
             "per-element baseline (eV): "
             + ", ".join(f"{z}: {e:.4f}" for z, e in sorted(baseline.items()))
@@ -250,6 +257,7 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
+        self.ema_steps = int(state["ema_steps"])
         self.best_loss = float(state["best_loss"])
         self.stale = int(state["stale"])
         self.history = list(state["history"])
@@ -260,7 +268,10 @@ class Trainer:
     def _ema_update(self) -> None:
         if self.ema is None:
             return
-        decay = float(self.settings["ema_decay"])
+        # warm-up (as in TensorFlow's ExponentialMovingAverage): early on, the average
+        # would otherwise be dominated by the random initial weights
+        self.ema_steps += 1
+        decay = min(float(self.settings["ema_decay"]), (1 + self.ema_steps) / (10 + self.ema_steps))
         with torch.no_grad():
             for ema_param, param in zip(
                 self.ema.parameters(), self.model.parameters(), strict=True
@@ -279,6 +290,7 @@ class Trainer:
                 "has_ema": self.ema is not None,
                 "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch,
+                "ema_steps": self.ema_steps,
                 "best_loss": self.best_loss,
                 "stale": self.stale,
                 "history": self.history,
