@@ -201,79 +201,113 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         module_.get_method("encode")({positions, numbers, centers, others, strain, n_local})
             .toTuple()
             ->elements();
-    auto energies = encoded[0].toTensor();
+    auto energies_sr = encoded[0].toTensor();
     auto scalar = encoded[1].toTensor();
     auto spherical = encoded[2].toTensor();
     auto charges = encoded[3].toTensor();
     sync();
     const double encoded_at = now();
 
-    std::vector<torch::Tensor> leaves;
-    torch::Tensor partial_sf, partial_q;
-    int64_t offset = 0;
+    // The long-range stages see the encoder's outputs as leaves, so that autograd runs
+    // through the encoder once, at the end, with every gradient collected.
+    auto energies = energies_sr;
+    auto grad_positions = torch::zeros_like(positions);
+    auto grad_strain = torch::zeros_like(strain);
+    auto grad_charges = torch::zeros_like(charges);
+    auto grad_scalar = torch::zeros_like(scalar);
+    auto grad_spherical = torch::zeros_like(spherical);
+    double forward_at = 0.0, forward_comm = 0.0;
     if (metadata_.long_range) {
-      torch::Tensor potentials;
+      auto q = charges.detach().requires_grad_(true);
+      auto scalar_leaf = scalar.detach().requires_grad_(true);
+      auto spherical_leaf = spherical.detach().requires_grad_(true);
       if (system.periodic) {
         auto grid = module_.get_method("grid_shape")({cell}).toIntVector();
-        partial_sf = module_
-                         .get_method("structure_factors")(
-                             {positions.slice(0, 0, n_local), charges, cell, strain, grid})
-                         .toTensor();
-        partial_q = charges.sum(0);
+        auto partial_sf = module_
+                              .get_method("structure_factors")(
+                                  {positions.slice(0, 0, n_local), q, cell, strain, grid})
+                              .toTensor();
         auto total_sf = comm.all_reduce_sum(partial_sf.detach()).detach().requires_grad_(true);
-        auto total_q = comm.all_reduce_sum(partial_q.detach()).detach().requires_grad_(true);
-        auto ghost_q = comm.forward_ghosts(charges.detach()).detach().requires_grad_(true);
-        auto charges_all = torch::cat({charges, ghost_q});
-        potentials = module_
-                         .get_method("potentials")({positions, charges_all, total_sf, total_q, cell,
-                                                    strain, grid, centers, others, n_local})
-                         .toTensor();
-        leaves = {ghost_q, total_sf, total_q};
+        auto total_q = comm.all_reduce_sum(q.detach().sum(0)).detach().requires_grad_(true);
+        auto ghost_q = comm.forward_ghosts(q.detach()).detach().requires_grad_(true);
+        auto potentials =
+            module_
+                .get_method("potentials")({positions, torch::cat({q, ghost_q}), total_sf, total_q,
+                                           cell, strain, grid, centers, others, n_local})
+                .toTensor();
+        auto energies_lr =
+            module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
+        energies = energies_sr.detach() + energies_lr.detach();
+        sync();
+        forward_at = now();
+        forward_comm = comm_seconds;
+        auto first = gradients(
+            energies_lr.sum(),
+            {positions, strain, q, ghost_q, total_sf, total_q, scalar_leaf, spherical_leaf},
+            /*retain=*/false);
+        // the sums over ranks of dE/dS and dE/dQ; dE/dq of ghosts back to their owners
+        auto grad_sf = comm.all_reduce_sum(first[4]);
+        auto grad_q_total = comm.all_reduce_sum(first[5]);
+        grad_charges =
+            first[2] + comm.reverse_ghosts(first[3], n_local) + grad_q_total.unsqueeze(0);
+        // S(k) of this rank's atoms depends on their positions and charges
+        if (partial_sf.requires_grad()) {
+          auto through_sf = torch::autograd::grad({partial_sf}, {positions, strain, q}, {grad_sf},
+                                                  /*retain_graph=*/false, /*create_graph=*/false,
+                                                  /*allow_unused=*/true);
+          grad_positions = grad_positions + defined_or_zeros(through_sf[0], positions);
+          grad_strain = grad_strain + defined_or_zeros(through_sf[1], strain);
+          grad_charges = grad_charges + defined_or_zeros(through_sf[2], q);
+        }
+        grad_positions = grad_positions + first[0];
+        grad_strain = grad_strain + first[1];
+        grad_scalar = first[6];
+        grad_spherical = first[7];
       } else {
+        int64_t offset = 0;
         auto all_positions = comm.all_gather_rows(positions.slice(0, 0, n_local).detach(), offset)
                                  .detach()
                                  .requires_grad_(true);
-        auto all_charges =
-            comm.all_gather_rows(charges.detach(), offset).detach().requires_grad_(true);
+        auto all_charges = comm.all_gather_rows(q.detach(), offset).detach().requires_grad_(true);
         auto receivers = torch::arange(offset, offset + n_local, index_options);
-        potentials =
+        auto potentials =
             module_.get_method("direct_potentials")({all_positions, all_charges, strain, receivers})
                 .toTensor();
-        leaves = {all_positions, all_charges};
-      }
-      energies =
-          energies + module_.get_method("readout")({scalar, spherical, potentials}).toTensor();
-    }
-
-    sync();
-    const double forward_at = now();
-    const double forward_comm = comm_seconds;
-    auto total = energies.sum();
-    std::vector<torch::Tensor> inputs{positions, strain};
-    inputs.insert(inputs.end(), leaves.begin(), leaves.end());
-    auto first = gradients(total, inputs, /*retain=*/metadata_.long_range);
-    auto grad_positions = first[0];
-    auto grad_strain = first[1];
-
-    if (metadata_.long_range) {
-      torch::Tensor surrogate;
-      if (system.periodic) {
-        auto grad_sf = comm.all_reduce_sum(first[3]);
-        auto grad_q = comm.all_reduce_sum(first[4]);
-        auto grad_charges = comm.reverse_ghosts(first[2], n_local);
-        surrogate = (partial_sf * grad_sf).sum() + (partial_q * grad_q).sum() +
-                    (charges * grad_charges).sum();
-      } else {
-        auto grad_all_positions = comm.all_reduce_sum(first[2]);
-        auto grad_all_charges = comm.all_reduce_sum(first[3]);
-        grad_positions = grad_positions.clone();
+        auto energies_lr =
+            module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
+        energies = energies_sr.detach() + energies_lr.detach();
+        sync();
+        forward_at = now();
+        forward_comm = comm_seconds;
+        auto first = gradients(energies_lr.sum(),
+                               {strain, all_positions, all_charges, scalar_leaf, spherical_leaf},
+                               /*retain=*/false);
+        auto grad_all_positions = comm.all_reduce_sum(first[1]);
+        auto grad_all_charges = comm.all_reduce_sum(first[2]);
         grad_positions.slice(0, 0, n_local) +=
             grad_all_positions.slice(0, offset, offset + n_local);
-        surrogate = (charges * grad_all_charges.slice(0, offset, offset + n_local)).sum();
+        grad_strain = grad_strain + first[0];
+        grad_charges = grad_all_charges.slice(0, offset, offset + n_local);
+        grad_scalar = first[3];
+        grad_spherical = first[4];
       }
-      auto second = gradients(surrogate, {positions, strain}, /*retain=*/false);
-      grad_positions = grad_positions + second[0];
-      grad_strain = grad_strain + second[1];
+    } else {
+      sync();
+      forward_at = now();
+      forward_comm = comm_seconds;
+    }
+    // one backward pass through the encoder with everything it receives
+    std::vector<torch::Tensor> outputs{energies_sr.sum()}, seeds{torch::ones({}, options)};
+    if (metadata_.long_range) {
+      outputs.insert(outputs.end(), {charges, scalar, spherical});
+      seeds.insert(seeds.end(), {grad_charges, grad_scalar, grad_spherical});
+    }
+    if (outputs[0].requires_grad()) {
+      auto through_encoder = torch::autograd::grad(outputs, {positions, strain}, seeds,
+                                                   /*retain_graph=*/false, /*create_graph=*/false,
+                                                   /*allow_unused=*/true);
+      grad_positions = grad_positions + defined_or_zeros(through_encoder[0], positions);
+      grad_strain = grad_strain + defined_or_zeros(through_encoder[1], strain);
     }
 
     sync();
