@@ -1,9 +1,10 @@
 """Reference driver of the staged contract, for one or several (simulated) ranks.
 
-This is the algorithm the C++ runtime runs on every MPI rank (cpp/src/model.cpp),
+The contract the C++ runtime implements on every MPI rank (cpp/src/model.cpp),
 written for all ranks at once in lockstep so that it can be tested in one process:
 every collective below (sum over ranks, ghost exchange, all-gather) is where the
-C++ code calls its Communicator.
+C++ code calls its Communicator. (The C++ code orders the same gradients so that
+autograd passes through the encoder only once; the sums are the same.)
 
 Backward pass, with E_r the energy of the local atoms of rank r:
   1. autograd of E_r to its positions, strain, the ghost charges, and the summed
