@@ -43,7 +43,9 @@ def python_step(model, atoms, repeats=2) -> float:
 def lammps_run(folder: Path, model_file: Path, atoms, ranks: int, steps: int) -> dict:
     from lorem_torch.lammps import plugin_path
 
-    ase.io.write(folder / "water.data", atoms, format="lammps-data", specorder=["O", "H"], masses=True)
+    ase.io.write(
+        folder / "water.data", atoms, format="lammps-data", specorder=["O", "H"], masses=True
+    )
     (folder / "in.bench").write_text(
         f"""units metal
 atom_style atomic
@@ -69,7 +71,8 @@ run {steps}
     loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", proc.stdout)
     seconds, count = float(loops[-1][0]), int(loops[-1][1])
     timing = re.findall(
-        r"calls, s\): short range (\S+) long range (\S+) backward (\S+) communication (\S+)", proc.stdout
+        r"calls, s\): short range (\S+) long range (\S+) backward (\S+) communication (\S+)",
+        proc.stdout,
     )
     parts = [float(x) for x in timing[-1]] if timing else [float("nan")] * 4
     total = sum(parts)
@@ -81,7 +84,9 @@ run {steps}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=10)

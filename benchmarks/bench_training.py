@@ -1,0 +1,113 @@
+"""Training benchmark on the shared data sets (not bundled): the default LOREM and
+the same with `lr: false` on the GNL cumulenes (test errors for in-domain and
+out-domain chain lengths), and on the Ko et al. carbon chains (neutral and charged
+frames apart). Prints time per epoch and the error tables.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_training.py --shared ../shared \
+        --time-budget 600 [--only cumulene|ko4g] [--lr true false]
+
+Each run gets the same time budget (seconds of training); figures from short
+budgets are far from converged and say so.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import ase.io
+
+
+def cumulene(shared: Path, lr: bool, budget: float, output: Path):
+    from lorem_torch.train import evaluate_checkpoint, train
+
+    folder = shared / "datasets/cumulene_gnl"
+    config = {
+        "model": {"lr": lr},
+        "data": {
+            "train": str(folder / "gnl-v0.2-train.xyz"),
+            "valid": str(folder / "gnl-v0.2-val.xyz"),
+        },
+        "training": {
+            "output": str(output),
+            "epochs": 1000,
+            "batch_size": 8,
+            "learning_rate": 2e-3,
+            "time_budget": budget,
+            "decay": "constant",
+            "progress": False,
+        },
+    }
+    result = train(config, log=lambda m: None)
+    history = result["history"]
+    per_epoch = history[-1]["seconds"] / history[-1]["epoch"]
+    test = evaluate_checkpoint(output / "best.pt", str(folder / "gnl-v0.2-test.xyz"))
+    return per_epoch, history[-1]["epoch"], test["errors"]
+
+
+def ko4g(shared: Path, lr: bool, budget: float, output: Path):
+    from lorem_torch.train import evaluate_checkpoint, train
+
+    path = shared / "datasets/ko4g_carbon_chain/Carbon_chain_4G.extxyz"
+    frames = ase.io.read(path, ":")
+    for atoms in frames:  # group by charge state for the report
+        atoms.info["config_type"] = (
+            "charged" if abs(atoms.info.get("total_charge", 0)) > 0 else "neutral"
+        )
+    labelled = output.parent / "ko4g-labelled.extxyz"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    ase.io.write(labelled, frames)
+    config = {
+        "model": {"lr": lr},
+        "data": {"train": str(labelled), "split": [0.9, 0.1], "seed": 0},
+        "training": {
+            "output": str(output),
+            "epochs": 1000,
+            "batch_size": 8,
+            "learning_rate": 2e-3,
+            "time_budget": budget,
+            "decay": "constant",
+            "progress": False,
+        },
+    }
+    result = train(config, log=lambda m: None)
+    history = result["history"]
+    per_epoch = history[-1]["seconds"] / history[-1]["epoch"]
+    # the validation split (10 %, seed 0) is the held-out set here
+    held_out = output.parent / "ko4g-held-out.extxyz"
+    import numpy as np
+
+    order = np.random.default_rng(0).permutation(len(frames))
+    cut = int(round(0.9 * len(frames)))
+    ase.io.write(held_out, [frames[i] for i in order[cut:]])
+    test = evaluate_checkpoint(output / "best.pt", str(held_out))
+    return per_epoch, history[-1]["epoch"], test["errors"]
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shared", default="../shared")
+    parser.add_argument("--time-budget", type=float, default=600)
+    parser.add_argument("--only", choices=["cumulene", "ko4g"])
+    parser.add_argument("--lr", nargs="+", default=["true", "false"])
+    parser.add_argument("--output", default="runs/bench_training")
+    args = parser.parse_args()
+    from lorem_torch.train.evaluation import format_table
+
+    shared = Path(args.shared)
+    for name, run in (("cumulene", cumulene), ("ko4g", ko4g)):
+        if args.only and args.only != name:
+            continue
+        for lr in args.lr:
+            output = Path(args.output) / f"{name}-lr-{lr}"
+            per_epoch, epochs, errors = run(shared, lr == "true", args.time_budget, output)
+            print(
+                f"\n{name}, lr: {lr}: {epochs} epochs, {per_epoch:.1f} s/epoch, budget {args.time_budget} s"
+            )
+            print(format_table(errors))
+            (output / "test_errors.json").write_text(json.dumps(errors, indent=1))
+
+
+if __name__ == "__main__":
+    main()
