@@ -17,16 +17,10 @@ from pathlib import Path
 import ase.io
 
 
-def cumulene(shared: Path, lr: bool, budget: float, output: Path):
-    from lorem_torch.train import evaluate_checkpoint, train
-
-    folder = shared / "datasets/cumulene_gnl"
-    config = {
+def training_config(data: dict, lr: bool, budget: float, output: Path) -> dict:
+    return {
         "model": {"lr": lr},
-        "data": {
-            "train": str(folder / "gnl-v0.2-train.xyz"),
-            "valid": str(folder / "gnl-v0.2-val.xyz"),
-        },
+        "data": data,
         "training": {
             "output": str(output),
             "epochs": 1000,
@@ -37,6 +31,14 @@ def cumulene(shared: Path, lr: bool, budget: float, output: Path):
             "progress": False,
         },
     }
+
+
+def cumulene(shared: Path, lr: bool, budget: float, output: Path):
+    from lorem_torch.train import evaluate_checkpoint, train
+
+    folder = shared / "datasets/cumulene_gnl"
+    data = {"train": str(folder / "gnl-v0.2-train.xyz"), "valid": str(folder / "gnl-v0.2-val.xyz")}
+    config = training_config(data, lr, budget, output)
     result = train(config, log=lambda m: None)
     history = result["history"]
     per_epoch = history[-1]["seconds"] / history[-1]["epoch"]
@@ -56,19 +58,9 @@ def ko4g(shared: Path, lr: bool, budget: float, output: Path):
     labelled = output.parent / "ko4g-labelled.extxyz"
     output.parent.mkdir(parents=True, exist_ok=True)
     ase.io.write(labelled, frames)
-    config = {
-        "model": {"lr": lr},
-        "data": {"train": str(labelled), "split": [0.9, 0.1], "seed": 0},
-        "training": {
-            "output": str(output),
-            "epochs": 1000,
-            "batch_size": 8,
-            "learning_rate": 2e-3,
-            "time_budget": budget,
-            "decay": "constant",
-            "progress": False,
-        },
-    }
+    config = training_config(
+        {"train": str(labelled), "split": [0.9, 0.1], "seed": 0}, lr, budget, output
+    )
     result = train(config, log=lambda m: None)
     history = result["history"]
     per_epoch = history[-1]["seconds"] / history[-1]["epoch"]

@@ -13,7 +13,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from . import keys
 from .data import DEFAULT_MIN_DISTANCE, check_structure, neighbor_list
-from .errors import AtomsTooCloseError
+from .errors import AtomsTooCloseError, UnknownElementError
 from .models import EnergyModel, Lorem
 
 
@@ -63,6 +63,7 @@ class LoremCalculator(Calculator):
         self.model, self.cutoff, self.dtype = _load(model, dtype)
         self.model = self.model.to(self.device)
         self.scripted = isinstance(self.model, torch.jit.ScriptModule)
+        self.species = set(self.model.model.species if self.scripted else self.model.species)
         self.energy_model = None if self.scripted else EnergyModel(self.model)
         self.skin = float(skin)
         self.min_distance = min_distance
@@ -127,15 +128,19 @@ class LoremCalculator(Calculator):
             keys.ATOM_STRUCTURE: ints(np.zeros(n)),
             keys.STRUCTURE_OFFSETS: ints([0, n]),
         }
+        unknown = sorted(set(self.atoms.numbers.tolist()) - self.species)
+        if unknown:
+            raise UnknownElementError(
+                f"unknown element: atomic numbers {unknown} are not among the model's species "
+                f"{sorted(self.species)}"
+            )
         if self.scripted:
-            self.model.check_species(graph[keys.ATOMIC_NUMBERS])
             energy, energies, forces, virial, charges, potentials = self.model.energy_forces_virial(
                 *(graph[k] for k in keys.INPUT_KEYS)
             )
             out = {keys.ENERGY: energy, keys.ENERGIES: energies, keys.FORCES: forces}
             out.update({keys.VIRIAL: virial, keys.CHARGES: charges, keys.POTENTIALS: potentials})
         else:
-            self.model.check_species(graph[keys.ATOMIC_NUMBERS])
             out = self.energy_model(**graph, compute_forces=True, compute_stress=periodic)
 
         def numpy(key):

@@ -56,7 +56,8 @@ def check_structure(atoms, index: int = 0, min_distance: float = DEFAULT_MIN_DIS
         if not np.isfinite(cell).all():
             raise NonFiniteError(f"{name} has a NaN or infinite cell")
         volume = abs(np.linalg.det(cell))
-        if volume < 1e-6 * max(np.linalg.norm(cell, axis=1).prod(), 1e-300) or volume < 1e-3:
+        # relative to the product of the lengths: flat or collapsed cells of any size
+        if volume <= 1e-6 * np.linalg.norm(cell, axis=1).prod():
             raise DegenerateCellError(
                 f"{name} is periodic but its cell is degenerate (volume {volume:.3g} A^3)"
             )
