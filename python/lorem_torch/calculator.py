@@ -71,7 +71,7 @@ class LoremCalculator(Calculator):
         self.rebuilds = 0
 
     def _pairs(self, atoms):
-        periodic = check_structure(atoms, 0, self.min_distance)
+        periodic = check_structure(atoms, 0)
         positions = atoms.get_positions()
         cell = atoms.get_cell().array if periodic else np.zeros((3, 3))
         stale = (

@@ -42,6 +42,23 @@ def library_versions() -> Dict[str, str]:
     }
 
 
+def check_document(document, marker: str, supported: int, kind: str, name: str, required, error):
+    """Format marker, version (not newer than `supported`) and required keys of a
+    checkpoint or export description; raises `error` naming what is wrong."""
+    if not isinstance(document, dict) or document.get("format") != marker:
+        raise error(f"{name} is not a lorem-torch {kind} (no '{marker}' format marker)")
+    version = document.get("format_version")
+    if not isinstance(version, int) or version > supported:
+        raise error(
+            f"{name} has {kind} format version {version}, newer than this lorem-torch "
+            f"({library_versions()['lorem_torch']}) reads ({supported}): update lorem-torch"
+        )
+    for key in required:
+        if key not in document:
+            raise error(f"{name}: the {kind} lacks '{key}'")
+    return document
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call write(temporary_path), then rename it over `path` (same filesystem)."""
     path = Path(path)
@@ -87,18 +104,15 @@ def load_checkpoint(path: str | Path) -> Dict[str, Any]:
         raise CheckpointError(
             f"{path} is not a lorem-torch checkpoint (torch.load failed: {error})"
         ) from error
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a lorem-torch checkpoint (no '{FORMAT}' marker)")
-    version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format version {version}; this lorem-torch "
-            f"({library_versions()['lorem_torch']}) reads versions up to {FORMAT_VERSION}"
-        )
-    for key in ("model", "state_dict"):
-        if key not in payload:
-            raise CheckpointError(f"{path} lacks the '{key}' entry")
-    return payload
+    return check_document(
+        payload,
+        FORMAT,
+        FORMAT_VERSION,
+        "checkpoint",
+        str(path),
+        ("model", "state_dict"),
+        CheckpointError,
+    )
 
 
 def model_from_checkpoint(

@@ -35,7 +35,7 @@ def neighbor_list(
     return {"centers": i, "others": j, "cell_shifts": shifts, "distances": d}
 
 
-def check_structure(atoms, index: int = 0, min_distance: float = DEFAULT_MIN_DISTANCE) -> bool:
+def check_structure(atoms, index: int = 0) -> bool:
     """Raise a named error for input that cannot be evaluated; return periodicity."""
     name = f"structure {index} ({atoms.get_chemical_formula() or 'empty'})"
     if len(atoms) == 0:
@@ -71,7 +71,7 @@ def structure_to_graph(
     min_distance: float = DEFAULT_MIN_DISTANCE,
 ) -> Dict[str, np.ndarray]:
     """One ASE Atoms -> graph dict of numpy arrays (keys.py), neighbour list at `cutoff`."""
-    periodic = check_structure(atoms, index, min_distance)
+    periodic = check_structure(atoms, index)
     positions = atoms.get_positions()
     cell = atoms.get_cell().array if periodic else np.zeros((3, 3))
     nl = neighbor_list(positions, cell, periodic, cutoff)

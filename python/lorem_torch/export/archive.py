@@ -14,7 +14,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from ..checkpoint import atomic_write, library_versions, model_from_checkpoint
+from ..checkpoint import atomic_write, check_document, library_versions, model_from_checkpoint
 from .staged import ExportedLorem
 
 EXPORT_FORMAT = "lorem-torch-export"
@@ -122,17 +122,15 @@ def read_metadata(path: str | Path) -> Dict[str, Any]:
 
 
 def check_metadata(metadata: Dict[str, Any], name: str) -> Dict[str, Any]:
-    if metadata.get("format") != EXPORT_FORMAT:
-        raise ExportError(f"{name} is not a lorem-torch export (format {metadata.get('format')!r})")
-    version = metadata.get("format_version")
-    if not isinstance(version, int) or version > EXPORT_FORMAT_VERSION:
-        raise ExportError(
-            f"{name} has export format version {version}, newer than this lorem-torch "
-            f"reads ({EXPORT_FORMAT_VERSION}): update lorem-torch"
-        )
-    for key in ("species", "cutoff", "long_range", "dtype", "units"):
-        if key not in metadata:
-            raise ExportError(f"{name}: metadata lacks '{key}'")
+    check_document(
+        metadata,
+        EXPORT_FORMAT,
+        EXPORT_FORMAT_VERSION,
+        "export",
+        name,
+        ("species", "cutoff", "long_range", "dtype", "units"),
+        ExportError,
+    )
     if metadata["units"] != {"energy": "eV", "length": "Angstrom"}:
         raise ExportError(f"{name}: units {metadata['units']} are not eV and Angstrom")
     return metadata

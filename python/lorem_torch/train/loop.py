@@ -126,7 +126,7 @@ def evaluate(
         total += float(loss.detach()) * len(batch.config_types)
         count += len(batch.config_types)
         accumulator.add(out, batch)
-    return {"loss": total / max(count, 1), "errors": accumulator.summary(), "acc": accumulator}
+    return {"loss": total / max(count, 1), "errors": accumulator.summary()}
 
 
 # -- schedule --
