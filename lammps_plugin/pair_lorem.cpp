@@ -11,8 +11,10 @@
 #include <torch/cuda.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "atom.h"
 #include "comm.h"
@@ -28,22 +30,11 @@ using namespace LAMMPS_NS;
 
 namespace {
 
-const char *const kSymbols[] = {
-    "X",  "H",  "He", "Li", "Be", "B",  "C",  "N",  "O",  "F",  "Ne", "Na", "Mg", "Al", "Si",
-    "P",  "S",  "Cl", "Ar", "K",  "Ca", "Sc", "Ti", "V",  "Cr", "Mn", "Fe", "Co", "Ni", "Cu",
-    "Zn", "Ga", "Ge", "As", "Se", "Br", "Kr", "Rb", "Sr", "Y",  "Zr", "Nb", "Mo", "Tc", "Ru",
-    "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I",  "Xe", "Cs", "Ba", "La", "Ce", "Pr",
-    "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "Lu", "Hf", "Ta", "W",
-    "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "Po", "At", "Rn", "Fr", "Ra", "Ac",
-    "Th", "Pa", "U",  "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es"};
-constexpr int kNumSymbols = sizeof(kSymbols) / sizeof(kSymbols[0]);
-
-int atomic_number(const std::string &symbol) {
-  for (int z = 1; z < kNumSymbols; ++z) {
-    if (symbol == kSymbols[z]) return z;
-  }
-  return -1;
-}
+// Values per atom in one forward/reverse communication pass. Fixed at construction so
+// that LAMMPS sizes its buffers for it whatever the model (pair_style hybrid takes its
+// sub-styles' sizes in settings(), before any pair_coeff); wider exchanges (message-
+// passing features) go in several passes.
+constexpr int kExchangeChunk = 64;
 
 constexpr double kEvToKcalPerMol = 23.060547830619029;
 
@@ -55,35 +46,41 @@ class LammpsCommunicator : public lorem::Communicator {
       : pair_(pair), comm_(comm), atom_(atom), world_(world), locals_(locals), ghosts_(ghosts) {}
 
   torch::Tensor forward_ghosts(const torch::Tensor &local_values) override {
-    const int width = static_cast<int>(local_values.size(1));
-    prepare(width);
+    const int64_t width = local_values.size(1);
     auto values = local_values.to(torch::kCPU, torch::kFloat64).contiguous();
+    auto out = torch::zeros({static_cast<int64_t>(ghosts_.size()), width}, torch::kFloat64);
     const double *data = values.data_ptr<double>();
-    for (size_t k = 0; k < locals_.size(); ++k) {
-      std::memcpy(&pair_->exchange[locals_[k] * width], data + k * width, sizeof(double) * width);
-    }
-    comm_->forward_comm(pair_);
-    auto out = torch::empty({static_cast<int64_t>(ghosts_.size()), width}, torch::kFloat64);
     double *o = out.data_ptr<double>();
-    for (size_t k = 0; k < ghosts_.size(); ++k) {
-      std::memcpy(o + k * width, &pair_->exchange[ghosts_[k] * width], sizeof(double) * width);
+    for (int64_t first = 0; first < width; first += kExchangeChunk) {
+      const int chunk = static_cast<int>(std::min<int64_t>(kExchangeChunk, width - first));
+      prepare(chunk);
+      for (size_t k = 0; k < locals_.size(); ++k)
+        std::memcpy(&pair_->exchange[locals_[k] * chunk], data + k * width + first,
+                    sizeof(double) * chunk);
+      comm_->forward_comm(pair_);
+      for (size_t k = 0; k < ghosts_.size(); ++k)
+        std::memcpy(o + k * width + first, &pair_->exchange[ghosts_[k] * chunk],
+                    sizeof(double) * chunk);
     }
     return out.to(local_values.options());
   }
 
   torch::Tensor reverse_ghosts(const torch::Tensor &ghost_values, int64_t n_local) override {
-    const int width = static_cast<int>(ghost_values.size(1));
-    prepare(width);
+    const int64_t width = ghost_values.size(1);
     auto values = ghost_values.to(torch::kCPU, torch::kFloat64).contiguous();
+    auto out = torch::zeros({n_local, width}, torch::kFloat64);
     const double *data = values.data_ptr<double>();
-    for (size_t k = 0; k < ghosts_.size(); ++k) {
-      std::memcpy(&pair_->exchange[ghosts_[k] * width], data + k * width, sizeof(double) * width);
-    }
-    comm_->reverse_comm(pair_);
-    auto out = torch::empty({n_local, width}, torch::kFloat64);
     double *o = out.data_ptr<double>();
-    for (size_t k = 0; k < locals_.size(); ++k) {
-      std::memcpy(o + k * width, &pair_->exchange[locals_[k] * width], sizeof(double) * width);
+    for (int64_t first = 0; first < width; first += kExchangeChunk) {
+      const int chunk = static_cast<int>(std::min<int64_t>(kExchangeChunk, width - first));
+      prepare(chunk);
+      for (size_t k = 0; k < ghosts_.size(); ++k)
+        std::memcpy(&pair_->exchange[ghosts_[k] * chunk], data + k * width + first,
+                    sizeof(double) * chunk);
+      comm_->reverse_comm(pair_);
+      for (size_t k = 0; k < locals_.size(); ++k)
+        std::memcpy(o + k * width + first, &pair_->exchange[locals_[k] * chunk],
+                    sizeof(double) * chunk);
     }
     return out.to(ghost_values.options());
   }
@@ -115,7 +112,7 @@ class LammpsCommunicator : public lorem::Communicator {
 
  private:
   void prepare(int width) {
-    if (width > pair_->comm_forward) {
+    if (width > pair_->comm_forward || width > pair_->comm_reverse) {
       throw lorem::Error("internal: exchange width exceeds the pair's communication size");
     }
     pair_->exchange_width = width;
@@ -139,6 +136,7 @@ PairLorem::PairLorem(LAMMPS *lmp) : Pair(lmp) {
   restartinfo = 0;
   one_coeff = 1;
   manybody_flag = 1;
+  comm_forward = comm_reverse = kExchangeChunk;
   no_virial_fdotr_compute = 1;  // the virial comes from the strain derivative
   centroidstressflag = CENTROID_NOTAVAIL;
 }
@@ -216,36 +214,29 @@ void PairLorem::coeff(int narg, char **arg) {
   } catch (const std::exception &e) {
     error->all(FLERR, "pair_style lorem: {}", e.what());
   }
-  const auto &metadata = model_->metadata();
-  cutoff_ = metadata.cutoff;
+  const auto &contract = model_->contract();
+  cutoff_ = contract.cutoff;
   type_to_z_.assign(ntypes + 1, 0);
   for (int t = 1; t <= ntypes; ++t) {
     const std::string symbol = arg[2 + t];
     if (symbol == "NULL") continue;
-    const int z = atomic_number(symbol);
-    if (z < 0)
-      error->all(FLERR, "pair_style lorem: unknown element '{}' for atom type {}", symbol, t);
-    bool known = false;
-    std::string species;
-    for (auto s : metadata.species) {
-      known = known || s == z;
-      if (s > 0 && s < kNumSymbols) species += std::string(" ") + kSymbols[s];
-    }
-    if (!known) {
+    const int64_t z = contract.atomic_number(symbol);
+    if (z < 0) {
       error->all(FLERR,
-                 "pair_style lorem: element {} (type {}) is not among the model's species:{}",
-                 symbol, t, species);
+                 "pair_style lorem: element {} (type {}) is not among the model's species: {}",
+                 symbol, t, contract.species_list());
     }
     type_to_z_[t] = z;
   }
   for (int i = 1; i <= ntypes; ++i)
     for (int j = i; j <= ntypes; ++j)
       setflag[i][j] = (type_to_z_[i] > 0 && type_to_z_[j] > 0) ? 1 : 0;
-  // ghost charges and their gradients travel through forward and reverse communication
-  comm_forward = comm_reverse = std::max<int64_t>(metadata.num_charges, 1);
   if (comm->me == 0) {
-    utils::logmesg(lmp, "pair_style lorem: {} on {}, cutoff {} A, {} long-range channels\n", arg[2],
-                   model_->device().str(), cutoff_, metadata.num_charges);
+    utils::logmesg(lmp,
+                   "pair_style lorem: {} on {}, cutoff {} A, {} message-passing layers, long "
+                   "range {} ({} channels)\n",
+                   arg[2], model_->device().str(), cutoff_, contract.num_message_passing,
+                   contract.long_range, contract.num_charges);
   }
 }
 
@@ -265,15 +256,13 @@ void PairLorem::init_style() {
   }
   const bool periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
   const bool open = !domain->xperiodic && !domain->yperiodic && !domain->zperiodic;
-  if (!periodic && !open) {
-    error->all(
-        FLERR,
-        "pair_style lorem supports fully periodic or fully non-periodic boxes only (no slabs yet)");
-  }
-  if (model_->metadata().num_message_passing > 0 && model_->metadata().long_range) {
-    error->all(
-        FLERR,
-        "pair_style lorem: models with num_message_passing > 0 are not supported in LAMMPS yet");
+  try {
+    const auto &contract = model_->contract();
+    contract.require(periodic ? "periodic" : open ? "non_periodic" : "slab",
+                     "pair_style lorem with this box");
+    contract.require("domain_decomposition", "pair_style lorem");
+  } catch (const std::exception &e) {
+    error->all(FLERR, "{}", e.what());
   }
   neighbor->add_request(this, NeighConst::REQ_FULL);
 }
@@ -320,20 +309,34 @@ void PairLorem::compute(int eflag, int vflag) {
 
   std::vector<int64_t> centers, others;
   const double cutoff_squared = cutoff_ * cutoff_;
+  // the closest pair (or a non-finite position) of this rank, for check_geometry()
+  double closest_squared = std::numeric_limits<double>::infinity();
+  int closest_i = -1, closest_j = -1;
   for (int ii = 0; ii < list->inum; ++ii) {
     const int i = list->ilist[ii];
     if (model_index[i] < 0) continue;
+    if (!std::isfinite(x[i][0]) || !std::isfinite(x[i][1]) || !std::isfinite(x[i][2])) {
+      closest_squared = -1.0;
+      closest_i = closest_j = i;
+    }
     const int *neighbors = list->firstneigh[i];
     for (int jj = 0; jj < list->numneigh[i]; ++jj) {
       const int j = neighbors[jj] & NEIGHMASK;
       if (model_index[j] < 0) continue;
       const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz < cutoff_squared) {
+      const double r2 = dx * dx + dy * dy + dz * dz;
+      if (r2 < cutoff_squared) {
         centers.push_back(model_index[i]);
         others.push_back(model_index[j]);
+        if (r2 < closest_squared) {
+          closest_squared = r2;
+          closest_i = i;
+          closest_j = j;
+        }
       }
     }
   }
+  check_geometry(closest_squared, closest_i, closest_j);
 
   lorem::System system;
   system.positions = positions;
@@ -345,6 +348,9 @@ void PairLorem::compute(int eflag, int vflag) {
   system.cell = torch::tensor({h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]}, torch::kFloat64)
                     .reshape({3, 3});
   system.periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
+  // a point shared by all ranks: float32 models lose no precision far from zero
+  system.origin = {domain->boxlo[0] + 0.5 * (h[0] + h[5] + h[4]),
+                   domain->boxlo[1] + 0.5 * (h[1] + h[3]), domain->boxlo[2] + 0.5 * h[2]};
 
   LammpsCommunicator communicator(this, comm, atom, world, locals, ghosts);
   lorem::Result result;
@@ -376,6 +382,37 @@ void PairLorem::compute(int eflag, int vflag) {
     virial[4] -= energy_unit_ * 0.5 * (w[0][2] + w[2][0]);
     virial[5] -= energy_unit_ * 0.5 * (w[1][2] + w[2][1]);
   }
+}
+
+// Every rank takes part, so that all of them stop with the message of the rank that
+// found the problem (an error on one rank alone would leave the others waiting in
+// the model's collectives, and its message could be lost in MPI_Abort).
+void PairLorem::check_geometry(double closest_squared, int i, int j) {
+  const double min_distance = model_->contract().min_distance;
+  struct {
+    double value;
+    int rank;
+  } mine{closest_squared, comm->me}, worst{0.0, 0};
+  MPI_Allreduce(&mine, &worst, 1, MPI_DOUBLE_INT, MPI_MINLOC, world);
+  if (worst.value >= min_distance * min_distance) return;
+  char message[512] = {0};
+  if (comm->me == worst.rank) {
+    const auto tag_i = static_cast<int64_t>(atom->tag[i]);
+    const auto tag_j = static_cast<int64_t>(atom->tag[j]);
+    if (worst.value < 0.0) {
+      std::snprintf(message, sizeof(message),
+                    "pair_style lorem: atom %lld has a non-finite position (NaN or infinite)",
+                    static_cast<long long>(tag_i));
+    } else {
+      std::snprintf(message, sizeof(message),
+                    "pair_style lorem: atoms %lld and %lld are %.6f A apart, closer than the "
+                    "model's minimum %g A",
+                    static_cast<long long>(tag_i), static_cast<long long>(tag_j),
+                    std::sqrt(worst.value), min_distance);
+    }
+  }
+  MPI_Bcast(message, sizeof(message), MPI_CHAR, worst.rank, world);
+  error->all(FLERR, "{}", message);
 }
 
 int PairLorem::pack_forward_comm(int n, int *list, double *buf, int, int *) {

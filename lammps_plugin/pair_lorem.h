@@ -33,6 +33,7 @@ class PairLorem : public Pair {
 
  private:
   void allocate();
+  void check_geometry(double closest_squared, int i, int j);
   torch::Device choose_device() const;
 
   std::unique_ptr<lorem::Model> model_;

@@ -76,3 +76,18 @@ def random_rotation(seed=0) -> np.ndarray:
     if np.linalg.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return q
+
+
+def rewrite_metadata(source, target, edit):
+    """Copy an export, changing its metadata.json with edit(dict) -> dict (or str)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(source) as reader, zipfile.ZipFile(target, "w") as writer:
+        for item in reader.infolist():
+            data = reader.read(item.filename)
+            if item.filename.endswith("extra/metadata.json"):
+                edited = edit(json.loads(data))
+                data = (edited if isinstance(edited, str) else json.dumps(edited)).encode()
+            writer.writestr(item, data)
+    return target

@@ -28,17 +28,18 @@ py::array_t<double> to_numpy(const torch::Tensor& tensor) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lorem-torch C++ runtime (libtorch): load exports, evaluate systems";
-  py::register_exception<lorem::Error>(m, "LoremError", PyExc_ValueError);
+  auto lorem_error = py::register_exception<lorem::Error>(m, "LoremError", PyExc_ValueError);
+  py::register_exception<lorem::AtomsTooCloseError>(m, "AtomsTooCloseError", lorem_error.ptr());
 
   py::class_<lorem::Model>(m, "Model")
       .def(py::init<const std::string&, const std::string&>(), py::arg("path"),
            py::arg("device") = "cpu")
       .def_property_readonly("metadata_json",
-                             [](const lorem::Model& model) { return model.metadata().json; })
+                             [](const lorem::Model& model) { return model.metadata_json(); })
       .def_property_readonly("cutoff",
-                             [](const lorem::Model& model) { return model.metadata().cutoff; })
-      .def_property_readonly("species",
-                             [](const lorem::Model& model) { return model.metadata().species; })
+                             [](const lorem::Model& model) { return model.contract().cutoff; })
+      .def_property_readonly(
+          "species", [](const lorem::Model& model) { return model.contract().atomic_numbers; })
       .def_property_readonly("device",
                              [](const lorem::Model& model) { return model.device().str(); })
       .def(
@@ -50,7 +51,8 @@ PYBIND11_MODULE(_core, m) {
              py::array_t<int64_t, py::array::c_style | py::array::forcecast> centers,
              py::array_t<int64_t, py::array::c_style | py::array::forcecast> others,
              py::array_t<double, py::array::c_style | py::array::forcecast> cell, bool periodic,
-             py::array_t<int64_t, py::array::c_style | py::array::forcecast> ghost_owner) {
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> ghost_owner,
+             std::array<double, 3> origin) {
             lorem::System system;
             system.positions = to_tensor<double>(positions, torch::kFloat64);
             system.atomic_numbers = to_tensor<int64_t>(atomic_numbers, torch::kLong);
@@ -59,6 +61,7 @@ PYBIND11_MODULE(_core, m) {
             system.others = to_tensor<int64_t>(others, torch::kLong);
             system.cell = to_tensor<double>(cell, torch::kFloat64);
             system.periodic = periodic;
+            system.origin = origin;
             auto owner = to_tensor<int64_t>(ghost_owner, torch::kLong);
             lorem::SingleProcess comm(owner);
             lorem::Result result;
@@ -75,5 +78,6 @@ PYBIND11_MODULE(_core, m) {
           },
           py::arg("positions"), py::arg("atomic_numbers"), py::arg("n_local"), py::arg("centers"),
           py::arg("others"), py::arg("cell"), py::arg("periodic"), py::arg("ghost_owner"),
+          py::arg("origin") = std::array<double, 3>{0.0, 0.0, 0.0},
           "Evaluate local + ghost atoms in one process; forces folded onto local atoms.");
 }

@@ -14,11 +14,12 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from . import keys
 from .data import DEFAULT_MIN_DISTANCE, check_structure, neighbor_list
 from .errors import AtomsTooCloseError, UnknownElementError
+from .export.contract import require
 from .models import EnergyModel, Lorem
 
 
 def _load(model, dtype):
-    """-> (callable (graph) -> outputs dict, cutoff, dtype, check_species)"""
+    """-> (Lorem or exported module, dtype, contract)"""
     if isinstance(model, (str, Path)):
         from .checkpoint import CheckpointError, model_from_checkpoint
 
@@ -28,17 +29,20 @@ def _load(model, dtype):
             from .export import load_exported
 
             module, metadata = load_exported(model)
-            export_dtype = {"float32": torch.float32, "float64": torch.float64}[metadata["dtype"]]
+            contract = metadata["contract"]
+            export_dtype = {"float32": torch.float32, "float64": torch.float64}[contract["dtype"]]
             if dtype is not None and dtype != export_dtype:
                 raise ValueError(
-                    f"{model} was exported in {metadata['dtype']}; export it again with "
+                    f"{model} was exported in {contract['dtype']}; export it again with "
                     f"--dtype {str(dtype).replace('torch.', '')} to compute in that precision"
                 ) from None
-            return module, float(metadata["cutoff"]), export_dtype
+            return module, export_dtype, contract
     if not isinstance(model, Lorem):
         raise TypeError(f"expected a Lorem, a checkpoint or an exported file, got {type(model)}")
+    from .export.contract import contract_of
+
     dtype = dtype or next(model.parameters()).dtype
-    return model.to(dtype), model.cutoff, dtype
+    return model.to(dtype), dtype, contract_of(model, dtype, methods=[])
 
 
 class LoremCalculator(Calculator):
@@ -60,10 +64,11 @@ class LoremCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.model, self.cutoff, self.dtype = _load(model, dtype)
+        self.model, self.dtype, self.contract = _load(model, dtype)
         self.model = self.model.to(self.device)
+        self.cutoff = float(self.contract["cutoff"])
         self.scripted = isinstance(self.model, torch.jit.ScriptModule)
-        self.species = set(self.model.model.species if self.scripted else self.model.species)
+        self.species = set(self.contract["species"]["atomic_numbers"])
         self.energy_model = None if self.scripted else EnergyModel(self.model)
         self.skin = float(skin)
         self.min_distance = min_distance
@@ -71,6 +76,11 @@ class LoremCalculator(Calculator):
         self.rebuilds = 0
 
     def _pairs(self, atoms):
+        pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+        shape = "periodic" if pbc.all() else "non_periodic" if not pbc.any() else "slab"
+        require(
+            self.contract, shape, f"structure {atoms.get_chemical_formula()} (pbc {pbc.tolist()})"
+        )
         periodic = check_structure(atoms, 0)
         positions = atoms.get_positions()
         cell = atoms.get_cell().array if periodic else np.zeros((3, 3))

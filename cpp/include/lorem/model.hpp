@@ -1,14 +1,18 @@
-// lorem::Model: load a lorem-torch export (TorchScript + metadata.json), check it,
-// and evaluate a system of local and ghost atoms, whole or stage by stage with a
-// caller-supplied Communicator (DESIGN.md section 3).
+// lorem::Model: load a lorem-torch export (TorchScript + metadata.json), read its
+// contract, and evaluate a system of local and ghost atoms stage by stage with a
+// caller-supplied Communicator (docs/design.md): the same algorithm as
+// python/lorem_torch/export/driver.py.
 #pragma once
 
 #include <torch/script.h>
 
+#include <array>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "lorem/contract.hpp"
 
 namespace lorem {
 
@@ -16,6 +20,16 @@ namespace lorem {
 class Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+};
+
+// Two atoms closer than the contract's min_distance (or at non-finite positions):
+// indices into System::positions, so that an engine can name its own atom ids.
+class AtomsTooCloseError : public Error {
+ public:
+  AtomsTooCloseError(const std::string& message, int64_t first, int64_t second, double distance)
+      : Error(message), first(first), second(second), distance(distance) {}
+  int64_t first, second;
+  double distance;
 };
 
 // What one rank knows of the system: local atoms first, then ghost atoms.
@@ -27,14 +41,19 @@ struct System {
   torch::Tensor others;   // [P] int64, j (local or ghost)
   torch::Tensor cell;     // [3, 3] lattice vectors in rows (ignored when not periodic)
   bool periodic = true;
+  // Subtracted from the positions (in float64) before they are cast to the model's
+  // dtype, so that float32 models keep their precision far from zero. Every rank
+  // must use the same point (the energy is translation invariant).
+  std::array<double, 3> origin{0.0, 0.0, 0.0};
 };
 
 // Wall-clock seconds spent in each part of Model::compute, accumulated over calls.
 struct Timings {
-  double short_range = 0.0;     // encode (forward)
-  double long_range = 0.0;      // structure factors, potentials, readout (forward)
-  double backward = 0.0;        // both autograd passes
-  double communication = 0.0;   // inside the Communicator
+  double short_range = 0.0;    // initial block and message passing (forward)
+  double long_range = 0.0;     // charges, structure factors, potentials, readout (forward)
+  double backward = 0.0;       // the autograd passes
+  double communication = 0.0;  // inside the Communicator
+  double bytes = 0.0;          // sent by this rank through the Communicator (float64 values)
   int64_t calls = 0;
 };
 
@@ -45,14 +64,15 @@ struct Result {
   torch::Tensor virial;    // [3, 3] dE/d(strain), this rank's share (eV)
 };
 
-// The collective operations of the staged long range. Every rank calls every
-// method in the same order, also with zero local atoms.
+// The collective operations of the staged model. Every rank calls every method in
+// the same order, also with zero local atoms.
 class Communicator {
  public:
   virtual ~Communicator() = default;
-  // charges [n_local, C] of this rank's atoms -> charges of its ghosts [n_ghost, C]
+  // values [n_local, W] of this rank's atoms -> their owners' values on its ghosts
+  // [n_ghost, W] (charges: W = C; message-passing features: W = the feature width)
   virtual torch::Tensor forward_ghosts(const torch::Tensor& local_values) = 0;
-  // values on ghosts [n_ghost, C] -> summed onto their owners' local atoms [n_local, C]
+  // values on ghosts [n_ghost, W] -> summed onto their owners' local atoms [n_local, W]
   virtual torch::Tensor reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) = 0;
   // element-wise sum over ranks (same shape everywhere)
   virtual torch::Tensor all_reduce_sum(const torch::Tensor& values) = 0;
@@ -73,25 +93,13 @@ class SingleProcess : public Communicator {
   torch::Tensor ghost_owner_;
 };
 
-struct Metadata {
-  std::string json;  // the whole metadata.json
-  int64_t format_version = 0;
-  double cutoff = 0.0;
-  int64_t num_charges = 0;
-  int64_t num_message_passing = 0;
-  bool long_range = false;
-  std::vector<int64_t> species;  // atomic numbers the model knows
-  torch::Dtype dtype = torch::kFloat32;
-};
-
-constexpr int64_t kExportFormatVersion = 1;
-
 class Model {
  public:
   // device: "cpu", "cuda", "cuda:N"; throws lorem::Error when unavailable.
   explicit Model(const std::string& path, const std::string& device = "cpu");
 
-  const Metadata& metadata() const { return metadata_; }
+  const Contract& contract() const { return contract_; }
+  const std::string& metadata_json() const { return metadata_json_; }
   torch::Device device() const { return device_; }
 
   // Energy, per-atom energies, forces on local and ghost atoms, virial share.
@@ -101,7 +109,8 @@ class Model {
 
  private:
   torch::jit::script::Module module_;
-  Metadata metadata_;
+  Contract contract_;
+  std::string metadata_json_;
   torch::Device device_;
   Timings timings_;
 };

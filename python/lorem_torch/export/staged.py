@@ -7,7 +7,11 @@ homogeneous strain [3, 3] (zeros) applied to positions and cell inside every sta
 gives the virial by autograd.
 
 Stages (all tensors; the caller communicates between them):
-  encode             -> short-range energies, state, charges of local atoms
+  initial_features   -> short-range energies and features of local atoms
+  message_passing_step (x T) -> energy term and new features of local atoms, from the
+                        features of local and ghost atoms (ghosts refreshed by the caller
+                        from their owners before every layer)
+  charges            -> charges of local atoms from the final features
   structure_factors  -> partial S(k) [C, K, 2] of local atoms   (sum over ranks)
   potentials         -> potentials of local atoms from S, Q and pairs with ghosts
   direct_potentials  -> non-periodic: potentials from all atoms (all-gathered)
@@ -30,9 +34,6 @@ class ExportedLorem(torch.nn.Module):
         super().__init__()
         self.model = model
         self.energy_model = EnergyModel(model)
-        self.cutoff = model.cutoff
-        self.num_charges = model.num_charges
-        self.has_long_range = model.long_range is not None
 
     def forward(
         self,
@@ -107,8 +108,18 @@ class ExportedLorem(torch.nn.Module):
     def grid_shape(self, cell: torch.Tensor) -> List[int]:
         return self.model.ewald.grid_shape(cell)
 
+    def _edges(
+        self,
+        positions: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        strain: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        deformed = positions @ (torch.eye(3, dtype=strain.dtype, device=strain.device) + strain)
+        return self.model.edge_basis(deformed[others] - deformed[centers])
+
     @torch.jit.export
-    def encode(
+    def initial_features(
         self,
         positions: torch.Tensor,
         atomic_numbers: torch.Tensor,
@@ -116,19 +127,40 @@ class ExportedLorem(torch.nn.Module):
         others: torch.Tensor,
         strain: torch.Tensor,
         n_local: int,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Short-range energies with baseline [n_local], scalar and spherical state,
-        charges [n_local, C] of the local atoms (centres must be local)."""
-        deformed = positions @ (torch.eye(3, dtype=strain.dtype, device=strain.device) + strain)
-        vectors = deformed[others] - deformed[centers]
-        # without message passing only the local atoms need features (ghosts lend
-        # their species to the edges); with it, every atom is a node
-        num_nodes = n_local if len(self.model.message_passing) == 0 else atomic_numbers.shape[0]
-        energy, scalar, spherical, charges = self.model.encode(
-            atomic_numbers, vectors, centers, others, num_nodes
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Energies with baseline [n_local], scalar [n_local, d] and spherical
+        [n_local, (L+1)**2, s] features of the local atoms after the initial block
+        (ghosts lend their species to the edges; centres must be local)."""
+        radial, harmonics = self._edges(positions, centers, others, strain)
+        energy, scalar, spherical = self.model.initial_features(
+            atomic_numbers, radial, harmonics, centers, others, n_local
         )
-        energy = energy[:n_local] + self.model.baseline[atomic_numbers[:n_local]]
-        return energy, scalar[:n_local], spherical[:n_local], charges[:n_local]
+        return energy + self.model.baseline[atomic_numbers[:n_local]], scalar, spherical
+
+    @torch.jit.export
+    def message_passing_step(
+        self,
+        layer: int,
+        positions: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        strain: torch.Tensor,
+        scalar: torch.Tensor,
+        spherical: torch.Tensor,
+        n_local: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer `layer` (0-based): features of local atoms then ghosts ([n_all, d],
+        [n_all, (L+1)**2, s]; ghosts hold their owners' features of the previous layer)
+        -> energy term [n_local] and the new features of the local atoms."""
+        radial, harmonics = self._edges(positions, centers, others, strain)
+        return self.model.message_passing_step(
+            layer, scalar, spherical, radial, harmonics, centers, others, n_local
+        )
+
+    @torch.jit.export
+    def charges(self, scalar: torch.Tensor, spherical: torch.Tensor) -> torch.Tensor:
+        """Learned charges [n, C] from the final features."""
+        return self.model.charges(scalar, spherical)
 
     @torch.jit.export
     def structure_factors(

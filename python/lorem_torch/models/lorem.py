@@ -103,12 +103,17 @@ class ScalarMessagePassingStep(torch.nn.Module):
         radial: torch.Tensor,
         centers: torch.Tensor,
         others: torch.Tensor,
+        num_nodes: int,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """New scalar features [N, d] and the edge scalars [P, d]."""
+        """New scalar features [num_nodes, d] of the receiving atoms and the edge scalars [P, d].
+
+        scalar [N, d] holds every atom (receivers first, then ghosts that only send)."""
         pair_features = torch.cat([scalar[centers], scalar[others]], dim=-1)
         edges_scalar = self.radial_coefficients(pair_features, radial)
-        summed = edges_scalar.new_zeros(scalar.shape).index_add(0, centers, edges_scalar)
-        return self.update_scalar(scalar, self.edge_to_node(summed)), edges_scalar
+        summed = edges_scalar.new_zeros(num_nodes, scalar.shape[1]).index_add(
+            0, centers, edges_scalar
+        )
+        return self.update_scalar(scalar[:num_nodes], self.edge_to_node(summed)), edges_scalar
 
     def forward(
         self,
@@ -118,10 +123,11 @@ class ScalarMessagePassingStep(torch.nn.Module):
         harmonics: torch.Tensor,
         centers: torch.Tensor,
         others: torch.Tensor,
+        num_nodes: int,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(scalar, spherical, per-atom energy term)."""
-        scalar, _ = self.scalar_update(scalar, radial, centers, others)
-        return scalar, spherical, self.energy_head(scalar)[:, 0]
+        """(scalar, spherical, per-atom energy term) of the first num_nodes atoms."""
+        scalar, _ = self.scalar_update(scalar, radial, centers, others, num_nodes)
+        return scalar, spherical[:num_nodes], self.energy_head(scalar)[:, 0]
 
 
 class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
@@ -149,8 +155,9 @@ class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
         harmonics: torch.Tensor,
         centers: torch.Tensor,
         others: torch.Tensor,
+        num_nodes: int,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        scalar, edges_scalar = self.scalar_update(scalar, radial, centers, others)
+        scalar, edges_scalar = self.scalar_update(scalar, radial, centers, others, num_nodes)
         edges_spherical = edge_spherical(
             self.spherical_coefficients(edges_scalar),
             harmonics,
@@ -158,8 +165,12 @@ class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
             self.max_degree,
         )
         products = self.message_tensor(self.filter(edges_spherical), spherical[others])
-        messages = torch.zeros_like(spherical).index_add(0, centers, products)
-        spherical = self.combine(self.self_dense(spherical), self.message_dense(messages))
+        messages = products.new_zeros(num_nodes, spherical.shape[1], spherical.shape[2]).index_add(
+            0, centers, products
+        )
+        spherical = self.combine(
+            self.self_dense(spherical[:num_nodes]), self.message_dense(messages)
+        )
         scalar = self.update_spherical(
             scalar, norm_features(spherical, self.max_degree, self.l_factors)
         )
@@ -353,34 +364,33 @@ class Lorem(ConstantsModule):
                 + str(self.species)
             )
 
-    # -- stage 1: encode --
+    # -- stage 1: encode (initial block, message passing, charges) --
 
-    def encode(
-        self,
-        atomic_numbers: torch.Tensor,
-        pair_vectors: torch.Tensor,
-        centers: torch.Tensor,
-        others: torch.Tensor,
-        num_nodes: int = -1,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Short-range part given [P, 3] vectors r_j - r_i of pairs i <- j.
-
-        Node features are computed for the first `num_nodes` atoms (all by default);
-        the others (ghost atoms) only lend their species to the edges, and every
-        centre must lie among the nodes. Message passing needs all atoms as nodes.
-
-        Returns per-atom energies without baseline [n], scalar [n, d] and spherical
-        [n, (L+1)**2, s] features, and charges [n, C] (C = 0 without long range).
-        """
-        num_atoms = atomic_numbers.shape[0] if num_nodes < 0 else num_nodes
+    def edge_basis(self, pair_vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """[P, 3] vectors r_j - r_i -> radial functions times the cutoff [P, num_radial] and
+        spherical harmonics of the unit vectors [P, (L+1)**2]."""
         distances = torch.linalg.norm(pair_vectors, dim=-1)
         unit = pair_vectors / distances[:, None]
         radial = self.radial(distances) * cosine_cutoff(distances, self.cutoff)[:, None]
-        harmonics = self.harmonics(unit)
+        return radial, self.harmonics(unit)
 
+    def initial_features(
+        self,
+        atomic_numbers: torch.Tensor,
+        radial: torch.Tensor,
+        harmonics: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        num_nodes: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The initial block for the first `num_nodes` atoms; the others (ghost atoms)
+        only lend their species to the edges, and every centre must be a node.
+
+        Returns per-atom energies (no baseline) [n], scalar [n, d], spherical [n, (L+1)**2, s].
+        """
         present, species_index = torch.unique(atomic_numbers, return_inverse=True)
         num_types = present.shape[0]
-        species_embedding = self.embedding[atomic_numbers[:num_atoms]]
+        species_embedding = self.embedding[atomic_numbers[:num_nodes]]
         pair_type = species_index[centers] * num_types + species_index[others]
         edges_scalar = self.radial_coefficients.from_species_pairs(
             self.embedding[present], pair_type, num_types, radial
@@ -390,9 +400,9 @@ class Lorem(ConstantsModule):
         if node_init is not None:
             scalar = node_init(species_embedding)
         else:
-            scalar = species_embedding.new_zeros(num_atoms, self.num_features)
+            scalar = species_embedding.new_zeros(num_nodes, self.num_features)
         # the sum over neighbours commutes with the bias-free Dense: sum first
-        summed = edges_scalar.new_zeros(num_atoms, self.num_features).index_add(
+        summed = edges_scalar.new_zeros(num_nodes, self.num_features).index_add(
             0, centers, edges_scalar
         )
         scalar = self.update_scalar(scalar, self.edge_to_node(summed))
@@ -404,26 +414,67 @@ class Lorem(ConstantsModule):
             self.max_degree,
         )
         spherical = edges_spherical.new_zeros(
-            num_atoms, edges_spherical.shape[1], self.spherical_features
+            num_nodes, edges_spherical.shape[1], self.spherical_features
         ).index_add(0, centers, edges_spherical)
         spherical = self.self_tensor(spherical)
         scalar = self.update_spherical(
             scalar, norm_features(spherical, self.max_degree, self.l_factors)
         )
-        energy = self.energy_head(scalar)[:, 0]
+        return self.energy_head(scalar)[:, 0], scalar, spherical
 
+    def message_passing_step(
+        self,
+        layer: int,
+        scalar: torch.Tensor,
+        spherical: torch.Tensor,
+        radial: torch.Tensor,
+        harmonics: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        num_nodes: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Message-passing layer `layer` (0-based): features of all atoms [N, ...] (nodes
+        first, then ghosts with their owners' features) -> energy term, scalar and
+        spherical features of the first `num_nodes` atoms."""
+        for index, step in enumerate(self.message_passing):
+            if index == layer:
+                scalar, spherical, energy = step(
+                    scalar, spherical, radial, harmonics, centers, others, num_nodes
+                )
+                return energy, scalar, spherical
+        raise ValueError("message-passing layer index out of range")
+
+    def charges(self, scalar: torch.Tensor, spherical: torch.Tensor) -> torch.Tensor:
+        """[n, C] learned charges of the atoms (C = 0 without long range)."""
+        long_range = self.long_range
+        if long_range is None:
+            return scalar.new_zeros(scalar.shape[0], 0)
+        return long_range.charges(scalar, spherical)
+
+    def encode(
+        self,
+        atomic_numbers: torch.Tensor,
+        pair_vectors: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Short-range part of a whole system (every atom a node) given [P, 3] vectors
+        r_j - r_i of pairs i <- j.
+
+        Returns per-atom energies without baseline [N], scalar [N, d] and spherical
+        [N, (L+1)**2, s] features, and charges [N, C].
+        """
+        num_atoms = atomic_numbers.shape[0]
+        radial, harmonics = self.edge_basis(pair_vectors)
+        energy, scalar, spherical = self.initial_features(
+            atomic_numbers, radial, harmonics, centers, others, num_atoms
+        )
         for step in self.message_passing:
             scalar, spherical, step_energy = step(
-                scalar, spherical, radial, harmonics, centers, others
+                scalar, spherical, radial, harmonics, centers, others, num_atoms
             )
             energy = energy + step_energy
-
-        long_range = self.long_range
-        if long_range is not None:
-            charges = long_range.charges(scalar, spherical)
-        else:
-            charges = scalar.new_zeros(num_atoms, 0)
-        return energy, scalar, spherical, charges
+        return energy, scalar, spherical, self.charges(scalar, spherical)
 
     # -- stage 5: readout --
 
