@@ -41,16 +41,16 @@ constexpr double kEvToKcalPerMol = 23.060547830619029;
 // The Communicator of the staged long range, on LAMMPS' world and ghost atoms.
 class LammpsCommunicator : public lorem::Communicator {
  public:
-  LammpsCommunicator(PairLorem *pair, Comm *comm, Atom *atom, MPI_Comm world,
-                     const std::vector<int> &locals, const std::vector<int> &ghosts)
+  LammpsCommunicator(PairLorem* pair, Comm* comm, Atom* atom, MPI_Comm world,
+                     const std::vector<int>& locals, const std::vector<int>& ghosts)
       : pair_(pair), comm_(comm), atom_(atom), world_(world), locals_(locals), ghosts_(ghosts) {}
 
-  torch::Tensor forward_ghosts(const torch::Tensor &local_values) override {
+  torch::Tensor forward_ghosts(const torch::Tensor& local_values) override {
     const int64_t width = local_values.size(1);
     auto values = local_values.to(torch::kCPU, torch::kFloat64).contiguous();
     auto out = torch::zeros({static_cast<int64_t>(ghosts_.size()), width}, torch::kFloat64);
-    const double *data = values.data_ptr<double>();
-    double *o = out.data_ptr<double>();
+    const double* data = values.data_ptr<double>();
+    double* o = out.data_ptr<double>();
     for (int64_t first = 0; first < width; first += kExchangeChunk) {
       const int chunk = static_cast<int>(std::min<int64_t>(kExchangeChunk, width - first));
       prepare(chunk);
@@ -65,12 +65,12 @@ class LammpsCommunicator : public lorem::Communicator {
     return out.to(local_values.options());
   }
 
-  torch::Tensor reverse_ghosts(const torch::Tensor &ghost_values, int64_t n_local) override {
+  torch::Tensor reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) override {
     const int64_t width = ghost_values.size(1);
     auto values = ghost_values.to(torch::kCPU, torch::kFloat64).contiguous();
     auto out = torch::zeros({n_local, width}, torch::kFloat64);
-    const double *data = values.data_ptr<double>();
-    double *o = out.data_ptr<double>();
+    const double* data = values.data_ptr<double>();
+    double* o = out.data_ptr<double>();
     for (int64_t first = 0; first < width; first += kExchangeChunk) {
       const int chunk = static_cast<int>(std::min<int64_t>(kExchangeChunk, width - first));
       prepare(chunk);
@@ -85,14 +85,14 @@ class LammpsCommunicator : public lorem::Communicator {
     return out.to(ghost_values.options());
   }
 
-  torch::Tensor all_reduce_sum(const torch::Tensor &values) override {
+  torch::Tensor all_reduce_sum(const torch::Tensor& values) override {
     auto buffer = values.to(torch::kCPU, torch::kFloat64).contiguous().clone();
     MPI_Allreduce(MPI_IN_PLACE, buffer.data_ptr<double>(), static_cast<int>(buffer.numel()),
                   MPI_DOUBLE, MPI_SUM, world_);
     return buffer.to(values.options());
   }
 
-  torch::Tensor all_gather_rows(const torch::Tensor &rows, int64_t &offset) override {
+  torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) override {
     int nprocs = 1, me = 0;
     MPI_Comm_size(world_, &nprocs);
     MPI_Comm_rank(world_, &me);
@@ -121,17 +121,17 @@ class LammpsCommunicator : public lorem::Communicator {
     std::fill(pair_->exchange.begin(), pair_->exchange.begin() + size, 0.0);
   }
 
-  PairLorem *pair_;
-  Comm *comm_;
-  Atom *atom_;
+  PairLorem* pair_;
+  Comm* comm_;
+  Atom* atom_;
   MPI_Comm world_;
-  const std::vector<int> &locals_;
-  const std::vector<int> &ghosts_;
+  const std::vector<int>& locals_;
+  const std::vector<int>& ghosts_;
 };
 
 }  // namespace
 
-PairLorem::PairLorem(LAMMPS *lmp) : Pair(lmp) {
+PairLorem::PairLorem(LAMMPS* lmp) : Pair(lmp) {
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
@@ -143,7 +143,7 @@ PairLorem::PairLorem(LAMMPS *lmp) : Pair(lmp) {
 
 PairLorem::~PairLorem() {
   if (model_ && model_->timings().calls > 0 && std::getenv("LOREM_TIMING")) {
-    const auto &t = model_->timings();
+    const auto& t = model_->timings();
     utils::logmesg(lmp,
                    "pair_style lorem timing (rank {}, {} calls, s): short range {:.4f} long range "
                    "{:.4f} backward {:.4f} communication {:.4f}\n",
@@ -164,7 +164,7 @@ void PairLorem::allocate() {
     for (int j = i; j <= n; ++j) setflag[i][j] = 0;
 }
 
-void PairLorem::settings(int narg, char **arg) {
+void PairLorem::settings(int narg, char** arg) {
   int iarg = 0;
   while (iarg < narg) {
     if (std::strcmp(arg[iarg], "device") == 0 && iarg + 1 < narg) {
@@ -196,7 +196,7 @@ torch::Device PairLorem::choose_device() const {
   return torch::Device(torch::kCUDA, local_rank % static_cast<int>(torch::cuda::device_count()));
 }
 
-void PairLorem::coeff(int narg, char **arg) {
+void PairLorem::coeff(int narg, char** arg) {
   if (!allocated) allocate();
   const int ntypes = atom->ntypes;
   if (narg != 3 + ntypes) {
@@ -211,10 +211,10 @@ void PairLorem::coeff(int narg, char **arg) {
   const auto device = choose_device();
   try {
     model_ = std::make_unique<lorem::Model>(arg[2], device.str());
-  } catch (const std::exception &e) {
+  } catch (const std::exception& e) {
     error->all(FLERR, "pair_style lorem: {}", e.what());
   }
-  const auto &contract = model_->contract();
+  const auto& contract = model_->contract();
   cutoff_ = contract.cutoff;
   type_to_z_.assign(ntypes + 1, 0);
   for (int t = 1; t <= ntypes; ++t) {
@@ -257,11 +257,13 @@ void PairLorem::init_style() {
   const bool periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
   const bool open = !domain->xperiodic && !domain->yperiodic && !domain->zperiodic;
   try {
-    const auto &contract = model_->contract();
-    contract.require(periodic ? "periodic" : open ? "non_periodic" : "slab",
+    const auto& contract = model_->contract();
+    contract.require(periodic ? "periodic"
+                     : open   ? "non_periodic"
+                              : "slab",
                      "pair_style lorem with this box");
     contract.require("domain_decomposition", "pair_style lorem");
-  } catch (const std::exception &e) {
+  } catch (const std::exception& e) {
     error->all(FLERR, "{}", e.what());
   }
   neighbor->add_request(this, NeighConst::REQ_FULL);
@@ -273,9 +275,9 @@ void PairLorem::compute(int eflag, int vflag) {
   ev_init(eflag, vflag);
   if (vflag_atom) error->all(FLERR, "pair_style lorem does not compute per-atom virials");
 
-  double **x = atom->x;
-  double **f = atom->f;
-  const int *type = atom->type;
+  double** x = atom->x;
+  double** f = atom->f;
+  const int* type = atom->type;
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
 
@@ -297,8 +299,8 @@ void PairLorem::compute(int eflag, int vflag) {
 
   auto positions = torch::empty({n_model, 3}, torch::kFloat64);
   auto numbers = torch::empty({n_model}, torch::kLong);
-  auto *p = positions.data_ptr<double>();
-  auto *z = numbers.data_ptr<int64_t>();
+  auto* p = positions.data_ptr<double>();
+  auto* z = numbers.data_ptr<int64_t>();
   for (int64_t k = 0; k < n_model; ++k) {
     const int i = k < n_local ? locals[k] : ghosts[k - n_local];
     p[3 * k] = x[i][0];
@@ -319,7 +321,7 @@ void PairLorem::compute(int eflag, int vflag) {
       closest_squared = -1.0;
       closest_i = closest_j = i;
     }
-    const int *neighbors = list->firstneigh[i];
+    const int* neighbors = list->firstneigh[i];
     for (int jj = 0; jj < list->numneigh[i]; ++jj) {
       const int j = neighbors[jj] & NEIGHMASK;
       if (model_index[j] < 0) continue;
@@ -344,7 +346,7 @@ void PairLorem::compute(int eflag, int vflag) {
   system.n_local = n_local;
   system.centers = torch::tensor(centers, torch::kLong);
   system.others = torch::tensor(others, torch::kLong);
-  const double *h = domain->h;  // xprd yprd zprd yz xz xy
+  const double* h = domain->h;  // xprd yprd zprd yz xz xy
   system.cell = torch::tensor({h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]}, torch::kFloat64)
                     .reshape({3, 3});
   system.periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
@@ -356,11 +358,11 @@ void PairLorem::compute(int eflag, int vflag) {
   lorem::Result result;
   try {
     result = model_->compute(system, communicator, vflag_global != 0);
-  } catch (const std::exception &e) {
+  } catch (const std::exception& e) {
     error->one(FLERR, "pair_style lorem: {}", e.what());
   }
 
-  const double *forces = result.forces.data_ptr<double>();
+  const double* forces = result.forces.data_ptr<double>();
   for (int64_t k = 0; k < n_model; ++k) {
     const int i = k < n_local ? locals[k] : ghosts[k - n_local];
     f[i][0] += energy_unit_ * forces[3 * k];
@@ -369,7 +371,7 @@ void PairLorem::compute(int eflag, int vflag) {
   }
   if (eflag_global) eng_vdwl += energy_unit_ * result.energy;
   if (eflag_atom) {
-    const double *energies = result.energies.data_ptr<double>();
+    const double* energies = result.energies.data_ptr<double>();
     for (int64_t k = 0; k < n_local; ++k) eatom[locals[k]] += energy_unit_ * energies[k];
   }
   if (vflag_global) {
@@ -415,27 +417,27 @@ void PairLorem::check_geometry(double closest_squared, int i, int j) {
   error->all(FLERR, "{}", message);
 }
 
-int PairLorem::pack_forward_comm(int n, int *list, double *buf, int, int *) {
+int PairLorem::pack_forward_comm(int n, int* list, double* buf, int, int*) {
   int m = 0;
   for (int i = 0; i < n; ++i)
     for (int c = 0; c < exchange_width; ++c) buf[m++] = exchange[list[i] * exchange_width + c];
   return m;
 }
 
-void PairLorem::unpack_forward_comm(int n, int first, double *buf) {
+void PairLorem::unpack_forward_comm(int n, int first, double* buf) {
   int m = 0;
   for (int i = first; i < first + n; ++i)
     for (int c = 0; c < exchange_width; ++c) exchange[i * exchange_width + c] = buf[m++];
 }
 
-int PairLorem::pack_reverse_comm(int n, int first, double *buf) {
+int PairLorem::pack_reverse_comm(int n, int first, double* buf) {
   int m = 0;
   for (int i = first; i < first + n; ++i)
     for (int c = 0; c < exchange_width; ++c) buf[m++] = exchange[i * exchange_width + c];
   return m;
 }
 
-void PairLorem::unpack_reverse_comm(int n, int *list, double *buf) {
+void PairLorem::unpack_reverse_comm(int n, int* list, double* buf) {
   int m = 0;
   for (int i = 0; i < n; ++i)
     for (int c = 0; c < exchange_width; ++c) exchange[list[i] * exchange_width + c] += buf[m++];

@@ -13,19 +13,19 @@ namespace LAMMPS_NS {
 
 class PairLorem : public Pair {
  public:
-  explicit PairLorem(class LAMMPS *);
+  explicit PairLorem(class LAMMPS*);
   ~PairLorem() override;
 
   void compute(int eflag, int vflag) override;
-  void settings(int narg, char **arg) override;
-  void coeff(int narg, char **arg) override;
+  void settings(int narg, char** arg) override;
+  void coeff(int narg, char** arg) override;
   void init_style() override;
   double init_one(int i, int j) override;
 
-  int pack_forward_comm(int n, int *list, double *buf, int pbc_flag, int *pbc) override;
-  void unpack_forward_comm(int n, int first, double *buf) override;
-  int pack_reverse_comm(int n, int first, double *buf) override;
-  void unpack_reverse_comm(int n, int *list, double *buf) override;
+  int pack_forward_comm(int n, int* list, double* buf, int pbc_flag, int* pbc) override;
+  void unpack_forward_comm(int n, int first, double* buf) override;
+  int pack_reverse_comm(int n, int first, double* buf) override;
+  void unpack_reverse_comm(int n, int* list, double* buf) override;
 
   // per-atom exchange buffer [nmax, width] used by the long-range communicator
   std::vector<double> exchange;

@@ -151,9 +151,8 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
     module_ = torch::jit::load(path, device_, extra);
   } catch (const std::exception& error) {
     if (looks_like_checkpoint(path)) {
-      throw Error("'" + path +
-                  "' is a training checkpoint, not an export: run `lorem-export " + path +
-                  " -o model.pt` and give model.pt");
+      throw Error("'" + path + "' is a training checkpoint, not an export: run `lorem-export " +
+                  path + " -o model.pt` and give model.pt");
     }
     throw Error("'" + path + "' is not a TorchScript archive (truncated or not a model file): " +
                 std::string(error.what()).substr(0, 200));
@@ -195,9 +194,9 @@ void check_distances(const System& system, double min_distance) {
   if (!torch::isfinite(positions).all().item<bool>()) {
     auto bad = torch::nonzero(~torch::isfinite(positions).all(1)).flatten();
     const int64_t first = bad[0].item<int64_t>();
-    throw AtomsTooCloseError("atom " + std::to_string(first) +
-                                 " has a non-finite position (NaN or infinite)",
-                             first, first, std::nan(""));
+    throw AtomsTooCloseError(
+        "atom " + std::to_string(first) + " has a non-finite position (NaN or infinite)", first,
+        first, std::nan(""));
   }
   if (system.centers.numel() == 0) return;
   auto distances = (positions.index_select(0, system.others.to(torch::kCPU)) -
@@ -241,8 +240,8 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
   check_distances(system, contract.min_distance);
 
   const double start = now();
-  auto origin = torch::tensor({system.origin[0], system.origin[1], system.origin[2]},
-                              torch::kFloat64);
+  auto origin =
+      torch::tensor({system.origin[0], system.origin[1], system.origin[2]}, torch::kFloat64);
   auto positions = (system.positions.to(torch::kFloat64) - origin).to(options).requires_grad_(true);
   auto numbers = system.atomic_numbers.to(index_options);
   auto centers = system.centers.to(index_options);
@@ -262,8 +261,9 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
     };
     std::vector<Stage> stages;
     {
-      auto out = module_.get_method("initial_features")(
-                            {positions, numbers, centers, others, strain, n_local})
+      auto out = module_
+                     .get_method("initial_features")(
+                         {positions, numbers, centers, others, strain, n_local})
                      .toTuple()
                      ->elements();
       stages.push_back({out[0].toTensor(), out[1].toTensor(), out[2].toTensor(), {}});
@@ -343,7 +343,8 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         grad_spherical = first[7];
       } else {
         int64_t offset = 0;
-        auto all_positions = leaf(comm.all_gather_rows(positions.slice(0, 0, n_local).detach(), offset));
+        auto all_positions =
+            leaf(comm.all_gather_rows(positions.slice(0, 0, n_local).detach(), offset));
         auto all_charges = leaf(comm.all_gather_rows(q.detach(), offset));
         auto receivers = torch::arange(offset, offset + n_local, index_options);
         auto potentials =
@@ -355,9 +356,8 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         sync();
         forward_at = now();
         comm_forward = comm.seconds;
-        auto first =
-            gradients({energies_lr.sum()}, {torch::ones({}, options)},
-                      {strain, all_positions, all_charges, scalar_leaf, spherical_leaf});
+        auto first = gradients({energies_lr.sum()}, {torch::ones({}, options)},
+                               {strain, all_positions, all_charges, scalar_leaf, spherical_leaf});
         auto grad_all_positions = comm.all_reduce_sum(first[1]);
         auto grad_all_charges = comm.all_reduce_sum(first[2]);
         grad_positions.slice(0, 0, n_local) +=

@@ -18,9 +18,9 @@ struct Contract {
   std::vector<int64_t> atomic_numbers;  // the species the model knows
   std::vector<std::string> symbols;     // their element symbols, same order
   torch::Dtype dtype = torch::kFloat32;
-  double cutoff = 0.0;             // pairs closer than this enter the model (A)
-  double min_distance = 0.0;       // pairs closer than this are refused (A)
-  double interaction_range = 0.0;  // (T + 1) * cutoff
+  double cutoff = 0.0;              // pairs closer than this enter the model (A)
+  double min_distance = 0.0;        // pairs closer than this are refused (A)
+  double interaction_range = 0.0;   // (T + 1) * cutoff
   int64_t num_message_passing = 0;  // T: layers that need a ghost feature exchange
   int64_t feature_width = 0;        // values per atom in that exchange
   int64_t num_charges = 0;          // long-range charge channels
