@@ -1,4 +1,4 @@
-"""The exported module: the whole-batch forward and the staged methods of DESIGN.md section 3.
+"""The exported module: the whole-batch forward and the staged methods of docs/design.md section 4.
 
 Staged inputs describe one system as a simulation engine holds it on one rank: the
 local atoms first, then ghost atoms (periodic images or atoms of other ranks), so

@@ -1,4 +1,4 @@
-"""Ewald summation in stages (DESIGN.md sections 2 and 3), for C independent charge channels.
+"""Ewald summation in stages (docs/design.md sections 2 and 4), for C independent charge channels.
 
 Conventions (jax-pme, as used by lorem-jax): Coulomb 1/r with prefactor 1, Gaussian
 smearing sigma; real space erfc(r / (sqrt(2) sigma)) / r over a full neighbour

@@ -5,7 +5,7 @@ Shapes: N atoms, P pairs (i <- j), d = num_features, s = num_spherical_features,
 L = max_degree, C = 1 + (max_degree_lr + 1)**2 charge channels.
 Scalar features [N, d]; spherical features [N, (L+1)**2, s] (e3x basis).
 
-The forward pass is split into the stages of DESIGN.md section 3:
+The forward pass is split into the stages of docs/design.md section 4:
   encode -> charges, per-atom short-range energies and the state for the readout;
   long-range potentials of the charges (long_range/);
   readout(state, potentials) -> per-atom long-range energies.
@@ -278,7 +278,7 @@ class Lorem(ConstantsModule):
         self.num_features = d
         self.spherical_features = s
         self.num_charges = 1 + (max_degree_lr + 1) ** 2 if lr else 0
-        # long-range parameters are model state (DESIGN.md section 2), never re-derived
+        # long-range parameters are model state (docs/design.md section 2), never re-derived
         self.lr_wavelength = self.cutoff / 8.0
         self.smearing = 2.0 * self.lr_wavelength
 
