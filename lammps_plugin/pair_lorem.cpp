@@ -146,8 +146,9 @@ PairLorem::~PairLorem() {
     const auto& t = model_->timings();
     utils::logmesg(lmp,
                    "pair_style lorem timing (rank {}, {} calls, s): short range {:.4f} long range "
-                   "{:.4f} backward {:.4f} communication {:.4f}\n",
-                   comm->me, t.calls, t.short_range, t.long_range, t.backward, t.communication);
+                   "{:.4f} backward {:.4f} communication {:.4f}; {:.0f} bytes sent per call\n",
+                   comm->me, t.calls, t.short_range, t.long_range, t.backward, t.communication,
+                   t.bytes / static_cast<double>(t.calls));
   }
   if (allocated) {
     memory->destroy(setflag);
