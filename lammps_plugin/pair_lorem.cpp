@@ -110,7 +110,59 @@ class LammpsCommunicator : public lorem::Communicator {
     return out.to(rows.options());
   }
 
+  std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) override {
+    const int ranks = size(), me = rank();
+    std::vector<torch::Tensor> buffers(ranks), received(ranks);
+    std::vector<long long> send_counts(ranks), receive_counts(ranks);
+    for (int r = 0; r < ranks; ++r) {
+      buffers[r] = sends[r].to(torch::kCPU, torch::kFloat64).contiguous();
+      send_counts[r] = buffers[r].numel();
+    }
+    MPI_Alltoall(send_counts.data(), 1, MPI_LONG_LONG, receive_counts.data(), 1, MPI_LONG_LONG,
+                 world_);
+    // point to point between the ranks that have something for each other
+    std::vector<MPI_Request> requests;
+    for (int r = 0; r < ranks; ++r) {
+      received[r] = torch::empty({receive_counts[r]}, torch::kFloat64);
+      if (r == me || receive_counts[r] == 0) continue;
+      requests.emplace_back();
+      MPI_Irecv(received[r].data_ptr<double>(), static_cast<int>(receive_counts[r]), MPI_DOUBLE, r,
+                kMeshTag, world_, &requests.back());
+    }
+    for (int r = 0; r < ranks; ++r) {
+      if (r == me || send_counts[r] == 0) continue;
+      requests.emplace_back();
+      MPI_Isend(buffers[r].data_ptr<double>(), static_cast<int>(send_counts[r]), MPI_DOUBLE, r,
+                kMeshTag, world_, &requests.back());
+    }
+    MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
+    received[me] = sends[me];
+    for (int r = 0; r < ranks; ++r)
+      if (r != me) received[r] = received[r].to(sends[me].options());
+    return received;
+  }
+
+  std::vector<int64_t> all_gather_ints(const std::vector<int64_t>& values) override {
+    std::vector<long long> mine(values.begin(), values.end());
+    std::vector<long long> all(mine.size() * static_cast<size_t>(size()));
+    MPI_Allgather(mine.data(), static_cast<int>(mine.size()), MPI_LONG_LONG, all.data(),
+                  static_cast<int>(mine.size()), MPI_LONG_LONG, world_);
+    return std::vector<int64_t>(all.begin(), all.end());
+  }
+
+  int rank() const override {
+    int me = 0;
+    MPI_Comm_rank(world_, &me);
+    return me;
+  }
+  int size() const override {
+    int ranks = 1;
+    MPI_Comm_size(world_, &ranks);
+    return ranks;
+  }
+
  private:
+  static constexpr int kMeshTag = 0x10e3;
   void prepare(int width) {
     if (width > pair_->comm_forward || width > pair_->comm_reverse) {
       throw lorem::Error("internal: exchange width exceeds the pair's communication size");

@@ -37,6 +37,22 @@ class TimedCommunicator : public Communicator {
   torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) override {
     return timed(rows.numel(), [&] { return inner_.all_gather_rows(rows, offset); });
   }
+  std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) override {
+    const double start = now();
+    for (int r = 0; r < static_cast<int>(sends.size()); ++r)
+      if (r != inner_.rank()) timings_.bytes += 8.0 * static_cast<double>(sends[r].numel());
+    auto out = inner_.all_to_all(sends);
+    seconds += now() - start;
+    return out;
+  }
+  std::vector<int64_t> all_gather_ints(const std::vector<int64_t>& values) override {
+    const double start = now();
+    auto out = inner_.all_gather_ints(values);
+    seconds += now() - start;
+    return out;
+  }
+  int rank() const override { return inner_.rank(); }
+  int size() const override { return inner_.size(); }
   double seconds = 0.0;
 
  private:

@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "lorem/mesh.hpp"
 #include "lorem/model.hpp"
 
 namespace py = pybind11;
@@ -80,4 +81,32 @@ PYBIND11_MODULE(_core, m) {
           py::arg("others"), py::arg("cell"), py::arg("periodic"), py::arg("ghost_owner"),
           py::arg("origin") = std::array<double, 3>{0.0, 0.0, 0.0},
           "Evaluate local + ghost atoms in one process; forces folded onto local atoms.");
+
+  // For tests of the distributed-mesh machinery in one process: a brick of charges
+  // (indices from brick_lo, may overhang the mesh) folded onto the periodic mesh,
+  // transformed, multiplied by a real kernel [n0, n1, n2], transformed back, and
+  // gathered into the same brick.
+  m.def(
+      "_mesh_convolve_brick",
+      [](py::array_t<double, py::array::c_style | py::array::forcecast> brick,
+         std::array<int64_t, 3> brick_lo, std::array<int64_t, 3> mesh,
+         py::array_t<double, py::array::c_style | py::array::forcecast> kernel) {
+        auto data = to_tensor<double>(brick, torch::kFloat64);
+        auto g = to_tensor<double>(kernel, torch::kFloat64);
+        lorem::SingleProcess comm(torch::zeros({0}, torch::kLong));
+        lorem::Box brick_box{
+            brick_lo,
+            {brick_lo[0] + data.size(1), brick_lo[1] + data.size(2), brick_lo[2] + data.size(3)}};
+        lorem::Box owned{{0, 0, 0}, mesh};
+        auto charges = lorem::remap(comm, data, {brick_box}, {owned}, mesh);
+        lorem::MeshFFT fft(comm, mesh);
+        auto spectrum = fft.forward(charges, {owned});
+        const auto& box = fft.spectrum_box();
+        auto local_g = g.index({torch::indexing::Slice(box.lo[0], box.hi[0]),
+                                torch::indexing::Slice(box.lo[1], box.hi[1]),
+                                torch::indexing::Slice(box.lo[2], box.hi[2])});
+        auto potential = fft.inverse(spectrum * local_g, {owned}, data.size(0));
+        return to_numpy(lorem::remap(comm, potential, {owned}, {brick_box}, mesh));
+      },
+      py::arg("brick"), py::arg("brick_lo"), py::arg("mesh"), py::arg("kernel"));
 }

@@ -78,6 +78,13 @@ class Communicator {
   virtual torch::Tensor all_reduce_sum(const torch::Tensor& values) = 0;
   // rows [n_local, D] of every rank, concatenated in rank order; offset of ours
   virtual torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) = 0;
+  // sends[r]: a 1-D tensor for rank r (maybe empty) -> what every rank sent to this one
+  // (the distributed mesh of PME; only ranks with something to say exchange messages)
+  virtual std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) = 0;
+  // a few integers of every rank, concatenated in rank order (same count everywhere)
+  virtual std::vector<int64_t> all_gather_ints(const std::vector<int64_t>& values) = 0;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
 };
 
 // One process holding the whole system: ghosts are periodic images of local atoms.
@@ -88,6 +95,14 @@ class SingleProcess : public Communicator {
   torch::Tensor reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) override;
   torch::Tensor all_reduce_sum(const torch::Tensor& values) override;
   torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) override;
+  std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) override {
+    return sends;
+  }
+  std::vector<int64_t> all_gather_ints(const std::vector<int64_t>& values) override {
+    return values;
+  }
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
 
  private:
   torch::Tensor ghost_owner_;
