@@ -65,6 +65,10 @@ Contract Contract::from_metadata(const std::string& metadata_json, const std::st
     const auto& long_range = c.at("long_range");
     contract.long_range = long_range.at("method").as_string("long_range.method");
     contract.non_periodic = long_range.at("non_periodic").as_string("long_range.non_periodic");
+    for (const auto& m : long_range.at("methods").as_array("long_range.methods"))
+      contract.long_range_methods.push_back(m.as_string("a long-range method"));
+    if (contract.long_range != "none")
+      contract.accuracy = long_range.at("accuracy").as_number("long_range.accuracy");
     for (const auto& m : c.at("methods").as_array("methods"))
       contract.methods.push_back(m.as_string("a method name"));
     for (const auto& [key, value] : c.at("capabilities").as_object("capabilities"))

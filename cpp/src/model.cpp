@@ -5,8 +5,12 @@
 #include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <fstream>
+
+#include "lorem/mesh.hpp"
 
 namespace lorem {
 
@@ -186,11 +190,18 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
   std::vector<std::string> needed{"check_species", "initial_features", "charges"};
   if (contract_.num_message_passing > 0) needed.push_back("message_passing_step");
   if (contract_.long_range != "none") needed.push_back("readout");
-  if (contract_.long_range == "ewald") {
-    needed.insert(needed.end(), {"grid_shape", "structure_factors", "potentials"});
-  } else if (contract_.long_range != "none") {
-    throw Error("'" + path + "': long-range method '" + contract_.long_range +
-                "' is not known to this runtime: rebuild the plugin from a newer lorem-torch");
+  for (const auto& method : contract_.long_range_methods) {
+    if (method == "ewald") {
+      needed.insert(needed.end(), {"grid_shape", "structure_factors", "potentials"});
+    } else if (method == "pme") {
+      needed.insert(needed.end(),
+                    {"pme_mesh", "pme_brick", "pme_spread", "pme_kernel", "pme_potentials"});
+    } else if (method == "auto") {
+      needed.push_back("prefer_pme");
+    } else {
+      throw Error("'" + path + "': long-range method '" + method +
+                  "' is not known to this runtime: rebuild the plugin from a newer lorem-torch");
+    }
   }
   if (contract_.non_periodic == "direct") needed.push_back("direct_potentials");
   for (const auto& method : needed) {
@@ -199,10 +210,23 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
                   "' that this runtime needs: export it again with a matching lorem-torch");
     }
   }
+  method_ = contract_.long_range;
   module_.eval();
   // The profiling executor re-specialises the graph whenever the number of atoms or
   // pairs changes, which in MD is every step: plain execution is far faster there.
   torch::jit::setGraphExecutorOptimize(false);
+}
+
+void Model::set_long_range(const std::string& method) {
+  const auto& available = contract_.long_range_methods;
+  if (std::find(available.begin(), available.end(), method) == available.end()) {
+    std::string list;
+    for (const auto& m : available) list += (list.empty() ? "" : ", ") + m;
+    throw Error("long-range method '" + method + "' is not available for this model (" +
+                (list.empty() ? std::string("it has no long range") : "available: " + list) +
+                ")");
+  }
+  method_ = method;
 }
 
 namespace {
@@ -327,7 +351,89 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
       auto q = leaf(charges);
       auto scalar_leaf = leaf(final.scalar);
       auto spherical_leaf = leaf(final.spherical);
-      if (system.periodic) {
+      bool pme = false;
+      if (system.periodic && method_ != "ewald") {
+        pme = method_ == "pme";
+        if (method_ == "auto") {  // the same choice on every rank: the global atom count
+          auto atoms = comm.all_reduce_sum(torch::full({1}, static_cast<double>(n_local),
+                                                       torch::TensorOptions().dtype(torch::kFloat64)));
+          pme = module_.get_method("prefer_pme")({cell, atoms.item<double>()}).toBool();
+        }
+      }
+      if (pme) {
+        // particle-mesh Ewald on a mesh spread over the ranks (cpp/src/mesh.cpp)
+        const auto mesh_list = module_.get_method("pme_mesh")({cell}).toIntVector();
+        const Index3 mesh{mesh_list[0], mesh_list[1], mesh_list[2]};
+        Box owned;
+        for (int a = 0; a < 3; ++a) {  // exact tiling: neighbours share their bounds
+          owned.lo[a] = static_cast<int64_t>(std::ceil(system.domain_lo[a] * mesh[a]));
+          owned.hi[a] = static_cast<int64_t>(std::ceil(system.domain_hi[a] * mesh[a]));
+        }
+        const auto owned_all = gather_boxes(comm, owned);
+        auto brick_out = module_.get_method("pme_brick")({positions.slice(0, 0, n_local).detach(),
+                                                          cell, mesh_list})
+                             .toTuple()
+                             ->elements();
+        const auto brick_lo = brick_out[0].toIntVector();
+        const auto brick_shape = brick_out[1].toIntVector();
+        Box brick;
+        for (int a = 0; a < 3; ++a) {
+          brick.lo[a] = brick_lo[a];
+          brick.hi[a] = brick_lo[a] + brick_shape[a];
+        }
+        const auto brick_all = gather_boxes(comm, brick);
+        auto charge_brick = module_
+                                .get_method("pme_spread")({positions.slice(0, 0, n_local), q, cell,
+                                                           strain, brick_lo, brick_shape, mesh_list})
+                                .toTensor();
+        MeshFFT fft(comm, mesh);
+        const auto& box = fft.spectrum_box();
+        const std::vector<std::vector<int64_t>> ranges{
+            {box.lo[0], box.hi[0]}, {box.lo[1], box.hi[1]}, {box.lo[2], box.hi[2]}};
+        auto kernel =
+            module_.get_method("pme_kernel")({cell, strain, mesh_list, ranges}).toTensor();
+        auto charge_spectrum =
+            fft.forward(remap(comm, charge_brick.detach(), brick_all, owned_all, mesh), owned_all);
+        auto potential_owned =
+            fft.inverse(charge_spectrum * kernel.detach(), owned_all, charges.size(1));
+        auto potential_brick = leaf(remap(comm, potential_owned, owned_all, brick_all, mesh));
+        auto total_q = leaf(comm.all_reduce_sum(q.detach().sum(0)));
+        auto ghost_q = leaf(comm.forward_ghosts(q.detach()));
+        auto potentials = module_
+                              .get_method("pme_potentials")(
+                                  {positions, torch::cat({q, ghost_q}), potential_brick, brick_lo,
+                                   mesh_list, total_q, cell, strain, centers, others, n_local})
+                              .toTensor();
+        auto energies_lr =
+            module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
+        energies = energies + energies_lr.detach();
+        sync();
+        forward_at = now();
+        comm_forward = comm.seconds;
+        auto first = gradients(
+            {energies_lr.sum()}, {torch::ones({}, options)},
+            {positions, strain, q, ghost_q, potential_brick, total_q, scalar_leaf, spherical_leaf});
+        // the mesh operator is real and symmetric: the gradient of the charge mesh is the
+        // same convolution of the potential mesh's gradient
+        auto gradient_spectrum =
+            fft.forward(remap(comm, first[4], brick_all, owned_all, mesh), owned_all);
+        auto gradient_owned =
+            fft.inverse(gradient_spectrum * kernel.detach(), owned_all, charges.size(1));
+        auto gradient_brick = remap(comm, gradient_owned, owned_all, brick_all, mesh);
+        // the kernel depends on the cell (strain): dE/dG(m) = Re(rho^(m) conj(a^(m)))
+        auto weights = torch::real(charge_spectrum * torch::conj(gradient_spectrum)).sum(0);
+        auto through_kernel = gradients({(kernel * weights.to(kernel.dtype())).sum()},
+                                        {torch::ones({}, options)}, {strain});
+        auto through_spread =
+            gradients({charge_brick}, {gradient_brick.to(charge_brick.dtype())}, {positions, strain, q});
+        auto grad_q_total = comm.all_reduce_sum(first[5]);
+        grad_positions = grad_positions + first[0] + through_spread[0];
+        grad_strain = grad_strain + first[1] + through_spread[1] + through_kernel[0];
+        grad_charges = first[2] + comm.reverse_ghosts(first[3], n_local) +
+                       grad_q_total.unsqueeze(0) + through_spread[2];
+        grad_scalar = first[6];
+        grad_spherical = first[7];
+      } else if (system.periodic) {
         auto grid = module_.get_method("grid_shape")({cell}).toIntVector();
         auto partial_sf = module_
                               .get_method("structure_factors")(

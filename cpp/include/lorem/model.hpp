@@ -45,6 +45,10 @@ struct System {
   // dtype, so that float32 models keep their precision far from zero. Every rank
   // must use the same point (the energy is translation invariant).
   std::array<double, 3> origin{0.0, 0.0, 0.0};
+  // This rank's share of the cell in fractional coordinates, [lo, hi) per axis (the
+  // engine's domain; ranks tile [0, 1)^3): it owns that part of a PME mesh.
+  std::array<double, 3> domain_lo{0.0, 0.0, 0.0};
+  std::array<double, 3> domain_hi{1.0, 1.0, 1.0};
 };
 
 // Wall-clock seconds spent in each part of Model::compute, accumulated over calls.
@@ -114,6 +118,10 @@ class Model {
   explicit Model(const std::string& path, const std::string& device = "cpu");
 
   const Contract& contract() const { return contract_; }
+  // The k-space method for periodic cells: "ewald", "pme" or "auto" (among the
+  // contract's long_range methods; default: the contract's method).
+  void set_long_range(const std::string& method);
+  const std::string& long_range() const { return method_; }
   const std::string& metadata_json() const { return metadata_json_; }
   torch::Device device() const { return device_; }
 
@@ -126,6 +134,7 @@ class Model {
   torch::jit::script::Module module_;
   Contract contract_;
   std::string metadata_json_;
+  std::string method_;
   torch::Device device_;
   Timings timings_;
 };

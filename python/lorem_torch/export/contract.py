@@ -20,8 +20,10 @@ Fields (all plain JSON):
                           features before each of the T layers (forward communication,
                           `width` values per atom) and return their gradients after it
   num_charges             C: charge channels of the long range (0 without)
-  long_range              {"method": "none" | "ewald", "non_periodic": "direct" | "none",
-                           "smearing", "lr_wavelength", "prefactor", "exponent"}
+  long_range              {"method": default for periodic cells ("none" | "ewald" | "pme" |
+                           "auto"), "methods": what the export can run, "accuracy",
+                           "non_periodic": "direct" | "none", "smearing", "lr_wavelength",
+                           "prefactor", "exponent"}
   outputs                 what the model computes
   methods                 the TorchScript methods of the export (read from the module)
   capabilities            {name: bool}; for each false one, limitations[name] says why
@@ -64,6 +66,9 @@ def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]
     layers = int(hyper["num_message_passing"])
     long_range = model.long_range is not None
     width = model.num_features + (model.max_degree + 1) ** 2 * model.spherical_features
+    settings = getattr(model, "long_range_settings", {"method": "ewald", "accuracy": 1e-6})
+    # every export carries Ewald, and PME with "auto" when the model has a PME module
+    methods_available = ["ewald", "pme", "auto"] if getattr(model, "pme", None) else ["ewald"]
     limitations = {
         "slab": "2D slabs (periodic in two directions only) are not supported yet",
         "electric_field": "the model has no Born effective charge head; it cannot "
@@ -85,7 +90,9 @@ def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]
         "feature_exchange": {"layers": layers, "width": width if layers else 0},
         "num_charges": int(model.num_charges),
         "long_range": {
-            "method": "ewald" if long_range else "none",
+            "method": settings["method"] if long_range else "none",
+            "methods": methods_available if long_range else [],
+            "accuracy": float(settings["accuracy"]),
             "non_periodic": "direct" if long_range else "none",
             "conventions": "jax-pme (lorem-jax 0.2.0): potentials carry the factor 1/2",
             "smearing": float(model.smearing),
