@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from ase import Atoms
 from conftest import ROOT, cluster, evaluate, small_model, triclinic_water
 
 from lorem_torch import LoremCalculator

@@ -87,9 +87,7 @@ class LoremCalculator(Calculator):
         if stale:
             # kept with the list: the cell shifts refer to positions moved by these offsets
             offsets = model_frame_offsets(positions, cell, periodic)
-            self._list = neighbor_list(
-                positions - offsets, cell, periodic, self.cutoff + self.skin
-            )
+            self._list = neighbor_list(positions - offsets, cell, periodic, self.cutoff + self.skin)
             self._list.update(
                 offsets=offsets,
                 positions=positions.copy(),
