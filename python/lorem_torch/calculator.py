@@ -19,13 +19,13 @@ from .models import EnergyModel, Lorem
 
 
 def _load(model, dtype):
-    """-> (callable (graph) -> outputs dict, cutoff, dtype, check_species)"""
+    """-> (module, cutoff, dtype): a Lorem, or the TorchScript module of an export"""
     if isinstance(model, (str, Path)):
-        from .checkpoint import CheckpointError, model_from_checkpoint
+        from .checkpoint import model_file_kind, model_from_checkpoint
 
-        try:
+        if model_file_kind(model) == "checkpoint":
             model = model_from_checkpoint(model, dtype=dtype)
-        except CheckpointError:
+        else:
             from .export import load_exported
 
             module, metadata = load_exported(model)
@@ -34,7 +34,7 @@ def _load(model, dtype):
                 raise ValueError(
                     f"{model} was exported in {metadata['dtype']}; export it again with "
                     f"--dtype {str(dtype).replace('torch.', '')} to compute in that precision"
-                ) from None
+                )
             return module, float(metadata["cutoff"]), export_dtype
     if not isinstance(model, Lorem):
         raise TypeError(f"expected a Lorem, a checkpoint or an exported file, got {type(model)}")
