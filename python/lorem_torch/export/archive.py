@@ -170,11 +170,12 @@ def export_main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         prog="lorem-export",
         description="Export a lorem-torch checkpoint to a TorchScript file for LAMMPS and C++.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("checkpoint", help="training checkpoint (best.pt, last.pt, ...)")
     parser.add_argument("-o", "--output", required=True, help="TorchScript file to write")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="precision")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="precision (default: float32)"
+    )
     add_version(parser)
     args = parser.parse_args(argv)
     try:

@@ -36,10 +36,22 @@ def _value(text: str):
     return yaml.safe_load(text)
 
 
+def _show(value) -> str:
+    """A value as it would be written in the YAML config."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, str) and not value.replace("_", "").replace("/", "").isalnum():
+        return repr(value)
+    return str(value)
+
+
 def _default(option: str) -> str:
     section, key = TRAIN_OPTIONS[option]
-    value = DEFAULTS[section][key]
-    return "none" if value is None else str(value)
+    return _show(DEFAULTS[section][key])
 
 
 def _entries_help() -> str:
@@ -50,10 +62,9 @@ def _entries_help() -> str:
     ]
     for section in ("model", "data", "training"):
         if section != "model":
-            lines.append(f"{section}: section of a config file:")
+            lines.append(f"{section}: entries of a config file (some also as options above):")
         for key, value in DEFAULTS[section].items():
-            lines.append(f"  {key}: {yaml.safe_dump(value, default_flow_style=True).strip()}")
-            lines[-1] = lines[-1].removesuffix(" ...").replace("\n...", "")
+            lines.append(f"  {key}: {_show(value)}")
     lines.append("example: examples/configs/water.yaml")
     return "\n".join(lines)
 
@@ -230,7 +241,6 @@ def eval_main(argv=None) -> None:
         "and predictions.xyz. On a file without energy labels it predicts instead: energy, "
         "forces and (periodic) stress of every frame, written as extxyz with the keys "
         "lorem_energy, lorem_energies, lorem_forces and lorem_stress (Voigt, eV/A^3).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", help="checkpoint (best.pt, ...) or exported model (model.pt)")
     parser.add_argument("data", help="any ASE-readable file, with or without labels")
@@ -244,13 +254,17 @@ def eval_main(argv=None) -> None:
     parser.add_argument(
         "--stress-key", help="stress label key, '' for none (default: " + unset % "none)"
     )
-    parser.add_argument("--batch-size", type=int, default=4, help="structures per batch")
+    parser.add_argument(
+        "--batch-size", type=int, default=4, help="structures per batch (default: 4)"
+    )
     parser.add_argument(
         "--dtype",
         choices=["float32", "float64"],
         help="precision (default: float64 for a checkpoint, the export's own for an export)",
     )
-    parser.add_argument("--index", default=":", help="which frames (ASE index syntax)")
+    parser.add_argument(
+        "--index", default=":", help="which frames, ASE index syntax (default: all, ':')"
+    )
     add_version(parser)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
