@@ -80,7 +80,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--output", default="runs/demo")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--md-steps", type=int, default=100)
     args = parser.parse_args()
     output = Path(args.output)
@@ -103,7 +103,7 @@ def main() -> None:
     config = {
         "model": {
             "num_features": 32,
-            "max_degree": 4,
+            "max_degree": 2,
             "num_spherical_features": 4,
             "num_radial": 16,
         },

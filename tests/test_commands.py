@@ -178,6 +178,15 @@ def test_time_budget_is_checked_every_batch_and_resumes_exactly(tmp_path):
     assert_same_run(tmp_path / "straight", tmp_path / "budget")
 
 
+def test_time_budget_on_the_command_line(tmp_path, capsys):
+    folder = tmp_path / "run"
+    code, out, err = run(train_main, train_arguments(folder, "--time-budget", "1e-3"), capsys)
+    assert code == 0, err
+    assert "time budget of 0.001 s is spent" in out and "batch 1 of 5" in out
+    assert out.strip().splitlines()[-1].strip().endswith("--resume")
+    assert load_checkpoint(folder / "last.pt")["training"]["step"] == 1
+
+
 def test_ctrl_c_saves_the_state_and_says_how_to_resume(tmp_path, capsys, monkeypatch):
     straight_run(tmp_path)
     import lorem_torch.train.loop as loop

@@ -215,7 +215,7 @@ def train_main(argv=None) -> None:
         if best
         else "no validation yet"
     )
-    if result["interrupted"] or not result["finished"] and "budget" in result["stop_reason"]:
+    if result["resumable"]:
         where = (
             f"epoch {result['epochs'] + 1}, batch {result['step']} of {result['steps_per_epoch']}"
         )

@@ -490,10 +490,14 @@ class Trainer:
             last_tick = now
             return now - started
 
+        budget_spent = False
+
         def reason_to_stop(spent: float) -> str | None:
+            nonlocal budget_spent
             if self.interrupted:
                 return "interrupted (Ctrl-C)"
             if budget is not None and spent >= float(budget):
+                budget_spent = True
                 return f"the time budget of {budget} s is spent"
             return None
 
@@ -578,6 +582,8 @@ class Trainer:
             "stop_reason": stop_reason,
             "interrupted": self.interrupted,
             "finished": self.epoch >= epochs,
+            # stopped by Ctrl-C or the time budget with epochs left: --resume continues
+            "resumable": self.epoch < epochs and (self.interrupted or budget_spent),
             "last_checkpoint": str(self.output / "last.pt"),
             "best_checkpoint": str(self.output / "best.pt")
             if (self.output / "best.pt").is_file()
