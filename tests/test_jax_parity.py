@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from conftest import FIXTURES
+from conftest import FIXTURES, shared_file
 
 from lorem_torch import EnergyModel, from_jax_params
 from lorem_torch.data import atoms_to_graph
@@ -54,8 +54,8 @@ def check(out, data, prefix, periodic):
         )
 
 
-def test_default_model_reference(shared):
-    data, hyperparameters, params, structures = load(shared / "reference" / "lorem_jax_default.npz")
+def test_default_model_reference():
+    data, hyperparameters, params, structures = load(shared_file("reference/lorem_jax_default.npz"))
     model = from_jax_params(params, hyperparameters, dtype=torch.float64)
     assert len(structures) == 4
     for name in structures:

@@ -2,7 +2,8 @@
 
 The model may be a Lorem object, a checkpoint path or an exported TorchScript file.
 Neighbour lists are built at cutoff + skin and reused, filtered to the cutoff, until
-an atom has moved by more than half the skin or the cell has changed.
+an atom has moved by more than half the skin or the cell has changed. Positions are
+moved into the model's frame (data.model_frame_offsets) in float64 first.
 """
 
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import keys
-from .data import DEFAULT_MIN_DISTANCE, check_structure, neighbor_list
+from .data import DEFAULT_MIN_DISTANCE, check_structure, model_frame_offsets, neighbor_list
 from .errors import AtomsTooCloseError, UnknownElementError
 from .export.contract import require
 from .models import EnergyModel, Lorem
@@ -21,11 +22,11 @@ from .models import EnergyModel, Lorem
 def _load(model, dtype):
     """-> (Lorem or exported module, dtype, contract)"""
     if isinstance(model, (str, Path)):
-        from .checkpoint import CheckpointError, model_from_checkpoint
+        from .checkpoint import model_file_kind, model_from_checkpoint
 
-        try:
+        if model_file_kind(model) == "checkpoint":
             model = model_from_checkpoint(model, dtype=dtype)
-        except CheckpointError:
+        else:
             from .export import load_exported
 
             module, metadata = load_exported(model)
@@ -94,8 +95,11 @@ class LoremCalculator(Calculator):
             > 0.5 * self.skin
         )
         if stale:
-            self._list = neighbor_list(positions, cell, periodic, self.cutoff + self.skin)
+            # kept with the list: the cell shifts refer to positions moved by these offsets
+            offsets = model_frame_offsets(positions, cell, periodic)
+            self._list = neighbor_list(positions - offsets, cell, periodic, self.cutoff + self.skin)
             self._list.update(
+                offsets=offsets,
                 positions=positions.copy(),
                 cell=cell.copy(),
                 periodic=periodic,
@@ -103,6 +107,7 @@ class LoremCalculator(Calculator):
             )
             self.rebuilds += 1
         nl = self._list
+        positions = positions - nl["offsets"]
         vectors = positions[nl["others"]] - positions[nl["centers"]] + nl["cell_shifts"] @ cell
         distances = np.linalg.norm(vectors, axis=1)
         keep = distances < self.cutoff
@@ -112,11 +117,18 @@ class LoremCalculator(Calculator):
                 f"atoms {nl['centers'][k]} and {nl['others'][k]} are {distances[k]:.4f} A apart, "
                 f"closer than the allowed minimum {self.min_distance} A"
             )
-        return periodic, cell, nl["centers"][keep], nl["others"][keep], nl["cell_shifts"][keep]
+        return (
+            periodic,
+            cell,
+            positions,
+            nl["centers"][keep],
+            nl["others"][keep],
+            nl["cell_shifts"][keep],
+        )
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        periodic, cell, centers, others, shifts = self._pairs(self.atoms)
+        periodic, cell, positions, centers, others, shifts = self._pairs(self.atoms)
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is only defined for periodic cells")
         n = len(self.atoms)
@@ -128,7 +140,7 @@ class LoremCalculator(Calculator):
             return torch.tensor(np.asarray(x, dtype=np.int64), device=self.device)
 
         graph = {
-            keys.POSITIONS: floats(self.atoms.get_positions()),
+            keys.POSITIONS: floats(positions),
             keys.ATOMIC_NUMBERS: ints(self.atoms.numbers),
             keys.CELL: floats(cell[None]),
             keys.PBC: torch.tensor([periodic], device=self.device),

@@ -15,7 +15,14 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from ..checkpoint import atomic_write, check_document, library_versions, model_from_checkpoint
+from ..checkpoint import (
+    CheckpointError,
+    atomic_write,
+    check_document,
+    library_versions,
+    model_file_kind,
+    model_from_checkpoint,
+)
 from .contract import check_contract, contract_of, exported_methods
 from .staged import ExportedLorem
 
@@ -82,11 +89,21 @@ def read_metadata(path: str | Path) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        kind = model_file_kind(path)
+    except CheckpointError as error:  # empty, truncated, not a PyTorch file
+        raise ExportError(str(error)) from None
+    if kind == "checkpoint":
+        raise ExportError(
+            f"{path} is a lorem-torch training checkpoint, not a TorchScript archive: "
+            f"export it first (lorem-export {path} -o model.pt)"
+        )
     extra = {METADATA_FILE: ""}
     try:
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as error:
-        raise ExportError(f"{path} is not a TorchScript archive ({error})") from error
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ExportError(f"{path} is not a loadable TorchScript archive ({first_line})") from error
     if not extra[METADATA_FILE]:
         raise ExportError(
             f"{path} is a TorchScript archive but not a lorem-torch export (no {METADATA_FILE})"
@@ -120,15 +137,23 @@ def load_exported(
 def export_main(argv=None) -> None:
     import argparse
 
+    from ..commands import add_version, fail
+
     parser = argparse.ArgumentParser(
         prog="lorem-export",
         description="Export a lorem-torch checkpoint to a TorchScript file for LAMMPS and C++.",
     )
-    parser.add_argument("checkpoint")
-    parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("checkpoint", help="training checkpoint (best.pt, last.pt, ...)")
+    parser.add_argument("-o", "--output", required=True, help="TorchScript file to write")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="precision (default: float32)"
+    )
+    add_version(parser)
     args = parser.parse_args(argv)
-    metadata = export_model(args.checkpoint, args.output, args.dtype)
+    try:
+        metadata = export_model(args.checkpoint, args.output, args.dtype)
+    except (FileNotFoundError, CheckpointError, ExportError) as error:
+        fail("lorem-export", error)
     contract = metadata["contract"]
     print(
         f"wrote {args.output}: species {contract['species']['symbols']}, cutoff "

@@ -271,6 +271,7 @@ def import_jax_main(argv=None) -> None:
     import argparse
 
     from ..checkpoint import save_checkpoint
+    from ..commands import add_version, fail
 
     parser = argparse.ArgumentParser(
         prog="lorem-import-jax",
@@ -278,7 +279,11 @@ def import_jax_main(argv=None) -> None:
     )
     parser.add_argument("folder", help="lorem-jax checkpoint folder (holding model/model.yaml)")
     parser.add_argument("-o", "--output", required=True, help="lorem-torch checkpoint to write")
+    add_version(parser)
     args = parser.parse_args(argv)
-    model = import_jax_checkpoint(args.folder, dtype=torch.float32)
+    try:
+        model = import_jax_checkpoint(args.folder, dtype=torch.float32)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        fail("lorem-import-jax", error)
     save_checkpoint(args.output, model, metadata={"imported_from": str(args.folder)})
     print(f"wrote {args.output}: species {model.species}, {model.hyperparameters}")

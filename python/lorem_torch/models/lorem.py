@@ -15,6 +15,7 @@ from typing import Dict, List, Tuple
 
 import torch
 
+from ..errors import UnknownElementError
 from ..long_range import Ewald, direct_potentials
 from ..nn.constants import ConstantsModule
 from ..nn.layers import MLP, DegreeWiseDense, Dense, TensorDense, TensorProduct, Update
@@ -350,14 +351,16 @@ class Lorem(ConstantsModule):
         return {**self.hyperparameters, "species": list(self.species), "baseline": baseline}
 
     def check_species(self, atomic_numbers: torch.Tensor) -> None:
-        """Raise for atomic numbers the model does not know (one host sync)."""
-        out_of_range = (atomic_numbers < 0) | (atomic_numbers >= self.known_species.shape[0])
-        if bool(out_of_range.any()):
-            raise ValueError("unknown element: atomic numbers must lie in [0, 100)")
-        unknown = ~self.known_species[atomic_numbers]
-        if bool(unknown.any()):
-            bad: List[int] = torch.unique(atomic_numbers[unknown]).tolist()
-            raise ValueError(
+        """Raise UnknownElementError for atomic numbers the model was not built for.
+
+        One host sync (the `bool`); the list of offenders is only built on failure.
+        """
+        table_size = self.known_species.shape[0]
+        in_range = (atomic_numbers >= 0) & (atomic_numbers < table_size)
+        known = self.known_species[atomic_numbers.clamp(0, table_size - 1)] & in_range
+        if not bool(known.all()):
+            bad: List[int] = torch.unique(atomic_numbers[~known]).tolist()
+            raise UnknownElementError(
                 "unknown element: atomic numbers "
                 + str(bad)
                 + " are not among the model's species "
@@ -387,7 +390,9 @@ class Lorem(ConstantsModule):
         only lend their species to the edges, and every centre must be a node.
 
         Returns per-atom energies (no baseline) [n], scalar [n, d], spherical [n, (L+1)**2, s].
+        Every path into the model passes here, so this is where species are checked.
         """
+        self.check_species(atomic_numbers)
         present, species_index = torch.unique(atomic_numbers, return_inverse=True)
         num_types = present.shape[0]
         species_embedding = self.embedding[atomic_numbers[:num_nodes]]
