@@ -15,35 +15,9 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from . import keys
 from .data import DEFAULT_MIN_DISTANCE, check_structure, model_frame_offsets, neighbor_list
 from .errors import AtomsTooCloseError, UnknownElementError
+from .export import load_any
 from .export.contract import require
 from .models import EnergyModel, Lorem
-
-
-def _load(model, dtype):
-    """-> (Lorem or exported module, dtype, contract)"""
-    if isinstance(model, (str, Path)):
-        from .checkpoint import model_file_kind, model_from_checkpoint
-
-        if model_file_kind(model) == "checkpoint":
-            model = model_from_checkpoint(model, dtype=dtype)
-        else:
-            from .export import load_exported
-
-            module, metadata = load_exported(model)
-            contract = metadata["contract"]
-            export_dtype = {"float32": torch.float32, "float64": torch.float64}[contract["dtype"]]
-            if dtype is not None and dtype != export_dtype:
-                raise ValueError(
-                    f"{model} was exported in {contract['dtype']}; export it again with "
-                    f"--dtype {str(dtype).replace('torch.', '')} to compute in that precision"
-                ) from None
-            return module, export_dtype, contract
-    if not isinstance(model, Lorem):
-        raise TypeError(f"expected a Lorem, a checkpoint or an exported file, got {type(model)}")
-    from .export.contract import contract_of
-
-    dtype = dtype or next(model.parameters()).dtype
-    return model.to(dtype), dtype, contract_of(model, dtype, methods=[])
 
 
 class LoremCalculator(Calculator):
@@ -65,7 +39,7 @@ class LoremCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.model, self.dtype, self.contract = _load(model, dtype)
+        self.model, self.dtype, self.contract = load_any(model, dtype)
         self.model = self.model.to(self.device)
         self.cutoff = float(self.contract["cutoff"])
         self.scripted = isinstance(self.model, torch.jit.ScriptModule)

@@ -36,17 +36,11 @@ class Predictor:
             self.training_config = (payload.get("metadata") or {}).get("config")
             model = model_from_checkpoint(payload, dtype=dtype or torch.float64)
         else:
-            from ..export import load_exported
+            from ..export import load_any
 
-            self.export, metadata = load_exported(source)
-            exported = {"float32": torch.float32, "float64": torch.float64}[metadata["dtype"]]
-            if dtype is not None and dtype != exported:
-                raise ValueError(
-                    f"{source} was exported in {metadata['dtype']}: evaluate it in that "
-                    "precision (leave out --dtype), or export it again"
-                )
-            self.dtype, self.cutoff = exported, float(metadata["cutoff"])
-            self.species = [int(z) for z in metadata["species"]["atomic_numbers"]]
+            self.export, self.dtype, contract = load_any(source, dtype)
+            self.cutoff = float(contract["cutoff"])
+            self.species = [int(z) for z in contract["species"]["atomic_numbers"]]
             return
         self.energy_model = EnergyModel(model)
         self.dtype = next(model.parameters()).dtype
