@@ -13,7 +13,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from . import keys
 from .data import DEFAULT_MIN_DISTANCE, check_structure, neighbor_list
-from .errors import AtomsTooCloseError, UnknownElementError
+from .errors import AtomsTooCloseError, NotPeriodicError, UnknownElementError
 from .models import EnergyModel, Lorem
 
 
@@ -45,6 +45,11 @@ class LoremCalculator(Calculator):
     """Energy, free energy, per-atom energies, forces and (periodic cells) stress.
 
     Extra results: "charges" [N, C] and "potentials" [N, C] of the long range.
+
+    long_range overrides the long-range settings of a Lorem or checkpoint for this
+    calculator ("ewald", "pme", "auto" or a mapping such as {"method": "pme",
+    "accuracy": 1e-8}; see lorem_torch.long_range.settings). Asking for "pme" makes
+    non-periodic structures an error (they are summed directly).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -56,11 +61,21 @@ class LoremCalculator(Calculator):
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
         min_distance: float = DEFAULT_MIN_DISTANCE,
+        long_range: str | dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model, self.cutoff, self.dtype = _load(model, dtype)
+        self.requires_periodic = False
+        if long_range is not None:
+            if isinstance(self.model, torch.jit.ScriptModule):
+                raise ValueError(
+                    "an exported model carries its long-range settings; give long_range "
+                    "with a Lorem or a checkpoint, or export the model again"
+                )
+            self.model = self.model.with_long_range(long_range)
+            self.requires_periodic = self.model.long_range_method == "pme"
         self.model = self.model.to(self.device)
         self.scripted = isinstance(self.model, torch.jit.ScriptModule)
         self.species = set(self.model.model.species if self.scripted else self.model.species)
@@ -107,6 +122,11 @@ class LoremCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         periodic, cell, centers, others, shifts = self._pairs(self.atoms)
+        if self.requires_periodic and not periodic:
+            raise NotPeriodicError(
+                "long_range 'pme' was asked for, but the structure is not periodic "
+                "(non-periodic structures use the direct sum: long_range='ewald' or 'auto')"
+            )
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is only defined for periodic cells")
         n = len(self.atoms)
