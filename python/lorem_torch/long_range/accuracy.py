@@ -42,11 +42,12 @@ MAX_ACCURACY = 1e-2
 # even orders only: for odd p the B-spline moduli |b(m)|^2 diverge at the Nyquist frequency
 PME_ORDERS = (4, 6, 8, 10)
 
-# work of one channel on one mesh point (FFTs, folding, kernel) relative to the
-# work of one channel on one stencil point of one atom (spreading, interpolation),
-# and the atom density the choice of the order assumes (liquid water ~0.1 atoms/A^3);
-# measured with benchmarks/bench_long_range.py --calibrate on the development CPU
-MESH_POINT_COST = 2.0
+# work of one channel on one mesh point (FFTs, kernel, copies) relative to the work of
+# one channel on one stencil point of one atom (spreading, interpolation): the ratio of
+# PME_SECONDS_PER_MESH_POINT to PME_SECONDS_PER_STENCIL_POINT in settings.py (measured
+# with benchmarks/bench_long_range.py --calibrate), and the atom density the choice of
+# the order assumes (liquid water ~0.1 atoms/A^3)
+MESH_POINT_COST = 7.6
 TYPICAL_DENSITY = 0.1
 
 
