@@ -191,17 +191,19 @@ def test_float32_matches_float64():
 
 @pytest.fixture(scope="module")
 def staged():
-    atoms = dense_mixed()
+    """A skewed 216-atom cell (mesh about 27 points per axis, p = 8) and 4 charge channels."""
+    atoms = nacl(3)
+    atoms.set_cell(atoms.cell.array + [[0, 0, 0], [2.1, 0, 0], [0.9, -1.4, 0]], scale_atoms=True)
     pme = PME(1.25, accuracy=1e-5)
     cell = torch.tensor(atoms.cell.array)
     charges = torch.randn(len(atoms), 4, generator=torch.Generator().manual_seed(5)).double()
-    return pme, torch.tensor(atoms.positions), charges, cell, pme.mesh_shape(cell)
+    return pme, torch.tensor(atoms.positions), charges, cell, pme.mesh_shape(cell), atoms
 
 
 def test_two_bricks_fold_into_the_whole(staged):
     """Two 'ranks' own atoms on either side of a plane; each spreads into its own brick
     (from brick_for of its sub-domain), and the folded sum equals one brick of all."""
-    pme, positions, charges, cell, mesh = staged
+    pme, positions, charges, cell, mesh, atoms = staged
     fractional = positions @ torch.linalg.inv(cell)
     fractional = fractional - torch.floor(fractional)
     positions = fractional @ cell
@@ -221,7 +223,7 @@ def test_two_bricks_fold_into_the_whole(staged):
 
 
 def test_brick_for_and_the_stencil(staged):
-    pme, positions, charges, cell, mesh = staged
+    pme, positions, charges, cell, mesh, atoms = staged
     lo, shape = pme.brick_for([0.25, 0.0, 0.5], [0.5, 0.1, 0.5], mesh)
     assert lo[0] == math.floor(0.25 * mesh[0]) - pme.order + 1
     assert lo[0] + shape[0] - 1 == math.floor(0.5 * mesh[0])
@@ -234,7 +236,7 @@ def test_brick_for_and_the_stencil(staged):
     "brick_lo, brick_shape", [([-7, -3, 2], [40, 9, 31]), ([5, 0, -20], [3, 25, 17])]
 )
 def test_fold_and_unfold_are_adjoint(staged, brick_lo, brick_shape):
-    pme, _, _, _, mesh = staged
+    pme, _, _, _, mesh, _ = staged
     generator = torch.Generator().manual_seed(7)
     brick = torch.randn(2, *brick_shape, generator=generator, dtype=torch.float64)
     full = torch.randn(2, *mesh, generator=generator, dtype=torch.float64)
@@ -261,7 +263,7 @@ def test_fold_and_unfold_are_adjoint(staged, brick_lo, brick_shape):
 
 
 def test_kernel_blocks_equal_slices_of_the_whole(staged):
-    pme, _, _, cell, mesh = staged
+    pme, _, _, cell, mesh, _ = staged
     full = pme.kernel(cell, mesh, [[0, mesh[0]], [0, mesh[1]], [0, mesh[2]]])
     assert float(full[0, 0, 0]) == 0.0
     block = pme.kernel(cell, mesh, [[3, 11], [0, 5], [mesh[2] - 4, mesh[2]]])
@@ -271,8 +273,23 @@ def test_kernel_blocks_equal_slices_of_the_whole(staged):
     torch.testing.assert_close(full, mirrored, rtol=0, atol=1e-13 * float(full.max()))
 
 
+def test_complex_fft_of_channel_pairs_equals_convolve(staged):
+    """The distributed recipe: two real channels packed as real + imaginary parts, complex
+    FFTs over the whole index grid, the kernel on all of it, unnormalised both ways."""
+    pme, positions, charges, cell, mesh, atoms = staged
+    whole = pme.fold(pme.spread(positions, charges, cell, [0, 0, 0], mesh, mesh), [0, 0, 0], mesh)
+    expected = pme.convolve(whole, cell, mesh)
+    packed = torch.complex(whole[0::2], whole[1::2])  # [C / 2, N0, N1, N2]
+    g = pme.kernel(cell, mesh, [[0, mesh[0]], [0, mesh[1]], [0, mesh[2]]])
+    result = torch.fft.ifftn(
+        torch.fft.fftn(packed, dim=(1, 2, 3)) * g, dim=(1, 2, 3), norm="forward"
+    )
+    torch.testing.assert_close(result.real, expected[0::2], rtol=0, atol=1e-12)
+    torch.testing.assert_close(result.imag, expected[1::2], rtol=0, atol=1e-12)
+
+
 def test_kernel_is_differentiable_in_the_cell(staged):
-    pme, _, _, cell, mesh = staged
+    pme, _, _, cell, mesh, _ = staged
     cell = cell.clone().requires_grad_(True)
 
     def total(c):
@@ -288,7 +305,7 @@ def test_kernel_is_differentiable_in_the_cell(staged):
 def test_single_process_composition_of_the_stages(staged):
     """kspace_potentials == spread -> fold -> convolve -> unfold -> interpolate by hand,
     and interpolate reads back the convolved charges as the direct sum over k would."""
-    pme, positions, charges, cell, mesh = staged
+    pme, positions, charges, cell, mesh, atoms = staged
     lo, shape = pme.brick_for([0.0, 0.0, 0.0], [0.999, 0.999, 0.999], mesh)
     fractional = positions @ torch.linalg.inv(cell)
     inside = (fractional - torch.floor(fractional)) @ cell
@@ -301,8 +318,7 @@ def test_single_process_composition_of_the_stages(staged):
 
 
 def test_scripted_equals_eager(staged):
-    pme, positions, charges, cell, mesh = staged
-    atoms = dense_mixed()
+    pme, positions, charges, cell, mesh, atoms = staged
     centers, others, distances = full_list(atoms, 5.0)
     scripted = torch.jit.script(pme)
     eager = pme(positions, charges, cell, centers, others, distances)

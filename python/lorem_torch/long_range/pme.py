@@ -74,6 +74,13 @@ def _fft_integers(start: int, stop: int, n: int, device: torch.device) -> torch.
     return torch.where(i < (n + 1) // 2, i, i - n)
 
 
+def _nyquist(frequencies: torch.Tensor, n: int) -> torch.Tensor:
+    """Whether each signed frequency is the Nyquist frequency -n/2 of an even axis."""
+    if n % 2 == 0:
+        return frequencies == -(n // 2)
+    return torch.zeros_like(frequencies, dtype=torch.bool)
+
+
 def _periodic_segments(lo: int, extent: int, n: int) -> List[Tuple[int, int, int]]:
     """Mesh indices lo..lo+extent-1 cut where they wrap: (begin, end, target) with brick
     positions [begin, end) standing for mesh indices [target, target + end - begin)."""
@@ -373,8 +380,8 @@ class PME(torch.nn.Module):
     @torch.jit.export
     def kernel(self, cell: torch.Tensor, mesh: List[int], ranges: List[List[int]]) -> torch.Tensor:
         """[r0, r1, r2] G(k) |b(m)|^2 / V at the FFT indices ranges[a] = [start, stop)
-        (index i stands for frequency i or i - N_a), k = 0 excluded; differentiable in
-        the cell (the virial). The single-process rfft uses [0, N2 // 2 + 1) on the last axis."""
+        (index i stands for frequency i or i - N_a), k = 0 and the Nyquist planes of even
+        axes excluded (so that the kernel is even); differentiable in the cell (the virial). The single-process rfft uses [0, N2 // 2 + 1) on the last axis."""
         device = cell.device
         b = reciprocal_cell(cell)
         metric = b @ b.transpose(0, 1)  # [3, 3] b_a . b_b
@@ -391,7 +398,16 @@ class PME(torch.nn.Module):
             + 2.0 * (f0 * f1 * metric[0, 1] + f0 * f2 * metric[0, 2] + f1 * f2 * metric[1, 2])
         )
         origin = (m0[:, None, None] == 0) & (m1[None, :, None] == 0) & (m2[None, None, :] == 0)
-        safe_k2 = torch.where(origin, torch.ones_like(k2), k2)
+        # the Nyquist plane of an even axis stands for +N/2 and -N/2 alike, where G differs
+        # in a skewed cell; it is left out (as beyond the Nyquist sphere, in the error
+        # estimate), so that the kernel is exactly even, as real and packed FFTs assume
+        nyquist = (
+            _nyquist(m0, mesh[0])[:, None, None]
+            | _nyquist(m1, mesh[1])[None, :, None]
+            | _nyquist(m2, mesh[2])[None, None, :]
+        )
+        left_out = origin | nyquist
+        safe_k2 = torch.where(left_out, torch.ones_like(k2), k2)
         g = 4.0 * math.pi * torch.exp(-0.5 * self.smearing**2 * safe_k2) / safe_k2
         moduli = (
             self._moduli(mesh[0], m0, cell)[:, None, None]
@@ -399,7 +415,7 @@ class PME(torch.nn.Module):
             * self._moduli(mesh[2], m2, cell)[None, None, :]
         )
         volume = torch.abs(torch.linalg.det(cell))
-        return torch.where(origin, torch.zeros_like(g), g * moduli) / volume
+        return torch.where(left_out, torch.zeros_like(g), g * moduli) / volume
 
     def _moduli(self, size: int, frequencies: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
         table = spline_moduli(size, self.order).to(device=cell.device, dtype=cell.dtype)
@@ -410,7 +426,11 @@ class PME(torch.nn.Module):
         self, full_mesh: torch.Tensor, cell: torch.Tensor, mesh: List[int]
     ) -> torch.Tensor:
         """[C, N0, N1, N2] charge mesh -> potential mesh (unnormalised FFT both ways; the
-        kernel carries 1/V: see the module notes)."""
+        kernel carries 1/V: see the module notes).
+
+        A distributed version may pack two channels a, b as a + i b into one complex
+        mesh: the kernel is real and even (G(k) = G(-k)), so the inverse complex FFT of
+        G times the complex FFT of a + i b is conv(a) + i conv(b) (tests/test_pme.py)."""
         spectrum = torch.fft.rfftn(full_mesh, dim=(1, 2, 3))  # [C, N0, N1, N2 // 2 + 1]
         g = self.kernel(cell, mesh, [[0, mesh[0]], [0, mesh[1]], [0, mesh[2] // 2 + 1]])
         return torch.fft.irfftn(spectrum * g, s=mesh, dim=(1, 2, 3), norm="forward")
