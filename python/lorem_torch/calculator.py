@@ -14,16 +14,44 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from . import keys
 from .data import DEFAULT_MIN_DISTANCE, check_structure, model_frame_offsets, neighbor_list
-from .errors import AtomsTooCloseError, UnknownElementError
+from .errors import AtomsTooCloseError, NotPeriodicError, UnknownElementError
 from .export import load_any
 from .export.contract import require
 from .models import EnergyModel, Lorem
+
+
+def with_long_range(model, contract, long_range):
+    """The model with other long-range settings: a new Lorem with the same weights, or
+    (an export, which carries Ewald and PME) the export switched to another method."""
+    if not isinstance(model, torch.jit.ScriptModule):
+        return model.with_long_range(long_range)
+    method = long_range if isinstance(long_range, str) else dict(long_range).get("method")
+    other = (
+        {}
+        if isinstance(long_range, str)
+        else {k: v for k, v in long_range.items() if k != "method"}
+    )
+    if other:
+        raise ValueError(
+            f"an export's long-range settings other than the method ({sorted(other)}) are fixed "
+            "when it is written: export it again (lorem-export --accuracy ...)"
+        )
+    available = contract["long_range"]["methods"]
+    if method not in available:
+        raise ValueError(f"long_range {method!r} is not available for this export ({available})")
+    model.model.long_range_method = method
+    return model
 
 
 class LoremCalculator(Calculator):
     """Energy, free energy, per-atom energies, forces and (periodic cells) stress.
 
     Extra results: "charges" [N, C] and "potentials" [N, C] of the long range.
+
+    long_range overrides the long-range settings of a Lorem or checkpoint for this
+    calculator ("ewald", "pme", "auto" or a mapping such as {"method": "pme",
+    "accuracy": 1e-8}; see lorem_torch.long_range.settings). Asking for "pme" makes
+    non-periodic structures an error (they are summed directly).
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
@@ -35,11 +63,16 @@ class LoremCalculator(Calculator):
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
         min_distance: float = DEFAULT_MIN_DISTANCE,
+        long_range: str | dict | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model, self.dtype, self.contract = load_any(model, dtype)
+        self.requires_periodic = False
+        if long_range is not None:
+            self.model = with_long_range(self.model, self.contract, long_range)
+            self.requires_periodic = self.model_long_range_method() == "pme"
         self.model = self.model.to(self.device)
         self.cutoff = float(self.contract["cutoff"])
         self.scripted = isinstance(self.model, torch.jit.ScriptModule)
@@ -49,6 +82,13 @@ class LoremCalculator(Calculator):
         self.min_distance = min_distance
         self._list = None  # neighbour list at cutoff + skin, with the geometry it was built for
         self.rebuilds = 0
+
+    def model_long_range_method(self) -> str:
+        model = self.model.model if self.scripted_module() else self.model
+        return model.long_range_method
+
+    def scripted_module(self) -> bool:
+        return isinstance(self.model, torch.jit.ScriptModule)
 
     def _pairs(self, atoms):
         pbc = np.asarray(atoms.get_pbc(), dtype=bool)
@@ -103,6 +143,11 @@ class LoremCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         periodic, cell, positions, centers, others, shifts = self._pairs(self.atoms)
+        if self.requires_periodic and not periodic:
+            raise NotPeriodicError(
+                "long_range 'pme' was asked for, but the structure is not periodic "
+                "(non-periodic structures use the direct sum: long_range='ewald' or 'auto')"
+            )
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is only defined for periodic cells")
         n = len(self.atoms)

@@ -11,12 +11,13 @@ The forward pass is split into the stages of docs/design.md section 4:
   readout(state, potentials) -> per-atom long-range energies.
 """
 
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 
 from ..errors import UnknownElementError
-from ..long_range import Ewald, direct_potentials
+from ..long_range import PME, Ewald, direct_potentials, long_range_settings
+from ..long_range.settings import prefer_pme
 from ..nn.constants import ConstantsModule
 from ..nn.layers import MLP, DegreeWiseDense, Dense, TensorDense, TensorProduct, Update
 from ..nn.radial import BernsteinBasis, cosine_cutoff
@@ -259,7 +260,11 @@ class Lorem(ConstantsModule):
         initialize_node_features: bool = True,
         species: List[int] | None = None,
         baseline: Dict[int, float] | None = None,
+        long_range: str | Mapping[str, Any] | None = None,
     ):
+        """lorem-jax hyperparameters, the species and per-element baseline energies, and
+        the long-range settings (long_range/settings.py: method ewald | pme | auto,
+        accuracy, max_memory_gb; None: Ewald at the default accuracy)."""
         super().__init__()
         if cutoff_fn != "cosine_cutoff":
             raise ValueError(f"cutoff_fn {cutoff_fn!r} is not supported (only 'cosine_cutoff')")
@@ -323,7 +328,27 @@ class Lorem(ConstantsModule):
         self.message_passing = torch.nn.ModuleList(steps)
 
         # -- long range --
-        self.ewald = Ewald(smearing=self.smearing, lr_wavelength=self.lr_wavelength)
+        self.long_range_settings = long_range_settings(long_range)
+        self.long_range_method: str = self.long_range_settings["method"]
+        accuracy = self.long_range_settings["accuracy"]
+        max_memory_gb = self.long_range_settings["max_memory_gb"]
+        self.ewald = Ewald(
+            smearing=self.smearing,
+            lr_wavelength=self.lr_wavelength,
+            accuracy=accuracy,
+            channels=max(1, self.num_charges),
+            max_memory_gb=max_memory_gb,
+        )
+        self.pme: PME | None = (
+            PME(
+                smearing=self.smearing,
+                accuracy=accuracy,
+                channels=max(1, self.num_charges),
+                max_memory_gb=max_memory_gb,
+            )
+            if lr
+            else None
+        )
         self.long_range: LongRangeBlock | None = (
             LongRangeBlock(d, max_degree, s, max_degree_lr) if lr else None
         )
@@ -348,7 +373,24 @@ class Lorem(ConstantsModule):
     def config(self) -> Dict:
         """Everything needed to rebuild the model, as plain data."""
         baseline = {z: float(self.baseline[z]) for z in self.species if float(self.baseline[z])}
-        return {**self.hyperparameters, "species": list(self.species), "baseline": baseline}
+        return {
+            **self.hyperparameters,
+            "species": list(self.species),
+            "baseline": baseline,
+            "long_range": dict(self.long_range_settings),
+        }
+
+    @torch.jit.unused
+    def with_long_range(self, long_range: str | Mapping[str, Any] | None) -> "Lorem":
+        """A new model with the same weights and these long-range settings, given over
+        the current ones (e.g. "pme", or {"accuracy": 1e-8})."""
+        config = self.config()
+        config["long_range"] = long_range_settings(long_range, base=self.long_range_settings)
+        baseline = config.pop("baseline")
+        parameter = next(self.parameters())
+        model = Lorem(**config, baseline=baseline).to(dtype=parameter.dtype)
+        model.load_state_dict(self.state_dict())
+        return model.to(device=parameter.device)
 
     def check_species(self, atomic_numbers: torch.Tensor) -> None:
         """Raise UnknownElementError for atomic numbers the model was not built for.
@@ -494,6 +536,20 @@ class Lorem(ConstantsModule):
 
     # -- single process: stages 2-4 with identity communication --
 
+    def uses_pme(self, cell: torch.Tensor, num_atoms: int) -> bool:
+        """Whether a periodic structure's k-space goes to PME: always for method pme,
+        never for ewald, by the estimated cost for auto (long_range/settings.py)."""
+        pme = self.pme
+        if pme is None or self.long_range_method == "ewald":
+            return False
+        if self.long_range_method == "pme":
+            return True
+        grid = self.ewald.cut_grid(cell)
+        mesh = pme.mesh_of(cell)
+        return prefer_pme(
+            num_atoms, self.ewald.num_kvectors(grid), mesh[0] * mesh[1] * mesh[2], pme.order
+        )
+
     def long_range_potentials(
         self,
         positions: torch.Tensor,
@@ -506,7 +562,8 @@ class Lorem(ConstantsModule):
         pair_structure: torch.Tensor,
         structure_offsets: torch.Tensor,
     ) -> torch.Tensor:
-        """[N, C] potentials of a batch: Ewald per periodic structure, direct sum otherwise."""
+        """[N, C] potentials of a batch: Ewald or PME per periodic structure (uses_pme),
+        direct sum otherwise."""
         periodic_pairs = pbc[pair_structure]
         real_space = self.ewald.real_space_potentials(
             charges,
@@ -522,7 +579,14 @@ class Lorem(ConstantsModule):
             start, stop = offsets[index], offsets[index + 1]
             q = charges[start:stop]
             r = positions[start:stop]
-            if periodic[index]:
+            if periodic[index] and self.uses_pme(cell[index], stop - start):
+                pme = self.pme
+                assert pme is not None
+                kspace = pme.kspace_potentials(r, q, cell[index])
+                pieces.append(
+                    pme.potentials(kspace, q, q.sum(dim=0), cell[index], real_space[start:stop])
+                )
+            elif periodic[index]:
                 shape = self.ewald.grid_shape(cell[index])
                 structure_factors = self.ewald.structure_factors(r, q, cell[index], shape)
                 pieces.append(
