@@ -223,10 +223,23 @@ void PairLorem::settings(int narg, char** arg) {
     if (std::strcmp(arg[iarg], "device") == 0 && iarg + 1 < narg) {
       device_request_ = arg[iarg + 1];
       iarg += 2;
+    } else if (std::strcmp(arg[iarg], "long_range") == 0 && iarg + 1 < narg) {
+      long_range_request_ = arg[iarg + 1];
+      if (long_range_request_ != "ewald" && long_range_request_ != "pme" &&
+          long_range_request_ != "auto")
+        error->all(FLERR, "pair_style lorem: long_range must be ewald, pme or auto, not '{}'",
+                   long_range_request_);
+      iarg += 2;
+    } else if (std::strcmp(arg[iarg], "accuracy") == 0 && iarg + 1 < narg) {
+      accuracy_request_ = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (!(accuracy_request_ > 0.0 && accuracy_request_ <= 1e-2))
+        error->all(FLERR, "pair_style lorem: accuracy must lie in (0, 1e-2], not {}",
+                   accuracy_request_);
+      iarg += 2;
     } else {
       error->all(FLERR,
                  "Illegal pair_style lorem argument '{}': use pair_style lorem [device "
-                 "cpu|cuda|cuda:N|auto]",
+                 "cpu|cuda|cuda:N|auto] [long_range ewald|pme|auto] [accuracy A]",
                  arg[iarg]);
     }
   }
@@ -269,6 +282,21 @@ void PairLorem::coeff(int narg, char** arg) {
   }
   const auto& contract = model_->contract();
   cutoff_ = contract.cutoff;
+  if (!long_range_request_.empty()) {
+    try {
+      model_->set_long_range(long_range_request_);
+    } catch (const std::exception& e) {
+      error->all(FLERR, "pair_style lorem: {}", e.what());
+    }
+  }
+  if (accuracy_request_ > 0.0 && contract.accuracy > 0.0 &&
+      std::abs(accuracy_request_ - contract.accuracy) > 1e-3 * contract.accuracy) {
+    error->all(FLERR,
+               "pair_style lorem: accuracy {} differs from the model's {} (its k-space grid "
+               "and PME mesh are chosen when it is exported): export it again with "
+               "lorem-export --accuracy {}",
+               accuracy_request_, contract.accuracy, accuracy_request_);
+  }
   type_to_z_.assign(ntypes + 1, 0);
   for (int t = 1; t <= ntypes; ++t) {
     const std::string symbol = arg[2 + t];
@@ -287,9 +315,9 @@ void PairLorem::coeff(int narg, char** arg) {
   if (comm->me == 0) {
     utils::logmesg(lmp,
                    "pair_style lorem: {} on {}, cutoff {} A, {} message-passing layers, long "
-                   "range {} ({} channels)\n",
+                   "range {} ({} channels, accuracy {})\n",
                    arg[2], model_->device().str(), cutoff_, contract.num_message_passing,
-                   contract.long_range, contract.num_charges);
+                   model_->long_range(), contract.num_charges, contract.accuracy);
   }
 }
 
@@ -316,6 +344,10 @@ void PairLorem::init_style() {
                               : "slab",
                      "pair_style lorem with this box");
     contract.require("domain_decomposition", "pair_style lorem");
+    if (open && long_range_request_ == "pme")
+      error->all(FLERR,
+                 "pair_style lorem: long_range pme needs a periodic box (open boundaries use the "
+                 "direct sum; leave out long_range or use auto)");
   } catch (const std::exception& e) {
     error->all(FLERR, "{}", e.what());
   }
@@ -403,9 +435,25 @@ void PairLorem::compute(int eflag, int vflag) {
   system.cell = torch::tensor({h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]}, torch::kFloat64)
                     .reshape({3, 3});
   system.periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
-  // a point shared by all ranks: float32 models lose no precision far from zero
-  system.origin = {domain->boxlo[0] + 0.5 * (h[0] + h[5] + h[4]),
-                   domain->boxlo[1] + 0.5 * (h[1] + h[3]), domain->boxlo[2] + 0.5 * h[2]};
+  // a point shared by all ranks, so that float32 models lose no precision far from zero:
+  // the box origin when periodic (a lattice point: a PME mesh sits where Python puts it),
+  // the box centre otherwise
+  if (system.periodic) {
+    system.origin = {domain->boxlo[0], domain->boxlo[1], domain->boxlo[2]};
+  } else {
+    system.origin = {domain->boxlo[0] + 0.5 * (h[0] + h[5] + h[4]),
+                     domain->boxlo[1] + 0.5 * (h[1] + h[3]), domain->boxlo[2] + 0.5 * h[2]};
+  }
+  // this rank's domain in fractional coordinates: it owns that part of a PME mesh
+  for (int a = 0; a < 3; ++a) {
+    if (domain->triclinic) {
+      system.domain_lo[a] = domain->sublo_lamda[a];
+      system.domain_hi[a] = domain->subhi_lamda[a];
+    } else {
+      system.domain_lo[a] = (domain->sublo[a] - domain->boxlo[a]) / domain->prd[a];
+      system.domain_hi[a] = (domain->subhi[a] - domain->boxlo[a]) / domain->prd[a];
+    }
+  }
 
   LammpsCommunicator communicator(this, comm, atom, world, locals, ghosts);
   lorem::Result result;

@@ -38,6 +38,8 @@ class PairLorem : public Pair {
 
   std::unique_ptr<lorem::Model> model_;
   std::string device_request_ = "auto";
+  std::string long_range_request_;  // empty: the model's own method
+  double accuracy_request_ = 0.0;   // 0: the model's own
   std::vector<int64_t> type_to_z_;  // per LAMMPS type (1-based); 0 for NULL
   double cutoff_ = 0.0;
   double energy_unit_ = 1.0;  // model eV -> LAMMPS energy unit

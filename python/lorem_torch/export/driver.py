@@ -108,10 +108,15 @@ def evaluate_ranks(
     module, contract: Dict[str, Any], systems: List[RankSystem], cell: torch.Tensor, periodic: bool
 ) -> List[RankResult]:
     """Energies, forces and virial shares of every rank, by the staged contract."""
-    from .contract import require
+    from .contract import CapabilityError, require
 
     require(contract, "domain_decomposition", "the simulated-ranks driver")
     require(contract, "periodic" if periodic else "non_periodic", "the simulated-ranks driver")
+    if periodic and contract["long_range"]["method"] not in ("ewald", "none"):
+        raise CapabilityError(
+            "the simulated-ranks driver runs the Ewald stages only (the distributed PME mesh "
+            "lives in the C++ runtime, cpp/src/mesh.cpp): export with long_range ewald"
+        )
     comm = SimulatedRanks(systems)
     ranks = range(len(systems))
     dtype = systems[0].positions.dtype

@@ -209,6 +209,91 @@ class ExportedLorem(torch.nn.Module):
             real_space,
         )
 
+    # -- particle-mesh Ewald on a mesh spread over ranks (cpp/src/mesh.cpp moves it) --
+
+    def _pme(self):
+        pme = self.model.pme
+        if pme is None:
+            raise ValueError("this model has no long range, hence no PME")
+        return pme
+
+    @torch.jit.export
+    def prefer_pme(self, cell: torch.Tensor, num_atoms: float) -> bool:
+        """Method auto: whether PME is estimated faster than Ewald for num_atoms (all ranks)."""
+        return self.model.prefers_pme(cell, int(num_atoms))
+
+    @torch.jit.export
+    def pme_mesh(self, cell: torch.Tensor) -> List[int]:
+        """[N0, N1, N2] of the cell (refuses, before allocating, meshes over the memory limit)."""
+        return self._pme().mesh_shape(cell)
+
+    @torch.jit.export
+    def pme_brick(
+        self, positions_local: torch.Tensor, cell: torch.Tensor, mesh: List[int]
+    ) -> Tuple[List[int], List[int]]:
+        """(lo, shape) of the mesh indices the local atoms' stencils touch (not wrapped)."""
+        return self._pme().brick_of_atoms(positions_local.detach(), cell.detach(), mesh)
+
+    @torch.jit.export
+    def pme_spread(
+        self,
+        positions_local: torch.Tensor,
+        charges_local: torch.Tensor,
+        cell: torch.Tensor,
+        strain: torch.Tensor,
+        brick_lo: List[int],
+        brick_shape: List[int],
+        mesh: List[int],
+    ) -> torch.Tensor:
+        """The local atoms' charges on their brick [C, b0, b1, b2] (sum over ranks: remap)."""
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        return self._pme().spread(
+            positions_local @ deformation,
+            charges_local,
+            cell @ deformation,
+            brick_lo,
+            brick_shape,
+            mesh,
+        )
+
+    @torch.jit.export
+    def pme_kernel(
+        self, cell: torch.Tensor, strain: torch.Tensor, mesh: List[int], ranges: List[List[int]]
+    ) -> torch.Tensor:
+        """The Ewald kernel on this rank's block of the spectrum [r0, r1, r2] (unnormalised
+        FFTs both ways), differentiable in the strain (the k-space virial)."""
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        return self._pme().kernel(cell @ deformation, mesh, ranges)
+
+    @torch.jit.export
+    def pme_potentials(
+        self,
+        positions: torch.Tensor,
+        charges_all: torch.Tensor,
+        potential_brick: torch.Tensor,
+        brick_lo: List[int],
+        mesh: List[int],
+        total_charge: torch.Tensor,
+        cell: torch.Tensor,
+        strain: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        n_local: int,
+    ) -> torch.Tensor:
+        """Potentials [n_local, C] of the local atoms: the mesh potentials of their brick
+        interpolated, plus real space over pairs with local and ghost charges, self and
+        background terms."""
+        pme = self._pme()
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        deformed = positions @ deformation
+        deformed_cell = cell @ deformation
+        distances = torch.linalg.norm(deformed[others] - deformed[centers], dim=-1)
+        real_space = pme.real_space_potentials(charges_all, n_local, centers, others, distances)
+        kspace = pme.interpolate(deformed[:n_local], potential_brick, deformed_cell, brick_lo, mesh)
+        return pme.potentials(
+            kspace, charges_all[:n_local], total_charge, deformed_cell, real_space
+        )
+
     @torch.jit.export
     def direct_potentials(
         self,

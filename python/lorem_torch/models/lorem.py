@@ -544,6 +544,13 @@ class Lorem(ConstantsModule):
             return False
         if self.long_range_method == "pme":
             return True
+        return self.prefers_pme(cell, num_atoms)
+
+    def prefers_pme(self, cell: torch.Tensor, num_atoms: int) -> bool:
+        """Method auto's choice: whether PME is estimated faster than Ewald here."""
+        pme = self.pme
+        if pme is None:
+            return False
         grid = self.ewald.cut_grid(cell)
         mesh = pme.mesh_of(cell)
         return prefer_pme(
