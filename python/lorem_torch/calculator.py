@@ -3,6 +3,10 @@
 The model may be a Lorem object, a checkpoint path or an exported TorchScript file.
 Neighbour lists are built at cutoff + skin and reused, filtered to the cutoff, until
 an atom has moved by more than half the skin or the cell has changed.
+
+With a LoremBEC (a model with the Born-effective-charge head) the results also hold
+"born_effective_charges" [N, 3, 3], and a uniform electric field (V/Angstrom) adds the
+forces F_i = Z*_i E; as in lorem-jax the field changes neither energy nor stress.
 """
 
 from pathlib import Path
@@ -13,8 +17,8 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from . import keys
 from .data import DEFAULT_MIN_DISTANCE, check_structure, neighbor_list
-from .errors import AtomsTooCloseError, UnknownElementError
-from .models import EnergyModel, Lorem
+from .errors import AtomsTooCloseError, MissingAPTHeadError, NonFiniteError, UnknownElementError
+from .models import BECModel, EnergyModel, Lorem, LoremBEC
 
 
 def _load(model, dtype):
@@ -41,13 +45,36 @@ def _load(model, dtype):
     return model.to(dtype), model.cutoff, dtype
 
 
+def _field_vector(electric_field) -> np.ndarray | None:
+    if electric_field is None:
+        return None
+    field = np.asarray(electric_field, dtype=np.float64)
+    if field.shape != (3,):
+        raise ValueError(
+            f"electric_field must be three numbers (Ex, Ey, Ez) in V/A, got shape {field.shape}"
+        )
+    if not np.isfinite(field).all():
+        raise NonFiniteError(f"electric_field {field.tolist()} is not finite")
+    return field
+
+
 class LoremCalculator(Calculator):
     """Energy, free energy, per-atom energies, forces and (periodic cells) stress.
 
-    Extra results: "charges" [N, C] and "potentials" [N, C] of the long range.
+    Extra results: "charges" [N, C] and "potentials" [N, C] of the long range; with a
+    LoremBEC, "born_effective_charges" [N, 3, 3] (elementary charges, acoustic sum rule
+    applied; Z*_i[a, b] = dF_i[a] / dE[b]). `electric_field=(Ex, Ey, Ez)` in V/A adds
+    Z*_i E to the forces (needs a LoremBEC; energy and stress are those without field).
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = [
+        "energy",
+        "free_energy",
+        "energies",
+        "forces",
+        "stress",
+        "born_effective_charges",
+    ]
 
     def __init__(
         self,
@@ -56,6 +83,7 @@ class LoremCalculator(Calculator):
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
         min_distance: float = DEFAULT_MIN_DISTANCE,
+        electric_field=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -64,11 +92,41 @@ class LoremCalculator(Calculator):
         self.model = self.model.to(self.device)
         self.scripted = isinstance(self.model, torch.jit.ScriptModule)
         self.species = set(self.model.model.species if self.scripted else self.model.species)
-        self.energy_model = None if self.scripted else EnergyModel(self.model)
+        self.has_apt = not self.scripted and isinstance(self.model, LoremBEC)
+        if self.scripted:
+            self.energy_model = None
+        elif self.has_apt:
+            self.energy_model = BECModel(self.model)
+        else:
+            self.energy_model = EnergyModel(self.model)
+        self._electric_field = None
+        self.electric_field = electric_field
         self.skin = float(skin)
         self.min_distance = min_distance
         self._list = None  # neighbour list at cutoff + skin, with the geometry it was built for
         self.rebuilds = 0
+
+    @property
+    def electric_field(self) -> np.ndarray | None:
+        """The applied uniform field [3] in V/A, or None."""
+        return self._electric_field
+
+    @electric_field.setter
+    def electric_field(self, value) -> None:
+        field = _field_vector(value)
+        if field is not None and not self.has_apt:
+            where = (
+                "an exported file does not carry the Born-effective-charge head yet; "
+                "use the checkpoint"
+                if self.scripted
+                else "train a model with `kind: bec` (LoremBEC) or import a lorem-jax LoremBEC"
+            )
+            raise MissingAPTHeadError(
+                "an electric field needs a model with a Born-effective-charge (APT) head, "
+                f"and this one has none: {where}"
+            )
+        self._electric_field = field
+        self.reset()
 
     def _pairs(self, atoms):
         periodic = check_structure(atoms, 0)
@@ -109,6 +167,10 @@ class LoremCalculator(Calculator):
         periodic, cell, centers, others, shifts = self._pairs(self.atoms)
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is only defined for periodic cells")
+        if "born_effective_charges" in properties and not self.has_apt:
+            raise PropertyNotImplementedError(
+                "born_effective_charges need a model with the APT head (LoremBEC)"
+            )
         n = len(self.atoms)
 
         def floats(x):
@@ -140,6 +202,13 @@ class LoremCalculator(Calculator):
             )
             out = {keys.ENERGY: energy, keys.ENERGIES: energies, keys.FORCES: forces}
             out.update({keys.VIRIAL: virial, keys.CHARGES: charges, keys.POTENTIALS: potentials})
+        elif self.has_apt:
+            field = None
+            if self._electric_field is not None:
+                field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
+            out = self.energy_model(
+                **graph, compute_forces=True, compute_stress=periodic, electric_field=field
+            )
         else:
             out = self.energy_model(**graph, compute_forces=True, compute_stress=periodic)
 
@@ -155,6 +224,8 @@ class LoremCalculator(Calculator):
             "charges": numpy(keys.CHARGES),
             "potentials": numpy(keys.POTENTIALS),
         }
+        if self.has_apt:
+            self.results["born_effective_charges"] = numpy(keys.APT)
         if periodic:
             stress = numpy(keys.VIRIAL)[0] / abs(np.linalg.det(cell))
             stress = 0.5 * (stress + stress.T)

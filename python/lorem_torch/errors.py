@@ -27,3 +27,7 @@ class EmptyStructureError(LoremInputError):
 
 class UnsupportedPeriodicityError(LoremInputError):
     """Periodic in some but not all directions (2D slabs are not supported yet)."""
+
+
+class MissingAPTHeadError(LoremInputError):
+    """A field or APT labels given to a model without a Born-effective-charge head."""

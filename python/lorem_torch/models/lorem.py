@@ -188,17 +188,28 @@ class LongRangeBlock(ConstantsModule):
         spherical_charges = projected.reshape(projected.shape[0], projected.shape[1])
         return torch.cat([self.charge_head(scalar), spherical_charges], dim=-1)
 
-    def readout(
-        self, scalar: torch.Tensor, spherical: torch.Tensor, potentials: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-atom long-range energies [N] from the state and the potentials [N, C]."""
-        num_atoms = scalar.shape[0]
+    def spherical_updates(self, spherical: torch.Tensor, potentials: torch.Tensor) -> torch.Tensor:
+        """[N, (L+1)**2, s]: the spherical potentials, mixed to s channels, coupled with the
+        spherical features (what the readout, and LoremBEC's last APT head, see)."""
+        num_atoms = spherical.shape[0]
         spherical_potential = potentials[:, 1:].reshape(num_atoms, potentials.shape[1] - 1, 1)
-        products = self.potential_tensor(self.potential_mixing(spherical_potential), spherical)
+        return self.potential_tensor(self.potential_mixing(spherical_potential), spherical)
+
+    def readout_updates(
+        self, scalar: torch.Tensor, potentials: torch.Tensor, products: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom long-range energies [N] given the spherical updates [N, (L+1)**2, s]."""
         updates = torch.cat(
             [potentials[:, 0:1], norm_features(products, self.max_degree, self.l_factors)], dim=-1
         )
         return self.energy_head(self.update_lr(scalar, updates))[:, 0]
+
+    def readout(
+        self, scalar: torch.Tensor, spherical: torch.Tensor, potentials: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom long-range energies [N] from the state and the potentials [N, C]."""
+        products = self.spherical_updates(spherical, potentials)
+        return self.readout_updates(scalar, potentials, products)
 
 
 def degree_factors(max_degree: int) -> torch.Tensor:
@@ -372,6 +383,34 @@ class Lorem(ConstantsModule):
         Returns per-atom energies without baseline [n], scalar [n, d] and spherical
         [n, (L+1)**2, s] features, and charges [n, C] (C = 0 without long range).
         """
+        energy, scalar, spherical, radial, harmonics = self.initial_block(
+            atomic_numbers, pair_vectors, centers, others, num_nodes
+        )
+        for step in self.message_passing:
+            scalar, spherical, step_energy = step(
+                scalar, spherical, radial, harmonics, centers, others
+            )
+            energy = energy + step_energy
+        return energy, scalar, spherical, self.charges(scalar, spherical)
+
+    def charges(self, scalar: torch.Tensor, spherical: torch.Tensor) -> torch.Tensor:
+        """[n, C] charges of the final state (C = 0 without long range)."""
+        long_range = self.long_range
+        if long_range is not None:
+            return long_range.charges(scalar, spherical)
+        return scalar.new_zeros(scalar.shape[0], 0)
+
+    def initial_block(
+        self,
+        atomic_numbers: torch.Tensor,
+        pair_vectors: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        num_nodes: int = -1,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block before message passing: per-atom energies [n], scalar [n, d] and
+        spherical [n, (L+1)**2, s] features, and the edge expansions that message
+        passing reuses: radial [P, num_radial] and harmonics [P, (L+1)**2]."""
         num_atoms = atomic_numbers.shape[0] if num_nodes < 0 else num_nodes
         distances = torch.linalg.norm(pair_vectors, dim=-1)
         unit = pair_vectors / distances[:, None]
@@ -410,20 +449,7 @@ class Lorem(ConstantsModule):
         scalar = self.update_spherical(
             scalar, norm_features(spherical, self.max_degree, self.l_factors)
         )
-        energy = self.energy_head(scalar)[:, 0]
-
-        for step in self.message_passing:
-            scalar, spherical, step_energy = step(
-                scalar, spherical, radial, harmonics, centers, others
-            )
-            energy = energy + step_energy
-
-        long_range = self.long_range
-        if long_range is not None:
-            charges = long_range.charges(scalar, spherical)
-        else:
-            charges = scalar.new_zeros(num_atoms, 0)
-        return energy, scalar, spherical, charges
+        return self.energy_head(scalar)[:, 0], scalar, spherical, radial, harmonics
 
     # -- stage 5: readout --
 
@@ -500,11 +526,8 @@ class Lorem(ConstantsModule):
 
         Inputs as in keys.py; differentiable in positions and cell.
         """
-        pair_structure = atom_structure[centers]
-        pair_vectors = (
-            positions[others]
-            - positions[centers]
-            + torch.einsum("pa,pab->pb", cell_shifts, cell[pair_structure])
+        pair_vectors = batch_pair_vectors(
+            positions, cell, centers, others, cell_shifts, atom_structure
         )
         energy, scalar, spherical, charges = self.encode(
             atomic_numbers, pair_vectors, centers, others
@@ -519,8 +542,25 @@ class Lorem(ConstantsModule):
                 centers,
                 others,
                 torch.linalg.norm(pair_vectors, dim=-1),
-                pair_structure,
+                atom_structure[centers],
                 structure_offsets,
             )
             energy = energy + self.readout(scalar, spherical, potentials)
         return energy + self.baseline[atomic_numbers], charges, potentials
+
+
+def batch_pair_vectors(
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    centers: torch.Tensor,
+    others: torch.Tensor,
+    cell_shifts: torch.Tensor,
+    atom_structure: torch.Tensor,
+) -> torch.Tensor:
+    """[P, 3] r_j - r_i + shift @ cell of the pairs i <- j of a batch (keys.py inputs)."""
+    pair_structure = atom_structure[centers]
+    return (
+        positions[others]
+        - positions[centers]
+        + torch.einsum("pa,pab->pb", cell_shifts, cell[pair_structure])
+    )
