@@ -25,6 +25,9 @@ def train_main(argv=None) -> None:
     parser.add_argument("--energy-key", help="label key of the energy (default: energy)")
     parser.add_argument("--forces-key", help="label key of the forces (default: forces)")
     parser.add_argument("--stress-key", help="label key of the stress (default: none)")
+    parser.add_argument(
+        "--apt-key", help="label key of the Born effective charges, 9 per atom (default: apt)"
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--learning-rate", type=float)
@@ -60,6 +63,7 @@ def train_main(argv=None) -> None:
         ("energy_key", "energy_key"),
         ("forces_key", "forces_key"),
         ("stress_key", "stress_key"),
+        ("apt_key", "apt_key"),
     ):
         if getattr(args, option) is not None:
             data[key] = getattr(args, option)
@@ -103,6 +107,14 @@ def eval_main(argv=None) -> None:
     parser.add_argument("--output", "-o", help="folder for parity plots and metrics.json")
     parser.add_argument("--energy-key", default="energy")
     parser.add_argument("--forces-key", default="forces")
+    parser.add_argument(
+        "--apt-key", default="apt", help="Born effective charges (models of kind bec), if present"
+    )
+    parser.add_argument(
+        "--electric-field-key",
+        default="electric_field",
+        help="field (V/A) in atoms.info under which the forces were computed; '' to ignore",
+    )
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
     args = parser.parse_args(argv)
@@ -115,7 +127,12 @@ def eval_main(argv=None) -> None:
             args.checkpoint,
             args.data,
             output=args.output,
-            label_keys=LabelKeys(args.energy_key, args.forces_key or None),
+            label_keys=LabelKeys(
+                args.energy_key,
+                args.forces_key or None,
+                apt=args.apt_key or None,
+                electric_field=args.electric_field_key or None,
+            ),
             batch_size=args.batch_size,
             dtype={"float32": torch.float32, "float64": torch.float64}[args.dtype],
         )

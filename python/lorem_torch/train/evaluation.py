@@ -1,5 +1,6 @@
 """lorem-eval: error table by config_type, parity plots and a JSON of every figure."""
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Dict
@@ -9,10 +10,10 @@ import torch
 
 from .. import keys
 from ..checkpoint import atomic_write, model_from_checkpoint
-from ..models import EnergyModel
-from .data import DataError, LabelKeys, load_samples, make_batch, read_frames
-from .loop import ErrorAccumulator, predict
-from .plots import parity
+from ..models import LoremBEC
+from .data import DataError, LabelKeys, check_fields, load_samples, make_batch, read_frames
+from .loop import ErrorAccumulator, output_model, predict
+from .plots import apt_parity, parity
 
 
 def evaluate_checkpoint(
@@ -24,10 +25,19 @@ def evaluate_checkpoint(
     dtype: torch.dtype = torch.float64,
     index: str = ":",
 ) -> Dict[str, Any]:
-    """Errors of a checkpoint on an ASE-readable file; plots and JSON into `output`."""
+    """Errors of a checkpoint on an ASE-readable file; plots and JSON into `output`.
+
+    For a model with Born effective charges, the APT labels (label_keys.apt) are
+    compared when the frames carry them, and fields (label_keys.electric_field) applied.
+    """
     label_keys = label_keys or LabelKeys()
     model = model_from_checkpoint(checkpoint, dtype=dtype)
-    samples = load_samples(read_frames(data, index), model.cutoff, label_keys, data)
+    has_apt = isinstance(model, LoremBEC)
+    frames = read_frames(data, index)
+    if not has_apt or (label_keys.apt and not _any_has(frames, label_keys.apt)):
+        label_keys = dataclasses.replace(label_keys, apt=None)
+    samples = load_samples(frames, model.cutoff, label_keys, data)
+    check_fields(samples, has_apt, label_keys.electric_field)
     present = sorted({int(z) for s in samples for z in s.graph[keys.ATOMIC_NUMBERS]})
     unknown = sorted(set(present) - set(model.species))
     if unknown:
@@ -35,9 +45,10 @@ def evaluate_checkpoint(
             f"{data} has elements {unknown} that the model was not trained on "
             f"(its species: {model.species})"
         )
-    energy_model = EnergyModel(model)
+    energy_model = output_model(model)
     accumulator = ErrorAccumulator()
     force_pairs, force_groups = [], []
+    apt_pairs = []
     for start in range(0, len(samples), batch_size):
         batch = make_batch(samples[start : start + batch_size], dtype)
         out = predict(energy_model, batch, training=False, stress=False)
@@ -55,6 +66,8 @@ def evaluate_checkpoint(
                     )
                 )
                 force_groups += [group] * (3 * (b - a))
+        if batch.apt is not None:
+            apt_pairs.append((batch.apt.double().numpy(), out[keys.APT].detach().double().numpy()))
     summary = accumulator.summary()
     result = {"checkpoint": str(checkpoint), "data": str(data), "errors": summary}
     if output is not None:
@@ -72,6 +85,12 @@ def evaluate_checkpoint(
         if force_pairs:
             pairs = np.concatenate(force_pairs, axis=1)
             parity(pairs[0], pairs[1], force_groups, "force", "eV/A", folder / "parity_forces.png")
+        if apt_pairs:
+            apt_parity(
+                np.concatenate([p[0] for p in apt_pairs]),
+                np.concatenate([p[1] for p in apt_pairs]),
+                folder / "parity_apt.png",
+            )
         result["structures"] = records
         atomic_write(
             folder / "metrics.json",
@@ -81,9 +100,12 @@ def evaluate_checkpoint(
 
 
 def format_table(errors: Dict[str, Dict[str, float]]) -> str:
+    apt = any("apt_mae_e" in e for e in errors.values())
     lines = [
-        f"{'config_type':>16} {'n':>5} {'E MAE':>9} {'E RMSE':>9} {'F MAE':>9} {'F RMSE':>9}",
-        f"{'':>16} {'':>5} {'meV/atom':>9} {'meV/atom':>9} {'meV/A':>9} {'meV/A':>9}",
+        f"{'config_type':>16} {'n':>5} {'E MAE':>9} {'E RMSE':>9} {'F MAE':>9} {'F RMSE':>9}"
+        + (f" {'Z* MAE':>9} {'Z* RMSE':>9}" if apt else ""),
+        f"{'':>16} {'':>5} {'meV/atom':>9} {'meV/atom':>9} {'meV/A':>9} {'meV/A':>9}"
+        + (f" {'e':>9} {'e':>9}" if apt else ""),
     ]
     for name in sorted(errors, key=lambda n: (n != "all", n)):
         e = errors[name]
@@ -91,5 +113,19 @@ def format_table(errors: Dict[str, Dict[str, float]]) -> str:
             f"{name:>16} {e['structures']:>5} {e['energy_mae_meV_per_atom']:>9.2f} "
             f"{e['energy_rmse_meV_per_atom']:>9.2f} {e.get('forces_mae_meV_per_A', float('nan')):>9.1f} "
             f"{e.get('forces_rmse_meV_per_A', float('nan')):>9.1f}"
+            + (
+                f" {e.get('apt_mae_e', float('nan')):>9.4f} {e.get('apt_rmse_e', float('nan')):>9.4f}"
+                if apt
+                else ""
+            )
         )
     return "\n".join(lines)
+
+
+def _any_has(frames, key: str) -> bool:
+    """Whether any frame carries `key` (per-atom array, info entry or calculator result)."""
+    for atoms in frames:
+        results = atoms.calc.results if atoms.calc is not None else {}
+        if key in atoms.arrays or key in atoms.info or key in results:
+            return True
+    return False
