@@ -1,0 +1,197 @@
+"""i-PI + lorem-ipi against an ASE MD loop, and the cost of the BEC head.
+
+192-atom water box (examples/data/water-64.xyz), default hyperparameters, random
+weights (timings do not depend on them), float32 unless --dtype float64:
+
+1. steps per second of an NVT run driven by i-PI's server through the lorem-ipi client
+   (unix socket; i-PI runs in its own process, the client in this one), against
+   LoremCalculator in an ASE Langevin loop, and the model evaluation alone: the
+   difference per step is the cost of the socket round trip and i-PI's integrator;
+2. energy + forces of LoremBEC (APT head, acoustic sum rule, field forces) against
+   Lorem with the same backbone hyperparameters, and against Lorem's defaults.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_ipi.py [--steps 20] [--device cuda]
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import torch
+from ase.md.langevin import Langevin
+from ase.units import fs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+IPI_INPUT = """<simulation verbosity="low" safe_stride="100000">
+  <output prefix="bench">
+    <properties stride="1" filename="out"> [ step, potential{{electronvolt}} ] </properties>
+  </output>
+  <total_steps> {steps} </total_steps>
+  <prng><seed> 1 </seed></prng>
+  <ffsocket name="lorem" mode="unix"><address> {name} </address></ffsocket>
+  <system>
+    <initialize nbeads="1">
+      <file mode="ase"> init.extxyz </file>
+      <velocities mode="thermal" units="kelvin"> 300 </velocities>
+    </initialize>
+    <forces><force forcefield="lorem"/></forces>
+    <motion mode="dynamics">
+      <dynamics mode="nvt">
+        <timestep units="femtosecond"> 0.5 </timestep>
+        <thermostat mode="langevin"><tau units="femtosecond"> 100 </tau></thermostat>
+      </dynamics>
+    </motion>
+    <ensemble><temperature units="kelvin"> 300 </temperature></ensemble>
+  </system>
+</simulation>
+"""
+
+
+def ase_seconds_per_step(atoms, calculator, steps):
+    """Median wall time of one step of an ASE Langevin loop."""
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    dynamics = Langevin(
+        atoms, 0.5 * fs, temperature_K=300, friction=0.01, fixcm=False, rng=np.random
+    )
+    dynamics.run(2)  # warm-up
+    durations = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        dynamics.run(1)
+        durations.append(time.perf_counter() - start)
+    return float(np.median(durations))
+
+
+class Stamped:
+    """A calculator that notes the time of every evaluation (for the i-PI step rate)."""
+
+    def __init__(self, calculator):
+        self.calculator = calculator
+        self.stamps = []
+
+    def calculate(self, atoms, properties):
+        self.calculator.calculate(atoms, properties)
+        self.stamps.append(time.perf_counter())
+
+    @property
+    def results(self):
+        return self.calculator.results
+
+
+def ipi_seconds_per_step(atoms, calculator, steps, folder):
+    """Median time between force requests of an i-PI NVT run (i-PI in its own process,
+    this process the lorem-ipi client on a unix socket)."""
+    from lorem_torch.ipi_driver import IPIClient, connect
+
+    folder = Path(folder)
+    atoms = atoms.copy()
+    atoms.calc = None
+    ase.io.write(folder / "init.extxyz", atoms, format="extxyz")
+    name = f"lorem-bench-{uuid.uuid4().hex[:8]}"
+    (folder / "input.xml").write_text(IPI_INPUT.format(steps=steps + 2, name=name))
+    ipi = os.path.join(os.path.dirname(sys.executable), "i-pi")
+    server = subprocess.Popen(
+        [ipi, "input.xml"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    stamped = Stamped(calculator)
+    try:
+        with connect(unix=name, wait=60) as sock:
+            IPIClient(stamped, atoms, sock, log=lambda m: None).run()
+        server.wait(timeout=60)
+    finally:
+        if server.poll() is None:
+            server.kill()
+        if os.path.exists(f"/tmp/ipi_{name}"):
+            os.unlink(f"/tmp/ipi_{name}")
+    timed = stamped.stamps[2:]  # past start-up and warm-up
+    return float(np.median(np.diff(timed)))
+
+
+def evaluation_seconds(calculator, atoms, repeats):
+    """Median wall time of one energy + forces evaluation."""
+    atoms = atoms.copy()
+    for _ in range(2):
+        calculator.calculate(atoms, ["energy", "forces"])
+    durations = []
+    for _ in range(repeats):
+        atoms.positions += 1e-4  # a new structure every time
+        start = time.perf_counter()
+        calculator.calculate(atoms, ["energy", "forces"])  # results come back to numpy: synced
+        durations.append(time.perf_counter() - start)
+    return float(np.median(durations))
+
+
+SMALL = dict(num_features=16, max_degree=2, num_spherical_features=4)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    args = parser.parse_args()
+    from lorem_torch import Lorem, LoremCalculator
+    from lorem_torch.models import LoremBEC
+
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    atoms = ase.io.read(ROOT / "examples/data/water-64.xyz", "0")
+    atoms.calc = None
+    print(
+        f"192-atom water, {args.dtype}, device {args.device}, {torch.get_num_threads()} threads, "
+        f"medians over {args.steps} steps"
+    )
+
+    def calculator(model, **options):
+        return LoremCalculator(model, device=args.device, dtype=dtype, **options)
+
+    # the socket overhead is a fixed cost per step: the small model makes it visible
+    for label, options in (("default LOREM", {}), (f"small LOREM {SMALL}", SMALL)):
+        torch.manual_seed(0)
+        model = Lorem(species=[1, 8], **options)
+        evaluation = evaluation_seconds(calculator(model), atoms, args.steps)
+        ase_step = ase_seconds_per_step(atoms, calculator(model), args.steps)
+        with tempfile.TemporaryDirectory() as folder:
+            ipi_step = ipi_seconds_per_step(atoms, calculator(model), args.steps, folder)
+        print(f"{label}:")
+        print(f"  model alone (energy + forces)    {evaluation * 1e3:9.1f} ms")
+        print(
+            f"  ASE Langevin + LoremCalculator   {ase_step * 1e3:9.1f} ms/step  ({1 / ase_step:.2f} steps/s)"
+        )
+        print(
+            f"  i-PI NVT + lorem-ipi (unix)      {ipi_step * 1e3:9.1f} ms/step  ({1 / ipi_step:.2f} steps/s)"
+        )
+        print(
+            f"  i-PI + socket per step: {(ipi_step - evaluation) * 1e3:+.1f} ms over the evaluation "
+            f"({(ipi_step - ase_step) * 1e3:+.1f} ms against the ASE loop)"
+        )
+
+    # -- the BEC head --
+    for label, options in (("default", {}), ("small", SMALL)):
+        torch.manual_seed(0)
+        bec = LoremBEC(species=[1, 8], **options)
+        rows = {
+            "Lorem, defaults": calculator(Lorem(species=[1, 8], **options)),
+            "Lorem, LoremBEC's backbone": calculator(Lorem(species=[1, 8], **bec.hyperparameters)),
+            "LoremBEC (APT + sum rule)": calculator(bec),
+            "LoremBEC, field forces": calculator(bec, electric_field=(0.0, 0.0, 0.1)),
+        }
+        times = {name: evaluation_seconds(calc, atoms, args.steps) for name, calc in rows.items()}
+        base = times["Lorem, LoremBEC's backbone"]
+        print(f"energy + forces (+ Born effective charges), {label} widths:")
+        for name, seconds in times.items():
+            print(
+                f"  {name:28s} {seconds * 1e3:9.1f} ms  ({seconds / base:.2f} x the same backbone)"
+            )
+
+
+if __name__ == "__main__":
+    main()
