@@ -324,3 +324,35 @@ def test_export_of_a_bec_checkpoint_keeps_the_energy_path(tmp_path, model):
     )
     with pytest.raises(MissingAPTHeadError, match="exported file"):
         exported.electric_field = FIELD
+
+
+def test_import_lorem_jax_bec_checkpoint(tmp_path):
+    """A LoremBEC checkpoint folder written by lorem-jax's checkpoint code, through
+    lorem-import-jax; predictions of lorem-jax's own calculator on two water boxes."""
+    from lorem_torch.checkpoint import model_from_checkpoint
+    from lorem_torch.interop.jax import import_jax_main
+
+    folder = FIXTURES / "jax_bec_checkpoint"
+    import_jax_main([str(folder), "-o", str(tmp_path / "imported.pt")])
+    model = model_from_checkpoint(tmp_path / "imported.pt", dtype=torch.float64)
+    assert isinstance(model, LoremBEC) and model.species == [1, 8]
+    reference = np.load(folder / "reference.npz")
+    calculator = LoremCalculator(model)
+    for index in range(2):
+        p = f"s{index}:"
+        atoms = Atoms(
+            numbers=reference[p + "numbers"],
+            positions=reference[p + "positions"],
+            cell=reference[p + "cell"],
+            pbc=True,
+        )
+        atoms.calc = calculator
+        # float32 reference: the energy (baseline included, -4e4 eV) to 1e-6 relative
+        energy = float(reference[p + "energy"])
+        assert atoms.get_potential_energy() == pytest.approx(energy, rel=1e-6)
+        np.testing.assert_allclose(atoms.get_forces(), reference[p + "forces"], atol=1e-4)
+        bec = reference[p + "born_effective_charges"]
+        assert np.abs(bec).max() > 1.0
+        np.testing.assert_allclose(
+            calculator.results["born_effective_charges"], bec, atol=5e-5 * np.abs(bec).max()
+        )
