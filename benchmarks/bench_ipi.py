@@ -25,6 +25,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import torch
+from ase.calculators.calculator import Calculator, all_changes
 from ase.md.langevin import Langevin
 from ase.units import fs
 
@@ -77,16 +78,26 @@ def ase_seconds_per_step(atoms, calculator, steps):
     return best_and_median(durations)
 
 
-class Stamped:
-    """A calculator that notes the time of every evaluation (for the i-PI step rate)."""
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, calculator):
+
+class Stamped:
+    """A calculator that notes the time of every evaluation (for the i-PI step rate) and
+    the CPU time the i-PI server process has used by then."""
+
+    def __init__(self, calculator, server_pid):
         self.calculator = calculator
+        self.server_pid = server_pid
         self.stamps = []
+        self.server_cpu = []
 
     def calculate(self, atoms, properties):
         self.calculator.calculate(atoms, properties)
         self.stamps.append(time.perf_counter())
+        self.server_cpu.append(process_cpu_seconds(self.server_pid))
 
     @property
     def results(self):
@@ -96,7 +107,7 @@ class Stamped:
 def ipi_seconds_per_step(atoms, calculator, steps, folder):
     """Time between force requests of an i-PI NVT run (fastest, median; i-PI in its own
     process, this process the lorem-ipi client on a unix socket), and the CPU seconds
-    i-PI's server used per step."""
+    i-PI's server used per step (clock ticks of 10 ms: meaningful over many steps)."""
     from lorem_torch.ipi_driver import IPIClient, connect
 
     folder = Path(folder)
@@ -109,20 +120,19 @@ def ipi_seconds_per_step(atoms, calculator, steps, folder):
     server = subprocess.Popen(
         [ipi, "input.xml"], cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
     )
-    stamped = Stamped(calculator)
-    children_cpu = sum(os.times()[2:4])  # user + system time of reaped children
+    stamped = Stamped(calculator, server.pid)
     try:
         with connect(unix=name, wait=60) as sock:
             IPIClient(stamped, atoms, sock, log=lambda m: None).run()
         server.wait(timeout=60)
-        server_cpu = sum(os.times()[2:4]) - children_cpu
     finally:
         if server.poll() is None:
             server.kill()
         if os.path.exists(f"/tmp/ipi_{name}"):
             os.unlink(f"/tmp/ipi_{name}")
     timed = stamped.stamps[2:]  # past start-up and warm-up
-    return (*best_and_median(np.diff(timed)), server_cpu / len(stamped.stamps))
+    server_cpu = (stamped.server_cpu[-1] - stamped.server_cpu[2]) / (len(timed) - 1)
+    return (*best_and_median(np.diff(timed)), server_cpu)
 
 
 def evaluation_seconds(calculator, atoms, repeats):
@@ -140,6 +150,18 @@ def evaluation_seconds(calculator, atoms, repeats):
 
 
 SMALL = dict(num_features=16, max_degree=2, num_spherical_features=4)
+
+
+class NoForces(Calculator):
+    """Zero energy, forces and stress at no cost: what remains of a step is transport."""
+
+    implemented_properties = ["energy", "forces", "stress"]
+    device = torch.device("cpu")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        n = len(self.atoms)
+        self.results = {"energy": 0.0, "forces": np.zeros((n, 3)), "stress": np.zeros(6)}
 
 
 def main():
@@ -165,7 +187,17 @@ def main():
     def ms(pair):
         return f"{pair[0] * 1e3:8.1f} ms ({pair[1] * 1e3:8.1f} median)"
 
-    # the socket overhead is a fixed cost per step: the small model makes it visible
+    # the transport alone: no model, many steps
+    transport_steps = 10 * args.steps
+    ase_step = ase_seconds_per_step(atoms, NoForces(), transport_steps)
+    with tempfile.TemporaryDirectory() as folder:
+        *ipi_step, server_cpu = ipi_seconds_per_step(atoms, NoForces(), transport_steps, folder)
+    print(f"no model (zero forces), {transport_steps} steps:")
+    print(f"  ASE Langevin loop               {ms(ase_step)}/step")
+    print(f"  i-PI NVT + lorem-ipi (unix)     {ms(ipi_step)}/step")
+    print(f"  i-PI's server used {server_cpu * 1e3:.1f} ms CPU per step")
+
+    # the same with the model: the socket overhead is a fixed cost per step
     for label, options in (("default LOREM", {}), (f"small LOREM {SMALL}", SMALL)):
         torch.manual_seed(0)
         model = Lorem(species=[1, 8], **options)
