@@ -154,7 +154,7 @@ def test_not_a_lorem_jax_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.yaml"):
         import_jax_checkpoint(tmp_path)
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model.yaml").write_text("model:\n  lorem.LoremBEC: {}\n")
+    (tmp_path / "model" / "model.yaml").write_text("model:\n  lorem.LoremDipole: {}\n")
     (tmp_path / "model" / "model.msgpack").write_bytes(b"")
-    with pytest.raises(UnsupportedJaxOptionError, match="LoremBEC"):
+    with pytest.raises(UnsupportedJaxOptionError, match="LoremDipole"):
         import_jax_checkpoint(tmp_path)

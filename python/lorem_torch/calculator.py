@@ -4,6 +4,10 @@ The model may be a Lorem object, a checkpoint path or an exported TorchScript fi
 Neighbour lists are built at cutoff + skin and reused, filtered to the cutoff, until
 an atom has moved by more than half the skin or the cell has changed. Positions are
 moved into the model's frame (data.model_frame_offsets) in float64 first.
+
+With a LoremBEC (a model with the Born-effective-charge head) the results also hold
+"born_effective_charges" [N, 3, 3], and a uniform electric field (V/Angstrom) adds the
+forces F_i = Z*_i E; as in lorem-jax the field changes neither energy nor stress.
 """
 
 from pathlib import Path
@@ -14,10 +18,16 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from . import keys
 from .data import DEFAULT_MIN_DISTANCE, check_structure, model_frame_offsets, neighbor_list
-from .errors import AtomsTooCloseError, NotPeriodicError, UnknownElementError
+from .errors import (
+    AtomsTooCloseError,
+    MissingAPTHeadError,
+    NonFiniteError,
+    NotPeriodicError,
+    UnknownElementError,
+)
 from .export import load_any
 from .export.contract import require
-from .models import EnergyModel, Lorem
+from .models import BECModel, EnergyModel, Lorem
 
 
 def with_long_range(model, contract, long_range):
@@ -43,6 +53,19 @@ def with_long_range(model, contract, long_range):
     return model
 
 
+def _field_vector(electric_field) -> np.ndarray | None:
+    if electric_field is None:
+        return None
+    field = np.asarray(electric_field, dtype=np.float64)
+    if field.shape != (3,):
+        raise ValueError(
+            f"electric_field must be three numbers (Ex, Ey, Ez) in V/A, got shape {field.shape}"
+        )
+    if not np.isfinite(field).all():
+        raise NonFiniteError(f"electric_field {field.tolist()} is not finite")
+    return field
+
+
 class LoremCalculator(Calculator):
     """Energy, free energy, per-atom energies, forces and (periodic cells) stress.
 
@@ -52,9 +75,21 @@ class LoremCalculator(Calculator):
     calculator ("ewald", "pme", "auto" or a mapping such as {"method": "pme",
     "accuracy": 1e-8}; see lorem_torch.long_range.settings). Asking for "pme" makes
     non-periodic structures an error (they are summed directly).
+
+    With a
+    LoremBEC, "born_effective_charges" [N, 3, 3] (elementary charges, acoustic sum rule
+    applied; Z*_i[a, b] = dF_i[a] / dE[b]). `electric_field=(Ex, Ey, Ez)` in V/A adds
+    Z*_i E to the forces (needs a LoremBEC; energy and stress are those without field).
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = [
+        "energy",
+        "free_energy",
+        "energies",
+        "forces",
+        "stress",
+        "born_effective_charges",
+    ]
 
     def __init__(
         self,
@@ -64,6 +99,7 @@ class LoremCalculator(Calculator):
         skin: float = 0.5,
         min_distance: float = DEFAULT_MIN_DISTANCE,
         long_range: str | dict | None = None,
+        electric_field=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -77,7 +113,15 @@ class LoremCalculator(Calculator):
         self.cutoff = float(self.contract["cutoff"])
         self.scripted = isinstance(self.model, torch.jit.ScriptModule)
         self.species = set(self.contract["species"]["atomic_numbers"])
-        self.energy_model = None if self.scripted else EnergyModel(self.model)
+        self.has_apt = bool(self.contract["capabilities"]["electric_field"])
+        if self.scripted:
+            self.energy_model = None
+        elif self.has_apt:
+            self.energy_model = BECModel(self.model)
+        else:
+            self.energy_model = EnergyModel(self.model)
+        self._electric_field = None
+        self.electric_field = electric_field
         self.skin = float(skin)
         self.min_distance = min_distance
         self._list = None  # neighbour list at cutoff + skin, with the geometry it was built for
@@ -89,6 +133,22 @@ class LoremCalculator(Calculator):
 
     def scripted_module(self) -> bool:
         return isinstance(self.model, torch.jit.ScriptModule)
+
+    @property
+    def electric_field(self) -> np.ndarray | None:
+        """The applied uniform field [3] in V/A, or None."""
+        return self._electric_field
+
+    @electric_field.setter
+    def electric_field(self, value) -> None:
+        field = _field_vector(value)
+        if field is not None and not self.has_apt:
+            raise MissingAPTHeadError(
+                "an electric field needs a model with a Born-effective-charge (APT) head: "
+                + self.contract["limitations"]["electric_field"]
+            )
+        self._electric_field = field
+        self.reset()
 
     def _pairs(self, atoms):
         pbc = np.asarray(atoms.get_pbc(), dtype=bool)
@@ -150,6 +210,10 @@ class LoremCalculator(Calculator):
             )
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is only defined for periodic cells")
+        if "born_effective_charges" in properties and not self.has_apt:
+            raise PropertyNotImplementedError(
+                "born_effective_charges need a model with the APT head (LoremBEC)"
+            )
         n = len(self.atoms)
 
         def floats(x):
@@ -181,6 +245,19 @@ class LoremCalculator(Calculator):
             )
             out = {keys.ENERGY: energy, keys.ENERGIES: energies, keys.FORCES: forces}
             out.update({keys.VIRIAL: virial, keys.CHARGES: charges, keys.POTENTIALS: potentials})
+            if self.has_apt:
+                apt = self.model.born_effective_charges(*(graph[k] for k in keys.INPUT_KEYS))
+                out[keys.APT] = apt
+                if self._electric_field is not None:
+                    field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
+                    out[keys.FORCES] = forces + torch.einsum("nab,b->na", apt, field)
+        elif self.has_apt:
+            field = None
+            if self._electric_field is not None:
+                field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
+            out = self.energy_model(
+                **graph, compute_forces=True, compute_stress=periodic, electric_field=field
+            )
         else:
             out = self.energy_model(**graph, compute_forces=True, compute_stress=periodic)
 
@@ -196,6 +273,8 @@ class LoremCalculator(Calculator):
             "charges": numpy(keys.CHARGES),
             "potentials": numpy(keys.POTENTIALS),
         }
+        if self.has_apt:
+            self.results["born_effective_charges"] = numpy(keys.APT)
         if periodic:
             stress = numpy(keys.VIRIAL)[0] / abs(np.linalg.det(cell))
             stress = 0.5 * (stress + stress.T)

@@ -6,7 +6,8 @@ weights_only=True):
     format          "lorem-torch-checkpoint"
     format_version  int (FORMAT_VERSION when written)
     versions        {"lorem_torch": ..., "torch": ..., "e3nn": ...}
-    model           Lorem.config(): hyperparameters (lorem-jax names), species, baseline
+    model           Lorem.config(): hyperparameters (lorem-jax names), species, baseline;
+                    "kind": "bec" for a LoremBEC (absent for a Lorem)
     state_dict      the model's parameters and buffers
     training        optional: optimiser, scheduler, EMA and loop state for --resume
     metadata        optional: free-form plain data (where it came from, metrics)
@@ -168,13 +169,21 @@ def load_checkpoint(path: str | Path) -> Dict[str, Any]:
 def model_from_checkpoint(
     checkpoint: str | Path | Dict[str, Any], dtype: torch.dtype | None = None
 ):
-    """Rebuild the Lorem of a checkpoint (a path or a loaded payload)."""
-    from .models import Lorem
+    """Rebuild the Lorem (or LoremBEC: model kind "bec") of a checkpoint (a path or a
+    loaded payload)."""
+    from .models import Lorem, LoremBEC
 
     payload = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint)
     config = dict(payload["model"])
     baseline = {int(z): float(e) for z, e in config.pop("baseline", {}).items()}
-    model = Lorem(**config, baseline=baseline)
+    kind = config.pop("kind", "lorem")  # checkpoints without a kind hold a Lorem
+    classes = {"lorem": Lorem, "bec": LoremBEC}
+    if kind not in classes:
+        raise CheckpointError(
+            f"the checkpoint holds a model of kind {kind!r}, which this lorem-torch "
+            f"does not know (known: {', '.join(classes)})"
+        )
+    model = classes[kind](**config, baseline=baseline)
     state = payload["state_dict"]
     if dtype is None:
         dtype = state["embedding"].dtype

@@ -35,3 +35,7 @@ class NotPeriodicError(LoremInputError):
 
 class LongRangeTooLargeError(LoremInputError):
     """A long-range grid (Ewald k-vectors or PME mesh) that would exceed the memory limit."""
+
+
+class MissingAPTHeadError(LoremInputError):
+    """A field or APT labels given to a model without a Born-effective-charge head."""

@@ -23,8 +23,9 @@ from ..checkpoint import (
     model_file_kind,
     model_from_checkpoint,
 )
+from ..models import LoremBEC
 from .contract import check_contract, contract_of, exported_methods
-from .staged import ExportedLorem
+from .staged import ExportedLorem, ExportedLoremBEC
 
 EXPORT_FORMAT = "lorem-torch-export"
 EXPORT_FORMAT_VERSION = 2  # 2: the contract
@@ -73,7 +74,8 @@ def export_model(
     else:
         model = model_from_checkpoint(source, dtype=torch_dtype)
     model.eval()
-    scripted = torch.jit.script(ExportedLorem(model))
+    exported = ExportedLoremBEC(model) if isinstance(model, LoremBEC) else ExportedLorem(model)
+    scripted = torch.jit.script(exported)
     metadata = metadata_of(model, torch_dtype, exported_methods(scripted))
     atomic_write(
         path,

@@ -69,11 +69,14 @@ def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]
     settings = getattr(model, "long_range_settings", {"method": "ewald", "accuracy": 1e-6})
     # every export carries Ewald, and PME with "auto" when the model has a PME module
     methods_available = ["ewald", "pme", "auto"] if getattr(model, "pme", None) else ["ewald"]
-    limitations = {
-        "slab": "2D slabs (periodic in two directions only) are not supported yet",
-        "electric_field": "the model has no Born effective charge head; it cannot "
-        "apply an electric field",
-    }
+    from ..models import LoremBEC
+
+    bec = isinstance(model, LoremBEC)
+    limitations = {"slab": "2D slabs (periodic in two directions only) are not supported yet"}
+    if not bec:
+        limitations["electric_field"] = (
+            "the model has no Born effective charge head (train one with model.kind: bec)"
+        )
     capabilities = {name: name not in limitations for name in CAPABILITIES}
     return {
         "version": CONTRACT_VERSION,
@@ -100,7 +103,8 @@ def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]
             "prefactor": float(model.ewald.prefactor),
             "exponent": 1,
         },
-        "outputs": ["energy", "energies", "forces", "virial", "charges", "potentials"],
+        "outputs": ["energy", "energies", "forces", "virial", "charges", "potentials"]
+        + (["born_effective_charges"] if bec else []),
         "methods": sorted(methods),
         "capabilities": capabilities,
         "limitations": {k: v for k, v in limitations.items() if not capabilities[k]},

@@ -23,8 +23,8 @@ from typing import List, Tuple
 import torch
 
 from ..long_range import direct_potentials as direct_sum
-from ..models import Lorem
-from ..models.outputs import EnergyModel
+from ..models import Lorem, LoremBEC
+from ..models.outputs import BECModel, EnergyModel
 
 
 class ExportedLorem(torch.nn.Module):
@@ -314,3 +314,58 @@ class ExportedLorem(torch.nn.Module):
     ) -> torch.Tensor:
         """Long-range energies [n_local] of the local atoms."""
         return self.model.readout(scalar, spherical, potentials)
+
+
+class ExportedLoremBEC(ExportedLorem):
+    """An ExportedLorem of a LoremBEC: the Born effective charges too, whole and staged.
+
+    Staged (docs/design.md section 4): stage_apt on the local features of every stage,
+    long_range_apt with the potentials, their sum over the local atoms and the atom count
+    summed over ranks (the acoustic sum rule is global), then Z*_i - total / N and the
+    field forces Z*_i E. The APT takes no part in the energy: no backward pass."""
+
+    def __init__(self, model: LoremBEC):
+        super().__init__(model)
+        self.bec = model
+        self.bec_model = BECModel(model)
+
+    @torch.jit.export
+    def born_effective_charges(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        cell_shifts: torch.Tensor,
+        atom_structure: torch.Tensor,
+        structure_offsets: torch.Tensor,
+    ) -> torch.Tensor:
+        """[N, 3, 3] Z* of a batch, acoustic sum rule applied per structure."""
+        out = self.bec_model(
+            positions,
+            atomic_numbers,
+            cell,
+            pbc,
+            centers,
+            others,
+            cell_shifts,
+            atom_structure,
+            structure_offsets,
+            False,
+            False,
+            False,
+            None,
+        )
+        return out["apt"].detach()
+
+    @torch.jit.export
+    def stage_apt(self, stage: int, spherical: torch.Tensor) -> torch.Tensor:
+        """[n, 3, 3] APT of a stage's head (0: initial block, t: message-passing layer t)."""
+        return self.bec.stage_apt(stage, spherical.detach()).detach()
+
+    @torch.jit.export
+    def long_range_apt(self, spherical: torch.Tensor, potentials: torch.Tensor) -> torch.Tensor:
+        """[n, 3, 3] APT of the long-range head from the final features and potentials."""
+        return self.bec.long_range_apt(spherical.detach(), potentials.detach()).detach()

@@ -201,17 +201,28 @@ class LongRangeBlock(ConstantsModule):
         spherical_charges = projected.reshape(projected.shape[0], projected.shape[1])
         return torch.cat([self.charge_head(scalar), spherical_charges], dim=-1)
 
-    def readout(
-        self, scalar: torch.Tensor, spherical: torch.Tensor, potentials: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-atom long-range energies [N] from the state and the potentials [N, C]."""
-        num_atoms = scalar.shape[0]
+    def spherical_updates(self, spherical: torch.Tensor, potentials: torch.Tensor) -> torch.Tensor:
+        """[N, (L+1)**2, s]: the spherical potentials, mixed to s channels, coupled with the
+        spherical features (what the readout, and LoremBEC's last APT head, see)."""
+        num_atoms = spherical.shape[0]
         spherical_potential = potentials[:, 1:].reshape(num_atoms, potentials.shape[1] - 1, 1)
-        products = self.potential_tensor(self.potential_mixing(spherical_potential), spherical)
+        return self.potential_tensor(self.potential_mixing(spherical_potential), spherical)
+
+    def readout_updates(
+        self, scalar: torch.Tensor, potentials: torch.Tensor, products: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom long-range energies [N] given the spherical updates [N, (L+1)**2, s]."""
         updates = torch.cat(
             [potentials[:, 0:1], norm_features(products, self.max_degree, self.l_factors)], dim=-1
         )
         return self.energy_head(self.update_lr(scalar, updates))[:, 0]
+
+    def readout(
+        self, scalar: torch.Tensor, spherical: torch.Tensor, potentials: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom long-range energies [N] from the state and the potentials [N, C]."""
+        products = self.spherical_updates(spherical, potentials)
+        return self.readout_updates(scalar, potentials, products)
 
 
 def degree_factors(max_degree: int) -> torch.Tensor:
@@ -387,8 +398,9 @@ class Lorem(ConstantsModule):
         config = self.config()
         config["long_range"] = long_range_settings(long_range, base=self.long_range_settings)
         baseline = config.pop("baseline")
+        config.pop("kind", None)
         parameter = next(self.parameters())
-        model = Lorem(**config, baseline=baseline).to(dtype=parameter.dtype)
+        model = type(self)(**config, baseline=baseline).to(dtype=parameter.dtype)
         model.load_state_dict(self.state_dict())
         return model.to(device=parameter.device)
 
@@ -627,11 +639,8 @@ class Lorem(ConstantsModule):
 
         Inputs as in keys.py; differentiable in positions and cell.
         """
-        pair_structure = atom_structure[centers]
-        pair_vectors = (
-            positions[others]
-            - positions[centers]
-            + torch.einsum("pa,pab->pb", cell_shifts, cell[pair_structure])
+        pair_vectors = batch_pair_vectors(
+            positions, cell, centers, others, cell_shifts, atom_structure
         )
         energy, scalar, spherical, charges = self.encode(
             atomic_numbers, pair_vectors, centers, others
@@ -646,8 +655,25 @@ class Lorem(ConstantsModule):
                 centers,
                 others,
                 torch.linalg.norm(pair_vectors, dim=-1),
-                pair_structure,
+                atom_structure[centers],
                 structure_offsets,
             )
             energy = energy + self.readout(scalar, spherical, potentials)
         return energy + self.baseline[atomic_numbers], charges, potentials
+
+
+def batch_pair_vectors(
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    centers: torch.Tensor,
+    others: torch.Tensor,
+    cell_shifts: torch.Tensor,
+    atom_structure: torch.Tensor,
+) -> torch.Tensor:
+    """[P, 3] r_j - r_i + shift @ cell of the pairs i <- j of a batch (keys.py inputs)."""
+    pair_structure = atom_structure[centers]
+    return (
+        positions[others]
+        - positions[centers]
+        + torch.einsum("pa,pab->pb", cell_shifts, cell[pair_structure])
+    )

@@ -22,6 +22,7 @@ TRAIN_OPTIONS = {
     "energy_key": ("data", "energy_key"),
     "forces_key": ("data", "forces_key"),
     "stress_key": ("data", "stress_key"),
+    "apt_key": ("data", "apt_key"),
     "epochs": ("training", "epochs"),
     "batch_size": ("training", "batch_size"),
     "learning_rate": ("training", "learning_rate"),
@@ -119,6 +120,7 @@ def train_main(argv=None) -> None:
         ("energy_key", "label key of the energy"),
         ("forces_key", "label key of the forces"),
         ("stress_key", "label key of the stress"),
+        ("apt_key", "label key of the Born effective charges, 9 per atom"),
     ):
         parser.add_argument(
             "--" + option.replace("_", "-"), help=f"{what} (default: {_default(option)})"
@@ -255,6 +257,15 @@ def eval_main(argv=None) -> None:
         "--stress-key", help="stress label key, '' for none (default: " + unset % "none)"
     )
     parser.add_argument(
+        "--apt-key",
+        help="Born effective charges label key (models of kind bec; default: " + unset % "apt)",
+    )
+    parser.add_argument(
+        "--electric-field-key",
+        help="atoms.info key of the field (V/A) the forces were computed in, '' to ignore "
+        "(default: " + unset % "electric_field)",
+    )
+    parser.add_argument(
         "--batch-size", type=int, default=4, help="structures per batch (default: 4)"
     )
     parser.add_argument(
@@ -285,6 +296,8 @@ def eval_main(argv=None) -> None:
                 "energy": args.energy_key,
                 "forces": args.forces_key,
                 "stress": args.stress_key,
+                "apt": args.apt_key,
+                "electric_field": args.electric_field_key,
             },
             batch_size=args.batch_size,
             dtype={"float32": torch.float32, "float64": torch.float64, None: None}[args.dtype],

@@ -1,6 +1,8 @@
 """Training configuration: a YAML file with `model:`, `data:` and `training:` sections.
 
-The `model:` section takes lorem-jax's hyperparameter names. Everything has a
+The `model:` section takes lorem-jax's hyperparameter names, and `kind`: `lorem`
+(lorem-jax's Lorem) or `bec` (lorem-jax's LoremBEC: Born effective charges too, trained
+on APT labels; its unset hyperparameters take LoremBEC's defaults). Everything has a
 default except the training data, so `lorem-train --train data.xyz` works.
 """
 
@@ -8,10 +10,15 @@ import copy
 import math
 from typing import Any, Dict
 
+from ..models.bec import DEFAULT_BEC_HYPERPARAMETERS
 from ..models.lorem import DEFAULT_HYPERPARAMETERS
 
+# model.kind: ours, and lorem-jax's class names
+MODEL_KINDS = {"lorem": "lorem", "bec": "bec", "Lorem": "lorem", "LoremBEC": "bec"}
+LOSS_TERMS = ("energy", "forces", "stress", "apt")
+
 DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "model": dict(DEFAULT_HYPERPARAMETERS),
+    "model": {"kind": "lorem", **DEFAULT_HYPERPARAMETERS},
     "data": {
         "train": None,  # ASE-readable file (required)
         "valid": None,  # optional: otherwise a seeded split of `train`
@@ -21,6 +28,10 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "energy_key": "energy",
         "forces_key": "forces",
         "stress_key": None,
+        "apt_key": "apt",  # Born effective charges, 9 per atom (used with model.kind: bec)
+        # uniform field (V/A, 3 values in atoms.info) under which the forces were computed;
+        # bec models add Z* E to the forces they fit; absent or None: no field
+        "electric_field_key": "electric_field",
         "index": ":",  # which frames of each file (ASE index syntax)
     },
     "training": {
@@ -35,7 +46,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "min_learning_rate": 1e-6,
         "gradient_clip": 10.0,  # max gradient norm; 0 switches clipping off
         "ema_decay": 0.99,  # exponential moving average of the weights; 0 switches it off
-        "loss_weights": {"energy": 1.0, "forces": 1.0, "stress": 0.0},
+        # apt: the mean squared error of the APT components (e^2), model.kind: bec only;
+        # it defaults to 1 for a bec model
+        "loss_weights": {"energy": 1.0, "forces": 1.0, "stress": 0.0, "apt": 0.0},
         "dtype": "float32",
         "seed": 0,
         "valid_every": 1,  # epochs
@@ -160,9 +173,11 @@ def _checked_split(value: Any) -> list:
 def _checked_loss_weights(value: Any, current: Dict[str, float]) -> Dict[str, float]:
     if not isinstance(value, dict):
         raise ConfigError(f"training.loss_weights must be a mapping, got {value!r}")
-    unknown = set(value) - {"energy", "forces", "stress"}
+    unknown = set(value) - set(LOSS_TERMS)
     if unknown:
-        raise ConfigError(f"unknown loss weights {sorted(unknown)} (known: energy, forces, stress)")
+        raise ConfigError(
+            f"unknown loss weights {sorted(unknown)} (known: {', '.join(LOSS_TERMS)})"
+        )
     for name, weight in value.items():
         if isinstance(weight, bool) or not isinstance(weight, NUMBER) or weight < 0:
             raise ConfigError(
@@ -199,6 +214,7 @@ def resolve(user: Dict[str, Any]) -> Dict[str, Any]:
                 config[section][key] = _checked_split(value)
             else:
                 config[section][key] = _checked(section, key, value)
+    _resolve_model_kind(config, user or {})
     if not config["data"]["train"]:
         raise ConfigError("data.train (the training file) is required")
     choices = {
@@ -225,3 +241,29 @@ def resolve(user: Dict[str, Any]) -> Dict[str, Any]:
             f"({model['max_degree']})"
         )
     return config
+
+
+def _resolve_model_kind(config: Dict[str, Any], user: Dict[str, Any]) -> None:
+    """Normalise model.kind; a bec model takes LoremBEC's defaults where the user set
+    nothing; an APT loss weight set for a model without the APT head is an error."""
+    model = config["model"]
+    kind = MODEL_KINDS.get(str(model["kind"]))
+    if kind is None:
+        raise ConfigError(
+            f"model.kind {model['kind']!r} is not one of lorem, bec (or lorem-jax's Lorem, "
+            "LoremBEC)"
+        )
+    model["kind"] = kind
+    if kind == "bec":
+        user_model = user.get("model") or {}
+        for key, value in DEFAULT_BEC_HYPERPARAMETERS.items():
+            if key not in user_model:
+                model[key] = value
+    user_weights = (user.get("training") or {}).get("loss_weights") or {}
+    if kind == "bec" and "apt" not in user_weights:
+        config["training"]["loss_weights"]["apt"] = 1.0
+    if kind != "bec" and float(user_weights.get("apt", 0.0)) > 0:
+        raise ConfigError(
+            "training.loss_weights.apt is set but the model has no APT head: "
+            "set model.kind: bec to train Born effective charges"
+        )

@@ -1,6 +1,7 @@
 """lorem-eval: error table by config_type, parity plots and a JSON of every figure, or,
 on data without labels, predictions; for a checkpoint or an exported model."""
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Dict, List
@@ -11,12 +12,12 @@ import torch
 from .. import keys
 from ..checkpoint import atomic_write, load_checkpoint, model_file_kind, model_from_checkpoint
 from ..data import collate, structure_to_graph
-from ..models import EnergyModel, Lorem
-from .data import DataError, LabelKeys, load_samples, make_batch, read_frames
-from .loop import ErrorAccumulator
-from .plots import parity
+from ..models import BECModel, Lorem
+from .data import DataError, LabelKeys, check_fields, load_samples, make_batch, read_frames
+from .loop import ErrorAccumulator, output_model
+from .plots import apt_parity, parity
 
-DEFAULT_LABEL_KEYS = LabelKeys()
+DEFAULT_LABEL_KEYS = LabelKeys(apt="apt", electric_field="electric_field")
 
 
 class Predictor:
@@ -29,6 +30,7 @@ class Predictor:
     def __init__(self, source, dtype: torch.dtype | None = None):
         self.training_config = None
         self.export = None
+        self.has_apt = False
         if isinstance(source, Lorem):
             model = source.to(dtype) if dtype is not None else source
         elif model_file_kind(source) == "checkpoint":
@@ -39,19 +41,34 @@ class Predictor:
             from ..export import load_any
 
             self.export, self.dtype, contract = load_any(source, dtype)
+            self.has_apt = bool(contract["capabilities"]["electric_field"])
             self.cutoff = float(contract["cutoff"])
             self.species = [int(z) for z in contract["species"]["atomic_numbers"]]
             return
-        self.energy_model = EnergyModel(model)
+        self.energy_model = output_model(model)
+        self.has_apt = isinstance(self.energy_model, BECModel)
         self.dtype = next(model.parameters()).dtype
         self.cutoff, self.species = model.cutoff, list(model.species)
 
-    def __call__(self, graph: Dict[str, torch.Tensor], stress: bool) -> Dict[str, torch.Tensor]:
+    def __call__(
+        self,
+        graph: Dict[str, torch.Tensor],
+        stress: bool,
+        electric_field: torch.Tensor | None = None,
+    ) -> Dict[str, torch.Tensor]:
+        """electric_field [S, 3] (V/A) adds Z* E to the forces of a model with Z*."""
         if self.export is None:
-            return self.energy_model(**graph, compute_forces=True, compute_stress=stress)
-        energy, energies, forces, virial, _, _ = self.export.energy_forces_virial(
-            *(graph[k] for k in keys.INPUT_KEYS)
-        )
+            options = {"electric_field": electric_field} if self.has_apt else {}
+            return self.energy_model(**graph, compute_forces=True, compute_stress=stress, **options)
+        inputs = [graph[k] for k in keys.INPUT_KEYS]
+        energy, energies, forces, virial, _, _ = self.export.energy_forces_virial(*inputs)
+        extra: Dict[str, torch.Tensor] = {}
+        if self.has_apt:
+            apt = self.export.born_effective_charges(*inputs)
+            extra[keys.APT] = apt
+            if electric_field is not None:
+                per_atom = electric_field[graph[keys.ATOM_STRUCTURE]]
+                forces = forces + torch.einsum("nab,nb->na", apt, per_atom)
         cell, pbc = graph[keys.CELL], graph[keys.PBC]
         volume = torch.abs(torch.linalg.det(cell))
         periodic = pbc[:, None, None]
@@ -64,6 +81,7 @@ class Predictor:
             keys.FORCES: forces.detach(),
             keys.VIRIAL: virial.detach(),
             keys.STRESS: stress_tensor.detach(),
+            **extra,
         }
 
 
@@ -75,14 +93,20 @@ def _label_keys(given: LabelKeys | Dict[str, str | None] | None, stored) -> Labe
     given = given or {}
     data = (stored or {}).get("data") or {}
     chosen = {}
-    for name in ("energy", "forces", "stress"):
+    for name in ("energy", "forces", "stress", "apt", "electric_field"):
         value = given.get(name)
         if value is None:
             value = data.get(f"{name}_key", getattr(DEFAULT_LABEL_KEYS, name))
         chosen[name] = value or None
     if not chosen["energy"]:
         raise DataError("the energy label key cannot be empty")
-    return LabelKeys(chosen["energy"], chosen["forces"], chosen["stress"])
+    return LabelKeys(
+        chosen["energy"],
+        chosen["forces"],
+        chosen["stress"],
+        chosen["apt"],
+        chosen["electric_field"],
+    )
 
 
 def _has_energy(atoms, key: str) -> bool:
@@ -120,6 +144,9 @@ def evaluate_checkpoint(
     frames = read_frames(data, index)
     if not frames:
         raise DataError(f"{data} holds no structures")
+    # Born effective charges are compared where the model has them and the frames carry them
+    if not predictor.has_apt or (label_keys.apt and not _any_has(frames, label_keys.apt)):
+        label_keys = dataclasses.replace(label_keys, apt=None)
     labelled = explicit_energy_key or any(_has_energy(a, label_keys.energy) for a in frames)
 
     present = sorted({int(z) for atoms in frames for z in atoms.numbers})
@@ -131,20 +158,23 @@ def evaluate_checkpoint(
         )
     if labelled:
         samples = load_samples(frames, predictor.cutoff, label_keys, data)
+        check_fields(samples, predictor.has_apt, label_keys.electric_field)
     else:
         graphs = [structure_to_graph(a, predictor.cutoff, i) for i, a in enumerate(frames)]
 
     accumulator = ErrorAccumulator()
-    force_pairs, force_groups = [], []
+    force_pairs, force_groups, apt_pairs = [], [], []
     predicted: List[Dict[str, np.ndarray]] = []
     for start in range(0, len(frames), batch_size):
+        field = None
         if labelled:
             batch = make_batch(samples[start : start + batch_size], predictor.dtype)
             graph = batch.graph
+            field = batch.electric_field
         else:
             graph = collate(graphs[start : start + batch_size], dtype=predictor.dtype)
         stress = bool(graph[keys.PBC].any())
-        out = predictor(graph, stress=stress)
+        out = predictor(graph, stress=stress, electric_field=field)
         offsets = graph[keys.STRUCTURE_OFFSETS].tolist()
         for s in range(len(offsets) - 1):
             a, b = offsets[s], offsets[s + 1]
@@ -171,6 +201,8 @@ def evaluate_checkpoint(
                     )
                 )
                 force_groups += [group] * (3 * (b - a))
+        if batch.apt is not None:
+            apt_pairs.append((batch.apt.double().numpy(), out[keys.APT].detach().double().numpy()))
 
     folder = Path(output) if output is not None else None
     if folder is not None:
@@ -213,6 +245,12 @@ def evaluate_checkpoint(
         if force_pairs:
             pairs = np.concatenate(force_pairs, axis=1)
             parity(pairs[0], pairs[1], force_groups, "force", "eV/A", folder / "parity_forces.png")
+        if apt_pairs:
+            apt_parity(
+                np.concatenate([p[0] for p in apt_pairs]),
+                np.concatenate([p[1] for p in apt_pairs]),
+                folder / "parity_apt.png",
+            )
         result["structures"] = records
         atomic_write(
             folder / "metrics.json",
@@ -236,11 +274,15 @@ def _write_predictions(frames, predicted: List[Dict[str, np.ndarray]], path: Pat
 
 def format_table(errors: Dict[str, Dict[str, float]]) -> str:
     stress = any("stress_mae_meV_per_A3" in e for e in errors.values())
+    apt = any("apt_mae_e" in e for e in errors.values())
     header = f"{'config_type':>16} {'n':>5} {'E MAE':>9} {'E RMSE':>9} {'F MAE':>9} {'F RMSE':>9}"
     units = f"{'':>16} {'':>5} {'meV/atom':>9} {'meV/atom':>9} {'meV/A':>9} {'meV/A':>9}"
     if stress:
         header += f" {'S MAE':>9} {'S RMSE':>9}"
         units += f" {'meV/A^3':>9} {'meV/A^3':>9}"
+    if apt:
+        header += f" {'Z* MAE':>9} {'Z* RMSE':>9}"
+        units += f" {'e':>9} {'e':>9}"
     lines = [header, units]
     for name in sorted(errors, key=lambda n: (n != "all", n)):
         e = errors[name]
@@ -254,5 +296,16 @@ def format_table(errors: Dict[str, Dict[str, float]]) -> str:
                 f" {e.get('stress_mae_meV_per_A3', float('nan')):>9.3f}"
                 f" {e.get('stress_rmse_meV_per_A3', float('nan')):>9.3f}"
             )
+        if apt:
+            line += f" {e.get('apt_mae_e', float('nan')):>9.4f} {e.get('apt_rmse_e', float('nan')):>9.4f}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _any_has(frames, key: str) -> bool:
+    """Whether any frame carries `key` (per-atom array, info entry or calculator result)."""
+    for atoms in frames:
+        results = atoms.calc.results if atoms.calc is not None else {}
+        if key in atoms.arrays or key in atoms.info or key in results:
+            return True
+    return False

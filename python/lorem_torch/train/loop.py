@@ -32,13 +32,14 @@ import yaml
 
 from .. import keys
 from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from ..models import EnergyModel, Lorem
+from ..models import BECModel, EnergyModel, Lorem, LoremBEC
 from . import config as config_module
 from .data import (
     Batch,
     LabelKeys,
     Sample,
     baseline_is_determined,
+    check_fields,
     fit_baseline,
     load_samples,
     make_batch,
@@ -93,12 +94,22 @@ def config_differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[
 # -- loss and metrics --
 
 
-def predict(model: EnergyModel, batch: Batch, training: bool, stress: bool) -> Dict:
+def output_model(model: Lorem) -> EnergyModel | BECModel:
+    """The wrapper that computes a model's outputs: BECModel (APT too) for a LoremBEC."""
+    return BECModel(model) if isinstance(model, LoremBEC) else EnergyModel(model)
+
+
+def predict(model: EnergyModel | BECModel, batch: Batch, training: bool, stress: bool) -> Dict:
+    options = {}
+    if isinstance(model, BECModel):
+        # the labels' forces hold the field term Z* E when a field was applied
+        options["electric_field"] = batch.electric_field
     return model(
         **batch.graph,
         compute_forces=batch.forces is not None,
         compute_stress=stress and batch.stress is not None,
         create_graph=training,
+        **options,
     )
 
 
@@ -109,6 +120,8 @@ def loss_terms(out: Dict, batch: Batch) -> Dict[str, torch.Tensor]:
     if batch.stress is not None and keys.STRESS in out:
         mask = batch.stress_mask
         terms["stress"] = ((out[keys.STRESS][mask] - batch.stress[mask]) ** 2).mean()
+    if batch.apt is not None and keys.APT in out:
+        terms["apt"] = ((out[keys.APT] - batch.apt) ** 2).mean()
     return terms
 
 
@@ -120,6 +133,7 @@ class ErrorAccumulator:
         self.energy: Dict[str, List[float]] = {}
         self.forces: Dict[str, List[np.ndarray]] = {}
         self.stress: Dict[str, List[np.ndarray]] = {}
+        self.apt: Dict[str, List[np.ndarray]] = {}
         self.records: List[Dict[str, Any]] = []
 
     def add(self, out: Dict, batch: Batch) -> None:
@@ -128,6 +142,7 @@ class ErrorAccumulator:
         per_atom = (energy - reference) / batch.num_atoms.double().numpy() * 1000.0
         forces = out.get(keys.FORCES)
         stress = out.get(keys.STRESS) if batch.stress is not None else None
+        apt = out.get(keys.APT) if batch.apt is not None else None
         offsets = batch.graph[keys.STRUCTURE_OFFSETS].tolist()
         for s, group in enumerate(batch.config_types):
             for name in ("all", group) if group != "all" else ("all",):
@@ -139,6 +154,10 @@ class ErrorAccumulator:
                 if stress is not None and bool(batch.stress_mask[s]):
                     error = (stress[s] - batch.stress[s]).detach().double().numpy() * 1000.0
                     self.stress.setdefault(name, []).append(error.ravel())
+                if apt is not None and batch.apt is not None:
+                    a, b = offsets[s], offsets[s + 1]
+                    error = (apt[a:b] - batch.apt[a:b]).detach().double().cpu().numpy()
+                    self.apt.setdefault(name, []).append(error.ravel())
             self.records.append(
                 {
                     "config_type": group,
@@ -165,12 +184,16 @@ class ErrorAccumulator:
                 t = np.concatenate(self.stress[name])
                 entry["stress_mae_meV_per_A3"] = float(np.abs(t).mean())
                 entry["stress_rmse_meV_per_A3"] = float(np.sqrt((t**2).mean()))
+            if name in self.apt:  # Born effective charges, per component, elementary charges
+                z = np.concatenate(self.apt[name])
+                entry["apt_mae_e"] = float(np.abs(z).mean())
+                entry["apt_rmse_e"] = float(np.sqrt((z**2).mean()))
             result[name] = entry
         return result
 
 
 def evaluate(
-    model: EnergyModel,
+    model: EnergyModel | BECModel,
     samples: List[Sample],
     batch_size: int,
     dtype: torch.dtype,
@@ -294,7 +317,14 @@ class Trainer:
     def _load_data(self) -> None:
         data = self.config["data"]
         cutoff = float(self.config["model"]["cutoff"])
-        label_keys = LabelKeys(data["energy_key"], data["forces_key"], data["stress_key"])
+        bec = self.config["model"]["kind"] == "bec"
+        label_keys = LabelKeys(
+            data["energy_key"],
+            data["forces_key"],
+            data["stress_key"],
+            apt=data["apt_key"] if bec and self.settings["loss_weights"]["apt"] > 0 else None,
+            electric_field=data["electric_field_key"],
+        )
 
         def read(path):
             return load_samples(read_frames(path, data["index"]), cutoff, label_keys, path)
@@ -317,12 +347,13 @@ class Trainer:
                     f"training data lacks ({sorted(train_species)})"
                 )
         self.species = sorted(train_species)
+        check_fields(train + valid + test, bec, data["electric_field_key"])
 
     def _fresh(self) -> None:
         baseline = fit_baseline(self.train_samples)
-        self.model = Lorem(**self.config["model"], species=self.species, baseline=baseline).to(
-            self.dtype
-        )
+        options = dict(self.config["model"])
+        model_class = LoremBEC if options.pop("kind") == "bec" else Lorem
+        self.model = model_class(**options, species=self.species, baseline=baseline).to(self.dtype)
         self.ema = copy.deepcopy(self.model) if self.settings["ema_decay"] > 0 else None
         self.optimizer = self._make_optimizer()
         self.epoch = 0
@@ -472,7 +503,7 @@ class Trainer:
         from tqdm import tqdm
 
         settings = self.settings
-        energy_model = EnergyModel(self.model)
+        energy_model = output_model(self.model)
         weights = settings["loss_weights"]
         use_stress = weights.get("stress", 0) > 0
         batch_size = int(settings["batch_size"])
@@ -595,7 +626,7 @@ class Trainer:
 
     def _validate(self, train_loss: float, lr: float) -> None:
         settings = self.settings
-        model = EnergyModel(self._evaluation_model())
+        model = output_model(self._evaluation_model())
         result = evaluate(
             model,
             self.valid_samples,
@@ -615,6 +646,9 @@ class Trainer:
             "valid_forces_rmse": errors.get("forces_rmse_meV_per_A", float("nan")),
             "seconds": self.elapsed,
         }
+        if "apt_mae_e" in errors:
+            row["valid_apt_mae"] = errors["apt_mae_e"]
+            row["valid_apt_rmse"] = errors["apt_rmse_e"]
         self.history.append(row)
         improved = result["loss"] < self.best_loss
         if improved:
@@ -628,7 +662,10 @@ class Trainer:
         self.log(
             f"epoch {self.epoch:4d}  lr {lr:.2e}  train loss {train_loss:.4g}  "
             f"valid loss {result['loss']:.4g}  E {row['valid_energy_mae']:.2f} meV/atom  "
-            f"F {row['valid_forces_mae']:.1f} meV/A MAE" + ("  (best)" if improved else "")
+            f"F {row['valid_forces_mae']:.1f} meV/A"
+            + (f"  APT {row['valid_apt_mae']:.4f} e" if "valid_apt_mae" in row else "")
+            + " MAE"
+            + ("  (best)" if improved else "")
         )
 
 
@@ -640,4 +677,12 @@ def train(
     return Trainer(config, resume=resume, log=log, overwrite=overwrite).run()
 
 
-__all__ = ["RunFolderError", "Trainer", "config_differences", "evaluate", "learning_rate", "train"]
+__all__ = [
+    "RunFolderError",
+    "Trainer",
+    "config_differences",
+    "evaluate",
+    "learning_rate",
+    "output_model",
+    "train",
+]
