@@ -230,6 +230,11 @@ void PairLorem::settings(int narg, char** arg) {
         error->all(FLERR, "pair_style lorem: long_range must be ewald, pme or auto, not '{}'",
                    long_range_request_);
       iarg += 2;
+    } else if (std::strcmp(arg[iarg], "efield") == 0 && iarg + 3 < narg) {
+      for (int a = 0; a < 3; ++a)
+        electric_field_[a] = utils::numeric(FLERR, arg[iarg + 1 + a], false, lmp);
+      apply_electric_field_ = true;
+      iarg += 4;
     } else if (std::strcmp(arg[iarg], "accuracy") == 0 && iarg + 1 < narg) {
       accuracy_request_ = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
       if (!(accuracy_request_ > 0.0 && accuracy_request_ <= 1e-2))
@@ -239,7 +244,7 @@ void PairLorem::settings(int narg, char** arg) {
     } else {
       error->all(FLERR,
                  "Illegal pair_style lorem argument '{}': use pair_style lorem [device "
-                 "cpu|cuda|cuda:N|auto] [long_range ewald|pme|auto] [accuracy A]",
+                 "cpu|cuda|cuda:N|auto] [long_range ewald|pme|auto] [accuracy A] [efield Ex Ey Ez]",
                  arg[iarg]);
     }
   }
@@ -344,6 +349,7 @@ void PairLorem::init_style() {
                               : "slab",
                      "pair_style lorem with this box");
     contract.require("domain_decomposition", "pair_style lorem");
+    if (apply_electric_field_) contract.require("electric_field", "pair_style lorem efield");
     if (open && long_range_request_ == "pme")
       error->all(FLERR,
                  "pair_style lorem: long_range pme needs a periodic box (open boundaries use the "
@@ -455,6 +461,15 @@ void PairLorem::compute(int eflag, int vflag) {
     }
   }
 
+  // per-atom Born effective charges go to the custom array "bec" when the input defines
+  // it (fix property/atom d2_bec 9), in the order xx xy xz yx yy yz zx zy zz
+  int bec_flag = 0, bec_columns = 0;
+  const int bec_index = atom->find_custom("bec", bec_flag, bec_columns);
+  const bool store_bec = bec_index >= 0 && bec_flag == 1 && bec_columns == 9;
+  system.want_born_effective_charges = store_bec;
+  system.apply_electric_field = apply_electric_field_;
+  system.electric_field = electric_field_;
+
   LammpsCommunicator communicator(this, comm, atom, world, locals, ghosts);
   lorem::Result result;
   try {
@@ -469,6 +484,13 @@ void PairLorem::compute(int eflag, int vflag) {
     f[i][0] += energy_unit_ * forces[3 * k];
     f[i][1] += energy_unit_ * forces[3 * k + 1];
     f[i][2] += energy_unit_ * forces[3 * k + 2];
+  }
+  if (store_bec) {
+    auto apt = result.born_effective_charges.contiguous();
+    const double* z = apt.data_ptr<double>();
+    double** bec = atom->darray[bec_index];
+    for (int64_t k = 0; k < n_local; ++k)
+      for (int c = 0; c < 9; ++c) bec[locals[k]][c] = z[9 * k + c];
   }
   if (eflag_global) eng_vdwl += energy_unit_ * result.energy;
   if (eflag_atom) {

@@ -2,6 +2,7 @@
 // their learned long range exact across MPI ranks.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,7 +41,9 @@ class PairLorem : public Pair {
   std::string device_request_ = "auto";
   std::string long_range_request_;  // empty: the model's own method
   double accuracy_request_ = 0.0;   // 0: the model's own
-  std::vector<int64_t> type_to_z_;  // per LAMMPS type (1-based); 0 for NULL
+  bool apply_electric_field_ = false;
+  std::array<double, 3> electric_field_{0.0, 0.0, 0.0};  // V/Angstrom
+  std::vector<int64_t> type_to_z_;                       // per LAMMPS type (1-based); 0 for NULL
   double cutoff_ = 0.0;
   double energy_unit_ = 1.0;  // model eV -> LAMMPS energy unit
 };

@@ -204,6 +204,9 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
     }
   }
   if (contract_.non_periodic == "direct") needed.push_back("direct_potentials");
+  if (contract_.grants("electric_field")) {
+    needed.insert(needed.end(), {"stage_apt", "long_range_apt"});
+  }
   for (const auto& method : needed) {
     if (!contract_.lists_method(method) || !module_.find_method(method)) {
       throw Error("'" + path + "' lacks the staged method '" + method +
@@ -223,8 +226,7 @@ void Model::set_long_range(const std::string& method) {
     std::string list;
     for (const auto& m : available) list += (list.empty() ? "" : ", ") + m;
     throw Error("long-range method '" + method + "' is not available for this model (" +
-                (list.empty() ? std::string("it has no long range") : "available: " + list) +
-                ")");
+                (list.empty() ? std::string("it has no long range") : "available: " + list) + ")");
   }
   method_ = method;
 }
@@ -347,6 +349,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
     auto grad_scalar = torch::zeros_like(final.scalar);
     auto grad_spherical = torch::zeros_like(final.spherical);
     double forward_at = encoded_at, comm_forward = comm_encoded;
+    torch::Tensor final_potentials;  // for the long-range APT head
     if (contract.long_range != "none") {
       auto q = leaf(charges);
       auto scalar_leaf = leaf(final.scalar);
@@ -355,8 +358,8 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
       if (system.periodic && method_ != "ewald") {
         pme = method_ == "pme";
         if (method_ == "auto") {  // the same choice on every rank: the global atom count
-          auto atoms = comm.all_reduce_sum(torch::full({1}, static_cast<double>(n_local),
-                                                       torch::TensorOptions().dtype(torch::kFloat64)));
+          auto atoms = comm.all_reduce_sum(torch::full(
+              {1}, static_cast<double>(n_local), torch::TensorOptions().dtype(torch::kFloat64)));
           pme = module_.get_method("prefer_pme")({cell, atoms.item<double>()}).toBool();
         }
       }
@@ -370,10 +373,11 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
           owned.hi[a] = static_cast<int64_t>(std::ceil(system.domain_hi[a] * mesh[a]));
         }
         const auto owned_all = gather_boxes(comm, owned);
-        auto brick_out = module_.get_method("pme_brick")({positions.slice(0, 0, n_local).detach(),
-                                                          cell, mesh_list})
-                             .toTuple()
-                             ->elements();
+        auto brick_out =
+            module_
+                .get_method("pme_brick")({positions.slice(0, 0, n_local).detach(), cell, mesh_list})
+                .toTuple()
+                ->elements();
         const auto brick_lo = brick_out[0].toIntVector();
         const auto brick_shape = brick_out[1].toIntVector();
         Box brick;
@@ -382,10 +386,11 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
           brick.hi[a] = brick_lo[a] + brick_shape[a];
         }
         const auto brick_all = gather_boxes(comm, brick);
-        auto charge_brick = module_
-                                .get_method("pme_spread")({positions.slice(0, 0, n_local), q, cell,
-                                                           strain, brick_lo, brick_shape, mesh_list})
-                                .toTensor();
+        auto charge_brick =
+            module_
+                .get_method("pme_spread")({positions.slice(0, 0, n_local), q, cell, strain,
+                                           brick_lo, brick_shape, mesh_list})
+                .toTensor();
         MeshFFT fft(comm, mesh);
         const auto& box = fft.spectrum_box();
         const std::vector<std::vector<int64_t>> ranges{
@@ -404,6 +409,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
                                   {positions, torch::cat({q, ghost_q}), potential_brick, brick_lo,
                                    mesh_list, total_q, cell, strain, centers, others, n_local})
                               .toTensor();
+        final_potentials = potentials.detach();
         auto energies_lr =
             module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
         energies = energies + energies_lr.detach();
@@ -424,8 +430,8 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         auto weights = torch::real(charge_spectrum * torch::conj(gradient_spectrum)).sum(0);
         auto through_kernel = gradients({(kernel * weights.to(kernel.dtype())).sum()},
                                         {torch::ones({}, options)}, {strain});
-        auto through_spread =
-            gradients({charge_brick}, {gradient_brick.to(charge_brick.dtype())}, {positions, strain, q});
+        auto through_spread = gradients({charge_brick}, {gradient_brick.to(charge_brick.dtype())},
+                                        {positions, strain, q});
         auto grad_q_total = comm.all_reduce_sum(first[5]);
         grad_positions = grad_positions + first[0] + through_spread[0];
         grad_strain = grad_strain + first[1] + through_spread[1] + through_kernel[0];
@@ -447,6 +453,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
                 .get_method("potentials")({positions, torch::cat({q, ghost_q}), total_sf, total_q,
                                            cell, strain, grid, centers, others, n_local})
                 .toTensor();
+        final_potentials = potentials.detach();
         auto energies_lr =
             module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
         energies = energies + energies_lr.detach();
@@ -475,6 +482,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         auto potentials =
             module_.get_method("direct_potentials")({all_positions, all_charges, strain, receivers})
                 .toTensor();
+        final_potentials = potentials.detach();
         auto energies_lr =
             module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
         energies = energies + energies_lr.detach();
@@ -492,6 +500,26 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         grad_scalar = first[3];
         grad_spherical = first[4];
       }
+    }
+
+    // -- Born effective charges: no part of the energy, no backward pass
+    const bool apt_needed = system.want_born_effective_charges || system.apply_electric_field;
+    torch::Tensor apt;
+    if (apt_needed) {
+      contract.require("electric_field", "Born effective charges or an electric field");
+      apt = torch::zeros({n_local, 3, 3}, options);
+      for (int64_t t = 0; t < static_cast<int64_t>(stages.size()); ++t)
+        apt = apt + module_.get_method("stage_apt")({t, stages[t].spherical}).toTensor();
+      if (final_potentials.defined()) {
+        apt = apt +
+              module_.get_method("long_range_apt")({final.spherical, final_potentials}).toTensor();
+      }
+      // the acoustic sum rule over the whole system: 9 sums and the atom count, all ranks
+      auto totals = comm.all_reduce_sum(
+          torch::cat({apt.sum(0).reshape({9}).to(torch::kFloat64),
+                      torch::full({1}, static_cast<double>(n_local), torch::kFloat64)}));
+      const double count = std::max(1.0, totals[9].item<double>());
+      apt = apt - (totals.slice(0, 0, 9).reshape({1, 3, 3}) / count).to(options);
     }
 
     // -- backward through the short-range stages, last first
@@ -530,6 +558,16 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
     result.forces = (-grad_positions).detach().to(torch::kCPU, torch::kFloat64);
     result.virial = compute_virial ? grad_strain.detach().to(torch::kCPU, torch::kFloat64)
                                    : torch::zeros({3, 3}, torch::kFloat64);
+    if (apt_needed) {
+      result.born_effective_charges = apt.detach().to(torch::kCPU, torch::kFloat64);
+      if (system.apply_electric_field) {
+        auto field = torch::tensor(
+            {system.electric_field[0], system.electric_field[1], system.electric_field[2]},
+            torch::kFloat64);
+        result.forces.slice(0, 0, n_local) +=
+            torch::einsum("nab,b->na", {result.born_effective_charges, field});
+      }
+    }
     return result;
   } catch (const Error&) {
     throw;

@@ -3,6 +3,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+
 #include "lorem/mesh.hpp"
 #include "lorem/model.hpp"
 
@@ -53,7 +55,8 @@ PYBIND11_MODULE(_core, m) {
              py::array_t<int64_t, py::array::c_style | py::array::forcecast> others,
              py::array_t<double, py::array::c_style | py::array::forcecast> cell, bool periodic,
              py::array_t<int64_t, py::array::c_style | py::array::forcecast> ghost_owner,
-             std::array<double, 3> origin) {
+             std::array<double, 3> origin, std::optional<std::array<double, 3>> electric_field,
+             bool born_effective_charges) {
             lorem::System system;
             system.positions = to_tensor<double>(positions, torch::kFloat64);
             system.atomic_numbers = to_tensor<int64_t>(atomic_numbers, torch::kLong);
@@ -63,6 +66,11 @@ PYBIND11_MODULE(_core, m) {
             system.cell = to_tensor<double>(cell, torch::kFloat64);
             system.periodic = periodic;
             system.origin = origin;
+            system.want_born_effective_charges = born_effective_charges;
+            if (electric_field) {
+              system.apply_electric_field = true;
+              system.electric_field = *electric_field;
+            }
             auto owner = to_tensor<int64_t>(ghost_owner, torch::kLong);
             lorem::SingleProcess comm(owner);
             lorem::Result result;
@@ -75,11 +83,14 @@ PYBIND11_MODULE(_core, m) {
             out["energies"] = to_numpy(result.energies);
             out["forces"] = to_numpy(lorem::fold_ghost_forces(result.forces, n_local, owner));
             out["virial"] = to_numpy(result.virial);
+            if (result.born_effective_charges.defined())
+              out["born_effective_charges"] = to_numpy(result.born_effective_charges);
             return out;
           },
           py::arg("positions"), py::arg("atomic_numbers"), py::arg("n_local"), py::arg("centers"),
           py::arg("others"), py::arg("cell"), py::arg("periodic"), py::arg("ghost_owner"),
           py::arg("origin") = std::array<double, 3>{0.0, 0.0, 0.0},
+          py::arg("electric_field") = py::none(), py::arg("born_effective_charges") = false,
           "Evaluate local + ghost atoms in one process; forces folded onto local atoms.");
 
   // For tests of the distributed-mesh machinery in one process: a brick of charges

@@ -27,7 +27,7 @@ struct Contract {
   std::string long_range;           // periodic cells by default: "none", "ewald", "pme", "auto"
   std::vector<std::string> long_range_methods;  // what the export can do ("ewald", "pme", "auto")
   double accuracy = 0.0;                        // of the k-space sums, relative
-  std::string non_periodic;         // "none" or "direct" (open boundaries)
+  std::string non_periodic;                     // "none" or "direct" (open boundaries)
   std::vector<std::string> methods;
   std::map<std::string, bool> capabilities;
   std::map<std::string, std::string> limitations;

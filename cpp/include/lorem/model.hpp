@@ -49,6 +49,12 @@ struct System {
   // engine's domain; ranks tile [0, 1)^3): it owns that part of a PME mesh.
   std::array<double, 3> domain_lo{0.0, 0.0, 0.0};
   std::array<double, 3> domain_hi{1.0, 1.0, 1.0};
+  // Born effective charges (models whose contract grants "electric_field"): computed
+  // when wanted or when a uniform field (V/Angstrom) is applied, which adds the forces
+  // F_i = Z*_i E to the local atoms (energy and virial unchanged, as lorem-jax).
+  bool want_born_effective_charges = false;
+  bool apply_electric_field = false;
+  std::array<double, 3> electric_field{0.0, 0.0, 0.0};
 };
 
 // Wall-clock seconds spent in each part of Model::compute, accumulated over calls.
@@ -66,6 +72,7 @@ struct Result {
   torch::Tensor energies;  // [n_local] eV
   torch::Tensor forces;    // [n_all, 3] eV/A; ghost rows still to be sent to their owners
   torch::Tensor virial;    // [3, 3] dE/d(strain), this rank's share (eV)
+  torch::Tensor born_effective_charges;  // [n_local, 3, 3] when computed (else undefined)
 };
 
 // The collective operations of the staged model. Every rank calls every method in
