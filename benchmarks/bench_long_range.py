@@ -76,7 +76,14 @@ def pme_step(pme: PME, positions, charges, cell):
     return run
 
 
-def measure(atoms: int, density: float, accuracy: float, repeats: int, reference_limit: int):
+def measure(
+    atoms: int,
+    density: float,
+    accuracy: float,
+    repeats: int,
+    reference_limit: int,
+    ewald_limit: float,
+):
     positions, charges, cell = nacl_cell(atoms, density)
     reference = Ewald(SMEARING, WAVELENGTH, channels=CHANNELS)
     cut = Ewald(SMEARING, WAVELENGTH, accuracy=accuracy, channels=CHANNELS)
@@ -89,15 +96,14 @@ def measure(atoms: int, density: float, accuracy: float, repeats: int, reference
         "mesh": pme.mesh_shape(cell),
         "order": pme.order,
     }
-    k_limit = 2e9  # atoms x k-vectors beyond which Ewald takes minutes here
     row["t_reference"] = (
         seconds(ewald_step(reference, positions, charges, cell), repeats)
-        if atoms <= reference_limit and atoms * row["k_reference"] < k_limit
+        if atoms <= reference_limit and atoms * row["k_reference"] < ewald_limit
         else math.nan
     )
     row["t_cut"] = (
         seconds(ewald_step(cut, positions, charges, cell), repeats)
-        if atoms * row["k_cut"] < k_limit
+        if atoms * row["k_cut"] < ewald_limit
         else math.nan
     )
     row["t_pme"] = seconds(pme_step(pme, positions, charges, cell), repeats)
@@ -126,6 +132,13 @@ def main():
     parser.add_argument("--accuracy", type=float, default=DEFAULT_ACCURACY)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--reference-limit", type=int, default=4096)
+    parser.add_argument(
+        "--ewald-limit",
+        type=float,
+        default=2e9,
+        help="skip Ewald where atoms x k-vectors exceed this (minutes of CPU beyond)",
+    )
+    parser.add_argument("--no-water", action="store_true")
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument(
         "--cpu-time",
@@ -147,9 +160,12 @@ def main():
     )
     rows = []
     systems = [("nacl", n, 8 / 5.64**3) for n in args.sizes]
-    systems += [("water", n, 0.1003) for n in args.sizes if n <= 4096]
+    if not args.no_water:
+        systems += [("water", n, 0.1003) for n in args.sizes if n <= 4096]
     for name, atoms, density in systems:
-        row = measure(atoms, density, args.accuracy, args.repeats, args.reference_limit)
+        row = measure(
+            atoms, density, args.accuracy, args.repeats, args.reference_limit, args.ewald_limit
+        )
         rows.append(row)
         choice = (
             "pme"
