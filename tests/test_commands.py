@@ -509,7 +509,9 @@ def test_example_config_resolves():
     assert config["training"]["learning_rate"] == 3e-3
     from lorem_torch import Lorem
 
-    model = Lorem(**config["model"])
+    options = dict(config["model"])
+    assert options.pop("kind") == "lorem"
+    model = Lorem(**options)
     assert model.hyperparameters["num_features"] == 32
 
 

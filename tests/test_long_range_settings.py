@@ -173,7 +173,9 @@ def test_settings_round_trip_through_checkpoints(tmp_path):
     config = model.config()
     config.pop("long_range")
     old = model_from_checkpoint({"model": config, "state_dict": model.state_dict()})
-    assert old.long_range_method == "ewald" and old.pme is None
+    assert old.long_range_method == "ewald"
+    cell = torch.tensor(atoms.cell.array)
+    assert not old.uses_pme(cell, len(atoms)) and model.uses_pme(cell, len(atoms))
 
 
 def test_calculator_override_and_scripted_model():

@@ -9,7 +9,7 @@ import pytest
 import torch
 import vesin
 from ase import Atoms
-from conftest import evaluate, nacl, random_rotation, small_model, triclinic_water
+from conftest import evaluate, nacl, random_rotation, shared_file, small_model, triclinic_water
 
 from lorem_torch.long_range import PME, Ewald
 
@@ -83,12 +83,14 @@ def test_potentials_and_fields_meet_the_accuracy(accuracy):
     assert float((results[1][1] - results[0][1]).abs().max()) <= accuracy * field_scale
 
 
-def test_torchpme_reference_frames(shared):
+def test_torchpme_reference_frames():
     """torch-pme's Na4Cl4 Coulomb frames with PME (tolerances as for Ewald in test_ewald.py:
     the stored values carry rounded inputs)."""
     import ase.io
 
-    frames = ase.io.read(shared / "datasets/torchpme_ewald_reference/coulomb_test_frames.xyz", ":")
+    frames = ase.io.read(
+        shared_file("datasets/torchpme_ewald_reference/coulomb_test_frames.xyz"), ":"
+    )
     pme = PME(smearing=0.5, accuracy=1e-8)
     for atoms in frames:
         positions = torch.tensor(atoms.positions, requires_grad=True)

@@ -34,6 +34,9 @@ class ExportedLorem(torch.nn.Module):
         super().__init__()
         self.model = model
         self.energy_model = EnergyModel(model)
+        # a plain attribute, not `model.long_range is None`: TorchScript folds that for a
+        # short-range model and would type _pme() as returning None
+        self.has_long_range: bool = model.long_range is not None
 
     def forward(
         self,
@@ -212,10 +215,9 @@ class ExportedLorem(torch.nn.Module):
     # -- particle-mesh Ewald on a mesh spread over ranks (cpp/src/mesh.cpp moves it) --
 
     def _pme(self):
-        pme = self.model.pme
-        if pme is None:
+        if not self.has_long_range:
             raise ValueError("this model has no long range, hence no PME")
-        return pme
+        return self.model.pme
 
     @torch.jit.export
     def prefer_pme(self, cell: torch.Tensor, num_atoms: float) -> bool:

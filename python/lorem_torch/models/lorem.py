@@ -350,15 +350,13 @@ class Lorem(ConstantsModule):
             channels=max(1, self.num_charges),
             max_memory_gb=max_memory_gb,
         )
-        self.pme: PME | None = (
-            PME(
-                smearing=self.smearing,
-                accuracy=accuracy,
-                channels=max(1, self.num_charges),
-                max_memory_gb=max_memory_gb,
-            )
-            if lr
-            else None
+        # built for every model, like Ewald (no parameters): TorchScript then types the
+        # staged pme_* methods of short-range exports too; self.long_range gates their use
+        self.pme = PME(
+            smearing=self.smearing,
+            accuracy=accuracy,
+            channels=max(1, self.num_charges),
+            max_memory_gb=max_memory_gb,
         )
         self.long_range: LongRangeBlock | None = (
             LongRangeBlock(d, max_degree, s, max_degree_lr) if lr else None
@@ -551,8 +549,7 @@ class Lorem(ConstantsModule):
     def uses_pme(self, cell: torch.Tensor, num_atoms: int) -> bool:
         """Whether a periodic structure's k-space goes to PME: always for method pme,
         never for ewald, by the estimated cost for auto (long_range/settings.py)."""
-        pme = self.pme
-        if pme is None or self.long_range_method == "ewald":
+        if self.long_range is None or self.long_range_method == "ewald":
             return False
         if self.long_range_method == "pme":
             return True
@@ -560,13 +557,12 @@ class Lorem(ConstantsModule):
 
     def prefers_pme(self, cell: torch.Tensor, num_atoms: int) -> bool:
         """Method auto's choice: whether PME is estimated faster than Ewald here."""
-        pme = self.pme
-        if pme is None:
+        if self.long_range is None:
             return False
         grid = self.ewald.cut_grid(cell)
-        mesh = pme.mesh_of(cell)
+        mesh = self.pme.mesh_of(cell)
         return prefer_pme(
-            num_atoms, self.ewald.num_kvectors(grid), mesh[0] * mesh[1] * mesh[2], pme.order
+            num_atoms, self.ewald.num_kvectors(grid), mesh[0] * mesh[1] * mesh[2], self.pme.order
         )
 
     def long_range_potentials(
@@ -600,7 +596,6 @@ class Lorem(ConstantsModule):
             r = positions[start:stop]
             if periodic[index] and self.uses_pme(cell[index], stop - start):
                 pme = self.pme
-                assert pme is not None
                 kspace = pme.kspace_potentials(r, q, cell[index])
                 pieces.append(
                     pme.potentials(kspace, q, q.sum(dim=0), cell[index], real_space[start:stop])
