@@ -41,15 +41,23 @@ def nacl_cell(atoms: int, density: float):
 
 
 CLOCK = time.perf_counter
+DEVICE = torch.device("cpu")
+
+
+def synchronize() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def seconds(function, repeats: int) -> float:
     """The best of `repeats` timings (after a warm-up), by CLOCK."""
     function()
+    synchronize()
     best = math.inf
     for _ in range(repeats):
         start = CLOCK()
         function()
+        synchronize()
         best = min(best, CLOCK() - start)
     return best
 
@@ -84,7 +92,7 @@ def measure(
     reference_limit: int,
     ewald_limit: float,
 ):
-    positions, charges, cell = nacl_cell(atoms, density)
+    positions, charges, cell = (x.to(DEVICE) for x in nacl_cell(atoms, density))
     reference = Ewald(SMEARING, WAVELENGTH, channels=CHANNELS)
     cut = Ewald(SMEARING, WAVELENGTH, accuracy=accuracy, channels=CHANNELS)
     pme = PME(SMEARING, accuracy=accuracy, channels=CHANNELS)
@@ -139,6 +147,7 @@ def main():
         help="skip Ewald where atoms x k-vectors exceed this (minutes of CPU beyond)",
     )
     parser.add_argument("--no-water", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (wall seconds, synchronised)")
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument(
         "--cpu-time",
@@ -146,12 +155,14 @@ def main():
         help="process CPU time instead of wall time (steadier on a shared machine)",
     )
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     if args.cpu_time:
         global CLOCK
         CLOCK = time.process_time
     print(
         f"k-space only, {CHANNELS} channels, float32, forward + backward, "
-        f"{torch.get_num_threads()} threads, accuracy {args.accuracy:g}, "
+        f"{args.device}, {torch.get_num_threads()} threads, accuracy {args.accuracy:g}, "
         f"{'CPU' if args.cpu_time else 'wall'} seconds"
     )
     print(

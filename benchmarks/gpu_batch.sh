@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks of a lent device machine, as one call (see
+# ../shared/device/README.md): .device/ carried (site.tar.xz from make_bundle.sh and
+# extra.tar.xz: pytest, pyyaml, tqdm, msgpack, torch-pme, matplotlib for Python 3.12).
+#
+#   bash benchmarks/gpu_batch.sh [STEP ...]   (on the device machine, from the project root)
+#
+# Every step has its own time limit and writes to $OUT as it goes, so what ran comes
+# back even when a later step runs out of time. The build is kept in /tmp while the
+# machine stays warm, so a second call can take the remaining steps. Steps (default: all):
+#   (always) build the runtime and plugin against the machine's CUDA torch
+#   parity: the runtime and LAMMPS tests with the C++ side on CUDA
+#      (LOREM_TEST_DEVICE=cuda: pair_style lorem device cuda, lorem_torch._core on cuda)
+#      against the CPU Python references, and the BEC path (check_bec_cuda.py)
+#   lammps: LAMMPS water, default model, float32, device cuda: PME at 12k and 98k atoms,
+#      the Python step beside it, and Ewald at 98k as the baseline on the same card
+#   kspace: the k-space alone on the GPU: Ewald and PME to 10^6 atoms
+#   million: LAMMPS water at 943k atoms (PME)
+#   mp: message passing in LAMMPS on CUDA;  training: bench_training_gpu.sh
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+STEPS=${*:-parity lammps kspace million mp training}
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.txt"; }
+
+log "setup"
+if [ -f /tmp/lt/lorem_torch/__init__.py ] && [ -x /tmp/site/lammps/lmp ]; then
+  # warm machine: the build of an earlier call is still there
+  export PATH=/tmp/site/bin:$PATH
+  export LD_LIBRARY_PATH=/tmp/site/lib:/tmp/site/lib/mpich:/tmp/site/lammps:/tmp/site/lammps.libs:${LD_LIBRARY_PATH:-}
+  export LMP=/tmp/site/lammps/lmp MPIRUN=/tmp/site/bin/mpirun PYTHONPATH=/tmp/lt:/tmp/site
+  # the Python sources of this call's tree, over the built ones (the C++ is unchanged)
+  cp -r python/lorem_torch/. /tmp/lt/lorem_torch/
+else
+  source .device/setup_on_gpu.sh
+  mkdir -p /tmp/extra && tar -C /tmp/extra -xJf .device/extra.tar.xz
+fi
+# after the machine's own packages (a .pth appends), so its numpy and torch stay first
+site_dir=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+echo /tmp/extra > "$site_dir/zz_lorem_extra.pth" 2>/dev/null ||
+  export PYTHONPATH=$PYTHONPATH:/tmp/extra
+export LOREM_LMP=$LMP LOREM_MPIRUN=$MPIRUN OMP_NUM_THREADS=4
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
+python3 -c "import torch, lorem_torch._core; print('torch', torch.__version__, torch.cuda.get_device_name())" \
+  2>&1 | tee -a "$OUT/steps.txt"
+
+for step in $STEPS; do
+  case $step in
+  parity)
+    log "parity: runtime and LAMMPS on cuda against the CPU references"
+    LOREM_TEST_DEVICE=cuda timeout 150 python3 -m pytest -q -p no:cacheprovider \
+      tests/test_lammps_pme.py tests/test_lammps_mp.py tests/test_message_passing.py \
+      tests/test_lammps_bec.py tests/test_export.py tests/test_lammps.py \
+      -k "matches_python or atoms_too_close or parity_ladder or triclinic_message_passing or pme_with_an_empty_rank or born_effective or field_forces or float32_model" \
+      > "$OUT/parity_tests.txt" 2>&1
+    echo "pytest rc=$?" >> "$OUT/parity_tests.txt"
+    tail -4 "$OUT/parity_tests.txt" | tee -a "$OUT/steps.txt"
+    timeout 60 python3 benchmarks/check_bec_cuda.py > "$OUT/check_bec_cuda.txt" 2>&1
+    tail -2 "$OUT/check_bec_cuda.txt" | tee -a "$OUT/steps.txt"
+    ;;
+  lammps)
+    log "LAMMPS water, PME, device cuda (12k, 98k), Python step on cuda beside it"
+    timeout 150 python3 benchmarks/bench_lammps.py --device cuda --long-range pme \
+      --replicas 4 8 --ranks 1 --steps 16 > "$OUT/lammps_pme.txt" 2>&1
+    tee -a "$OUT/steps.txt" < "$OUT/lammps_pme.txt"
+    log "LAMMPS water, Ewald, device cuda (98k): the baseline on this card"
+    timeout 60 python3 benchmarks/bench_lammps.py --device cuda --long-range ewald \
+      --replicas 8 --ranks 1 --steps 2 --no-python > "$OUT/lammps_ewald.txt" 2>&1
+    tee -a "$OUT/steps.txt" < "$OUT/lammps_ewald.txt"
+    ;;
+  kspace)
+    log "k-space alone on cuda, to 10^6 atoms"
+    timeout 60 python3 benchmarks/bench_long_range.py --device cuda --no-water \
+      --sizes 4096 32768 110592 1000000 --ewald-limit 5e10 --reference-limit 0 \
+      > "$OUT/long_range_cuda.txt" 2>&1
+    tee -a "$OUT/steps.txt" < "$OUT/long_range_cuda.txt"
+    ;;
+  million)
+    log "LAMMPS water 943k atoms, PME, device cuda"
+    timeout 100 python3 benchmarks/bench_lammps.py --device cuda --long-range pme \
+      --replicas 17 --ranks 1 --steps 2 --no-python > "$OUT/lammps_pme_1m.txt" 2>&1
+    tail -c 3000 "$OUT/lammps_pme_1m.txt" | tee -a "$OUT/steps.txt"
+    ;;
+  mp)
+    log "message passing in LAMMPS on cuda"
+    timeout 60 python3 benchmarks/bench_lammps.py --device cuda --message-passing 0 1 \
+      --replicas 2 --ranks 1 --steps 8 > "$OUT/lammps_mp.txt" 2>&1
+    tee -a "$OUT/steps.txt" < "$OUT/lammps_mp.txt"
+    ;;
+  training)
+    if [ -f benchmarks/bench_training_gpu.sh ]; then
+      log "training speed on cuda"
+      timeout 90 bash benchmarks/bench_training_gpu.sh > "$OUT/training_gpu.txt" 2>&1
+      tail -8 "$OUT/training_gpu.txt" | tee -a "$OUT/steps.txt"
+    fi
+    ;;
+  *) log "unknown step $step" ;;
+  esac
+done
+log "done"
