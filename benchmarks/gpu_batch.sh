@@ -20,7 +20,7 @@
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-STEPS=${*:-parity lammps kspace million mp training}
+STEPS=${*:-parity lammps kspace mp million training}
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.txt"; }
 
 log "setup"
@@ -48,7 +48,7 @@ for step in $STEPS; do
   case $step in
   parity)
     log "parity: runtime and LAMMPS on cuda against the CPU references"
-    LOREM_TEST_DEVICE=cuda timeout 150 python3 -m pytest -q -p no:cacheprovider \
+    LOREM_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -p no:cacheprovider \
       tests/test_lammps_pme.py tests/test_lammps_mp.py tests/test_message_passing.py \
       tests/test_lammps_bec.py tests/test_export.py tests/test_lammps.py \
       -k "matches_python or atoms_too_close or parity_ladder or triclinic_message_passing or pme_with_an_empty_rank or born_effective or field_forces or float32_model" \
