@@ -44,7 +44,7 @@ site_dir=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 echo /tmp/extra > "$site_dir/zz_lorem_extra.pth" 2>/dev/null ||
   export PYTHONPATH=$PYTHONPATH:/tmp/extra
 export LOREM_LMP=$LMP LOREM_MPIRUN=$MPIRUN OMP_NUM_THREADS=4
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/steps.txt"
 python3 -c "import torch, lorem_torch._core; print('torch', torch.__version__, torch.cuda.get_device_name())" \
   2>&1 | tee -a "$OUT/steps.txt"
 
@@ -59,43 +59,36 @@ for step in $STEPS; do
       > "$OUT/parity_tests.txt" 2>&1
     echo "pytest rc=$?" >> "$OUT/parity_tests.txt"
     tail -4 "$OUT/parity_tests.txt" | tee -a "$OUT/steps.txt"
-    timeout 60 python3 benchmarks/check_bec_cuda.py > "$OUT/check_bec_cuda.txt" 2>&1
-    tail -2 "$OUT/check_bec_cuda.txt" | tee -a "$OUT/steps.txt"
+    timeout 60 python3 benchmarks/check_bec_cuda.py 2>&1 | tee -a "$OUT/steps.txt"
     ;;
   lammps)
     log "LAMMPS water, PME, device cuda (12k, 98k), Python step on cuda beside it"
     timeout 150 python3 benchmarks/bench_lammps.py --device cuda --long-range pme \
-      --replicas 4 8 --ranks 1 --steps 16 > "$OUT/lammps_pme.txt" 2>&1
-    tee -a "$OUT/steps.txt" < "$OUT/lammps_pme.txt"
+      --replicas 4 8 --ranks 1 --steps 16 2>&1 | tee -a "$OUT/steps.txt"
     log "LAMMPS water, Ewald, device cuda (98k): the baseline on this card"
     timeout 60 python3 benchmarks/bench_lammps.py --device cuda --long-range ewald \
-      --replicas 8 --ranks 1 --steps 2 --no-python > "$OUT/lammps_ewald.txt" 2>&1
-    tee -a "$OUT/steps.txt" < "$OUT/lammps_ewald.txt"
+      --replicas 8 --ranks 1 --steps 2 --no-python 2>&1 | tee -a "$OUT/steps.txt"
     ;;
   kspace)
     log "k-space alone on cuda, to 10^6 atoms"
     timeout 60 python3 benchmarks/bench_long_range.py --device cuda --no-water \
       --sizes 4096 32768 110592 1000000 --ewald-limit 5e10 --reference-limit 0 \
-      > "$OUT/long_range_cuda.txt" 2>&1
-    tee -a "$OUT/steps.txt" < "$OUT/long_range_cuda.txt"
+      2>&1 | tee -a "$OUT/steps.txt"
     ;;
   million)
     log "LAMMPS water 943k atoms, PME, device cuda"
     timeout 100 python3 benchmarks/bench_lammps.py --device cuda --long-range pme \
-      --replicas 17 --ranks 1 --steps 2 --no-python > "$OUT/lammps_pme_1m.txt" 2>&1
-    tail -c 3000 "$OUT/lammps_pme_1m.txt" | tee -a "$OUT/steps.txt"
+      --replicas 17 --ranks 1 --steps 2 --no-python 2>&1 | tail -c 3000 | tee -a "$OUT/steps.txt"
     ;;
   mp)
     log "message passing in LAMMPS on cuda"
     timeout 60 python3 benchmarks/bench_lammps.py --device cuda --message-passing 0 1 \
-      --replicas 2 --ranks 1 --steps 8 > "$OUT/lammps_mp.txt" 2>&1
-    tee -a "$OUT/steps.txt" < "$OUT/lammps_mp.txt"
+      --replicas 2 --ranks 1 --steps 8 2>&1 | tee -a "$OUT/steps.txt"
     ;;
   training)
     if [ -f benchmarks/bench_training_gpu.sh ]; then
       log "training speed on cuda"
-      timeout 90 bash benchmarks/bench_training_gpu.sh > "$OUT/training_gpu.txt" 2>&1
-      tail -8 "$OUT/training_gpu.txt" | tee -a "$OUT/steps.txt"
+      timeout 90 bash benchmarks/bench_training_gpu.sh 2>&1 | tee -a "$OUT/steps.txt"
     fi
     ;;
   *) log "unknown step $step" ;;
