@@ -36,6 +36,7 @@ else
   # MPICH's headers (the bundle has its programs and libraries only; the plugin's
   # find_package(MPI) needs mpi.h): from .device/mpich-include.tar.xz, the same wheel's
   mkdir -p /tmp/site && tar -C /tmp/site -xJf .device/mpich-include.tar.xz
+  rm -rf build/cp312-*  # no CMake cache of an earlier failed configure
   source .device/setup_on_gpu.sh
   mkdir -p /tmp/extra && tar -C /tmp/extra -xJf .device/extra.tar.xz
 fi
