@@ -239,6 +239,14 @@ def main():
             for n in args.replicas:
                 atoms = base * (n, n, n)
                 steps = max(2, args.steps // n**3)
+                # LAMMPS first: the Python step's cached device memory would be taken
+                # from the LAMMPS process otherwise
+                results = [
+                    lammps_run(
+                        folder, model_file, atoms, ranks, steps, args.device, args.long_range
+                    )
+                    for ranks in args.ranks
+                ]
                 if args.no_python:
                     python_seconds = float("nan")
                 else:
@@ -248,10 +256,9 @@ def main():
                     python_seconds = python_step(
                         python_model, atoms, device=args.python_device or args.device
                     )
-                for ranks in args.ranks:
-                    r = lammps_run(
-                        folder, model_file, atoms, ranks, steps, args.device, args.long_range
-                    )
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                for ranks, r in zip(args.ranks, results, strict=True):
                     f = r["fractions"]
                     ratio = (1 / r["steps_per_second"]) / python_seconds
                     print(
