@@ -18,7 +18,7 @@
 #   kspace: the k-space alone on the GPU: Ewald and PME to 10^6 atoms
 #   million: LAMMPS water at 943k atoms (PME)
 #   mp: message passing in LAMMPS on CUDA;  training: bench_training_gpu.sh
-#   bec: the BEC part of the parity tests alone
+#   bec, lammps-parity: parts of the parity tests alone
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -54,6 +54,13 @@ for step in $STEPS; do
     echo "pytest rc=$?" >> "$OUT/parity_tests.txt"
     tail -4 "$OUT/parity_tests.txt" | tee -a "$OUT/steps.txt"
     timeout 60 python3 benchmarks/check_bec_cuda.py 2>&1 | tee -a "$OUT/steps.txt"
+    ;;
+  lammps-parity)
+    log "parity of pair_style lorem (Ewald) on cuda, 1 and 2 ranks"
+    LOREM_TEST_DEVICE=cuda timeout 60 python3 -m pytest -q -p no:cacheprovider \
+      tests/test_lammps.py -k "matches_python" > "$OUT/parity_lammps.txt" 2>&1
+    echo "pytest rc=$?" >> "$OUT/parity_lammps.txt"
+    tail -4 "$OUT/parity_lammps.txt" | tee -a "$OUT/steps.txt"
     ;;
   bec)
     log "parity of the BEC path of the runtime and LAMMPS on cuda"
