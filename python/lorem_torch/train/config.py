@@ -21,6 +21,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         "forces_key": "forces",
         "stress_key": None,
         "index": ":",  # which frames of each file (ASE index syntax)
+        # periodicity of every structure read: null keeps the files' pbc; false reads them
+        # as isolated (e.g. molecules written in a box); true as fully periodic
+        "pbc": None,
     },
     "training": {
         "output": "runs/lorem",
@@ -75,6 +78,8 @@ def resolve(user: Dict[str, Any]) -> Dict[str, Any]:
                 config[section][key] = value
     if not config["data"]["train"]:
         raise ConfigError("data.train (the training file) is required")
+    if config["data"]["pbc"] not in (None, True, False):
+        raise ConfigError(f"data.pbc must be null, true or false, got {config['data']['pbc']!r}")
     if config["training"]["dtype"] not in ("float32", "float64"):
         raise ConfigError("training.dtype must be float32 or float64")
     if config["training"]["optimizer"] not in ("adam", "adamw"):

@@ -23,11 +23,14 @@ def evaluate_checkpoint(
     batch_size: int = 4,
     dtype: torch.dtype = torch.float64,
     index: str = ":",
+    pbc: bool | None = None,
 ) -> Dict[str, Any]:
-    """Errors of a checkpoint on an ASE-readable file; plots and JSON into `output`."""
+    """Errors of a checkpoint on an ASE-readable file; plots and JSON into `output`.
+
+    `pbc` overrides the periodicity of every structure (see read_frames)."""
     label_keys = label_keys or LabelKeys()
     model = model_from_checkpoint(checkpoint, dtype=dtype)
-    samples = load_samples(read_frames(data, index), model.cutoff, label_keys, data)
+    samples = load_samples(read_frames(data, index, pbc), model.cutoff, label_keys, data)
     present = sorted({int(z) for s in samples for z in s.graph[keys.ATOMIC_NUMBERS]})
     unknown = sorted(set(present) - set(model.species))
     if unknown:
