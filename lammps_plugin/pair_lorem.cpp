@@ -11,8 +11,10 @@
 #include <torch/cuda.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 
 #include "atom.h"
 #include "comm.h"
@@ -28,74 +30,69 @@ using namespace LAMMPS_NS;
 
 namespace {
 
-const char *const kSymbols[] = {
-    "X",  "H",  "He", "Li", "Be", "B",  "C",  "N",  "O",  "F",  "Ne", "Na", "Mg", "Al", "Si",
-    "P",  "S",  "Cl", "Ar", "K",  "Ca", "Sc", "Ti", "V",  "Cr", "Mn", "Fe", "Co", "Ni", "Cu",
-    "Zn", "Ga", "Ge", "As", "Se", "Br", "Kr", "Rb", "Sr", "Y",  "Zr", "Nb", "Mo", "Tc", "Ru",
-    "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I",  "Xe", "Cs", "Ba", "La", "Ce", "Pr",
-    "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "Lu", "Hf", "Ta", "W",
-    "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "Po", "At", "Rn", "Fr", "Ra", "Ac",
-    "Th", "Pa", "U",  "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es"};
-constexpr int kNumSymbols = sizeof(kSymbols) / sizeof(kSymbols[0]);
-
-int atomic_number(const std::string &symbol) {
-  for (int z = 1; z < kNumSymbols; ++z) {
-    if (symbol == kSymbols[z]) return z;
-  }
-  return -1;
-}
+// Values per atom in one forward/reverse communication pass. Fixed at construction so
+// that LAMMPS sizes its buffers for it whatever the model (pair_style hybrid takes its
+// sub-styles' sizes in settings(), before any pair_coeff); wider exchanges (message-
+// passing features) go in several passes.
+constexpr int kExchangeChunk = 64;
 
 constexpr double kEvToKcalPerMol = 23.060547830619029;
 
 // The Communicator of the staged long range, on LAMMPS' world and ghost atoms.
 class LammpsCommunicator : public lorem::Communicator {
  public:
-  LammpsCommunicator(PairLorem *pair, Comm *comm, Atom *atom, MPI_Comm world,
-                     const std::vector<int> &locals, const std::vector<int> &ghosts)
+  LammpsCommunicator(PairLorem* pair, Comm* comm, Atom* atom, MPI_Comm world,
+                     const std::vector<int>& locals, const std::vector<int>& ghosts)
       : pair_(pair), comm_(comm), atom_(atom), world_(world), locals_(locals), ghosts_(ghosts) {}
 
-  torch::Tensor forward_ghosts(const torch::Tensor &local_values) override {
-    const int width = static_cast<int>(local_values.size(1));
-    prepare(width);
+  torch::Tensor forward_ghosts(const torch::Tensor& local_values) override {
+    const int64_t width = local_values.size(1);
     auto values = local_values.to(torch::kCPU, torch::kFloat64).contiguous();
-    const double *data = values.data_ptr<double>();
-    for (size_t k = 0; k < locals_.size(); ++k) {
-      std::memcpy(&pair_->exchange[locals_[k] * width], data + k * width, sizeof(double) * width);
-    }
-    comm_->forward_comm(pair_);
-    auto out = torch::empty({static_cast<int64_t>(ghosts_.size()), width}, torch::kFloat64);
-    double *o = out.data_ptr<double>();
-    for (size_t k = 0; k < ghosts_.size(); ++k) {
-      std::memcpy(o + k * width, &pair_->exchange[ghosts_[k] * width], sizeof(double) * width);
+    auto out = torch::zeros({static_cast<int64_t>(ghosts_.size()), width}, torch::kFloat64);
+    const double* data = values.data_ptr<double>();
+    double* o = out.data_ptr<double>();
+    for (int64_t first = 0; first < width; first += kExchangeChunk) {
+      const int chunk = static_cast<int>(std::min<int64_t>(kExchangeChunk, width - first));
+      prepare(chunk);
+      for (size_t k = 0; k < locals_.size(); ++k)
+        std::memcpy(&pair_->exchange[locals_[k] * chunk], data + k * width + first,
+                    sizeof(double) * chunk);
+      comm_->forward_comm(pair_);
+      for (size_t k = 0; k < ghosts_.size(); ++k)
+        std::memcpy(o + k * width + first, &pair_->exchange[ghosts_[k] * chunk],
+                    sizeof(double) * chunk);
     }
     return out.to(local_values.options());
   }
 
-  torch::Tensor reverse_ghosts(const torch::Tensor &ghost_values, int64_t n_local) override {
-    const int width = static_cast<int>(ghost_values.size(1));
-    prepare(width);
+  torch::Tensor reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) override {
+    const int64_t width = ghost_values.size(1);
     auto values = ghost_values.to(torch::kCPU, torch::kFloat64).contiguous();
-    const double *data = values.data_ptr<double>();
-    for (size_t k = 0; k < ghosts_.size(); ++k) {
-      std::memcpy(&pair_->exchange[ghosts_[k] * width], data + k * width, sizeof(double) * width);
-    }
-    comm_->reverse_comm(pair_);
-    auto out = torch::empty({n_local, width}, torch::kFloat64);
-    double *o = out.data_ptr<double>();
-    for (size_t k = 0; k < locals_.size(); ++k) {
-      std::memcpy(o + k * width, &pair_->exchange[locals_[k] * width], sizeof(double) * width);
+    auto out = torch::zeros({n_local, width}, torch::kFloat64);
+    const double* data = values.data_ptr<double>();
+    double* o = out.data_ptr<double>();
+    for (int64_t first = 0; first < width; first += kExchangeChunk) {
+      const int chunk = static_cast<int>(std::min<int64_t>(kExchangeChunk, width - first));
+      prepare(chunk);
+      for (size_t k = 0; k < ghosts_.size(); ++k)
+        std::memcpy(&pair_->exchange[ghosts_[k] * chunk], data + k * width + first,
+                    sizeof(double) * chunk);
+      comm_->reverse_comm(pair_);
+      for (size_t k = 0; k < locals_.size(); ++k)
+        std::memcpy(o + k * width + first, &pair_->exchange[locals_[k] * chunk],
+                    sizeof(double) * chunk);
     }
     return out.to(ghost_values.options());
   }
 
-  torch::Tensor all_reduce_sum(const torch::Tensor &values) override {
+  torch::Tensor all_reduce_sum(const torch::Tensor& values) override {
     auto buffer = values.to(torch::kCPU, torch::kFloat64).contiguous().clone();
     MPI_Allreduce(MPI_IN_PLACE, buffer.data_ptr<double>(), static_cast<int>(buffer.numel()),
                   MPI_DOUBLE, MPI_SUM, world_);
     return buffer.to(values.options());
   }
 
-  torch::Tensor all_gather_rows(const torch::Tensor &rows, int64_t &offset) override {
+  torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) override {
     int nprocs = 1, me = 0;
     MPI_Comm_size(world_, &nprocs);
     MPI_Comm_rank(world_, &me);
@@ -113,9 +110,61 @@ class LammpsCommunicator : public lorem::Communicator {
     return out.to(rows.options());
   }
 
+  std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) override {
+    const int ranks = size(), me = rank();
+    std::vector<torch::Tensor> buffers(ranks), received(ranks);
+    std::vector<long long> send_counts(ranks), receive_counts(ranks);
+    for (int r = 0; r < ranks; ++r) {
+      buffers[r] = sends[r].to(torch::kCPU, torch::kFloat64).contiguous();
+      send_counts[r] = buffers[r].numel();
+    }
+    MPI_Alltoall(send_counts.data(), 1, MPI_LONG_LONG, receive_counts.data(), 1, MPI_LONG_LONG,
+                 world_);
+    // point to point between the ranks that have something for each other
+    std::vector<MPI_Request> requests;
+    for (int r = 0; r < ranks; ++r) {
+      received[r] = torch::empty({receive_counts[r]}, torch::kFloat64);
+      if (r == me || receive_counts[r] == 0) continue;
+      requests.emplace_back();
+      MPI_Irecv(received[r].data_ptr<double>(), static_cast<int>(receive_counts[r]), MPI_DOUBLE, r,
+                kMeshTag, world_, &requests.back());
+    }
+    for (int r = 0; r < ranks; ++r) {
+      if (r == me || send_counts[r] == 0) continue;
+      requests.emplace_back();
+      MPI_Isend(buffers[r].data_ptr<double>(), static_cast<int>(send_counts[r]), MPI_DOUBLE, r,
+                kMeshTag, world_, &requests.back());
+    }
+    MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
+    received[me] = sends[me];
+    for (int r = 0; r < ranks; ++r)
+      if (r != me) received[r] = received[r].to(sends[me].options());
+    return received;
+  }
+
+  std::vector<int64_t> all_gather_ints(const std::vector<int64_t>& values) override {
+    std::vector<long long> mine(values.begin(), values.end());
+    std::vector<long long> all(mine.size() * static_cast<size_t>(size()));
+    MPI_Allgather(mine.data(), static_cast<int>(mine.size()), MPI_LONG_LONG, all.data(),
+                  static_cast<int>(mine.size()), MPI_LONG_LONG, world_);
+    return std::vector<int64_t>(all.begin(), all.end());
+  }
+
+  int rank() const override {
+    int me = 0;
+    MPI_Comm_rank(world_, &me);
+    return me;
+  }
+  int size() const override {
+    int ranks = 1;
+    MPI_Comm_size(world_, &ranks);
+    return ranks;
+  }
+
  private:
+  static constexpr int kMeshTag = 0x10e3;
   void prepare(int width) {
-    if (width > pair_->comm_forward) {
+    if (width > pair_->comm_forward || width > pair_->comm_reverse) {
       throw lorem::Error("internal: exchange width exceeds the pair's communication size");
     }
     pair_->exchange_width = width;
@@ -124,32 +173,34 @@ class LammpsCommunicator : public lorem::Communicator {
     std::fill(pair_->exchange.begin(), pair_->exchange.begin() + size, 0.0);
   }
 
-  PairLorem *pair_;
-  Comm *comm_;
-  Atom *atom_;
+  PairLorem* pair_;
+  Comm* comm_;
+  Atom* atom_;
   MPI_Comm world_;
-  const std::vector<int> &locals_;
-  const std::vector<int> &ghosts_;
+  const std::vector<int>& locals_;
+  const std::vector<int>& ghosts_;
 };
 
 }  // namespace
 
-PairLorem::PairLorem(LAMMPS *lmp) : Pair(lmp) {
+PairLorem::PairLorem(LAMMPS* lmp) : Pair(lmp) {
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
   manybody_flag = 1;
+  comm_forward = comm_reverse = kExchangeChunk;
   no_virial_fdotr_compute = 1;  // the virial comes from the strain derivative
   centroidstressflag = CENTROID_NOTAVAIL;
 }
 
 PairLorem::~PairLorem() {
   if (model_ && model_->timings().calls > 0 && std::getenv("LOREM_TIMING")) {
-    const auto &t = model_->timings();
+    const auto& t = model_->timings();
     utils::logmesg(lmp,
                    "pair_style lorem timing (rank {}, {} calls, s): short range {:.4f} long range "
-                   "{:.4f} backward {:.4f} communication {:.4f}\n",
-                   comm->me, t.calls, t.short_range, t.long_range, t.backward, t.communication);
+                   "{:.4f} backward {:.4f} communication {:.4f}; {:.0f} bytes sent per call\n",
+                   comm->me, t.calls, t.short_range, t.long_range, t.backward, t.communication,
+                   t.bytes / static_cast<double>(t.calls));
   }
   if (allocated) {
     memory->destroy(setflag);
@@ -166,16 +217,34 @@ void PairLorem::allocate() {
     for (int j = i; j <= n; ++j) setflag[i][j] = 0;
 }
 
-void PairLorem::settings(int narg, char **arg) {
+void PairLorem::settings(int narg, char** arg) {
   int iarg = 0;
   while (iarg < narg) {
     if (std::strcmp(arg[iarg], "device") == 0 && iarg + 1 < narg) {
       device_request_ = arg[iarg + 1];
       iarg += 2;
+    } else if (std::strcmp(arg[iarg], "long_range") == 0 && iarg + 1 < narg) {
+      long_range_request_ = arg[iarg + 1];
+      if (long_range_request_ != "ewald" && long_range_request_ != "pme" &&
+          long_range_request_ != "auto")
+        error->all(FLERR, "pair_style lorem: long_range must be ewald, pme or auto, not '{}'",
+                   long_range_request_);
+      iarg += 2;
+    } else if (std::strcmp(arg[iarg], "efield") == 0 && iarg + 3 < narg) {
+      for (int a = 0; a < 3; ++a)
+        electric_field_[a] = utils::numeric(FLERR, arg[iarg + 1 + a], false, lmp);
+      apply_electric_field_ = true;
+      iarg += 4;
+    } else if (std::strcmp(arg[iarg], "accuracy") == 0 && iarg + 1 < narg) {
+      accuracy_request_ = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (!(accuracy_request_ > 0.0 && accuracy_request_ <= 1e-2))
+        error->all(FLERR, "pair_style lorem: accuracy must lie in (0, 1e-2], not {}",
+                   accuracy_request_);
+      iarg += 2;
     } else {
       error->all(FLERR,
                  "Illegal pair_style lorem argument '{}': use pair_style lorem [device "
-                 "cpu|cuda|cuda:N|auto]",
+                 "cpu|cuda|cuda:N|auto] [long_range ewald|pme|auto] [accuracy A] [efield Ex Ey Ez]",
                  arg[iarg]);
     }
   }
@@ -198,7 +267,7 @@ torch::Device PairLorem::choose_device() const {
   return torch::Device(torch::kCUDA, local_rank % static_cast<int>(torch::cuda::device_count()));
 }
 
-void PairLorem::coeff(int narg, char **arg) {
+void PairLorem::coeff(int narg, char** arg) {
   if (!allocated) allocate();
   const int ntypes = atom->ntypes;
   if (narg != 3 + ntypes) {
@@ -213,39 +282,47 @@ void PairLorem::coeff(int narg, char **arg) {
   const auto device = choose_device();
   try {
     model_ = std::make_unique<lorem::Model>(arg[2], device.str());
-  } catch (const std::exception &e) {
+  } catch (const std::exception& e) {
     error->all(FLERR, "pair_style lorem: {}", e.what());
   }
-  const auto &metadata = model_->metadata();
-  cutoff_ = metadata.cutoff;
+  const auto& contract = model_->contract();
+  cutoff_ = contract.cutoff;
+  if (!long_range_request_.empty()) {
+    try {
+      model_->set_long_range(long_range_request_);
+    } catch (const std::exception& e) {
+      error->all(FLERR, "pair_style lorem: {}", e.what());
+    }
+  }
+  if (accuracy_request_ > 0.0 && contract.accuracy > 0.0 &&
+      std::abs(accuracy_request_ - contract.accuracy) > 1e-3 * contract.accuracy) {
+    error->all(FLERR,
+               "pair_style lorem: accuracy {} differs from the model's {} (its k-space grid "
+               "and PME mesh are chosen when it is exported): export it again with "
+               "lorem-export --accuracy {}",
+               accuracy_request_, contract.accuracy, accuracy_request_);
+  }
   type_to_z_.assign(ntypes + 1, 0);
   for (int t = 1; t <= ntypes; ++t) {
     const std::string symbol = arg[2 + t];
     if (symbol == "NULL") continue;
-    const int z = atomic_number(symbol);
-    if (z < 0)
-      error->all(FLERR, "pair_style lorem: unknown element '{}' for atom type {}", symbol, t);
-    bool known = false;
-    std::string species;
-    for (auto s : metadata.species) {
-      known = known || s == z;
-      if (s > 0 && s < kNumSymbols) species += std::string(" ") + kSymbols[s];
-    }
-    if (!known) {
+    const int64_t z = contract.atomic_number(symbol);
+    if (z < 0) {
       error->all(FLERR,
-                 "pair_style lorem: element {} (type {}) is not among the model's species:{}",
-                 symbol, t, species);
+                 "pair_style lorem: element {} (type {}) is not among the model's species: {}",
+                 symbol, t, contract.species_list());
     }
     type_to_z_[t] = z;
   }
   for (int i = 1; i <= ntypes; ++i)
     for (int j = i; j <= ntypes; ++j)
       setflag[i][j] = (type_to_z_[i] > 0 && type_to_z_[j] > 0) ? 1 : 0;
-  // ghost charges and their gradients travel through forward and reverse communication
-  comm_forward = comm_reverse = std::max<int64_t>(metadata.num_charges, 1);
   if (comm->me == 0) {
-    utils::logmesg(lmp, "pair_style lorem: {} on {}, cutoff {} A, {} long-range channels\n", arg[2],
-                   model_->device().str(), cutoff_, metadata.num_charges);
+    utils::logmesg(lmp,
+                   "pair_style lorem: {} on {}, cutoff {} A, {} message-passing layers, long "
+                   "range {} ({} channels, accuracy {})\n",
+                   arg[2], model_->device().str(), cutoff_, contract.num_message_passing,
+                   model_->long_range(), contract.num_charges, contract.accuracy);
   }
 }
 
@@ -265,15 +342,20 @@ void PairLorem::init_style() {
   }
   const bool periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
   const bool open = !domain->xperiodic && !domain->yperiodic && !domain->zperiodic;
-  if (!periodic && !open) {
-    error->all(
-        FLERR,
-        "pair_style lorem supports fully periodic or fully non-periodic boxes only (no slabs yet)");
-  }
-  if (model_->metadata().num_message_passing > 0 && model_->metadata().long_range) {
-    error->all(
-        FLERR,
-        "pair_style lorem: models with num_message_passing > 0 are not supported in LAMMPS yet");
+  try {
+    const auto& contract = model_->contract();
+    contract.require(periodic ? "periodic"
+                     : open   ? "non_periodic"
+                              : "slab",
+                     "pair_style lorem with this box");
+    contract.require("domain_decomposition", "pair_style lorem");
+    if (apply_electric_field_) contract.require("electric_field", "pair_style lorem efield");
+    if (open && long_range_request_ == "pme")
+      error->all(FLERR,
+                 "pair_style lorem: long_range pme needs a periodic box (open boundaries use the "
+                 "direct sum; leave out long_range or use auto)");
+  } catch (const std::exception& e) {
+    error->all(FLERR, "{}", e.what());
   }
   neighbor->add_request(this, NeighConst::REQ_FULL);
 }
@@ -284,9 +366,9 @@ void PairLorem::compute(int eflag, int vflag) {
   ev_init(eflag, vflag);
   if (vflag_atom) error->all(FLERR, "pair_style lorem does not compute per-atom virials");
 
-  double **x = atom->x;
-  double **f = atom->f;
-  const int *type = atom->type;
+  double** x = atom->x;
+  double** f = atom->f;
+  const int* type = atom->type;
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
 
@@ -308,8 +390,8 @@ void PairLorem::compute(int eflag, int vflag) {
 
   auto positions = torch::empty({n_model, 3}, torch::kFloat64);
   auto numbers = torch::empty({n_model}, torch::kLong);
-  auto *p = positions.data_ptr<double>();
-  auto *z = numbers.data_ptr<int64_t>();
+  auto* p = positions.data_ptr<double>();
+  auto* z = numbers.data_ptr<int64_t>();
   for (int64_t k = 0; k < n_model; ++k) {
     const int i = k < n_local ? locals[k] : ghosts[k - n_local];
     p[3 * k] = x[i][0];
@@ -320,20 +402,34 @@ void PairLorem::compute(int eflag, int vflag) {
 
   std::vector<int64_t> centers, others;
   const double cutoff_squared = cutoff_ * cutoff_;
+  // the closest pair (or a non-finite position) of this rank, for check_geometry()
+  double closest_squared = std::numeric_limits<double>::infinity();
+  int closest_i = -1, closest_j = -1;
   for (int ii = 0; ii < list->inum; ++ii) {
     const int i = list->ilist[ii];
     if (model_index[i] < 0) continue;
-    const int *neighbors = list->firstneigh[i];
+    if (!std::isfinite(x[i][0]) || !std::isfinite(x[i][1]) || !std::isfinite(x[i][2])) {
+      closest_squared = -1.0;
+      closest_i = closest_j = i;
+    }
+    const int* neighbors = list->firstneigh[i];
     for (int jj = 0; jj < list->numneigh[i]; ++jj) {
       const int j = neighbors[jj] & NEIGHMASK;
       if (model_index[j] < 0) continue;
       const double dx = x[j][0] - x[i][0], dy = x[j][1] - x[i][1], dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz < cutoff_squared) {
+      const double r2 = dx * dx + dy * dy + dz * dz;
+      if (r2 < cutoff_squared) {
         centers.push_back(model_index[i]);
         others.push_back(model_index[j]);
+        if (r2 < closest_squared) {
+          closest_squared = r2;
+          closest_i = i;
+          closest_j = j;
+        }
       }
     }
   }
+  check_geometry(closest_squared, closest_i, closest_j);
 
   lorem::System system;
   system.positions = positions;
@@ -341,29 +437,64 @@ void PairLorem::compute(int eflag, int vflag) {
   system.n_local = n_local;
   system.centers = torch::tensor(centers, torch::kLong);
   system.others = torch::tensor(others, torch::kLong);
-  const double *h = domain->h;  // xprd yprd zprd yz xz xy
+  const double* h = domain->h;  // xprd yprd zprd yz xz xy
   system.cell = torch::tensor({h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]}, torch::kFloat64)
                     .reshape({3, 3});
   system.periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
+  // a point shared by all ranks, so that float32 models lose no precision far from zero:
+  // the box origin when periodic (a lattice point: a PME mesh sits where Python puts it),
+  // the box centre otherwise
+  if (system.periodic) {
+    system.origin = {domain->boxlo[0], domain->boxlo[1], domain->boxlo[2]};
+  } else {
+    system.origin = {domain->boxlo[0] + 0.5 * (h[0] + h[5] + h[4]),
+                     domain->boxlo[1] + 0.5 * (h[1] + h[3]), domain->boxlo[2] + 0.5 * h[2]};
+  }
+  // this rank's domain in fractional coordinates: it owns that part of a PME mesh
+  for (int a = 0; a < 3; ++a) {
+    if (domain->triclinic) {
+      system.domain_lo[a] = domain->sublo_lamda[a];
+      system.domain_hi[a] = domain->subhi_lamda[a];
+    } else {
+      system.domain_lo[a] = (domain->sublo[a] - domain->boxlo[a]) / domain->prd[a];
+      system.domain_hi[a] = (domain->subhi[a] - domain->boxlo[a]) / domain->prd[a];
+    }
+  }
+
+  // per-atom Born effective charges go to the custom array "bec" when the input defines
+  // it (fix property/atom d2_bec 9), in the order xx xy xz yx yy yz zx zy zz
+  int bec_flag = 0, bec_columns = 0;
+  const int bec_index = atom->find_custom("bec", bec_flag, bec_columns);
+  const bool store_bec = bec_index >= 0 && bec_flag == 1 && bec_columns == 9;
+  system.want_born_effective_charges = store_bec;
+  system.apply_electric_field = apply_electric_field_;
+  system.electric_field = electric_field_;
 
   LammpsCommunicator communicator(this, comm, atom, world, locals, ghosts);
   lorem::Result result;
   try {
     result = model_->compute(system, communicator, vflag_global != 0);
-  } catch (const std::exception &e) {
+  } catch (const std::exception& e) {
     error->one(FLERR, "pair_style lorem: {}", e.what());
   }
 
-  const double *forces = result.forces.data_ptr<double>();
+  const double* forces = result.forces.data_ptr<double>();
   for (int64_t k = 0; k < n_model; ++k) {
     const int i = k < n_local ? locals[k] : ghosts[k - n_local];
     f[i][0] += energy_unit_ * forces[3 * k];
     f[i][1] += energy_unit_ * forces[3 * k + 1];
     f[i][2] += energy_unit_ * forces[3 * k + 2];
   }
+  if (store_bec) {
+    auto apt = result.born_effective_charges.contiguous();
+    const double* z = apt.data_ptr<double>();
+    double** bec = atom->darray[bec_index];
+    for (int64_t k = 0; k < n_local; ++k)
+      for (int c = 0; c < 9; ++c) bec[locals[k]][c] = z[9 * k + c];
+  }
   if (eflag_global) eng_vdwl += energy_unit_ * result.energy;
   if (eflag_atom) {
-    const double *energies = result.energies.data_ptr<double>();
+    const double* energies = result.energies.data_ptr<double>();
     for (int64_t k = 0; k < n_local; ++k) eatom[locals[k]] += energy_unit_ * energies[k];
   }
   if (vflag_global) {
@@ -378,27 +509,58 @@ void PairLorem::compute(int eflag, int vflag) {
   }
 }
 
-int PairLorem::pack_forward_comm(int n, int *list, double *buf, int, int *) {
+// Every rank takes part, so that all of them stop with the message of the rank that
+// found the problem (an error on one rank alone would leave the others waiting in
+// the model's collectives, and its message could be lost in MPI_Abort).
+void PairLorem::check_geometry(double closest_squared, int i, int j) {
+  const double min_distance = model_->contract().min_distance;
+  struct {
+    double value;
+    int rank;
+  } mine{closest_squared, comm->me}, worst{0.0, 0};
+  MPI_Allreduce(&mine, &worst, 1, MPI_DOUBLE_INT, MPI_MINLOC, world);
+  if (worst.value >= min_distance * min_distance) return;
+  char message[512] = {0};
+  if (comm->me == worst.rank) {
+    const auto tag_i = static_cast<int64_t>(atom->tag[i]);
+    const auto tag_j = static_cast<int64_t>(atom->tag[j]);
+    if (worst.value < 0.0) {
+      std::snprintf(message, sizeof(message),
+                    "pair_style lorem: atom %lld has a non-finite position (NaN or infinite)",
+                    static_cast<long long>(tag_i));
+    } else {
+      std::snprintf(message, sizeof(message),
+                    "pair_style lorem: atoms %lld and %lld are %.6f A apart, closer than the "
+                    "model's minimum %g A",
+                    static_cast<long long>(tag_i), static_cast<long long>(tag_j),
+                    std::sqrt(worst.value), min_distance);
+    }
+  }
+  MPI_Bcast(message, sizeof(message), MPI_CHAR, worst.rank, world);
+  error->all(FLERR, "{}", message);
+}
+
+int PairLorem::pack_forward_comm(int n, int* list, double* buf, int, int*) {
   int m = 0;
   for (int i = 0; i < n; ++i)
     for (int c = 0; c < exchange_width; ++c) buf[m++] = exchange[list[i] * exchange_width + c];
   return m;
 }
 
-void PairLorem::unpack_forward_comm(int n, int first, double *buf) {
+void PairLorem::unpack_forward_comm(int n, int first, double* buf) {
   int m = 0;
   for (int i = first; i < first + n; ++i)
     for (int c = 0; c < exchange_width; ++c) exchange[i * exchange_width + c] = buf[m++];
 }
 
-int PairLorem::pack_reverse_comm(int n, int first, double *buf) {
+int PairLorem::pack_reverse_comm(int n, int first, double* buf) {
   int m = 0;
   for (int i = first; i < first + n; ++i)
     for (int c = 0; c < exchange_width; ++c) buf[m++] = exchange[i * exchange_width + c];
   return m;
 }
 
-void PairLorem::unpack_reverse_comm(int n, int *list, double *buf) {
+void PairLorem::unpack_reverse_comm(int n, int* list, double* buf) {
   int m = 0;
   for (int i = 0; i < n; ++i)
     for (int c = 0; c < exchange_width; ++c) exchange[list[i] * exchange_width + c] += buf[m++];

@@ -2,6 +2,7 @@
 // their learned long range exact across MPI ranks.
 #pragma once
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,19 +14,19 @@ namespace LAMMPS_NS {
 
 class PairLorem : public Pair {
  public:
-  explicit PairLorem(class LAMMPS *);
+  explicit PairLorem(class LAMMPS*);
   ~PairLorem() override;
 
   void compute(int eflag, int vflag) override;
-  void settings(int narg, char **arg) override;
-  void coeff(int narg, char **arg) override;
+  void settings(int narg, char** arg) override;
+  void coeff(int narg, char** arg) override;
   void init_style() override;
   double init_one(int i, int j) override;
 
-  int pack_forward_comm(int n, int *list, double *buf, int pbc_flag, int *pbc) override;
-  void unpack_forward_comm(int n, int first, double *buf) override;
-  int pack_reverse_comm(int n, int first, double *buf) override;
-  void unpack_reverse_comm(int n, int *list, double *buf) override;
+  int pack_forward_comm(int n, int* list, double* buf, int pbc_flag, int* pbc) override;
+  void unpack_forward_comm(int n, int first, double* buf) override;
+  int pack_reverse_comm(int n, int first, double* buf) override;
+  void unpack_reverse_comm(int n, int* list, double* buf) override;
 
   // per-atom exchange buffer [nmax, width] used by the long-range communicator
   std::vector<double> exchange;
@@ -33,11 +34,16 @@ class PairLorem : public Pair {
 
  private:
   void allocate();
+  void check_geometry(double closest_squared, int i, int j);
   torch::Device choose_device() const;
 
   std::unique_ptr<lorem::Model> model_;
   std::string device_request_ = "auto";
-  std::vector<int64_t> type_to_z_;  // per LAMMPS type (1-based); 0 for NULL
+  std::string long_range_request_;  // empty: the model's own method
+  double accuracy_request_ = 0.0;   // 0: the model's own
+  bool apply_electric_field_ = false;
+  std::array<double, 3> electric_field_{0.0, 0.0, 0.0};  // V/Angstrom
+  std::vector<int64_t> type_to_z_;                       // per LAMMPS type (1-based); 0 for NULL
   double cutoff_ = 0.0;
   double energy_unit_ = 1.0;  // model eV -> LAMMPS energy unit
 };

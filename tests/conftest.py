@@ -1,4 +1,4 @@
-"""Shared helpers: locating ../shared, small models, evaluation of ASE structures."""
+"""Shared helpers: bundled data and ../shared (optional), small models, evaluation of ASE structures."""
 
 import os
 from pathlib import Path
@@ -14,17 +14,17 @@ from lorem_torch.data import atoms_to_graph
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
+BUNDLED = ROOT / "examples" / "data"
 SHARED = Path(os.environ.get("LOREM_SHARED", ROOT.parent / "shared"))
 
 
-@pytest.fixture(scope="session")
-def shared() -> Path:
-    """../shared (data and reference outputs), required: CI lays it beside the clone."""
-    if not (SHARED / "datasets").is_dir():
-        raise FileNotFoundError(
-            f"the shared data folder {SHARED} is missing; set LOREM_SHARED to its path"
-        )
-    return SHARED
+def shared_file(relative: str) -> Path:
+    """A file of the shared data folder (../shared or $LOREM_SHARED, which CI lays
+    beside the clone); the calling test is skipped, saying what is missing, without it."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"needs {path} (../shared/{relative}): set LOREM_SHARED to the shared folder")
+    return path
 
 
 def small_model(dtype=torch.float64, seed=0, boost_charges=True, **overrides) -> Lorem:
@@ -76,3 +76,18 @@ def random_rotation(seed=0) -> np.ndarray:
     if np.linalg.det(q) < 0:
         q[:, 0] = -q[:, 0]
     return q
+
+
+def rewrite_metadata(source, target, edit):
+    """Copy an export, changing its metadata.json with edit(dict) -> dict (or str)."""
+    import json
+    import zipfile
+
+    with zipfile.ZipFile(source) as reader, zipfile.ZipFile(target, "w") as writer:
+        for item in reader.infolist():
+            data = reader.read(item.filename)
+            if item.filename.endswith("extra/metadata.json"):
+                edited = edit(json.loads(data))
+                data = (edited if isinstance(edited, str) else json.dumps(edited)).encode()
+            writer.writestr(item, data)
+    return target

@@ -35,8 +35,11 @@ def run(folder: Path, script: str, ranks: int = 1, check=True, timeout=600):
         command, cwd=folder, capture_output=True, text=True, env=env, timeout=timeout
     )
     log = (folder / "log.lammps").read_text() if (folder / "log.lammps").is_file() else ""
-    # the log holds what LAMMPS printed (stdout repeats it); stderr has MPI's complaints
+    # the log holds what rank 0 printed (stdout repeats it); stderr has MPI's complaints;
+    # an error found on another rank (error->one) reaches only that rank's stdout
     output = (log or proc.stdout) + proc.stderr
+    if proc.returncode != 0 and log:
+        output += proc.stdout
     if check and (proc.returncode != 0 or "ERROR" in output):
         raise RuntimeError(f"LAMMPS failed ({proc.returncode}):\n{output[-3000:]}")
     return proc.returncode, output

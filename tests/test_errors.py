@@ -2,19 +2,22 @@
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import molecule
 from conftest import small_model, triclinic_water
 
-from lorem_torch import LoremCalculator
+from lorem_torch import EnergyModel, LoremCalculator, keys
 from lorem_torch.data import atoms_to_graph
 from lorem_torch.errors import (
     AtomsTooCloseError,
     DegenerateCellError,
     EmptyStructureError,
     NonFiniteError,
+    UnknownElementError,
     UnsupportedPeriodicityError,
 )
+from lorem_torch.export import ExportedLorem
 
 
 def test_unknown_element():
@@ -23,6 +26,29 @@ def test_unknown_element():
     atoms.calc = calculator
     with pytest.raises(ValueError, match=r"unknown element.*\[6\]"):
         atoms.get_potential_energy()
+
+
+def test_unknown_element_in_the_model():
+    """Every path into the model (forward, EnergyModel, the scripted export) refuses
+    species it was not built for, instead of returning an energy."""
+    model = small_model(species=[1, 8])
+    graph = atoms_to_graph([molecule("CH4")], model.cutoff, dtype=torch.float64)
+    message = r"unknown element: atomic numbers \[6\] are not among the model's species \[1, 8\]"
+    with pytest.raises(UnknownElementError, match=message):
+        model(**graph)
+    with pytest.raises(UnknownElementError, match=message):
+        EnergyModel(model)(**graph)
+    scripted = torch.jit.script(ExportedLorem(model))
+    inputs = [graph[k] for k in keys.INPUT_KEYS]
+    with pytest.raises(torch.jit.Error, match="UnknownElementError: " + message):
+        scripted.energy_forces_virial(*inputs)
+    # beyond the embedding table, too (no index error)
+    graph[keys.ATOMIC_NUMBERS][0] = 150
+    with pytest.raises(UnknownElementError, match=r"\[150\]"):
+        model(**graph)
+    # and what the model knows still works
+    water = atoms_to_graph([molecule("H2O")], model.cutoff, dtype=torch.float64)
+    assert torch.isfinite(EnergyModel(model)(**water)["energy"]).all()
 
 
 def test_nan_positions():

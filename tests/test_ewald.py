@@ -9,6 +9,7 @@ import torchpme
 import vesin
 from ase import Atoms
 from ase.build import bulk
+from conftest import shared_file
 
 from lorem_torch.long_range import Ewald, direct_potentials
 
@@ -77,7 +78,7 @@ def test_agrees_with_torchpme_for_model_parameters(triclinic):
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
 
 
-def test_torchpme_reference_frames(shared):
+def test_torchpme_reference_frames():
     """Analytic Coulomb energies and forces of torch-pme's Na4Cl4 frames (in eV).
 
     Our sums are converged: other smearings and cutoffs change them by < 1e-11.
@@ -86,7 +87,9 @@ def test_torchpme_reference_frames(shared):
     """
     import ase.io
 
-    frames = ase.io.read(shared / "datasets/torchpme_ewald_reference/coulomb_test_frames.xyz", ":")
+    frames = ase.io.read(
+        shared_file("datasets/torchpme_ewald_reference/coulomb_test_frames.xyz"), ":"
+    )
     ewald = Ewald(smearing=0.5, lr_wavelength=0.25)
     for atoms in frames:
         positions = torch.tensor(atoms.positions, requires_grad=True)

@@ -2,16 +2,13 @@
 C++ runtime (lorem_torch._core), stage by stage == whole, the ASE calculator in MD,
 and named errors for bad files."""
 
-import json
-import zipfile
-
 import numpy as np
 import pytest
 import torch
 from ase import Atoms
 from ase.md.verlet import VelocityVerlet
 from ase.units import fs
-from conftest import cluster, evaluate, nacl, small_model, triclinic_water
+from conftest import cluster, evaluate, nacl, rewrite_metadata, small_model, triclinic_water
 from lorem_torch._core import LoremError, Model
 
 from lorem_torch import LoremCalculator
@@ -93,7 +90,7 @@ def test_parity_ladder(exports, name, dtype, tolerance):
     eager = small_model(species=[1, 6, 8, 11, 17]).to(torch_dtype)
     scripted = torch.jit.script(ExportedLorem(eager))
     reloaded, metadata = load_exported(paths[dtype])
-    assert metadata["dtype"] == dtype
+    assert metadata["contract"]["dtype"] == dtype
     graph = atoms_to_graph([atoms], 5.0, dtype=torch_dtype)
     inputs = [graph[k] for k in graph]
     for module in (scripted, reloaded):
@@ -129,7 +126,7 @@ def test_parity_ladder(exports, name, dtype, tolerance):
 def test_stage_by_stage_equals_whole(exports, name, ranks):
     """The staged contract over simulated ranks (export/driver.py), exported module."""
     model, paths = exports
-    module, _ = load_exported(paths["float64"])
+    module, metadata = load_exported(paths["float64"])
     atoms = STRUCTURES[name]()
     if name == "orthorhombic":
         atoms = atoms * (2, 1, 1)
@@ -143,7 +140,9 @@ def test_stage_by_stage_equals_whole(exports, name, ranks):
     )
     rank_of_atom = np.minimum((fractional * ranks).astype(int), ranks - 1)
     systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
-    results = evaluate_ranks(module, systems, torch.tensor(atoms.cell.array), periodic)
+    results = evaluate_ranks(
+        module, metadata["contract"], systems, torch.tensor(atoms.cell.array), periodic
+    )
     assert sum(r.energy for r in results) == pytest.approx(float(reference["energy"]), abs=1e-10)
     forces = np.zeros((len(atoms), 3))
     for r, result in enumerate(results):
@@ -156,7 +155,7 @@ def test_stage_by_stage_equals_whole(exports, name, ranks):
 
 def test_empty_rank(exports):
     model, paths = exports
-    module, _ = load_exported(paths["float64"])
+    module, metadata = load_exported(paths["float64"])
     atoms = nacl(1)
     rank_of_atom = np.zeros(len(atoms), dtype=int)  # rank 1 owns nothing
     rank_of_atom[0] = 0
@@ -164,7 +163,9 @@ def test_empty_rank(exports):
     assert len(systems) == 1
     atoms2 = atoms.copy()
     systems = split_into_ranks(atoms2, 5.0, rank_of_atom)
-    results = evaluate_ranks(module, systems, torch.tensor(atoms.cell.array), True)
+    results = evaluate_ranks(
+        module, metadata["contract"], systems, torch.tensor(atoms.cell.array), True
+    )
     reference = evaluate(model, [atoms])
     assert sum(r.energy for r in results) == pytest.approx(float(reference["energy"]), abs=1e-10)
 
@@ -228,8 +229,14 @@ def test_bad_files(exports, tmp_path):
     save_checkpoint(checkpoint, model)
     with pytest.raises(ExportError, match="not a TorchScript archive"):
         load_exported(checkpoint)
-    with pytest.raises(LoremError, match="not a TorchScript archive"):
+    with pytest.raises(
+        LoremError, match="is a training checkpoint, not an export: run `lorem-export"
+    ):
         Model(str(checkpoint))
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(paths["float64"].read_bytes()[:5000])
+    with pytest.raises(LoremError, match="not a TorchScript archive"):
+        Model(str(truncated))
     with pytest.raises(LoremError, match="does not exist"):
         Model(str(tmp_path / "missing.pt"))
     plain = tmp_path / "plain.pt"
@@ -239,15 +246,9 @@ def test_bad_files(exports, tmp_path):
     with pytest.raises(LoremError, match="not a lorem-torch export"):
         Model(str(plain))
     # a newer format version: rewrite the metadata inside the archive
-    newer = tmp_path / "newer.pt"
-    with zipfile.ZipFile(paths["float64"]) as source, zipfile.ZipFile(newer, "w") as target:
-        for item in source.infolist():
-            data = source.read(item.filename)
-            if item.filename.endswith("extra/metadata.json"):
-                metadata = json.loads(data)
-                metadata["format_version"] = 99
-                data = json.dumps(metadata).encode()
-            target.writestr(item, data)
+    newer = rewrite_metadata(
+        paths["float64"], tmp_path / "newer.pt", lambda m: {**m, "format_version": 99}
+    )
     with pytest.raises(ExportError, match="newer"):
         load_exported(newer)
     with pytest.raises(LoremError, match="version 99, newer"):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from conftest import FIXTURES
+from conftest import FIXTURES, shared_file
 
 from lorem_torch import EnergyModel, from_jax_params
 from lorem_torch.data import atoms_to_graph
@@ -54,8 +54,8 @@ def check(out, data, prefix, periodic):
         )
 
 
-def test_default_model_reference(shared):
-    data, hyperparameters, params, structures = load(shared / "reference" / "lorem_jax_default.npz")
+def test_default_model_reference():
+    data, hyperparameters, params, structures = load(shared_file("reference/lorem_jax_default.npz"))
     model = from_jax_params(params, hyperparameters, dtype=torch.float64)
     assert len(structures) == 4
     for name in structures:
@@ -154,7 +154,7 @@ def test_not_a_lorem_jax_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.yaml"):
         import_jax_checkpoint(tmp_path)
     (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "model.yaml").write_text("model:\n  lorem.LoremBEC: {}\n")
+    (tmp_path / "model" / "model.yaml").write_text("model:\n  lorem.LoremDipole: {}\n")
     (tmp_path / "model" / "model.msgpack").write_bytes(b"")
-    with pytest.raises(UnsupportedJaxOptionError, match="LoremBEC"):
+    with pytest.raises(UnsupportedJaxOptionError, match="LoremDipole"):
         import_jax_checkpoint(tmp_path)

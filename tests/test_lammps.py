@@ -199,9 +199,21 @@ print "FINAL $(c_virial[1]:%.17g) $(c_virial[2]:%.17g) $(c_virial[3]:%.17g) $(c_
     )
 
 
-def test_hybrid_overlay_with_null_type(model_files, tmp_path):
+def water_box(repeat=(2, 2, 2), seed=7):
+    """Liquid-like water: the triclinic 4-molecule box repeated (24 atoms per repeat)."""
+    atoms = triclinic_water() * repeat
+    atoms.rattle(0.05, seed=seed)
+    atoms.wrap()
+    return atoms
+
+
+@pytest.mark.parametrize("lj_cutoff", [3.0, 8.0])
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_hybrid_overlay_with_null_type(model_files, tmp_path, ranks, lj_cutoff):
+    """Enough atoms per communication swap that a mis-sized LAMMPS buffer would overflow."""
     model, files = model_files
-    atoms = wrapped(triclinic_water())
+    atoms = water_box((4, 2, 4))
+    assert len(atoms) >= 180
     write_data(atoms, tmp_path / "system.data", ["O", "H"])
     oxygen_only = atoms[[i for i, z in enumerate(atoms.numbers) if z == 8]]
     reference = evaluate(model, [oxygen_only], stress=True)
@@ -211,13 +223,13 @@ def test_hybrid_overlay_with_null_type(model_files, tmp_path):
 atom_style atomic
 read_data system.data
 plugin load {plugin()}
-pair_style hybrid/overlay lorem lj/cut 3.0
+pair_style hybrid/overlay lorem lj/cut {lj_cutoff}
 pair_coeff * * lorem {files["float64"]} O NULL
 pair_coeff * * lj/cut 0.0 1.0
 run 0
 print "RESULT $(pe:%.17g)"
 """
-    _, output = run(tmp_path, script, 1)
+    _, output = run(tmp_path, script, ranks)
     energy = float(re.findall(r"(?m)^RESULT (.*)$", output)[-1])
     assert energy == pytest.approx(float(reference["energy"]), abs=1e-8)
 
@@ -229,6 +241,8 @@ print "RESULT $(pe:%.17g)"
         ("element", "element U (type 2) is not among the model's species"),
         ("units", "requires units metal or real"),
         ("newton", "requires newton pair on"),
+        ("checkpoint", "is a training checkpoint, not an export: run `lorem-export"),
+        ("slab", "2D slabs (periodic in two directions only) are not supported yet"),
     ],
 )
 def test_errors_end_lammps_with_the_plugins_message(model_files, tmp_path, change, message):
@@ -244,8 +258,15 @@ def test_errors_end_lammps_with_the_plugins_message(model_files, tmp_path, chang
         script = script.replace("units metal", "units lj")
     elif change == "newton":
         script = script.replace("atom_style atomic", "atom_style atomic\nnewton off")
+    elif change == "checkpoint":
+        from lorem_torch.checkpoint import save_checkpoint
+
+        save_checkpoint(tmp_path / "model.ckpt", model_files[0])
+        script = script.replace(str(files["float64"]), str(tmp_path / "model.ckpt"))
+    elif change == "slab":
+        script = script.replace("boundary p p p", "boundary p p f")
     code, output = run(tmp_path, script, 1, check=False)
-    assert code != 0 or "ERROR" in output
+    assert code != 0
     assert message in output
 
 

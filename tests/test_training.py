@@ -8,7 +8,7 @@ import pytest
 import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
-from conftest import SHARED
+from conftest import BUNDLED, shared_file
 
 from lorem_torch.checkpoint import load_checkpoint, model_from_checkpoint
 from lorem_torch.train import ConfigError, DataError, MissingKeyError, evaluate_checkpoint, train
@@ -16,7 +16,7 @@ from lorem_torch.train.cli import eval_main, train_main
 from lorem_torch.train.data import LabelKeys, fit_baseline, load_samples
 
 TINY = dict(num_features=8, max_degree=2, num_radial=4, num_spherical_features=2, num_species=4)
-DATA = SHARED / "datasets/lorem_jax_examples/train-mlp_data.xyz"
+DATA = BUNDLED / "cumulene-rattled.xyz"  # = lorem-jax train-mlp_data.xyz
 
 
 def config(tmp_path, name, **training):
@@ -156,7 +156,8 @@ def test_command_lines(tmp_path, capsys):
 
 def test_missing_key_lists_the_keys(tmp_path):
     frames = ase.io.read(
-        SHARED / "datasets/spice_dipeptides_dipolar/cace_lr_fit_spice-dipep-dipolar_val.xyz", ":2"
+        shared_file("datasets/spice_dipeptides_dipolar/cace_lr_fit_spice-dipep-dipolar_val.xyz"),
+        ":2",
     )
     with pytest.raises(MissingKeyError, match="has no per-atom label 'forces'.*force"):
         load_samples(frames, 5.0, LabelKeys("energy", "forces"))

@@ -87,13 +87,15 @@ def epoch_seconds_from_log(train_log: Path) -> List[float]:
 
 
 def run_torch(config: Dict, test_file: Path) -> Dict:
+    import torch
+
     from lorem_torch.train import evaluate_checkpoint, train
 
     output = Path(config["training"]["output"])
     started = time.perf_counter()
     result = train(config, log=lambda m: None)
     wall = time.perf_counter() - started
-    test = evaluate_checkpoint(str(output / "best.pt"), str(test_file))
+    test = evaluate_checkpoint(str(output / "best.pt"), str(test_file), dtype=torch.float64)
     per_epoch = epoch_seconds_from_log(output / "train.log")
     history = [
         {
@@ -114,6 +116,8 @@ def run_torch(config: Dict, test_file: Path) -> Dict:
 
 
 def run_jax(config: Dict, datasets: Path, name: str, test_file: Path, threads: int = 1) -> Dict:
+    import torch
+
     from lorem_torch.train import evaluate_checkpoint
 
     output = Path(config["training"]["output"])
@@ -131,7 +135,7 @@ def run_jax(config: Dict, datasets: Path, name: str, test_file: Path, threads: i
             deltas.append((row["seconds"] - previous[1]) / (epoch - previous[0]))
         previous = (epoch, row.get("seconds", 0.0))
     checkpoint = jax_runs.import_checkpoint(output, "R2_E+F", output / "best-imported.pt")
-    test = evaluate_checkpoint(str(checkpoint), str(test_file))
+    test = evaluate_checkpoint(str(checkpoint), str(test_file), dtype=torch.float64)
     return {
         "implementation": "lorem-jax",
         "wall_seconds": outcome["wall_seconds"],

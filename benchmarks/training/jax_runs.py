@@ -66,7 +66,11 @@ def prepare_datasets(files: Dict[str, Path], root: Path) -> None:
 
 
 def model_yaml(hyperparameters: Dict) -> Dict:
-    return {"model": {"lorem.Lorem": dict(hyperparameters)}}
+    """lorem-jax's model.yaml for a resolved lorem-torch model section (model.kind names
+    the class there: lorem.Lorem or lorem.LoremBEC)."""
+    options = dict(hyperparameters)
+    kind = options.pop("kind", "lorem")
+    return {"model": {{"lorem": "lorem.Lorem", "bec": "lorem.LoremBEC"}[kind]: options}}
 
 
 def settings_yaml(torch_config: Dict, train: str, valid: str, workers: int = 0) -> Dict:
@@ -81,8 +85,12 @@ def settings_yaml(torch_config: Dict, train: str, valid: str, workers: int = 0) 
         "valid": valid,
         "seed": int(training["seed"]),
         "batcher": {"batch_size": int(training["batch_size"]) + 1},
+        # terms with weight 0 beyond energy and forces (stress, apt) are left out: lorem-jax
+        # would ask its data for their labels
         "loss_weights": {
-            k: float(v) for k, v in training["loss_weights"].items() if k != "stress" or v
+            k: float(v)
+            for k, v in training["loss_weights"].items()
+            if k in ("energy", "forces") or v
         },
         "optimizer": "adam",
         "start_learning_rate": float(training["learning_rate"]),

@@ -3,6 +3,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+
+#include "lorem/mesh.hpp"
 #include "lorem/model.hpp"
 
 namespace py = pybind11;
@@ -28,17 +31,18 @@ py::array_t<double> to_numpy(const torch::Tensor& tensor) {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lorem-torch C++ runtime (libtorch): load exports, evaluate systems";
-  py::register_exception<lorem::Error>(m, "LoremError", PyExc_ValueError);
+  auto lorem_error = py::register_exception<lorem::Error>(m, "LoremError", PyExc_ValueError);
+  py::register_exception<lorem::AtomsTooCloseError>(m, "AtomsTooCloseError", lorem_error.ptr());
 
   py::class_<lorem::Model>(m, "Model")
       .def(py::init<const std::string&, const std::string&>(), py::arg("path"),
            py::arg("device") = "cpu")
       .def_property_readonly("metadata_json",
-                             [](const lorem::Model& model) { return model.metadata().json; })
+                             [](const lorem::Model& model) { return model.metadata_json(); })
       .def_property_readonly("cutoff",
-                             [](const lorem::Model& model) { return model.metadata().cutoff; })
-      .def_property_readonly("species",
-                             [](const lorem::Model& model) { return model.metadata().species; })
+                             [](const lorem::Model& model) { return model.contract().cutoff; })
+      .def_property_readonly(
+          "species", [](const lorem::Model& model) { return model.contract().atomic_numbers; })
       .def_property_readonly("device",
                              [](const lorem::Model& model) { return model.device().str(); })
       .def(
@@ -50,7 +54,9 @@ PYBIND11_MODULE(_core, m) {
              py::array_t<int64_t, py::array::c_style | py::array::forcecast> centers,
              py::array_t<int64_t, py::array::c_style | py::array::forcecast> others,
              py::array_t<double, py::array::c_style | py::array::forcecast> cell, bool periodic,
-             py::array_t<int64_t, py::array::c_style | py::array::forcecast> ghost_owner) {
+             py::array_t<int64_t, py::array::c_style | py::array::forcecast> ghost_owner,
+             std::array<double, 3> origin, std::optional<std::array<double, 3>> electric_field,
+             bool born_effective_charges) {
             lorem::System system;
             system.positions = to_tensor<double>(positions, torch::kFloat64);
             system.atomic_numbers = to_tensor<int64_t>(atomic_numbers, torch::kLong);
@@ -59,6 +65,12 @@ PYBIND11_MODULE(_core, m) {
             system.others = to_tensor<int64_t>(others, torch::kLong);
             system.cell = to_tensor<double>(cell, torch::kFloat64);
             system.periodic = periodic;
+            system.origin = origin;
+            system.want_born_effective_charges = born_effective_charges;
+            if (electric_field) {
+              system.apply_electric_field = true;
+              system.electric_field = *electric_field;
+            }
             auto owner = to_tensor<int64_t>(ghost_owner, torch::kLong);
             lorem::SingleProcess comm(owner);
             lorem::Result result;
@@ -71,9 +83,41 @@ PYBIND11_MODULE(_core, m) {
             out["energies"] = to_numpy(result.energies);
             out["forces"] = to_numpy(lorem::fold_ghost_forces(result.forces, n_local, owner));
             out["virial"] = to_numpy(result.virial);
+            if (result.born_effective_charges.defined())
+              out["born_effective_charges"] = to_numpy(result.born_effective_charges);
             return out;
           },
           py::arg("positions"), py::arg("atomic_numbers"), py::arg("n_local"), py::arg("centers"),
           py::arg("others"), py::arg("cell"), py::arg("periodic"), py::arg("ghost_owner"),
+          py::arg("origin") = std::array<double, 3>{0.0, 0.0, 0.0},
+          py::arg("electric_field") = py::none(), py::arg("born_effective_charges") = false,
           "Evaluate local + ghost atoms in one process; forces folded onto local atoms.");
+
+  // For tests of the distributed-mesh machinery in one process: a brick of charges
+  // (indices from brick_lo, may overhang the mesh) folded onto the periodic mesh,
+  // transformed, multiplied by a real kernel [n0, n1, n2], transformed back, and
+  // gathered into the same brick.
+  m.def(
+      "_mesh_convolve_brick",
+      [](py::array_t<double, py::array::c_style | py::array::forcecast> brick,
+         std::array<int64_t, 3> brick_lo, std::array<int64_t, 3> mesh,
+         py::array_t<double, py::array::c_style | py::array::forcecast> kernel) {
+        auto data = to_tensor<double>(brick, torch::kFloat64);
+        auto g = to_tensor<double>(kernel, torch::kFloat64);
+        lorem::SingleProcess comm(torch::zeros({0}, torch::kLong));
+        lorem::Box brick_box{
+            brick_lo,
+            {brick_lo[0] + data.size(1), brick_lo[1] + data.size(2), brick_lo[2] + data.size(3)}};
+        lorem::Box owned{{0, 0, 0}, mesh};
+        auto charges = lorem::remap(comm, data, {brick_box}, {owned}, mesh);
+        lorem::MeshFFT fft(comm, mesh);
+        auto spectrum = fft.forward(charges, {owned});
+        const auto& box = fft.spectrum_box();
+        auto local_g = g.index({torch::indexing::Slice(box.lo[0], box.hi[0]),
+                                torch::indexing::Slice(box.lo[1], box.hi[1]),
+                                torch::indexing::Slice(box.lo[2], box.hi[2])});
+        auto potential = fft.inverse(spectrum * local_g, {owned}, data.size(0));
+        return to_numpy(lorem::remap(comm, potential, {owned}, {brick_box}, mesh));
+      },
+      py::arg("brick"), py::arg("brick_lo"), py::arg("mesh"), py::arg("kernel"));
 }

@@ -2,7 +2,12 @@
 
 The model may be a Lorem object, a checkpoint path or an exported TorchScript file.
 Neighbour lists are built at cutoff + skin and reused, filtered to the cutoff, until
-an atom has moved by more than half the skin or the cell has changed.
+an atom has moved by more than half the skin or the cell has changed. Positions are
+moved into the model's frame (data.model_frame_offsets) in float64 first.
+
+With a LoremBEC (a model with the Born-effective-charge head) the results also hold
+"born_effective_charges" [N, 3, 3], and a uniform electric field (V/Angstrom) adds the
+forces F_i = Z*_i E; as in lorem-jax the field changes neither energy nor stress.
 """
 
 from pathlib import Path
@@ -12,42 +17,79 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import keys
-from .data import DEFAULT_MIN_DISTANCE, check_structure, neighbor_list
-from .errors import AtomsTooCloseError, UnknownElementError
-from .models import EnergyModel, Lorem
+from .data import DEFAULT_MIN_DISTANCE, check_structure, model_frame_offsets, neighbor_list
+from .errors import (
+    AtomsTooCloseError,
+    MissingAPTHeadError,
+    NonFiniteError,
+    NotPeriodicError,
+    UnknownElementError,
+)
+from .export import load_any
+from .export.contract import require
+from .models import BECModel, EnergyModel, Lorem
 
 
-def _load(model, dtype):
-    """-> (callable (graph) -> outputs dict, cutoff, dtype, check_species)"""
-    if isinstance(model, (str, Path)):
-        from .checkpoint import CheckpointError, model_from_checkpoint
+def with_long_range(model, contract, long_range):
+    """The model with other long-range settings: a new Lorem with the same weights, or
+    (an export, which carries Ewald and PME) the export switched to another method."""
+    if not isinstance(model, torch.jit.ScriptModule):
+        return model.with_long_range(long_range)
+    method = long_range if isinstance(long_range, str) else dict(long_range).get("method")
+    other = (
+        {}
+        if isinstance(long_range, str)
+        else {k: v for k, v in long_range.items() if k != "method"}
+    )
+    if other:
+        raise ValueError(
+            f"an export's long-range settings other than the method ({sorted(other)}) are fixed "
+            "when it is written: export it again (lorem-export --accuracy ...)"
+        )
+    available = contract["long_range"]["methods"]
+    if method not in available:
+        raise ValueError(f"long_range {method!r} is not available for this export ({available})")
+    model.model.long_range_method = method
+    return model
 
-        try:
-            model = model_from_checkpoint(model, dtype=dtype)
-        except CheckpointError:
-            from .export import load_exported
 
-            module, metadata = load_exported(model)
-            export_dtype = {"float32": torch.float32, "float64": torch.float64}[metadata["dtype"]]
-            if dtype is not None and dtype != export_dtype:
-                raise ValueError(
-                    f"{model} was exported in {metadata['dtype']}; export it again with "
-                    f"--dtype {str(dtype).replace('torch.', '')} to compute in that precision"
-                ) from None
-            return module, float(metadata["cutoff"]), export_dtype
-    if not isinstance(model, Lorem):
-        raise TypeError(f"expected a Lorem, a checkpoint or an exported file, got {type(model)}")
-    dtype = dtype or next(model.parameters()).dtype
-    return model.to(dtype), model.cutoff, dtype
+def _field_vector(electric_field) -> np.ndarray | None:
+    if electric_field is None:
+        return None
+    field = np.asarray(electric_field, dtype=np.float64)
+    if field.shape != (3,):
+        raise ValueError(
+            f"electric_field must be three numbers (Ex, Ey, Ez) in V/A, got shape {field.shape}"
+        )
+    if not np.isfinite(field).all():
+        raise NonFiniteError(f"electric_field {field.tolist()} is not finite")
+    return field
 
 
 class LoremCalculator(Calculator):
     """Energy, free energy, per-atom energies, forces and (periodic cells) stress.
 
     Extra results: "charges" [N, C] and "potentials" [N, C] of the long range.
+
+    long_range overrides the long-range settings of a Lorem or checkpoint for this
+    calculator ("ewald", "pme", "auto" or a mapping such as {"method": "pme",
+    "accuracy": 1e-8}; see lorem_torch.long_range.settings). Asking for "pme" makes
+    non-periodic structures an error (they are summed directly).
+
+    With a
+    LoremBEC, "born_effective_charges" [N, 3, 3] (elementary charges, acoustic sum rule
+    applied; Z*_i[a, b] = dF_i[a] / dE[b]). `electric_field=(Ex, Ey, Ez)` in V/A adds
+    Z*_i E to the forces (needs a LoremBEC; energy and stress are those without field).
     """
 
-    implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    implemented_properties = [
+        "energy",
+        "free_energy",
+        "energies",
+        "forces",
+        "stress",
+        "born_effective_charges",
+    ]
 
     def __init__(
         self,
@@ -56,21 +98,64 @@ class LoremCalculator(Calculator):
         dtype: torch.dtype | None = None,
         skin: float = 0.5,
         min_distance: float = DEFAULT_MIN_DISTANCE,
+        long_range: str | dict | None = None,
+        electric_field=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.model, self.cutoff, self.dtype = _load(model, dtype)
+        self.model, self.dtype, self.contract = load_any(model, dtype)
+        self.requires_periodic = False
+        if long_range is not None:
+            self.model = with_long_range(self.model, self.contract, long_range)
+            self.requires_periodic = self.model_long_range_method() == "pme"
         self.model = self.model.to(self.device)
+        self.cutoff = float(self.contract["cutoff"])
         self.scripted = isinstance(self.model, torch.jit.ScriptModule)
-        self.species = set(self.model.model.species if self.scripted else self.model.species)
-        self.energy_model = None if self.scripted else EnergyModel(self.model)
+        self.species = set(self.contract["species"]["atomic_numbers"])
+        self.has_apt = bool(self.contract["capabilities"]["electric_field"])
+        if self.scripted:
+            self.energy_model = None
+        elif self.has_apt:
+            self.energy_model = BECModel(self.model)
+        else:
+            self.energy_model = EnergyModel(self.model)
+        self._electric_field = None
+        self.electric_field = electric_field
         self.skin = float(skin)
         self.min_distance = min_distance
         self._list = None  # neighbour list at cutoff + skin, with the geometry it was built for
         self.rebuilds = 0
 
+    def model_long_range_method(self) -> str:
+        model = self.model.model if self.scripted_module() else self.model
+        return model.long_range_method
+
+    def scripted_module(self) -> bool:
+        return isinstance(self.model, torch.jit.ScriptModule)
+
+    @property
+    def electric_field(self) -> np.ndarray | None:
+        """The applied uniform field [3] in V/A, or None."""
+        return self._electric_field
+
+    @electric_field.setter
+    def electric_field(self, value) -> None:
+        field = _field_vector(value)
+        if field is not None and not self.has_apt:
+            raise MissingAPTHeadError(
+                "an electric field needs a model with a Born-effective-charge (APT) head: "
+                + self.contract["limitations"]["electric_field"]
+            )
+        self._electric_field = field
+        self.reset()
+
     def _pairs(self, atoms):
+        pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+        shape = "periodic" if pbc.all() else "non_periodic" if not pbc.any() else "slab"
+        require(
+            self.contract, shape, f"structure {atoms.get_chemical_formula()} (pbc {pbc.tolist()})"
+        )
         periodic = check_structure(atoms, 0)
         positions = atoms.get_positions()
         cell = atoms.get_cell().array if periodic else np.zeros((3, 3))
@@ -84,8 +169,11 @@ class LoremCalculator(Calculator):
             > 0.5 * self.skin
         )
         if stale:
-            self._list = neighbor_list(positions, cell, periodic, self.cutoff + self.skin)
+            # kept with the list: the cell shifts refer to positions moved by these offsets
+            offsets = model_frame_offsets(positions, cell, periodic)
+            self._list = neighbor_list(positions - offsets, cell, periodic, self.cutoff + self.skin)
             self._list.update(
+                offsets=offsets,
                 positions=positions.copy(),
                 cell=cell.copy(),
                 periodic=periodic,
@@ -93,6 +181,7 @@ class LoremCalculator(Calculator):
             )
             self.rebuilds += 1
         nl = self._list
+        positions = positions - nl["offsets"]
         vectors = positions[nl["others"]] - positions[nl["centers"]] + nl["cell_shifts"] @ cell
         distances = np.linalg.norm(vectors, axis=1)
         keep = distances < self.cutoff
@@ -102,13 +191,29 @@ class LoremCalculator(Calculator):
                 f"atoms {nl['centers'][k]} and {nl['others'][k]} are {distances[k]:.4f} A apart, "
                 f"closer than the allowed minimum {self.min_distance} A"
             )
-        return periodic, cell, nl["centers"][keep], nl["others"][keep], nl["cell_shifts"][keep]
+        return (
+            periodic,
+            cell,
+            positions,
+            nl["centers"][keep],
+            nl["others"][keep],
+            nl["cell_shifts"][keep],
+        )
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        periodic, cell, centers, others, shifts = self._pairs(self.atoms)
+        periodic, cell, positions, centers, others, shifts = self._pairs(self.atoms)
+        if self.requires_periodic and not periodic:
+            raise NotPeriodicError(
+                "long_range 'pme' was asked for, but the structure is not periodic "
+                "(non-periodic structures use the direct sum: long_range='ewald' or 'auto')"
+            )
         if "stress" in properties and not periodic:
             raise PropertyNotImplementedError("stress is only defined for periodic cells")
+        if "born_effective_charges" in properties and not self.has_apt:
+            raise PropertyNotImplementedError(
+                "born_effective_charges need a model with the APT head (LoremBEC)"
+            )
         n = len(self.atoms)
 
         def floats(x):
@@ -118,7 +223,7 @@ class LoremCalculator(Calculator):
             return torch.tensor(np.asarray(x, dtype=np.int64), device=self.device)
 
         graph = {
-            keys.POSITIONS: floats(self.atoms.get_positions()),
+            keys.POSITIONS: floats(positions),
             keys.ATOMIC_NUMBERS: ints(self.atoms.numbers),
             keys.CELL: floats(cell[None]),
             keys.PBC: torch.tensor([periodic], device=self.device),
@@ -140,6 +245,19 @@ class LoremCalculator(Calculator):
             )
             out = {keys.ENERGY: energy, keys.ENERGIES: energies, keys.FORCES: forces}
             out.update({keys.VIRIAL: virial, keys.CHARGES: charges, keys.POTENTIALS: potentials})
+            if self.has_apt:
+                apt = self.model.born_effective_charges(*(graph[k] for k in keys.INPUT_KEYS))
+                out[keys.APT] = apt
+                if self._electric_field is not None:
+                    field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
+                    out[keys.FORCES] = forces + torch.einsum("nab,b->na", apt, field)
+        elif self.has_apt:
+            field = None
+            if self._electric_field is not None:
+                field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
+            out = self.energy_model(
+                **graph, compute_forces=True, compute_stress=periodic, electric_field=field
+            )
         else:
             out = self.energy_model(**graph, compute_forces=True, compute_stress=periodic)
 
@@ -155,6 +273,8 @@ class LoremCalculator(Calculator):
             "charges": numpy(keys.CHARGES),
             "potentials": numpy(keys.POTENTIALS),
         }
+        if self.has_apt:
+            self.results["born_effective_charges"] = numpy(keys.APT)
         if periodic:
             stress = numpy(keys.VIRIAL)[0] / abs(np.linalg.det(cell))
             stress = 0.5 * (stress + stress.T)

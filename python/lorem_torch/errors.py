@@ -27,3 +27,15 @@ class EmptyStructureError(LoremInputError):
 
 class UnsupportedPeriodicityError(LoremInputError):
     """Periodic in some but not all directions (2D slabs are not supported yet)."""
+
+
+class NotPeriodicError(LoremInputError):
+    """A k-space long-range method (Ewald, PME) asked for a structure without a periodic cell."""
+
+
+class LongRangeTooLargeError(LoremInputError):
+    """A long-range grid (Ewald k-vectors or PME mesh) that would exceed the memory limit."""
+
+
+class MissingAPTHeadError(LoremInputError):
+    """A field or APT labels given to a model without a Born-effective-charge head."""

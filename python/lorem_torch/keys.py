@@ -23,6 +23,7 @@ VIRIAL = "virial"  # [S, 3, 3] dE/d(strain), eV (ASE stress = virial / volume)
 STRESS = "stress"  # [S, 3, 3] eV / Angstrom^3
 CHARGES = "charges"  # [N, C] learned charges (scalar, then l = 0, 1, 2 components)
 POTENTIALS = "potentials"  # [N, C] long-range potentials (half the physical potential)
+APT = "apt"  # [N, 3, 3] Born effective charges Z*_i[a, b] = dF_i[a] / dE[b], elementary charges
 
 INPUT_KEYS = (
     POSITIONS,

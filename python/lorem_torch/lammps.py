@@ -21,6 +21,20 @@ def plugin_path() -> Path:
     return path
 
 
-def main() -> None:
+def main(argv=None) -> None:
     """lorem-plugin-path: print the plugin's path (for plugin load or LAMMPS_PLUGIN_PATH)."""
-    print(plugin_path())
+    import argparse
+
+    from .commands import add_version, fail
+
+    parser = argparse.ArgumentParser(
+        prog="lorem-plugin-path",
+        description="Print the path of the LAMMPS plugin loremplugin.so (for `plugin load` "
+        "or LAMMPS_PLUGIN_PATH).",
+    )
+    add_version(parser)
+    parser.parse_args(argv)
+    try:
+        print(plugin_path())
+    except FileNotFoundError as error:
+        fail("lorem-plugin-path", error)

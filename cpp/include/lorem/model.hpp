@@ -1,14 +1,18 @@
-// lorem::Model: load a lorem-torch export (TorchScript + metadata.json), check it,
-// and evaluate a system of local and ghost atoms, whole or stage by stage with a
-// caller-supplied Communicator (DESIGN.md section 3).
+// lorem::Model: load a lorem-torch export (TorchScript + metadata.json), read its
+// contract, and evaluate a system of local and ghost atoms stage by stage with a
+// caller-supplied Communicator (docs/design.md): the same algorithm as
+// python/lorem_torch/export/driver.py.
 #pragma once
 
 #include <torch/script.h>
 
+#include <array>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
+
+#include "lorem/contract.hpp"
 
 namespace lorem {
 
@@ -16,6 +20,16 @@ namespace lorem {
 class Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
+};
+
+// Two atoms closer than the contract's min_distance (or at non-finite positions):
+// indices into System::positions, so that an engine can name its own atom ids.
+class AtomsTooCloseError : public Error {
+ public:
+  AtomsTooCloseError(const std::string& message, int64_t first, int64_t second, double distance)
+      : Error(message), first(first), second(second), distance(distance) {}
+  int64_t first, second;
+  double distance;
 };
 
 // What one rank knows of the system: local atoms first, then ghost atoms.
@@ -27,14 +41,29 @@ struct System {
   torch::Tensor others;   // [P] int64, j (local or ghost)
   torch::Tensor cell;     // [3, 3] lattice vectors in rows (ignored when not periodic)
   bool periodic = true;
+  // Subtracted from the positions (in float64) before they are cast to the model's
+  // dtype, so that float32 models keep their precision far from zero. Every rank
+  // must use the same point (the energy is translation invariant).
+  std::array<double, 3> origin{0.0, 0.0, 0.0};
+  // This rank's share of the cell in fractional coordinates, [lo, hi) per axis (the
+  // engine's domain; ranks tile [0, 1)^3): it owns that part of a PME mesh.
+  std::array<double, 3> domain_lo{0.0, 0.0, 0.0};
+  std::array<double, 3> domain_hi{1.0, 1.0, 1.0};
+  // Born effective charges (models whose contract grants "electric_field"): computed
+  // when wanted or when a uniform field (V/Angstrom) is applied, which adds the forces
+  // F_i = Z*_i E to the local atoms (energy and virial unchanged, as lorem-jax).
+  bool want_born_effective_charges = false;
+  bool apply_electric_field = false;
+  std::array<double, 3> electric_field{0.0, 0.0, 0.0};
 };
 
 // Wall-clock seconds spent in each part of Model::compute, accumulated over calls.
 struct Timings {
-  double short_range = 0.0;     // encode (forward)
-  double long_range = 0.0;      // structure factors, potentials, readout (forward)
-  double backward = 0.0;        // both autograd passes
-  double communication = 0.0;   // inside the Communicator
+  double short_range = 0.0;    // initial block and message passing (forward)
+  double long_range = 0.0;     // charges, structure factors, potentials, readout (forward)
+  double backward = 0.0;       // the autograd passes
+  double communication = 0.0;  // inside the Communicator
+  double bytes = 0.0;          // sent by this rank through the Communicator (as float64)
   int64_t calls = 0;
 };
 
@@ -43,21 +72,30 @@ struct Result {
   torch::Tensor energies;  // [n_local] eV
   torch::Tensor forces;    // [n_all, 3] eV/A; ghost rows still to be sent to their owners
   torch::Tensor virial;    // [3, 3] dE/d(strain), this rank's share (eV)
+  torch::Tensor born_effective_charges;  // [n_local, 3, 3] when computed (else undefined)
 };
 
-// The collective operations of the staged long range. Every rank calls every
-// method in the same order, also with zero local atoms.
+// The collective operations of the staged model. Every rank calls every method in
+// the same order, also with zero local atoms.
 class Communicator {
  public:
   virtual ~Communicator() = default;
-  // charges [n_local, C] of this rank's atoms -> charges of its ghosts [n_ghost, C]
+  // values [n_local, W] of this rank's atoms -> their owners' values on its ghosts
+  // [n_ghost, W] (charges: W = C; message-passing features: W = the feature width)
   virtual torch::Tensor forward_ghosts(const torch::Tensor& local_values) = 0;
-  // values on ghosts [n_ghost, C] -> summed onto their owners' local atoms [n_local, C]
+  // values on ghosts [n_ghost, W] -> summed onto their owners' local atoms [n_local, W]
   virtual torch::Tensor reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) = 0;
   // element-wise sum over ranks (same shape everywhere)
   virtual torch::Tensor all_reduce_sum(const torch::Tensor& values) = 0;
   // rows [n_local, D] of every rank, concatenated in rank order; offset of ours
   virtual torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) = 0;
+  // sends[r]: a 1-D tensor for rank r (maybe empty) -> what every rank sent to this one
+  // (the distributed mesh of PME; only ranks with something to say exchange messages)
+  virtual std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) = 0;
+  // a few integers of every rank, concatenated in rank order (same count everywhere)
+  virtual std::vector<int64_t> all_gather_ints(const std::vector<int64_t>& values) = 0;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
 };
 
 // One process holding the whole system: ghosts are periodic images of local atoms.
@@ -68,30 +106,30 @@ class SingleProcess : public Communicator {
   torch::Tensor reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) override;
   torch::Tensor all_reduce_sum(const torch::Tensor& values) override;
   torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) override;
+  std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) override {
+    return sends;
+  }
+  std::vector<int64_t> all_gather_ints(const std::vector<int64_t>& values) override {
+    return values;
+  }
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
 
  private:
   torch::Tensor ghost_owner_;
 };
-
-struct Metadata {
-  std::string json;  // the whole metadata.json
-  int64_t format_version = 0;
-  double cutoff = 0.0;
-  int64_t num_charges = 0;
-  int64_t num_message_passing = 0;
-  bool long_range = false;
-  std::vector<int64_t> species;  // atomic numbers the model knows
-  torch::Dtype dtype = torch::kFloat32;
-};
-
-constexpr int64_t kExportFormatVersion = 1;
 
 class Model {
  public:
   // device: "cpu", "cuda", "cuda:N"; throws lorem::Error when unavailable.
   explicit Model(const std::string& path, const std::string& device = "cpu");
 
-  const Metadata& metadata() const { return metadata_; }
+  const Contract& contract() const { return contract_; }
+  // The k-space method for periodic cells: "ewald", "pme" or "auto" (among the
+  // contract's long_range methods; default: the contract's method).
+  void set_long_range(const std::string& method);
+  const std::string& long_range() const { return method_; }
+  const std::string& metadata_json() const { return metadata_json_; }
   torch::Device device() const { return device_; }
 
   // Energy, per-atom energies, forces on local and ghost atoms, virial share.
@@ -101,7 +139,9 @@ class Model {
 
  private:
   torch::jit::script::Module module_;
-  Metadata metadata_;
+  Contract contract_;
+  std::string metadata_json_;
+  std::string method_;
   torch::Device device_;
   Timings timings_;
 };

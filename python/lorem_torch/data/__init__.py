@@ -1,10 +1,11 @@
-"""Data: ASE Atoms -> graph dicts with vesin neighbour lists, batching."""
+"""Data: ASE Atoms -> graph dicts with neighbour lists, batching."""
 
 from .graph import (
     DEFAULT_MIN_DISTANCE,
     atoms_to_graph,
     check_structure,
     collate,
+    model_frame_offsets,
     neighbor_list,
     structure_to_graph,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "atoms_to_graph",
     "check_structure",
     "collate",
+    "model_frame_offsets",
     "neighbor_list",
     "structure_to_graph",
 ]

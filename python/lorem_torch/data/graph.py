@@ -1,6 +1,8 @@
-"""ASE Atoms -> graph dict (see keys.py), neighbour lists with vesin, batching.
+"""ASE Atoms -> graph dict (see keys.py), neighbour lists, batching.
 
-Structures are concatenated without padding; pairs never cross structures.
+Structures are concatenated without padding; pairs never cross structures. Positions
+are moved into the model's frame (centred, or wrapped into the cell) in float64
+before anything else, so that float32 models do not depend on where a structure sits.
 """
 
 from typing import Dict, Sequence
@@ -26,13 +28,59 @@ DEFAULT_MIN_DISTANCE = 0.1
 def neighbor_list(
     positions: np.ndarray, cell: np.ndarray, periodic: bool, cutoff: float
 ) -> Dict[str, np.ndarray]:
-    """Full neighbour list (both i<-j and j<-i) within the cutoff: centers, others, shifts, distances."""
+    """Full neighbour list (both i<-j and j<-i) of pairs closer than the cutoff: centers,
+    others, integer cell shifts and distances.
+
+    Periodic structures use vesin's cell list. Non-periodic ones use a k-d tree, whose
+    cost does not depend on the extent of the structure: vesin's cell list over the
+    bounding box dies with a floating-point exception once one atom sits far away
+    (x = 1e6 A with the others near the origin).
+    """
+    if not periodic:
+        return _cluster_neighbor_list(np.asarray(positions, dtype=np.float64), cutoff)
     calculator = vesin.NeighborList(cutoff=cutoff, full_list=True)
-    box = cell if periodic else np.zeros((3, 3))
     i, j, shifts, d = calculator.compute(
-        points=positions, box=box, periodic=periodic, quantities="ijSd"
+        points=positions, box=cell, periodic=True, quantities="ijSd"
     )
     return {"centers": i, "others": j, "cell_shifts": shifts, "distances": d}
+
+
+def _cluster_neighbor_list(positions: np.ndarray, cutoff: float) -> Dict[str, np.ndarray]:
+    """Non-periodic full neighbour list, d < cutoff as vesin, ordered by (centre, other)."""
+    from scipy.spatial import cKDTree
+
+    half = cKDTree(positions).query_pairs(cutoff, output_type="ndarray")  # [H, 2], i < j, d <= r
+    distances = np.linalg.norm(positions[half[:, 1]] - positions[half[:, 0]], axis=1)
+    inside = distances < cutoff
+    half, distances = half[inside], distances[inside]
+    centers = np.concatenate([half[:, 0], half[:, 1]])
+    others = np.concatenate([half[:, 1], half[:, 0]])
+    distances = np.concatenate([distances, distances])
+    order = np.lexsort((others, centers))
+    return {
+        "centers": centers[order].astype(np.int64),
+        "others": others[order].astype(np.int64),
+        "cell_shifts": np.zeros((len(order), 3), dtype=np.int64),
+        "distances": distances[order],
+    }
+
+
+def model_frame_offsets(positions: np.ndarray, cell: np.ndarray, periodic: bool) -> np.ndarray:
+    """[N, 3] float64 translations to subtract from the positions before the neighbour
+    list is built and the positions are cast to the model's dtype.
+
+    In float32 an atom at 1e6 A has a resolution of 0.06 A, so energies would depend
+    on where a structure sits. Non-periodic: every atom moves by the same vector, the
+    per-coordinate median (robust to a few far-away atoms), which changes no distance.
+    Periodic: each atom moves by the lattice vector that brings it into the cell,
+    which changes no periodic image (the neighbour list is built afterwards). Energy,
+    forces and stress are invariant under both.
+    """
+    positions = np.asarray(positions, dtype=np.float64)
+    if not periodic:
+        return np.broadcast_to(np.median(positions, axis=0), positions.shape).copy()
+    fractional = np.linalg.solve(cell.T, positions.T).T  # positions = fractional @ cell
+    return np.floor(fractional) @ cell
 
 
 def check_structure(atoms, index: int = 0) -> bool:
@@ -72,8 +120,9 @@ def structure_to_graph(
 ) -> Dict[str, np.ndarray]:
     """One ASE Atoms -> graph dict of numpy arrays (keys.py), neighbour list at `cutoff`."""
     periodic = check_structure(atoms, index)
-    positions = atoms.get_positions()
     cell = atoms.get_cell().array if periodic else np.zeros((3, 3))
+    positions = atoms.get_positions()
+    positions = positions - model_frame_offsets(positions, cell, periodic)
     nl = neighbor_list(positions, cell, periodic, cutoff)
     if len(nl["distances"]) and nl["distances"].min() < min_distance:
         k = int(np.argmin(nl["distances"]))

@@ -1,9 +1,10 @@
 """lorem-export: one TorchScript archive with a JSON metadata entry, checked on load.
 
 The archive holds ExportedLorem (export/staged.py) and the extra file
-`metadata.json`: format and version, library versions, hyperparameters, species
-(Z and symbols), cutoff, long-range conventions and parameters, units, dtype, a
-SHA-256 hash of the weights and the export date.
+`metadata.json`: format and version, library versions, hyperparameters, baseline, a
+SHA-256 hash of the weights, the export date, and the contract (export/contract.py:
+species, units, dtype, cutoff, ranges, long range, methods, capabilities), which is
+what every consumer reads.
 """
 
 import datetime
@@ -14,11 +15,20 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from ..checkpoint import atomic_write, check_document, library_versions, model_from_checkpoint
-from .staged import ExportedLorem
+from ..checkpoint import (
+    CheckpointError,
+    atomic_write,
+    check_document,
+    library_versions,
+    model_file_kind,
+    model_from_checkpoint,
+)
+from ..models import LoremBEC
+from .contract import check_contract, contract_of, exported_methods
+from .staged import ExportedLorem, ExportedLoremBEC
 
 EXPORT_FORMAT = "lorem-torch-export"
-EXPORT_FORMAT_VERSION = 1
+EXPORT_FORMAT_VERSION = 2  # 2: the contract
 METADATA_FILE = "metadata.json"
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -35,46 +45,17 @@ def weight_hash(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def metadata_of(model, dtype: torch.dtype) -> Dict[str, Any]:
-    from ase.data import chemical_symbols
-
+def metadata_of(model, dtype: torch.dtype, methods) -> Dict[str, Any]:
+    """Provenance (versions, hyperparameters, weights, date) and the contract."""
     return {
         "format": EXPORT_FORMAT,
         "format_version": EXPORT_FORMAT_VERSION,
         "versions": library_versions(),
         "hyperparameters": model.hyperparameters,
-        "species": {
-            "atomic_numbers": model.species,
-            "symbols": [chemical_symbols[z] for z in model.species],
-        },
         "baseline": model.config()["baseline"],
-        "cutoff": model.cutoff,
-        "num_charges": model.num_charges,
-        "num_message_passing": model.hyperparameters["num_message_passing"],
-        "long_range": {
-            "enabled": model.long_range is not None,
-            "conventions": "jax-pme (lorem-jax 0.2.0): potentials carry the factor 1/2",
-            "method": "ewald (periodic), direct sum (non-periodic)",
-            "smearing": model.smearing,
-            "lr_wavelength": model.lr_wavelength,
-            "prefactor": model.ewald.prefactor,
-            "exponent": 1,
-        },
-        "units": {"energy": "eV", "length": "Angstrom"},
-        "dtype": str(dtype).replace("torch.", ""),
         "weight_sha256": weight_hash(model),
         "exported": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "methods": [
-            "forward",
-            "energy_forces_virial",
-            "check_species",
-            "grid_shape",
-            "encode",
-            "structure_factors",
-            "potentials",
-            "direct_potentials",
-            "readout",
-        ],
+        "contract": contract_of(model, dtype, methods),
     }
 
 
@@ -93,8 +74,9 @@ def export_model(
     else:
         model = model_from_checkpoint(source, dtype=torch_dtype)
     model.eval()
-    scripted = torch.jit.script(ExportedLorem(model))
-    metadata = metadata_of(model, torch_dtype)
+    exported = ExportedLoremBEC(model) if isinstance(model, LoremBEC) else ExportedLorem(model)
+    scripted = torch.jit.script(exported)
+    metadata = metadata_of(model, torch_dtype, exported_methods(scripted))
     atomic_write(
         path,
         lambda temporary: torch.jit.save(
@@ -109,11 +91,21 @@ def read_metadata(path: str | Path) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        kind = model_file_kind(path)
+    except CheckpointError as error:  # empty, truncated, not a PyTorch file
+        raise ExportError(str(error)) from None
+    if kind == "checkpoint":
+        raise ExportError(
+            f"{path} is a lorem-torch training checkpoint, not a TorchScript archive: "
+            f"export it first (lorem-export {path} -o model.pt)"
+        )
     extra = {METADATA_FILE: ""}
     try:
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as error:
-        raise ExportError(f"{path} is not a TorchScript archive ({error})") from error
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ExportError(f"{path} is not a loadable TorchScript archive ({first_line})") from error
     if not extra[METADATA_FILE]:
         raise ExportError(
             f"{path} is a TorchScript archive but not a lorem-torch export (no {METADATA_FILE})"
@@ -123,16 +115,15 @@ def read_metadata(path: str | Path) -> Dict[str, Any]:
 
 def check_metadata(metadata: Dict[str, Any], name: str) -> Dict[str, Any]:
     check_document(
-        metadata,
-        EXPORT_FORMAT,
-        EXPORT_FORMAT_VERSION,
-        "export",
-        name,
-        ("species", "cutoff", "long_range", "dtype", "units"),
-        ExportError,
+        metadata, EXPORT_FORMAT, EXPORT_FORMAT_VERSION, "export", name, ("contract",), ExportError
     )
-    if metadata["units"] != {"energy": "eV", "length": "Angstrom"}:
-        raise ExportError(f"{name}: units {metadata['units']} are not eV and Angstrom")
+    if metadata["format_version"] < EXPORT_FORMAT_VERSION:
+        raise ExportError(
+            f"{name} has export format version {metadata['format_version']}, older than this "
+            f"lorem-torch reads ({EXPORT_FORMAT_VERSION}): export the checkpoint again with "
+            "lorem-export"
+        )
+    check_contract(metadata["contract"], name, ExportError)
     return metadata
 
 
@@ -148,16 +139,27 @@ def load_exported(
 def export_main(argv=None) -> None:
     import argparse
 
+    from ..commands import add_version, fail
+
     parser = argparse.ArgumentParser(
         prog="lorem-export",
         description="Export a lorem-torch checkpoint to a TorchScript file for LAMMPS and C++.",
     )
-    parser.add_argument("checkpoint")
-    parser.add_argument("-o", "--output", required=True)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    parser.add_argument("checkpoint", help="training checkpoint (best.pt, last.pt, ...)")
+    parser.add_argument("-o", "--output", required=True, help="TorchScript file to write")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32", help="precision (default: float32)"
+    )
+    add_version(parser)
     args = parser.parse_args(argv)
-    metadata = export_model(args.checkpoint, args.output, args.dtype)
+    try:
+        metadata = export_model(args.checkpoint, args.output, args.dtype)
+    except (FileNotFoundError, CheckpointError, ExportError) as error:
+        fail("lorem-export", error)
+    contract = metadata["contract"]
     print(
-        f"wrote {args.output}: species {metadata['species']['symbols']}, cutoff "
-        f"{metadata['cutoff']} A, {metadata['dtype']}, weights {metadata['weight_sha256'][:12]}"
+        f"wrote {args.output}: species {contract['species']['symbols']}, cutoff "
+        f"{contract['cutoff']} A, {contract['num_message_passing']} message-passing layers, "
+        f"long range {contract['long_range']['method']}, {contract['dtype']}, "
+        f"weights {metadata['weight_sha256'][:12]}"
     )

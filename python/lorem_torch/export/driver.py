@@ -1,22 +1,31 @@
 """Reference driver of the staged contract, for one or several (simulated) ranks.
 
-The contract the C++ runtime implements on every MPI rank (cpp/src/model.cpp),
-written for all ranks at once in lockstep so that it can be tested in one process:
-every collective below (sum over ranks, ghost exchange, all-gather) is where the
-C++ code calls its Communicator. (The C++ code orders the same gradients so that
-autograd passes through the encoder only once; the sums are the same.)
+The algorithm the C++ runtime runs on every MPI rank (cpp/src/model.cpp), written for
+all ranks at once in lockstep so that it can be tested in one process: every
+collective below (sum over ranks, ghost exchange, all-gather) is where the C++ code
+calls its Communicator, and both use the same stages in the same order.
 
-Backward pass, with E_r the energy of the local atoms of rank r:
-  1. autograd of E_r to its positions, strain, the ghost charges, and the summed
-     S(k) and Q (leaves), keeping the graph;
-  2. dE/dS and dE/dQ summed over ranks; dE/dq of ghosts sent back to their owners;
-  3. autograd of  S_r . dE/dS + Q_r . dE/dQ + q_local . dE/dq_local  (the paths
-     through the structure factors and through other ranks) to positions and strain.
+Forward, on every rank (local atoms first, then ghosts one cutoff deep):
+  stage 0    initial_features -> energies, features of local atoms
+  stage t    (t = 1..T) ghosts get their owners' features (forward exchange), then
+             message_passing_step t-1 -> energy term, new features of local atoms;
+             every stage sees its inputs as leaves, so that its graph stands alone
+  charges    of the local atoms from the final features
+  long range S(k) and Q summed over ranks, ghost charges exchanged, potentials of local
+             atoms (or, non-periodic, all-gathered positions and charges), readout
+Backward, with E_r the energy of rank r's local atoms:
+  1. autograd of the long-range energy to positions, strain, charges (local and ghost),
+     the summed S(k) and Q, and the final features (all leaves);
+  2. dE/dS and dE/dQ summed over ranks and pushed through this rank's S(k) and Q;
+     dE/dq of ghosts sent back to their owners (reverse exchange);
+  3. stages T..0: autograd of the stage's outputs with their gradients to positions,
+     strain and the stage's input leaves; gradients of ghost features go back to
+     their owners (reverse exchange) and join those of the local features.
 Forces on ghosts go back to their owners (LAMMPS: reverse communication, newton on).
 """
 
 from dataclasses import dataclass
-from typing import List
+from typing import Any, Dict, List
 
 import numpy as np
 import torch
@@ -44,142 +53,234 @@ class RankResult:
     virial: torch.Tensor  # [3, 3] this rank's share
 
 
-def evaluate_ranks(
-    module, systems: List[RankSystem], cell: torch.Tensor, periodic: bool
-) -> List[RankResult]:
-    dtype = systems[0].positions.dtype
-    positions, strains, encoded = [], [], []
-    for system in systems:
-        pos = system.positions.detach().clone().requires_grad_(True)
-        strain = torch.zeros(3, 3, dtype=dtype, requires_grad=True)
-        positions.append(pos)
-        strains.append(strain)
-        encoded.append(
-            module.encode(
-                pos, system.atomic_numbers, system.centers, system.others, strain, system.n_local
-            )
-        )
-    has_lr = bool(module.has_long_range)
-    leaves: List[List[torch.Tensor]] = [[] for _ in systems]
-    partial_sf: List[torch.Tensor | None] = [None] * len(systems)
-    energies = []
-    if has_lr and periodic:
-        grid = module.grid_shape(cell)
-        partial_q = [e[3].sum(dim=0) for e in encoded]
-        partial_sf = [
-            module.structure_factors(pos[: s.n_local], e[3], cell, strain, grid)
-            for pos, e, s, strain in zip(positions, encoded, systems, strains, strict=True)
-        ]
-        total_sf = sum(s.detach() for s in partial_sf)  # MPI allreduce
-        total_q = sum(q.detach() for q in partial_q)  # MPI allreduce
-        for r, system in enumerate(systems):
-            ghost_charges = (
-                torch.stack(
-                    [
-                        encoded[o][3][i].detach()
-                        for o, i in zip(
-                            system.ghost_rank.tolist(), system.ghost_index.tolist(), strict=True
-                        )
-                    ]
+class SimulatedRanks:
+    """The collectives of the staged contract over ranks held in one process."""
+
+    def __init__(self, systems: List[RankSystem]):
+        self.systems = systems
+
+    def forward_ghosts(self, local_values: List[torch.Tensor]) -> List[torch.Tensor]:
+        """[n_local_r, ...] per rank -> the owners' values on each rank's ghosts."""
+        out = []
+        for system, values in zip(self.systems, local_values, strict=True):
+            rows = [
+                local_values[o][i]
+                for o, i in zip(
+                    system.ghost_rank.tolist(), system.ghost_index.tolist(), strict=True
                 )
-                if len(system.ghost_rank)
-                else encoded[r][3].new_zeros(0, encoded[r][3].shape[1])
-            )
-            ghost_charges.requires_grad_(True)  # forward communication
-            sf_leaf = total_sf.clone().requires_grad_(True)
-            q_leaf = total_q.clone().requires_grad_(True)
-            leaves[r] = [ghost_charges, sf_leaf, q_leaf]
-            charges_all = torch.cat([encoded[r][3], ghost_charges])
-            pot = module.potentials(
-                positions[r],
-                charges_all,
-                sf_leaf,
-                q_leaf,
-                cell,
-                strains[r],
-                grid,
-                system.centers,
-                system.others,
-                system.n_local,
-            )
-            energies.append(encoded[r][0] + module.readout(encoded[r][1], encoded[r][2], pot))
-    elif has_lr:
-        all_positions = torch.cat(
-            [pos[: s.n_local].detach() for pos, s in zip(positions, systems, strict=True)]
-        )
-        all_charges = torch.cat([e[3].detach() for e in encoded])  # MPI all-gather
-        for r, system in enumerate(systems):
-            p_leaf = all_positions.clone().requires_grad_(True)
-            c_leaf = all_charges.clone().requires_grad_(True)
-            leaves[r] = [p_leaf, c_leaf]
-            receivers = torch.arange(system.global_offset, system.global_offset + system.n_local)
-            pot = module.direct_potentials(p_leaf, c_leaf, strains[r], receivers)
-            energies.append(encoded[r][0] + module.readout(encoded[r][1], encoded[r][2], pot))
-    else:
-        energies = [e[0] for e in encoded]
-
-    # backward 1
-    first = []
-    for r in range(len(systems)):
-        inputs = [positions[r], strains[r]] + leaves[r]
-        grads = torch.autograd.grad(energies[r].sum(), inputs, retain_graph=True, allow_unused=True)
-        first.append(
-            [
-                g if g is not None else torch.zeros_like(x)
-                for g, x in zip(grads, inputs, strict=True)
             ]
-        )
+            shape = values.shape[1:]
+            out.append(torch.stack(rows) if rows else values.new_zeros((0,) + tuple(shape)))
+        return out
 
-    # communication of the gradients
-    charge_grads = [torch.zeros_like(e[3]) for e in encoded]
-    extra_forces = [torch.zeros(s.n_local, 3, dtype=dtype) for s in systems]
-    sf_grad = q_grad = None
-    if has_lr and periodic:
-        sf_grad = sum(f[3] for f in first)  # MPI allreduce
-        q_grad = sum(f[4] for f in first)
-        for r, system in enumerate(systems):  # reverse communication of dE/dq_ghost
+    def reverse_ghosts(self, ghost_values: List[torch.Tensor], like: List[torch.Tensor]):
+        """Values on ghosts -> summed onto their owners' local atoms."""
+        out = [torch.zeros_like(x) for x in like]
+        for system, values in zip(self.systems, ghost_values, strict=True):
             for k, (o, i) in enumerate(
                 zip(system.ghost_rank.tolist(), system.ghost_index.tolist(), strict=True)
             ):
-                charge_grads[o][i] += first[r][2][k]
-    elif has_lr:
-        position_grad = sum(f[2] for f in first)  # MPI allreduce (or reduce-scatter)
-        charge_grad = sum(f[3] for f in first)
-        for r, system in enumerate(systems):
-            rows = slice(system.global_offset, system.global_offset + system.n_local)
-            extra_forces[r] = -position_grad[rows]
-            charge_grads[r] = charge_grad[rows]
+                out[o][i] += values[k]
+        return out
 
+    @staticmethod
+    def all_reduce_sum(values: List[torch.Tensor]) -> torch.Tensor:
+        return sum(v.detach() for v in values)
+
+
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().clone().requires_grad_(True)
+
+
+def _grad(outputs, seeds, inputs):
+    """Gradients of outputs (with seeds; None: ones) to inputs, zeros where unused."""
+    seeds = seeds if seeds is not None else [None] * len(outputs)
+    pairs = [(o, s) for o, s in zip(outputs, seeds, strict=True) if o.requires_grad]
+    if not pairs:
+        return [torch.zeros_like(x) for x in inputs]
+    grads = torch.autograd.grad(
+        [o for o, _ in pairs], inputs, [s for _, s in pairs], allow_unused=True
+    )
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs, strict=True)]
+
+
+def evaluate_ranks(
+    module, contract: Dict[str, Any], systems: List[RankSystem], cell: torch.Tensor, periodic: bool
+) -> List[RankResult]:
+    """Energies, forces and virial shares of every rank, by the staged contract."""
+    from .contract import CapabilityError, require
+
+    require(contract, "domain_decomposition", "the simulated-ranks driver")
+    require(contract, "periodic" if periodic else "non_periodic", "the simulated-ranks driver")
+    if periodic and contract["long_range"]["method"] not in ("ewald", "none"):
+        raise CapabilityError(
+            "the simulated-ranks driver runs the Ewald stages only (the distributed PME mesh "
+            "lives in the C++ runtime, cpp/src/mesh.cpp): export with long_range ewald"
+        )
+    comm = SimulatedRanks(systems)
+    ranks = range(len(systems))
+    dtype = systems[0].positions.dtype
+    layers = int(contract["num_message_passing"])
+    has_lr = contract["long_range"]["method"] != "none"
+    positions = [_leaf(s.positions) for s in systems]
+    strains = [torch.zeros(3, 3, dtype=dtype, requires_grad=True) for _ in systems]
+    for s in systems:
+        module.check_species(s.atomic_numbers)
+
+    # -- forward: stages of the short range; stage_inputs[t][r] are the leaves of stage t
+    stages: List[List[tuple]] = []  # [stage][rank] -> (energy, scalar, spherical)
+    stage_inputs: List[List[List[torch.Tensor]]] = []
+    stages.append(
+        [
+            module.initial_features(
+                positions[r], s.atomic_numbers, s.centers, s.others, strains[r], s.n_local
+            )
+            for r, s in zip(ranks, systems, strict=True)
+        ]
+    )
+    stage_inputs.append([[] for _ in ranks])
+    for layer in range(layers):
+        local_scalar = [_leaf(stages[-1][r][1]) for r in ranks]
+        local_spherical = [_leaf(stages[-1][r][2]) for r in ranks]
+        ghost_scalar = [_leaf(g) for g in comm.forward_ghosts(local_scalar)]
+        ghost_spherical = [_leaf(g) for g in comm.forward_ghosts(local_spherical)]
+        stage_inputs.append(
+            [
+                [local_scalar[r], local_spherical[r], ghost_scalar[r], ghost_spherical[r]]
+                for r in ranks
+            ]
+        )
+        stages.append(
+            [
+                module.message_passing_step(
+                    layer,
+                    positions[r],
+                    s.centers,
+                    s.others,
+                    strains[r],
+                    torch.cat([local_scalar[r], ghost_scalar[r]]),
+                    torch.cat([local_spherical[r], ghost_spherical[r]]),
+                    s.n_local,
+                )
+                for r, s in zip(ranks, systems, strict=True)
+            ]
+        )
+    short_energies = [sum(stage[r][0] for stage in stages).detach() for r in ranks]
+    final = stages[-1]
+    charges = [module.charges(final[r][1], final[r][2]) for r in ranks]
+
+    # -- long range: everything it sees is a leaf
+    grad_positions = [torch.zeros_like(p) for p in positions]
+    grad_strains = [torch.zeros_like(s) for s in strains]
+    grad_charges = [torch.zeros_like(q) for q in charges]
+    grad_scalar = [torch.zeros_like(final[r][1]) for r in ranks]
+    grad_spherical = [torch.zeros_like(final[r][2]) for r in ranks]
+    long_energies = [torch.zeros_like(e) for e in short_energies]
+    if has_lr:
+        q = [_leaf(c) for c in charges]
+        scalar = [_leaf(final[r][1]) for r in ranks]
+        spherical = [_leaf(final[r][2]) for r in ranks]
+        if periodic:
+            grid = module.grid_shape(cell)
+            partial_sf = [
+                module.structure_factors(positions[r][: s.n_local], q[r], cell, strains[r], grid)
+                for r, s in zip(ranks, systems, strict=True)
+            ]
+            total_sf = _leaf(comm.all_reduce_sum(partial_sf))
+            total_q = _leaf(comm.all_reduce_sum([x.sum(dim=0) for x in q]))
+            ghost_q = [_leaf(g) for g in comm.forward_ghosts([x.detach() for x in q])]
+            first = []
+            for r, s in zip(ranks, systems, strict=True):
+                pot = module.potentials(
+                    positions[r],
+                    torch.cat([q[r], ghost_q[r]]),
+                    total_sf,
+                    total_q,
+                    cell,
+                    strains[r],
+                    grid,
+                    s.centers,
+                    s.others,
+                    s.n_local,
+                )
+                energy = module.readout(scalar[r], spherical[r], pot)
+                long_energies[r] = energy.detach()
+                inputs = [positions[r], strains[r], q[r], ghost_q[r], total_sf, total_q]
+                first.append(_grad([energy.sum()], None, inputs + [scalar[r], spherical[r]]))
+            grad_sf = comm.all_reduce_sum([f[4] for f in first])
+            grad_q_total = comm.all_reduce_sum([f[5] for f in first])
+            from_ghosts = comm.reverse_ghosts([f[3] for f in first], q)
+            for r in ranks:
+                through_sf = _grad([partial_sf[r]], [grad_sf], [positions[r], strains[r], q[r]])
+                grad_positions[r] += first[r][0] + through_sf[0]
+                grad_strains[r] += first[r][1] + through_sf[1]
+                grad_charges[r] = first[r][2] + from_ghosts[r] + grad_q_total + through_sf[2]
+                grad_scalar[r], grad_spherical[r] = first[r][6], first[r][7]
+        else:
+            all_positions = torch.cat(
+                [p[: s.n_local].detach() for p, s in zip(positions, systems, strict=True)]
+            )
+            all_charges = torch.cat([x.detach() for x in q])  # MPI all-gather
+            first = []
+            for r, s in zip(ranks, systems, strict=True):
+                p_leaf, c_leaf = _leaf(all_positions), _leaf(all_charges)
+                receivers = torch.arange(s.global_offset, s.global_offset + s.n_local)
+                pot = module.direct_potentials(p_leaf, c_leaf, strains[r], receivers)
+                energy = module.readout(scalar[r], spherical[r], pot)
+                long_energies[r] = energy.detach()
+                first.append(
+                    _grad(
+                        [energy.sum()], None, [strains[r], p_leaf, c_leaf, scalar[r], spherical[r]]
+                    )
+                )
+            position_grad = comm.all_reduce_sum([f[1] for f in first])
+            charge_grad = comm.all_reduce_sum([f[2] for f in first])
+            for r, s in zip(ranks, systems, strict=True):
+                rows = slice(s.global_offset, s.global_offset + s.n_local)
+                grad_positions[r][: s.n_local] += position_grad[rows]
+                grad_strains[r] += first[r][0]
+                grad_charges[r] = charge_grad[rows]
+                grad_scalar[r], grad_spherical[r] = first[r][3], first[r][4]
+
+    # -- backward through the stages, last first
+    for t in range(layers, -1, -1):
+        input_grads = []
+        for r in ranks:
+            energy, scalar, spherical = stages[t][r]
+            outputs = [energy.sum(), scalar, spherical]
+            seeds = [torch.ones_like(outputs[0]), grad_scalar[r], grad_spherical[r]]
+            if t == layers:
+                outputs.append(charges[r])
+                seeds.append(grad_charges[r])
+            grads = _grad(outputs, seeds, [positions[r], strains[r]] + stage_inputs[t][r])
+            grad_positions[r] += grads[0]
+            grad_strains[r] += grads[1]
+            input_grads.append(grads[2:])  # local scalar, spherical, ghost scalar, spherical
+        if t > 0:  # gradients of ghost features go back to their owners
+            local_scalar = [stage_inputs[t][r][0] for r in ranks]
+            local_spherical = [stage_inputs[t][r][1] for r in ranks]
+            back_scalar = comm.reverse_ghosts([g[2] for g in input_grads], local_scalar)
+            back_spherical = comm.reverse_ghosts([g[3] for g in input_grads], local_spherical)
+            grad_scalar = [input_grads[r][0] + back_scalar[r] for r in ranks]
+            grad_spherical = [input_grads[r][1] + back_spherical[r] for r in ranks]
+
+    # -- forces: ghost rows go back to their owners
+    forces = [-g for g in grad_positions]
+    local_forces = [f[: s.n_local].clone() for f, s in zip(forces, systems, strict=True)]
+    returned = comm.reverse_ghosts(
+        [f[s.n_local :] for f, s in zip(forces, systems, strict=True)], local_forces
+    )
     results = []
-    ghost_forces = []
-    for r, system in enumerate(systems):
-        grad_pos, grad_strain = first[r][0], first[r][1]
-        if has_lr:
-            surrogate = (encoded[r][3] * charge_grads[r]).sum()
-            if periodic:
-                surrogate = surrogate + (partial_sf[r] * sf_grad).sum()
-                surrogate = surrogate + (encoded[r][3].sum(dim=0) * q_grad).sum()
-            second = torch.autograd.grad(surrogate, [positions[r], strains[r]], allow_unused=True)
-            if second[0] is not None:
-                grad_pos = grad_pos + second[0]
-            if second[1] is not None:
-                grad_strain = grad_strain + second[1]
-        forces = -grad_pos
-        forces[: system.n_local] += extra_forces[r]
-        ghost_forces.append(forces[system.n_local :])
+    for r in ranks:
+        energies = short_energies[r] + long_energies[r]
         results.append(
             RankResult(
-                energy=float(energies[r].detach().sum()),
-                energies=energies[r].detach(),
-                forces=forces[: system.n_local].detach().clone(),
-                virial=grad_strain.detach(),
+                energy=float(energies.sum()),
+                energies=energies,
+                forces=(local_forces[r] + returned[r]).detach(),
+                virial=grad_strains[r].detach(),
             )
         )
-    for r, system in enumerate(systems):  # reverse communication of ghost forces
-        for k, (o, i) in enumerate(
-            zip(system.ghost_rank.tolist(), system.ghost_index.tolist(), strict=True)
-        ):
-            results[o].forces[i] += ghost_forces[r][k].detach()
     return results
 
 

@@ -1,4 +1,4 @@
-"""The exported module: the whole-batch forward and the staged methods of DESIGN.md section 3.
+"""The exported module: the whole-batch forward and the staged methods of docs/design.md section 4.
 
 Staged inputs describe one system as a simulation engine holds it on one rank: the
 local atoms first, then ghost atoms (periodic images or atoms of other ranks), so
@@ -7,7 +7,11 @@ homogeneous strain [3, 3] (zeros) applied to positions and cell inside every sta
 gives the virial by autograd.
 
 Stages (all tensors; the caller communicates between them):
-  encode             -> short-range energies, state, charges of local atoms
+  initial_features   -> short-range energies and features of local atoms
+  message_passing_step (x T) -> energy term and new features of local atoms, from the
+                        features of local and ghost atoms (ghosts refreshed by the caller
+                        from their owners before every layer)
+  charges            -> charges of local atoms from the final features
   structure_factors  -> partial S(k) [C, K, 2] of local atoms   (sum over ranks)
   potentials         -> potentials of local atoms from S, Q and pairs with ghosts
   direct_potentials  -> non-periodic: potentials from all atoms (all-gathered)
@@ -19,8 +23,8 @@ from typing import List, Tuple
 import torch
 
 from ..long_range import direct_potentials as direct_sum
-from ..models import Lorem
-from ..models.outputs import EnergyModel
+from ..models import Lorem, LoremBEC
+from ..models.outputs import BECModel, EnergyModel
 
 
 class ExportedLorem(torch.nn.Module):
@@ -30,9 +34,9 @@ class ExportedLorem(torch.nn.Module):
         super().__init__()
         self.model = model
         self.energy_model = EnergyModel(model)
-        self.cutoff = model.cutoff
-        self.num_charges = model.num_charges
-        self.has_long_range = model.long_range is not None
+        # a plain attribute, not `model.long_range is None`: TorchScript folds that for a
+        # short-range model and would type _pme() as returning None
+        self.has_long_range: bool = model.long_range is not None
 
     def forward(
         self,
@@ -107,8 +111,18 @@ class ExportedLorem(torch.nn.Module):
     def grid_shape(self, cell: torch.Tensor) -> List[int]:
         return self.model.ewald.grid_shape(cell)
 
+    def _edges(
+        self,
+        positions: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        strain: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        deformed = positions @ (torch.eye(3, dtype=strain.dtype, device=strain.device) + strain)
+        return self.model.edge_basis(deformed[others] - deformed[centers])
+
     @torch.jit.export
-    def encode(
+    def initial_features(
         self,
         positions: torch.Tensor,
         atomic_numbers: torch.Tensor,
@@ -116,19 +130,40 @@ class ExportedLorem(torch.nn.Module):
         others: torch.Tensor,
         strain: torch.Tensor,
         n_local: int,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Short-range energies with baseline [n_local], scalar and spherical state,
-        charges [n_local, C] of the local atoms (centres must be local)."""
-        deformed = positions @ (torch.eye(3, dtype=strain.dtype, device=strain.device) + strain)
-        vectors = deformed[others] - deformed[centers]
-        # without message passing only the local atoms need features (ghosts lend
-        # their species to the edges); with it, every atom is a node
-        num_nodes = n_local if len(self.model.message_passing) == 0 else atomic_numbers.shape[0]
-        energy, scalar, spherical, charges = self.model.encode(
-            atomic_numbers, vectors, centers, others, num_nodes
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Energies with baseline [n_local], scalar [n_local, d] and spherical
+        [n_local, (L+1)**2, s] features of the local atoms after the initial block
+        (ghosts lend their species to the edges; centres must be local)."""
+        radial, harmonics = self._edges(positions, centers, others, strain)
+        energy, scalar, spherical = self.model.initial_features(
+            atomic_numbers, radial, harmonics, centers, others, n_local
         )
-        energy = energy[:n_local] + self.model.baseline[atomic_numbers[:n_local]]
-        return energy, scalar[:n_local], spherical[:n_local], charges[:n_local]
+        return energy + self.model.baseline[atomic_numbers[:n_local]], scalar, spherical
+
+    @torch.jit.export
+    def message_passing_step(
+        self,
+        layer: int,
+        positions: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        strain: torch.Tensor,
+        scalar: torch.Tensor,
+        spherical: torch.Tensor,
+        n_local: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer `layer` (0-based): features of local atoms then ghosts ([n_all, d],
+        [n_all, (L+1)**2, s]; ghosts hold their owners' features of the previous layer)
+        -> energy term [n_local] and the new features of the local atoms."""
+        radial, harmonics = self._edges(positions, centers, others, strain)
+        return self.model.message_passing_step(
+            layer, scalar, spherical, radial, harmonics, centers, others, n_local
+        )
+
+    @torch.jit.export
+    def charges(self, scalar: torch.Tensor, spherical: torch.Tensor) -> torch.Tensor:
+        """Learned charges [n, C] from the final features."""
+        return self.model.charges(scalar, spherical)
 
     @torch.jit.export
     def structure_factors(
@@ -177,6 +212,90 @@ class ExportedLorem(torch.nn.Module):
             real_space,
         )
 
+    # -- particle-mesh Ewald on a mesh spread over ranks (cpp/src/mesh.cpp moves it) --
+
+    def _pme(self):
+        if not self.has_long_range:
+            raise ValueError("this model has no long range, hence no PME")
+        return self.model.pme
+
+    @torch.jit.export
+    def prefer_pme(self, cell: torch.Tensor, num_atoms: float) -> bool:
+        """Method auto: whether PME is estimated faster than Ewald for num_atoms (all ranks)."""
+        return self.model.prefers_pme(cell, int(num_atoms))
+
+    @torch.jit.export
+    def pme_mesh(self, cell: torch.Tensor) -> List[int]:
+        """[N0, N1, N2] of the cell (refuses, before allocating, meshes over the memory limit)."""
+        return self._pme().mesh_shape(cell)
+
+    @torch.jit.export
+    def pme_brick(
+        self, positions_local: torch.Tensor, cell: torch.Tensor, mesh: List[int]
+    ) -> Tuple[List[int], List[int]]:
+        """(lo, shape) of the mesh indices the local atoms' stencils touch (not wrapped)."""
+        return self._pme().brick_of_atoms(positions_local.detach(), cell.detach(), mesh)
+
+    @torch.jit.export
+    def pme_spread(
+        self,
+        positions_local: torch.Tensor,
+        charges_local: torch.Tensor,
+        cell: torch.Tensor,
+        strain: torch.Tensor,
+        brick_lo: List[int],
+        brick_shape: List[int],
+        mesh: List[int],
+    ) -> torch.Tensor:
+        """The local atoms' charges on their brick [C, b0, b1, b2] (sum over ranks: remap)."""
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        return self._pme().spread(
+            positions_local @ deformation,
+            charges_local,
+            cell @ deformation,
+            brick_lo,
+            brick_shape,
+            mesh,
+        )
+
+    @torch.jit.export
+    def pme_kernel(
+        self, cell: torch.Tensor, strain: torch.Tensor, mesh: List[int], ranges: List[List[int]]
+    ) -> torch.Tensor:
+        """The Ewald kernel on this rank's block of the spectrum [r0, r1, r2] (unnormalised
+        FFTs both ways), differentiable in the strain (the k-space virial)."""
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        return self._pme().kernel(cell @ deformation, mesh, ranges)
+
+    @torch.jit.export
+    def pme_potentials(
+        self,
+        positions: torch.Tensor,
+        charges_all: torch.Tensor,
+        potential_brick: torch.Tensor,
+        brick_lo: List[int],
+        mesh: List[int],
+        total_charge: torch.Tensor,
+        cell: torch.Tensor,
+        strain: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        n_local: int,
+    ) -> torch.Tensor:
+        """Potentials [n_local, C] of the local atoms: the mesh potentials of their brick
+        interpolated, plus real space over pairs with local and ghost charges, self and
+        background terms."""
+        pme = self._pme()
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        deformed = positions @ deformation
+        deformed_cell = cell @ deformation
+        distances = torch.linalg.norm(deformed[others] - deformed[centers], dim=-1)
+        real_space = pme.real_space_potentials(charges_all, n_local, centers, others, distances)
+        kspace = pme.interpolate(deformed[:n_local], potential_brick, deformed_cell, brick_lo, mesh)
+        return pme.potentials(
+            kspace, charges_all[:n_local], total_charge, deformed_cell, real_space
+        )
+
     @torch.jit.export
     def direct_potentials(
         self,
@@ -197,3 +316,58 @@ class ExportedLorem(torch.nn.Module):
     ) -> torch.Tensor:
         """Long-range energies [n_local] of the local atoms."""
         return self.model.readout(scalar, spherical, potentials)
+
+
+class ExportedLoremBEC(ExportedLorem):
+    """An ExportedLorem of a LoremBEC: the Born effective charges too, whole and staged.
+
+    Staged (docs/design.md section 4): stage_apt on the local features of every stage,
+    long_range_apt with the potentials, their sum over the local atoms and the atom count
+    summed over ranks (the acoustic sum rule is global), then Z*_i - total / N and the
+    field forces Z*_i E. The APT takes no part in the energy: no backward pass."""
+
+    def __init__(self, model: LoremBEC):
+        super().__init__(model)
+        self.bec = model
+        self.bec_model = BECModel(model)
+
+    @torch.jit.export
+    def born_effective_charges(
+        self,
+        positions: torch.Tensor,
+        atomic_numbers: torch.Tensor,
+        cell: torch.Tensor,
+        pbc: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        cell_shifts: torch.Tensor,
+        atom_structure: torch.Tensor,
+        structure_offsets: torch.Tensor,
+    ) -> torch.Tensor:
+        """[N, 3, 3] Z* of a batch, acoustic sum rule applied per structure."""
+        out = self.bec_model(
+            positions,
+            atomic_numbers,
+            cell,
+            pbc,
+            centers,
+            others,
+            cell_shifts,
+            atom_structure,
+            structure_offsets,
+            False,
+            False,
+            False,
+            None,
+        )
+        return out["apt"].detach()
+
+    @torch.jit.export
+    def stage_apt(self, stage: int, spherical: torch.Tensor) -> torch.Tensor:
+        """[n, 3, 3] APT of a stage's head (0: initial block, t: message-passing layer t)."""
+        return self.bec.stage_apt(stage, spherical.detach()).detach()
+
+    @torch.jit.export
+    def long_range_apt(self, spherical: torch.Tensor, potentials: torch.Tensor) -> torch.Tensor:
+        """[n, 3, 3] APT of the long-range head from the final features and potentials."""
+        return self.bec.long_range_apt(spherical.detach(), potentials.detach()).detach()

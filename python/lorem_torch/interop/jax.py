@@ -20,10 +20,13 @@ from typing import Callable, Dict, List, Mapping, Tuple
 import numpy as np
 import torch
 
+from ..models.bec import LoremBEC
 from ..models.lorem import DEFAULT_HYPERPARAMETERS, EquivariantMessagePassingStep, Lorem
 
 SUPPORTED_OPTIONS = set(DEFAULT_HYPERPARAMETERS)
 IGNORED_OPTIONS = {"inputs"}
+# lorem-jax model classes (the key of model.yaml) -> our kinds
+MODEL_KINDS = {"Lorem": "lorem", "LoremBEC": "bec"}
 
 
 class UnsupportedJaxOptionError(ValueError):
@@ -82,6 +85,8 @@ def _update(prefix: str, update, assignments: List[Assignment]) -> None:
 
 
 def _degree_wise(prefix: str, dense, assignments: List[Assignment]) -> None:
+    if dense.bias is not None:  # e3x puts the bias on the scalar channel only
+        assignments.append((f"{prefix}/0+/bias", dense.bias, _same))
     for l in range(dense.max_degree + 1):
         parity = "+" if l % 2 == 0 else "-"
         target = dense.kernel
@@ -94,6 +99,33 @@ def _degree_wise(prefix: str, dense, assignments: List[Assignment]) -> None:
 
 def _tensor(prefix: str, tensor, assignments: List[Assignment]) -> None:
     assignments.append((f"{prefix}/kernel", tensor.kernel, _tensor_kernel))
+
+
+def _even_output_tensor_kernel(x: np.ndarray) -> np.ndarray:
+    # [1, L1+1, 1, L2+1, 1 or 2, L3+1, F]: inputs without pseudotensors, the output's
+    # parity axis (2 with include_pseudotensors=True, unless an input has degree 0);
+    # lorem-jax keeps only index 0 (even parity) of the output, so the odd half is unused
+    if x.shape[0] != 1 or x.shape[2] != 1:
+        raise UnsupportedJaxOptionError(
+            f"tensor kernel of shape {x.shape} has pseudotensor inputs, which lorem-torch "
+            "does not implement"
+        )
+    return x[0, :, 0, :, 0, :, :]
+
+
+def _atomic_tensor_head(prefix: str, head, assignments: List[Assignment]) -> None:
+    """lorem-jax's PerParticleTensorPredictor: Dense_0..2 (e3x), then TensorDense_0."""
+    _degree_wise(f"{prefix}/Dense_0", head.dense_in, assignments)
+    _degree_wise(f"{prefix}/Dense_1", head.dense_hidden, assignments)
+    _degree_wise(f"{prefix}/Dense_2", head.dense_out, assignments)
+    _degree_wise(f"{prefix}/TensorDense_0/dense", head.coupling.dense, assignments)
+    assignments.append(
+        (
+            f"{prefix}/TensorDense_0/tensor/kernel",
+            head.coupling.tensor.kernel,
+            _even_output_tensor_kernel,
+        )
+    )
 
 
 def parameter_names(model: Lorem) -> List[Assignment]:
@@ -137,6 +169,14 @@ def parameter_names(model: Lorem) -> List[Assignment]:
         _tensor(names("Tensor"), block.potential_tensor, out)
         _update(names("Update"), block.update_lr, out)
         _mlp(names("MLP"), block.energy_head, out)
+    if isinstance(model, LoremBEC):
+        # the heads have their own name counter, in creation order: initial block,
+        # message-passing steps, long range
+        heads = [model.apt_initial, *model.apt_steps]
+        if model.apt_long_range is not None:
+            heads.append(model.apt_long_range)
+        for head in heads:
+            _atomic_tensor_head(names("PerParticleTensorPredictor"), head, out)
     return out
 
 
@@ -161,16 +201,24 @@ def from_jax_params(
     species: List[int] | None = None,
     baseline: Dict[int, float] | None = None,
     dtype: torch.dtype = torch.float32,
+    kind: str = "lorem",
 ) -> Lorem:
-    """A Lorem with the weights of a flat flax parameter dict {"Dense_0/kernel": array}.
+    """A Lorem (kind "lorem", lorem-jax's Lorem) or LoremBEC (kind "bec", lorem-jax's
+    LoremBEC) with the weights of a flat flax parameter dict {"Dense_0/kernel": array}.
 
     Keys may carry a leading "params/" (flax's collection name). Every flax
     parameter must be used and every model parameter set, or JaxParameterError.
+    Hyperparameters left out take the defaults of the lorem-jax class of that kind.
     """
     params = {
         k[len("params/") :] if k.startswith("params/") else k: v for k, v in flat_params.items()
     }
-    model = Lorem(**check_hyperparameters(hyperparameters), species=species, baseline=baseline)
+    classes = {"lorem": Lorem, "bec": LoremBEC}
+    if kind not in classes:
+        raise UnsupportedJaxOptionError(f"model kind {kind!r} is not one of {sorted(classes)}")
+    model = classes[kind](
+        **check_hyperparameters(hyperparameters), species=species, baseline=baseline
+    )
     model = model.to(dtype)
     used = set()
     with torch.no_grad():
@@ -236,7 +284,7 @@ def read_flax_msgpack(path) -> Dict[str, np.ndarray]:
 
 def import_jax_checkpoint(folder, dtype: torch.dtype = torch.float32) -> Lorem:
     """A lorem-jax checkpoint folder (model/model.yaml, model/model.msgpack,
-    model/baseline.yaml) -> a Lorem with its weights, species and baseline."""
+    model/baseline.yaml) -> a Lorem or LoremBEC with its weights, species and baseline."""
     from pathlib import Path
 
     import yaml
@@ -250,10 +298,11 @@ def import_jax_checkpoint(folder, dtype: torch.dtype = torch.float32) -> Lorem:
     spec = spec.get("model", spec)
     if len(spec) != 1:
         raise UnsupportedJaxOptionError(f"model.yaml names several models: {list(spec)}")
-    ((kind, hyperparameters),) = spec.items()
-    if kind.split(".")[-1] != "Lorem":
+    ((class_name, hyperparameters),) = spec.items()
+    kind = MODEL_KINDS.get(class_name.split(".")[-1])
+    if kind is None:
         raise UnsupportedJaxOptionError(
-            f"model class {kind} is not supported (only lorem.Lorem; LoremBEC is not)"
+            f"model class {class_name} is not supported (only lorem.Lorem and lorem.LoremBEC)"
         )
     species = baseline = None
     if (model_dir / "baseline.yaml").is_file():
@@ -262,7 +311,7 @@ def import_jax_checkpoint(folder, dtype: torch.dtype = torch.float32) -> Lorem:
         species = sorted(baseline)
     params = read_flax_msgpack(model_dir / "model.msgpack")
     return from_jax_params(
-        params, hyperparameters or {}, species=species, baseline=baseline, dtype=dtype
+        params, hyperparameters or {}, species=species, baseline=baseline, dtype=dtype, kind=kind
     )
 
 
@@ -271,6 +320,7 @@ def import_jax_main(argv=None) -> None:
     import argparse
 
     from ..checkpoint import save_checkpoint
+    from ..commands import add_version, fail
 
     parser = argparse.ArgumentParser(
         prog="lorem-import-jax",
@@ -278,7 +328,11 @@ def import_jax_main(argv=None) -> None:
     )
     parser.add_argument("folder", help="lorem-jax checkpoint folder (holding model/model.yaml)")
     parser.add_argument("-o", "--output", required=True, help="lorem-torch checkpoint to write")
+    add_version(parser)
     args = parser.parse_args(argv)
-    model = import_jax_checkpoint(args.folder, dtype=torch.float32)
+    try:
+        model = import_jax_checkpoint(args.folder, dtype=torch.float32)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        fail("lorem-import-jax", error)
     save_checkpoint(args.output, model, metadata={"imported_from": str(args.folder)})
     print(f"wrote {args.output}: species {model.species}, {model.hyperparameters}")

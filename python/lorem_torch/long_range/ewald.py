@@ -1,4 +1,4 @@
-"""Ewald summation in stages (DESIGN.md sections 2 and 3), for C independent charge channels.
+"""Ewald summation in stages (docs/design.md sections 2 and 4), for C independent charge channels.
 
 Conventions (jax-pme, as used by lorem-jax): Coulomb 1/r with prefactor 1, Gaussian
 smearing sigma; real space erfc(r / (sqrt(2) sigma)) / r over a full neighbour
@@ -6,7 +6,12 @@ list; k-space over the half-space grid n_a = ceil(|a_a| / lr_wavelength) with
 kernel 4 pi exp(-sigma^2 k^2 / 2) / k^2 / V (k = 0 left out, each k standing for
 the pair k, -k); self term -q sqrt(2 / pi) / sigma; background -2 pi sigma^2 Q / V.
 The returned potentials carry the overall factor 1/2, so that the energy of a
-channel is sum_i q_i V_i.
+channel is sum_i q_i V_i (terms.py: the parts shared with PME).
+
+With an accuracy target (accuracy.py), the k-vectors with |k| > k_c are left out:
+the grid shrinks to the |m_a| <= k_c |a_a| / (2 pi) that the sphere reaches (never
+beyond the reference grid) and the kernel is zero outside the sphere. Without one,
+the sum runs over the whole reference grid (jax-pme, torch-pme).
 
 The stages, so that atoms may be spread over MPI ranks:
   1. structure_factors(local atoms) -> S [C, K, 2] (real, imaginary); summed over ranks
@@ -23,6 +28,22 @@ import math
 from typing import List, Tuple
 
 import torch
+
+from .accuracy import ewald_kspace_cutoff
+from .terms import (
+    check_memory,
+    check_periodic_cell,
+    combine_potentials,
+    one_decimal,
+    real_space_potentials,
+)
+
+# floats held per k-vector and channel at the peak of one evaluation with gradients:
+# S(k) (2), the kernel-weighted S (2), their gradients (4); and per k-vector alone
+# (kernel, |k|^2, masks and their gradients); measured: 0.40 GB for the 1.2 M k-vectors
+# of one atom in a 100 A cell (float32, 10 channels), estimated 0.42 GB
+KSPACE_FLOATS_PER_CHANNEL = 8.0
+KSPACE_FLOATS = 8.0
 
 
 def kgrid_shape(cell: torch.Tensor, lr_wavelength: float) -> List[int]:
@@ -72,11 +93,23 @@ class Ewald(torch.nn.Module):
         lr_wavelength: float,
         prefactor: float = 1.0,
         chunk_elements: int = 2**24,
+        accuracy: float | None = None,
+        channels: int = 1,
+        max_memory_gb: float = 8.0,
     ):
         super().__init__()
         self.smearing = smearing
         self.lr_wavelength = lr_wavelength
         self.prefactor = prefactor
+        self.accuracy = accuracy
+        # |k| beyond which k-vectors are left out (infinite: the whole reference grid)
+        self.kspace_cutoff = (
+            math.inf if accuracy is None else ewald_kspace_cutoff(smearing, accuracy)
+        )
+        # the memory estimate before a grid is used assumes this many charge channels
+        self.channels = int(channels)
+        self.floats_per_kvector = KSPACE_FLOATS_PER_CHANNEL * self.channels + KSPACE_FLOATS
+        self.max_memory_bytes = float(max_memory_gb) * 1e9
         # atoms are processed in chunks so that the per-chunk phase tables
         # [atoms, n2 n3] hold about this many elements
         self.chunk_elements = chunk_elements
@@ -85,7 +118,42 @@ class Ewald(torch.nn.Module):
         return max(1, self.chunk_elements // max(1, shape[1] * shape[2]))
 
     def grid_shape(self, cell: torch.Tensor) -> List[int]:
-        return kgrid_shape(cell, self.lr_wavelength)
+        """[3, 3] -> [n1, n2, n3]: the reference grid, cut to the sphere |k| <= k_c.
+
+        Raises before anything is allocated if the k-space would not fit in the memory limit.
+        """
+        check_periodic_cell(cell, "Ewald")
+        shape = self.cut_grid(cell)
+        lengths: List[float] = torch.linalg.norm(cell.detach().to(torch.float64), dim=-1).tolist()
+        itemsize = 8.0 if cell.dtype == torch.float64 else 4.0
+        check_memory(
+            "the Ewald k-space ("
+            + "x".join([str(n) for n in shape])
+            + " grid) of this "
+            + " x ".join([one_decimal(x) for x in lengths])
+            + " A cell",
+            float(((shape[0] - 1) // 2 + 1) * shape[1] * shape[2]),
+            "k-vectors",
+            self.floats_per_kvector * itemsize,
+            self.max_memory_bytes,
+        )
+        return shape
+
+    def cut_grid(self, cell: torch.Tensor) -> List[int]:
+        """The grid of grid_shape without the checks (for cost estimates)."""
+        shape = kgrid_shape(cell, self.lr_wavelength)
+        if not math.isinf(self.kspace_cutoff):
+            lengths: List[float] = torch.linalg.norm(
+                cell.detach().to(torch.float64), dim=-1
+            ).tolist()
+            for a in range(3):
+                reach = int(math.floor(self.kspace_cutoff * lengths[a] / (2.0 * math.pi)))
+                shape[a] = min(shape[a], 2 * reach + 1)
+        return shape
+
+    def num_kvectors(self, shape: List[int]) -> int:
+        """K of the structure factors [C, K, 2] on this grid (zero-weight ones included)."""
+        return ((shape[0] - 1) // 2 + 1) * shape[1] * shape[2]
 
     def _phases(
         self, positions: torch.Tensor, cell: torch.Tensor, shape: List[int]
@@ -114,6 +182,8 @@ class Ewald(torch.nn.Module):
         )
         k2 = (k * k).sum(dim=-1)
         used = weight > 0
+        if not math.isinf(self.kspace_cutoff):
+            used = used & (k2.detach() <= self.kspace_cutoff**2)
         safe_k2 = torch.where(used, k2, torch.ones_like(k2))
         g = 4.0 * math.pi * torch.exp(-0.5 * self.smearing**2 * safe_k2) / safe_k2
         g = torch.where(used, weight * g, torch.zeros_like(g))
@@ -208,12 +278,9 @@ class Ewald(torch.nn.Module):
 
         centers index the receivers, others index charges_all (which may hold ghosts).
         """
-        pair = torch.erfc(distances / (math.sqrt(2.0) * self.smearing)) / distances
-        contributions = charges_all.index_select(0, others) * pair[:, None]
-        out = torch.zeros(
-            num_receivers, charges_all.shape[1], dtype=charges_all.dtype, device=charges_all.device
+        return real_space_potentials(
+            charges_all, num_receivers, centers, others, distances, self.smearing
         )
-        return out.index_add(0, centers, contributions) / 2.0
 
     def potentials(
         self,
@@ -227,11 +294,10 @@ class Ewald(torch.nn.Module):
     ) -> torch.Tensor:
         """Potentials of the receiving atoms [N, C] from the summed S(k) and Q, plus
         their real-space part (from real_space_potentials)."""
-        volume = torch.abs(torch.linalg.det(cell))
-        pot = self.kspace_potentials(positions, structure_factors, cell, shape)
-        pot = pot - charges * math.sqrt(2.0 / math.pi) / self.smearing
-        pot = pot - 2.0 * math.pi * self.smearing**2 * total_charge[None, :] / volume
-        return self.prefactor * (pot / 2.0 + real_space)
+        kspace = self.kspace_potentials(positions, structure_factors, cell, shape)
+        return combine_potentials(
+            kspace, charges, total_charge, cell, real_space, self.smearing, self.prefactor
+        )
 
     def forward(
         self,

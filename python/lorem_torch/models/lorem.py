@@ -5,17 +5,19 @@ Shapes: N atoms, P pairs (i <- j), d = num_features, s = num_spherical_features,
 L = max_degree, C = 1 + (max_degree_lr + 1)**2 charge channels.
 Scalar features [N, d]; spherical features [N, (L+1)**2, s] (e3x basis).
 
-The forward pass is split into the stages of DESIGN.md section 3:
+The forward pass is split into the stages of docs/design.md section 4:
   encode -> charges, per-atom short-range energies and the state for the readout;
   long-range potentials of the charges (long_range/);
   readout(state, potentials) -> per-atom long-range energies.
 """
 
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 
-from ..long_range import Ewald, direct_potentials
+from ..errors import UnknownElementError
+from ..long_range import PME, Ewald, direct_potentials, long_range_settings
+from ..long_range.settings import prefer_pme
 from ..nn.constants import ConstantsModule
 from ..nn.layers import MLP, DegreeWiseDense, Dense, TensorDense, TensorProduct, Update
 from ..nn.radial import BernsteinBasis, cosine_cutoff
@@ -103,12 +105,17 @@ class ScalarMessagePassingStep(torch.nn.Module):
         radial: torch.Tensor,
         centers: torch.Tensor,
         others: torch.Tensor,
+        num_nodes: int,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """New scalar features [N, d] and the edge scalars [P, d]."""
+        """New scalar features [num_nodes, d] of the receiving atoms and the edge scalars [P, d].
+
+        scalar [N, d] holds every atom (receivers first, then ghosts that only send)."""
         pair_features = torch.cat([scalar[centers], scalar[others]], dim=-1)
         edges_scalar = self.radial_coefficients(pair_features, radial)
-        summed = edges_scalar.new_zeros(scalar.shape).index_add(0, centers, edges_scalar)
-        return self.update_scalar(scalar, self.edge_to_node(summed)), edges_scalar
+        summed = edges_scalar.new_zeros(num_nodes, scalar.shape[1]).index_add(
+            0, centers, edges_scalar
+        )
+        return self.update_scalar(scalar[:num_nodes], self.edge_to_node(summed)), edges_scalar
 
     def forward(
         self,
@@ -118,10 +125,11 @@ class ScalarMessagePassingStep(torch.nn.Module):
         harmonics: torch.Tensor,
         centers: torch.Tensor,
         others: torch.Tensor,
+        num_nodes: int,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(scalar, spherical, per-atom energy term)."""
-        scalar, _ = self.scalar_update(scalar, radial, centers, others)
-        return scalar, spherical, self.energy_head(scalar)[:, 0]
+        """(scalar, spherical, per-atom energy term) of the first num_nodes atoms."""
+        scalar, _ = self.scalar_update(scalar, radial, centers, others, num_nodes)
+        return scalar, spherical[:num_nodes], self.energy_head(scalar)[:, 0]
 
 
 class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
@@ -149,8 +157,9 @@ class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
         harmonics: torch.Tensor,
         centers: torch.Tensor,
         others: torch.Tensor,
+        num_nodes: int,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        scalar, edges_scalar = self.scalar_update(scalar, radial, centers, others)
+        scalar, edges_scalar = self.scalar_update(scalar, radial, centers, others, num_nodes)
         edges_spherical = edge_spherical(
             self.spherical_coefficients(edges_scalar),
             harmonics,
@@ -158,8 +167,12 @@ class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
             self.max_degree,
         )
         products = self.message_tensor(self.filter(edges_spherical), spherical[others])
-        messages = torch.zeros_like(spherical).index_add(0, centers, products)
-        spherical = self.combine(self.self_dense(spherical), self.message_dense(messages))
+        messages = products.new_zeros(num_nodes, spherical.shape[1], spherical.shape[2]).index_add(
+            0, centers, products
+        )
+        spherical = self.combine(
+            self.self_dense(spherical[:num_nodes]), self.message_dense(messages)
+        )
         scalar = self.update_spherical(
             scalar, norm_features(spherical, self.max_degree, self.l_factors)
         )
@@ -188,17 +201,28 @@ class LongRangeBlock(ConstantsModule):
         spherical_charges = projected.reshape(projected.shape[0], projected.shape[1])
         return torch.cat([self.charge_head(scalar), spherical_charges], dim=-1)
 
-    def readout(
-        self, scalar: torch.Tensor, spherical: torch.Tensor, potentials: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-atom long-range energies [N] from the state and the potentials [N, C]."""
-        num_atoms = scalar.shape[0]
+    def spherical_updates(self, spherical: torch.Tensor, potentials: torch.Tensor) -> torch.Tensor:
+        """[N, (L+1)**2, s]: the spherical potentials, mixed to s channels, coupled with the
+        spherical features (what the readout, and LoremBEC's last APT head, see)."""
+        num_atoms = spherical.shape[0]
         spherical_potential = potentials[:, 1:].reshape(num_atoms, potentials.shape[1] - 1, 1)
-        products = self.potential_tensor(self.potential_mixing(spherical_potential), spherical)
+        return self.potential_tensor(self.potential_mixing(spherical_potential), spherical)
+
+    def readout_updates(
+        self, scalar: torch.Tensor, potentials: torch.Tensor, products: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom long-range energies [N] given the spherical updates [N, (L+1)**2, s]."""
         updates = torch.cat(
             [potentials[:, 0:1], norm_features(products, self.max_degree, self.l_factors)], dim=-1
         )
         return self.energy_head(self.update_lr(scalar, updates))[:, 0]
+
+    def readout(
+        self, scalar: torch.Tensor, spherical: torch.Tensor, potentials: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-atom long-range energies [N] from the state and the potentials [N, C]."""
+        products = self.spherical_updates(spherical, potentials)
+        return self.readout_updates(scalar, potentials, products)
 
 
 def degree_factors(max_degree: int) -> torch.Tensor:
@@ -247,7 +271,11 @@ class Lorem(ConstantsModule):
         initialize_node_features: bool = True,
         species: List[int] | None = None,
         baseline: Dict[int, float] | None = None,
+        long_range: str | Mapping[str, Any] | None = None,
     ):
+        """lorem-jax hyperparameters, the species and per-element baseline energies, and
+        the long-range settings (long_range/settings.py: method ewald | pme | auto,
+        accuracy, max_memory_gb; None: Ewald at the default accuracy)."""
         super().__init__()
         if cutoff_fn != "cosine_cutoff":
             raise ValueError(f"cutoff_fn {cutoff_fn!r} is not supported (only 'cosine_cutoff')")
@@ -267,7 +295,7 @@ class Lorem(ConstantsModule):
         self.num_features = d
         self.spherical_features = s
         self.num_charges = 1 + (max_degree_lr + 1) ** 2 if lr else 0
-        # long-range parameters are model state (DESIGN.md section 2), never re-derived
+        # long-range parameters are model state (docs/design.md section 2), never re-derived
         self.lr_wavelength = self.cutoff / 8.0
         self.smearing = 2.0 * self.lr_wavelength
 
@@ -311,7 +339,25 @@ class Lorem(ConstantsModule):
         self.message_passing = torch.nn.ModuleList(steps)
 
         # -- long range --
-        self.ewald = Ewald(smearing=self.smearing, lr_wavelength=self.lr_wavelength)
+        self.long_range_settings = long_range_settings(long_range)
+        self.long_range_method: str = self.long_range_settings["method"]
+        accuracy = self.long_range_settings["accuracy"]
+        max_memory_gb = self.long_range_settings["max_memory_gb"]
+        self.ewald = Ewald(
+            smearing=self.smearing,
+            lr_wavelength=self.lr_wavelength,
+            accuracy=accuracy,
+            channels=max(1, self.num_charges),
+            max_memory_gb=max_memory_gb,
+        )
+        # built for every model, like Ewald (no parameters): TorchScript then types the
+        # staged pme_* methods of short-range exports too; self.long_range gates their use
+        self.pme = PME(
+            smearing=self.smearing,
+            accuracy=accuracy,
+            channels=max(1, self.num_charges),
+            max_memory_gb=max_memory_gb,
+        )
         self.long_range: LongRangeBlock | None = (
             LongRangeBlock(d, max_degree, s, max_degree_lr) if lr else None
         )
@@ -336,51 +382,72 @@ class Lorem(ConstantsModule):
     def config(self) -> Dict:
         """Everything needed to rebuild the model, as plain data."""
         baseline = {z: float(self.baseline[z]) for z in self.species if float(self.baseline[z])}
-        return {**self.hyperparameters, "species": list(self.species), "baseline": baseline}
+        return {
+            **self.hyperparameters,
+            "species": list(self.species),
+            "baseline": baseline,
+            "long_range": dict(self.long_range_settings),
+        }
+
+    @torch.jit.unused
+    def with_long_range(self, long_range: str | Mapping[str, Any] | None) -> "Lorem":
+        """A new model with the same weights and these long-range settings, given over
+        the current ones (e.g. "pme", or {"accuracy": 1e-8})."""
+        config = self.config()
+        config["long_range"] = long_range_settings(long_range, base=self.long_range_settings)
+        baseline = config.pop("baseline")
+        config.pop("kind", None)
+        parameter = next(self.parameters())
+        model = type(self)(**config, baseline=baseline).to(dtype=parameter.dtype)
+        model.load_state_dict(self.state_dict())
+        return model.to(device=parameter.device)
 
     def check_species(self, atomic_numbers: torch.Tensor) -> None:
-        """Raise for atomic numbers the model does not know (one host sync)."""
-        out_of_range = (atomic_numbers < 0) | (atomic_numbers >= self.known_species.shape[0])
-        if bool(out_of_range.any()):
-            raise ValueError("unknown element: atomic numbers must lie in [0, 100)")
-        unknown = ~self.known_species[atomic_numbers]
-        if bool(unknown.any()):
-            bad: List[int] = torch.unique(atomic_numbers[unknown]).tolist()
-            raise ValueError(
+        """Raise UnknownElementError for atomic numbers the model was not built for.
+
+        One host sync (the `bool`); the list of offenders is only built on failure.
+        """
+        table_size = self.known_species.shape[0]
+        in_range = (atomic_numbers >= 0) & (atomic_numbers < table_size)
+        known = self.known_species[atomic_numbers.clamp(0, table_size - 1)] & in_range
+        if not bool(known.all()):
+            bad: List[int] = torch.unique(atomic_numbers[~known]).tolist()
+            raise UnknownElementError(
                 "unknown element: atomic numbers "
                 + str(bad)
                 + " are not among the model's species "
                 + str(self.species)
             )
 
-    # -- stage 1: encode --
+    # -- stage 1: encode (initial block, message passing, charges) --
 
-    def encode(
-        self,
-        atomic_numbers: torch.Tensor,
-        pair_vectors: torch.Tensor,
-        centers: torch.Tensor,
-        others: torch.Tensor,
-        num_nodes: int = -1,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Short-range part given [P, 3] vectors r_j - r_i of pairs i <- j.
-
-        Node features are computed for the first `num_nodes` atoms (all by default);
-        the others (ghost atoms) only lend their species to the edges, and every
-        centre must lie among the nodes. Message passing needs all atoms as nodes.
-
-        Returns per-atom energies without baseline [n], scalar [n, d] and spherical
-        [n, (L+1)**2, s] features, and charges [n, C] (C = 0 without long range).
-        """
-        num_atoms = atomic_numbers.shape[0] if num_nodes < 0 else num_nodes
+    def edge_basis(self, pair_vectors: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """[P, 3] vectors r_j - r_i -> radial functions times the cutoff [P, num_radial] and
+        spherical harmonics of the unit vectors [P, (L+1)**2]."""
         distances = torch.linalg.norm(pair_vectors, dim=-1)
         unit = pair_vectors / distances[:, None]
         radial = self.radial(distances) * cosine_cutoff(distances, self.cutoff)[:, None]
-        harmonics = self.harmonics(unit)
+        return radial, self.harmonics(unit)
 
+    def initial_features(
+        self,
+        atomic_numbers: torch.Tensor,
+        radial: torch.Tensor,
+        harmonics: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        num_nodes: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The initial block for the first `num_nodes` atoms; the others (ghost atoms)
+        only lend their species to the edges, and every centre must be a node.
+
+        Returns per-atom energies (no baseline) [n], scalar [n, d], spherical [n, (L+1)**2, s].
+        Every path into the model passes here, so this is where species are checked.
+        """
+        self.check_species(atomic_numbers)
         present, species_index = torch.unique(atomic_numbers, return_inverse=True)
         num_types = present.shape[0]
-        species_embedding = self.embedding[atomic_numbers[:num_atoms]]
+        species_embedding = self.embedding[atomic_numbers[:num_nodes]]
         pair_type = species_index[centers] * num_types + species_index[others]
         edges_scalar = self.radial_coefficients.from_species_pairs(
             self.embedding[present], pair_type, num_types, radial
@@ -390,9 +457,9 @@ class Lorem(ConstantsModule):
         if node_init is not None:
             scalar = node_init(species_embedding)
         else:
-            scalar = species_embedding.new_zeros(num_atoms, self.num_features)
+            scalar = species_embedding.new_zeros(num_nodes, self.num_features)
         # the sum over neighbours commutes with the bias-free Dense: sum first
-        summed = edges_scalar.new_zeros(num_atoms, self.num_features).index_add(
+        summed = edges_scalar.new_zeros(num_nodes, self.num_features).index_add(
             0, centers, edges_scalar
         )
         scalar = self.update_scalar(scalar, self.edge_to_node(summed))
@@ -404,26 +471,67 @@ class Lorem(ConstantsModule):
             self.max_degree,
         )
         spherical = edges_spherical.new_zeros(
-            num_atoms, edges_spherical.shape[1], self.spherical_features
+            num_nodes, edges_spherical.shape[1], self.spherical_features
         ).index_add(0, centers, edges_spherical)
         spherical = self.self_tensor(spherical)
         scalar = self.update_spherical(
             scalar, norm_features(spherical, self.max_degree, self.l_factors)
         )
-        energy = self.energy_head(scalar)[:, 0]
+        return self.energy_head(scalar)[:, 0], scalar, spherical
 
+    def message_passing_step(
+        self,
+        layer: int,
+        scalar: torch.Tensor,
+        spherical: torch.Tensor,
+        radial: torch.Tensor,
+        harmonics: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        num_nodes: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Message-passing layer `layer` (0-based): features of all atoms [N, ...] (nodes
+        first, then ghosts with their owners' features) -> energy term, scalar and
+        spherical features of the first `num_nodes` atoms."""
+        for index, step in enumerate(self.message_passing):
+            if index == layer:
+                scalar, spherical, energy = step(
+                    scalar, spherical, radial, harmonics, centers, others, num_nodes
+                )
+                return energy, scalar, spherical
+        raise ValueError("message-passing layer index out of range")
+
+    def charges(self, scalar: torch.Tensor, spherical: torch.Tensor) -> torch.Tensor:
+        """[n, C] learned charges of the atoms (C = 0 without long range)."""
+        long_range = self.long_range
+        if long_range is None:
+            return scalar.new_zeros(scalar.shape[0], 0)
+        return long_range.charges(scalar, spherical)
+
+    def encode(
+        self,
+        atomic_numbers: torch.Tensor,
+        pair_vectors: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Short-range part of a whole system (every atom a node) given [P, 3] vectors
+        r_j - r_i of pairs i <- j.
+
+        Returns per-atom energies without baseline [N], scalar [N, d] and spherical
+        [N, (L+1)**2, s] features, and charges [N, C].
+        """
+        num_atoms = atomic_numbers.shape[0]
+        radial, harmonics = self.edge_basis(pair_vectors)
+        energy, scalar, spherical = self.initial_features(
+            atomic_numbers, radial, harmonics, centers, others, num_atoms
+        )
         for step in self.message_passing:
             scalar, spherical, step_energy = step(
-                scalar, spherical, radial, harmonics, centers, others
+                scalar, spherical, radial, harmonics, centers, others, num_atoms
             )
             energy = energy + step_energy
-
-        long_range = self.long_range
-        if long_range is not None:
-            charges = long_range.charges(scalar, spherical)
-        else:
-            charges = scalar.new_zeros(num_atoms, 0)
-        return energy, scalar, spherical, charges
+        return energy, scalar, spherical, self.charges(scalar, spherical)
 
     # -- stage 5: readout --
 
@@ -438,6 +546,25 @@ class Lorem(ConstantsModule):
 
     # -- single process: stages 2-4 with identity communication --
 
+    def uses_pme(self, cell: torch.Tensor, num_atoms: int) -> bool:
+        """Whether a periodic structure's k-space goes to PME: always for method pme,
+        never for ewald, by the estimated cost for auto (long_range/settings.py)."""
+        if self.long_range is None or self.long_range_method == "ewald":
+            return False
+        if self.long_range_method == "pme":
+            return True
+        return self.prefers_pme(cell, num_atoms)
+
+    def prefers_pme(self, cell: torch.Tensor, num_atoms: int) -> bool:
+        """Method auto's choice: whether PME is estimated faster than Ewald here."""
+        if self.long_range is None:
+            return False
+        grid = self.ewald.cut_grid(cell)
+        mesh = self.pme.mesh_of(cell)
+        return prefer_pme(
+            num_atoms, self.ewald.num_kvectors(grid), mesh[0] * mesh[1] * mesh[2], self.pme.order
+        )
+
     def long_range_potentials(
         self,
         positions: torch.Tensor,
@@ -450,7 +577,8 @@ class Lorem(ConstantsModule):
         pair_structure: torch.Tensor,
         structure_offsets: torch.Tensor,
     ) -> torch.Tensor:
-        """[N, C] potentials of a batch: Ewald per periodic structure, direct sum otherwise."""
+        """[N, C] potentials of a batch: Ewald or PME per periodic structure (uses_pme),
+        direct sum otherwise."""
         periodic_pairs = pbc[pair_structure]
         real_space = self.ewald.real_space_potentials(
             charges,
@@ -466,7 +594,13 @@ class Lorem(ConstantsModule):
             start, stop = offsets[index], offsets[index + 1]
             q = charges[start:stop]
             r = positions[start:stop]
-            if periodic[index]:
+            if periodic[index] and self.uses_pme(cell[index], stop - start):
+                pme = self.pme
+                kspace = pme.kspace_potentials(r, q, cell[index])
+                pieces.append(
+                    pme.potentials(kspace, q, q.sum(dim=0), cell[index], real_space[start:stop])
+                )
+            elif periodic[index]:
                 shape = self.ewald.grid_shape(cell[index])
                 structure_factors = self.ewald.structure_factors(r, q, cell[index], shape)
                 pieces.append(
@@ -500,11 +634,8 @@ class Lorem(ConstantsModule):
 
         Inputs as in keys.py; differentiable in positions and cell.
         """
-        pair_structure = atom_structure[centers]
-        pair_vectors = (
-            positions[others]
-            - positions[centers]
-            + torch.einsum("pa,pab->pb", cell_shifts, cell[pair_structure])
+        pair_vectors = batch_pair_vectors(
+            positions, cell, centers, others, cell_shifts, atom_structure
         )
         energy, scalar, spherical, charges = self.encode(
             atomic_numbers, pair_vectors, centers, others
@@ -519,8 +650,25 @@ class Lorem(ConstantsModule):
                 centers,
                 others,
                 torch.linalg.norm(pair_vectors, dim=-1),
-                pair_structure,
+                atom_structure[centers],
                 structure_offsets,
             )
             energy = energy + self.readout(scalar, spherical, potentials)
         return energy + self.baseline[atomic_numbers], charges, potentials
+
+
+def batch_pair_vectors(
+    positions: torch.Tensor,
+    cell: torch.Tensor,
+    centers: torch.Tensor,
+    others: torch.Tensor,
+    cell_shifts: torch.Tensor,
+    atom_structure: torch.Tensor,
+) -> torch.Tensor:
+    """[P, 3] r_j - r_i + shift @ cell of the pairs i <- j of a batch (keys.py inputs)."""
+    pair_structure = atom_structure[centers]
+    return (
+        positions[others]
+        - positions[centers]
+        + torch.einsum("pa,pab->pb", cell_shifts, cell[pair_structure])
+    )

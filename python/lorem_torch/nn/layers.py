@@ -81,32 +81,58 @@ class Update(torch.nn.Module):
 
 
 class DegreeWiseDense(torch.nn.Module):
-    """e3x.nn.Dense without bias: a separate [in, out] kernel for every degree.
+    """e3x.nn.Dense: a separate [in, out] kernel for every degree, and optionally a
+    bias [out] on the scalar (l = 0) component only (anything else breaks equivariance).
 
     [N, (L+1)**2, in] -> [N, (L+1)**2, out]; kernel [L+1, in, out].
     """
 
-    def __init__(self, max_degree: int, in_features: int, out_features: int):
+    def __init__(self, max_degree: int, in_features: int, out_features: int, bias: bool = False):
         super().__init__()
         self.max_degree = max_degree
         self.kernel = torch.nn.Parameter(
             torch.randn(max_degree + 1, in_features, out_features) / math.sqrt(in_features)
         )
+        self.bias = torch.nn.Parameter(torch.zeros(out_features)) if bias else None
         self.register_buffer("degree", degree_of_component(max_degree), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # [N, C, in] x [C, in, out] -> [N, C, out]; C = (L+1)**2 is small
-        return torch.einsum("ncf,cfg->ncg", x, self.kernel[self.degree])
+        y = torch.einsum("ncf,cfg->ncg", x, self.kernel[self.degree])
+        bias = self.bias
+        if bias is not None:
+            y = torch.cat([y[:, :1, :] + bias, y[:, 1:, :]], dim=1)
+        return y
+
+
+def gated_silu(x: torch.Tensor) -> torch.Tensor:
+    """e3x.nn.silu on spherical features [N, (L+1)**2, F]: every component of a feature
+    times sigmoid of that feature's scalar (l = 0) component (silu for the scalar)."""
+    return torch.sigmoid(x[:, :1, :]) * x
 
 
 class TensorProduct(ConstantsModule):
-    """e3x.nn.Tensor without pseudotensors: feature-wise coupling of two spherical inputs.
+    """e3x.nn.Tensor on inputs without pseudotensors: feature-wise coupling of two
+    spherical inputs.
 
     z[n, c3, f] = sum_{c1, c2} x1[n, c1, f] x2[n, c2, f] w[l1, l2, l3, f] CG[c1, c2, c3]
-    over the parity-conserving paths (l1 + l2 + l3 even). kernel [L1+1, L2+1, L3+1, F].
+    over the parity-conserving paths. kernel [L1+1, L2+1, L3+1, F].
+
+    By default the output has the natural parity (-1)^l3 of each degree (e3x's
+    include_pseudotensors=False: l1 + l2 + l3 even). With `even_output`, it is e3x's
+    even-parity channel (index 0 of the parity axis with include_pseudotensors=True:
+    l1 + l2 even), whose l = 1 part is a pseudovector, as the antisymmetric part of a
+    rank-2 tensor is.
     """
 
-    def __init__(self, max_degree1: int, max_degree2: int, max_degree3: int, features: int):
+    def __init__(
+        self,
+        max_degree1: int,
+        max_degree2: int,
+        max_degree3: int,
+        features: int,
+        even_output: bool = False,
+    ):
         super().__init__()
         self.max_degree1 = max_degree1
         self.max_degree2 = max_degree2
@@ -114,7 +140,8 @@ class TensorProduct(ConstantsModule):
         l1 = torch.arange(max_degree1 + 1)[:, None, None]
         l2 = torch.arange(max_degree2 + 1)[None, :, None]
         l3 = torch.arange(max_degree3 + 1)[None, None, :]
-        allowed = ((l1 + l2 + l3) % 2 == 0) & ((l1 - l2).abs() <= l3) & (l3 <= l1 + l2)
+        parity = (l1 + l2) % 2 == 0 if even_output else (l1 + l2 + l3) % 2 == 0
+        allowed = parity & ((l1 - l2).abs() <= l3) & (l3 <= l1 + l2)
         paths_per_output = allowed.sum(dim=(0, 1)).clamp(min=1).to(torch.get_default_dtype())
         kernel = torch.randn(max_degree1 + 1, max_degree2 + 1, max_degree3 + 1, features)
         self.kernel = torch.nn.Parameter(
@@ -146,16 +173,27 @@ class TensorProduct(ConstantsModule):
 
 
 class TensorDense(torch.nn.Module):
-    """e3x.nn.TensorDense without bias: two degree-wise projections, then their product.
+    """e3x.nn.TensorDense: two degree-wise projections, then their product.
 
-    [N, (L_in+1)**2, in] -> [N, (L_out+1)**2, out].
+    [N, (L_in+1)**2, in] -> [N, (L_out+1)**2, out]. `bias` adds a bias to the scalar
+    component of the projections; `even_output` as in TensorProduct.
     """
 
-    def __init__(self, max_degree: int, in_features: int, out_features: int, max_degree_out: int):
+    def __init__(
+        self,
+        max_degree: int,
+        in_features: int,
+        out_features: int,
+        max_degree_out: int,
+        bias: bool = False,
+        even_output: bool = False,
+    ):
         super().__init__()
         self.out_features = out_features
-        self.dense = DegreeWiseDense(max_degree, in_features, 2 * out_features)
-        self.tensor = TensorProduct(max_degree, max_degree, max_degree_out, out_features)
+        self.dense = DegreeWiseDense(max_degree, in_features, 2 * out_features, bias=bias)
+        self.tensor = TensorProduct(
+            max_degree, max_degree, max_degree_out, out_features, even_output=even_output
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         projected = self.dense(x)

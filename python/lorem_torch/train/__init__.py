@@ -3,7 +3,7 @@
 from .config import DEFAULTS, ConfigError, resolve
 from .data import DataError, LabelKeys, MissingKeyError, fit_baseline
 from .evaluation import evaluate_checkpoint
-from .loop import Trainer, train
+from .loop import RunFolderError, Trainer, train
 
 __all__ = [
     "DEFAULTS",
@@ -11,6 +11,7 @@ __all__ = [
     "DataError",
     "LabelKeys",
     "MissingKeyError",
+    "RunFolderError",
     "Trainer",
     "evaluate_checkpoint",
     "fit_baseline",

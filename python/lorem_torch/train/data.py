@@ -29,6 +29,8 @@ class LabelKeys:
     energy: str = "energy"
     forces: str | None = "forces"
     stress: str | None = None
+    apt: str | None = None  # Born effective charges: 9 values per atom, row-major 3x3
+    electric_field: str | None = None  # 3 values in atoms.info, V/A; absent means none
 
 
 @dataclass
@@ -39,6 +41,8 @@ class Sample:
     stress: np.ndarray | None  # [3, 3] eV/A^3, ASE sign convention
     config_type: str = "all"
     num_atoms: int = 0
+    apt: np.ndarray | None = None  # [n, 3, 3] elementary charges
+    electric_field: np.ndarray | None = None  # [3] V/A, None: no field
 
 
 def _available(atoms) -> List[str]:
@@ -78,6 +82,45 @@ def _stress_matrix(value: np.ndarray) -> np.ndarray:
     raise DataError(f"stress of shape {value.shape} is neither 3x3 nor Voigt")
 
 
+def _apt_label(atoms, key: str, index: int, source: str) -> np.ndarray:
+    """[n, 3, 3] from atoms.arrays (n x 9 or n x 3 x 3), atoms.info or the calculator
+    (9 n values), row-major: apt[i, a, b] = values[i, 3 a + b]."""
+    n = len(atoms)
+    if key in atoms.arrays:
+        value = _label(atoms, key, True, index, source)
+    else:
+        value = _label(atoms, key, False, index, source)
+    if value.shape not in ((n, 9), (n, 3, 3), (9 * n,)):
+        raise DataError(
+            f"{source}: structure {index} has an APT label '{key}' of shape {value.shape}; "
+            f"expected 9 values per atom: ({n}, 9), ({n}, 3, 3) or ({9 * n},)"
+        )
+    return value.reshape(n, 3, 3)
+
+
+def _field_label(atoms, key: str, index: int, source: str) -> np.ndarray | None:
+    if key not in atoms.info:
+        return None
+    value = _label(atoms, key, False, index, source)
+    if value.shape != (3,):
+        raise DataError(
+            f"{source}: structure {index} has an electric field '{key}' of shape "
+            f"{value.shape}; expected 3 values (V/A)"
+        )
+    return value if np.any(value != 0) else None
+
+
+def check_fields(samples: Sequence["Sample"], has_apt: bool, key: str | None) -> None:
+    """A model without Born effective charges cannot fit forces computed under a field."""
+    with_field = sum(s.electric_field is not None for s in samples)
+    if with_field and not has_apt:
+        raise DataError(
+            f"{with_field} structures carry a non-zero electric field ('{key}'), whose forces "
+            "a model without Born effective charges cannot fit: use a model of kind bec, or "
+            "ignore the field (data.electric_field_key: null, or --electric-field-key '')"
+        )
+
+
 def load_samples(
     frames: Sequence, cutoff: float, label_keys: LabelKeys, source: str = "data"
 ) -> List[Sample]:
@@ -95,6 +138,10 @@ def load_samples(
         stress = None
         if label_keys.stress and atoms.pbc.all():
             stress = _stress_matrix(_label(atoms, label_keys.stress, False, index, source))
+        apt = _apt_label(atoms, label_keys.apt, index, source) if label_keys.apt else None
+        field = None
+        if label_keys.electric_field:
+            field = _field_label(atoms, label_keys.electric_field, index, source)
         samples.append(
             Sample(
                 graph=structure_to_graph(atoms, cutoff, index),
@@ -103,6 +150,8 @@ def load_samples(
                 stress=stress,
                 config_type=str(atoms.info.get("config_type", "all")),
                 num_atoms=len(atoms),
+                apt=apt,
+                electric_field=field,
             )
         )
     return samples
@@ -186,6 +235,8 @@ class Batch:
     stress: torch.Tensor | None  # [S, 3, 3]
     stress_mask: torch.Tensor | None  # [S] which structures have a stress label
     config_types: List[str] = field(default_factory=list)
+    apt: torch.Tensor | None = None  # [N, 3, 3]
+    electric_field: torch.Tensor | None = None  # [S, 3] V/A, None: no structure has a field
 
 
 def make_batch(samples: Sequence[Sample], dtype: torch.dtype) -> Batch:
@@ -200,6 +251,17 @@ def make_batch(samples: Sequence[Sample], dtype: torch.dtype) -> Batch:
             dtype=dtype,
         )
         stress_mask = torch.tensor([s.stress is not None for s in samples])
+    apt = None
+    if all(s.apt is not None for s in samples):
+        apt = torch.tensor(np.concatenate([s.apt for s in samples]), dtype=dtype)
+    electric_field = None
+    if any(s.electric_field is not None for s in samples):
+        electric_field = torch.tensor(
+            np.stack(
+                [np.zeros(3) if s.electric_field is None else s.electric_field for s in samples]
+            ),
+            dtype=dtype,
+        )
     return Batch(
         graph=graph,
         energy=torch.tensor([s.energy for s in samples], dtype=dtype),
@@ -208,4 +270,6 @@ def make_batch(samples: Sequence[Sample], dtype: torch.dtype) -> Batch:
         stress=stress,
         stress_mask=stress_mask,
         config_types=[s.config_type for s in samples],
+        apt=apt,
+        electric_field=electric_field,
     )

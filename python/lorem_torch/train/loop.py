@@ -6,12 +6,22 @@ Run folder (training.output):
     learning_curve.png   losses and validation errors against epochs
     train.log            what happened, in words
     best.pt              checkpoint with the best validation loss (EMA weights)
-    last.pt              checkpoint after the last epoch, with the training state
+    last.pt              checkpoint with the training state, written after every
+                         validation and when training stops early (time budget,
+                         Ctrl-C), also in the middle of an epoch
+
+A folder that holds an earlier run (best.pt, last.pt or log.csv) is never silently
+reused: continue it (resume, with the same settings but for how long and how often),
+or replace it (overwrite).
 """
 
+import contextlib
 import copy
 import csv
 import math
+import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -22,13 +32,14 @@ import yaml
 
 from .. import keys
 from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from ..models import EnergyModel, Lorem
+from ..models import BECModel, EnergyModel, Lorem, LoremBEC
 from . import config as config_module
 from .data import (
     Batch,
     LabelKeys,
     Sample,
     baseline_is_determined,
+    check_fields,
     fit_baseline,
     load_samples,
     make_batch,
@@ -38,16 +49,67 @@ from .data import (
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+# what an earlier run leaves that would be lost if a new run wrote over it
+PROTECTED_FILES = ("best.pt", "last.pt", "log.csv")
+RUN_FILES = PROTECTED_FILES + ("learning_curve.png", "train.log", "config.yaml")
+# settings that may change when a run is resumed: how long and how often, not what is
+# trained or how (those would leave a run that no single configuration describes)
+ADJUSTABLE_ON_RESUME = {
+    ("training", "epochs"),
+    ("training", "time_budget"),
+    ("training", "patience"),
+    ("training", "valid_every"),
+    ("training", "progress"),
+    ("training", "output"),
+}
+DATA_FILES = {("data", "train"), ("data", "valid"), ("data", "test")}
+
+
+class RunFolderError(config_module.ConfigError):
+    """The run folder holds an earlier run that the command did not say to continue or
+    replace, or a run that cannot be continued with the given settings."""
+
+
+def config_differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[str]:
+    """The entries (section.key: stored -> current) that may not change on resume."""
+
+    def normal(section, key, value):
+        if (section, key) in DATA_FILES and isinstance(value, str):
+            return os.path.abspath(value)
+        return value
+
+    differences = []
+    for section, entries in current.items():
+        if section not in stored:  # checkpoints without their config: the model alone
+            continue
+        for key, value in entries.items():
+            if (section, key) in ADJUSTABLE_ON_RESUME:
+                continue
+            old = (stored.get(section) or {}).get(key, "(absent)")
+            if normal(section, key, old) != normal(section, key, value):
+                differences.append(f"{section}.{key} {old!r} -> {value!r}")
+    return differences
+
 
 # -- loss and metrics --
 
 
-def predict(model: EnergyModel, batch: Batch, training: bool, stress: bool) -> Dict:
+def output_model(model: Lorem) -> EnergyModel | BECModel:
+    """The wrapper that computes a model's outputs: BECModel (APT too) for a LoremBEC."""
+    return BECModel(model) if isinstance(model, LoremBEC) else EnergyModel(model)
+
+
+def predict(model: EnergyModel | BECModel, batch: Batch, training: bool, stress: bool) -> Dict:
+    options = {}
+    if isinstance(model, BECModel):
+        # the labels' forces hold the field term Z* E when a field was applied
+        options["electric_field"] = batch.electric_field
     return model(
         **batch.graph,
         compute_forces=batch.forces is not None,
         compute_stress=stress and batch.stress is not None,
         create_graph=training,
+        **options,
     )
 
 
@@ -58,15 +120,20 @@ def loss_terms(out: Dict, batch: Batch) -> Dict[str, torch.Tensor]:
     if batch.stress is not None and keys.STRESS in out:
         mask = batch.stress_mask
         terms["stress"] = ((out[keys.STRESS][mask] - batch.stress[mask]) ** 2).mean()
+    if batch.apt is not None and keys.APT in out:
+        terms["apt"] = ((out[keys.APT] - batch.apt) ** 2).mean()
     return terms
 
 
 class ErrorAccumulator:
-    """Energy errors per atom (meV/atom) and force component errors (meV/A), by group."""
+    """Energy errors per atom (meV/atom), force component errors (meV/A) and stress
+    component errors (meV/A^3, structures with a stress label), by group."""
 
     def __init__(self):
         self.energy: Dict[str, List[float]] = {}
         self.forces: Dict[str, List[np.ndarray]] = {}
+        self.stress: Dict[str, List[np.ndarray]] = {}
+        self.apt: Dict[str, List[np.ndarray]] = {}
         self.records: List[Dict[str, Any]] = []
 
     def add(self, out: Dict, batch: Batch) -> None:
@@ -74,6 +141,8 @@ class ErrorAccumulator:
         reference = batch.energy.double().numpy()
         per_atom = (energy - reference) / batch.num_atoms.double().numpy() * 1000.0
         forces = out.get(keys.FORCES)
+        stress = out.get(keys.STRESS) if batch.stress is not None else None
+        apt = out.get(keys.APT) if batch.apt is not None else None
         offsets = batch.graph[keys.STRUCTURE_OFFSETS].tolist()
         for s, group in enumerate(batch.config_types):
             for name in ("all", group) if group != "all" else ("all",):
@@ -82,6 +151,13 @@ class ErrorAccumulator:
                     a, b = offsets[s], offsets[s + 1]
                     error = (forces[a:b] - batch.forces[a:b]).detach().double().numpy() * 1000.0
                     self.forces.setdefault(name, []).append(error.ravel())
+                if stress is not None and bool(batch.stress_mask[s]):
+                    error = (stress[s] - batch.stress[s]).detach().double().numpy() * 1000.0
+                    self.stress.setdefault(name, []).append(error.ravel())
+                if apt is not None and batch.apt is not None:
+                    a, b = offsets[s], offsets[s + 1]
+                    error = (apt[a:b] - batch.apt[a:b]).detach().double().cpu().numpy()
+                    self.apt.setdefault(name, []).append(error.ravel())
             self.records.append(
                 {
                     "config_type": group,
@@ -104,12 +180,20 @@ class ErrorAccumulator:
                 f = np.concatenate(self.forces[name])
                 entry["forces_mae_meV_per_A"] = float(np.abs(f).mean())
                 entry["forces_rmse_meV_per_A"] = float(np.sqrt((f**2).mean()))
+            if name in self.stress:
+                t = np.concatenate(self.stress[name])
+                entry["stress_mae_meV_per_A3"] = float(np.abs(t).mean())
+                entry["stress_rmse_meV_per_A3"] = float(np.sqrt((t**2).mean()))
+            if name in self.apt:  # Born effective charges, per component, elementary charges
+                z = np.concatenate(self.apt[name])
+                entry["apt_mae_e"] = float(np.abs(z).mean())
+                entry["apt_rmse_e"] = float(np.sqrt((z**2).mean()))
             result[name] = entry
         return result
 
 
 def evaluate(
-    model: EnergyModel,
+    model: EnergyModel | BECModel,
     samples: List[Sample],
     batch_size: int,
     dtype: torch.dtype,
@@ -154,21 +238,76 @@ def learning_rate(settings: Dict[str, Any], epoch_progress: float) -> float:
 
 
 class Trainer:
-    def __init__(self, config: Dict[str, Any], resume: bool = False, log=print):
+    """One training run in its folder. `resume` continues the run there; `overwrite`
+    replaces it; without either, a folder holding a run is refused (RunFolderError).
+    `clock` (seconds) measures the time budget."""
+
+    def __init__(
+        self,
+        config: Dict[str, Any],
+        resume: bool = False,
+        log=print,
+        overwrite: bool = False,
+        clock=time.perf_counter,
+    ):
+        if resume and overwrite:
+            raise RunFolderError("resume and overwrite exclude each other: choose one")
         self.config = config_module.resolve(config)
         self.settings = self.config["training"]
         self.output = Path(self.settings["output"])
         self.dtype = DTYPES[self.settings["dtype"]]
         self.log_fn = log
+        self.clock = clock
+        self.interrupted = False
+        payload = self._claim_folder(resume, overwrite)
         self.output.mkdir(parents=True, exist_ok=True)
         self._load_data()
         torch.manual_seed(self.settings["seed"])
-        if resume and (self.output / "last.pt").is_file():
-            self._restore(self.output / "last.pt")
+        if payload is not None:
+            self._restore(payload)
         else:
             if resume:
                 self.log(f"nothing to resume in {self.output}: starting afresh")
             self._fresh()
+
+    def _claim_folder(self, resume: bool, overwrite: bool) -> Dict[str, Any] | None:
+        """Refuse to write over an earlier run unless told; the checkpoint to resume
+        from (checked against the settings) or None."""
+        last = self.output / "last.pt"
+        if resume and last.is_file():
+            payload = load_checkpoint(last)
+            if payload["training"] is None:
+                raise RunFolderError(f"{last} holds no training state to resume from")
+            stored = (payload.get("metadata") or {}).get("config") or {"model": payload["model"]}
+            differences = config_differences(stored, self.config)
+            if differences:
+                raise RunFolderError(
+                    f"cannot resume the run in {self.output}: these settings differ from "
+                    f"the run's ({last}): {'; '.join(differences)}. Only "
+                    + ", ".join(f"{s}.{k}" for s, k in sorted(ADJUSTABLE_ON_RESUME))
+                    + " may change on resume; for other settings start a new run "
+                    "(another --output, or --overwrite to replace this one)"
+                )
+            return payload
+        existing = [name for name in PROTECTED_FILES if (self.output / name).exists()]
+        if existing and not overwrite:
+            if resume:
+                raise RunFolderError(
+                    f"cannot resume the run in {self.output}: it has no last.pt (only "
+                    f"{', '.join(existing)}); start afresh with --overwrite (replaces "
+                    "them) or in another --output"
+                )
+            raise RunFolderError(
+                f"{self.output} already holds a run ({', '.join(existing)}): continue it "
+                "with --resume, replace it with --overwrite, or choose another --output"
+            )
+        if overwrite:
+            removed = [name for name in RUN_FILES if (self.output / name).exists()]
+            for name in removed:
+                (self.output / name).unlink()
+            if removed:
+                self.log_fn(f"overwriting the run in {self.output}: removed {', '.join(removed)}")
+        return None
 
     def log(self, message: str) -> None:
         self.log_fn(message)
@@ -178,7 +317,14 @@ class Trainer:
     def _load_data(self) -> None:
         data = self.config["data"]
         cutoff = float(self.config["model"]["cutoff"])
-        label_keys = LabelKeys(data["energy_key"], data["forces_key"], data["stress_key"])
+        bec = self.config["model"]["kind"] == "bec"
+        label_keys = LabelKeys(
+            data["energy_key"],
+            data["forces_key"],
+            data["stress_key"],
+            apt=data["apt_key"] if bec and self.settings["loss_weights"]["apt"] > 0 else None,
+            electric_field=data["electric_field_key"],
+        )
 
         def read(path):
             frames = read_frames(path, data["index"], data["pbc"])
@@ -202,24 +348,25 @@ class Trainer:
                     f"training data lacks ({sorted(train_species)})"
                 )
         self.species = sorted(train_species)
+        check_fields(train + valid + test, bec, data["electric_field_key"])
 
     def _fresh(self) -> None:
         baseline = fit_baseline(self.train_samples)
-        self.model = Lorem(**self.config["model"], species=self.species, baseline=baseline).to(
-            self.dtype
-        )
+        options = dict(self.config["model"])
+        model_class = LoremBEC if options.pop("kind") == "bec" else Lorem
+        self.model = model_class(**options, species=self.species, baseline=baseline).to(self.dtype)
         self.ema = copy.deepcopy(self.model) if self.settings["ema_decay"] > 0 else None
         self.optimizer = self._make_optimizer()
         self.epoch = 0
+        self.step = 0  # batches done in the current epoch
+        self.running_loss = 0.0  # sum over those batches of loss * structures
+        self.running_count = 0
         self.ema_steps = 0
         self.best_loss = float("inf")
         self.stale = 0
         self.history: List[Dict[str, Any]] = []
         self.elapsed = 0.0
-        atomic_write(
-            self.output / "config.yaml",
-            lambda t: Path(t).write_text(yaml.safe_dump(self.config, sort_keys=False)),
-        )
+        self._write_config()
         self.log(
             f"{len(self.train_samples)} training, {len(self.valid_samples)} validation, "
             f"{len(self.test_samples)} test structures; species {self.species}"
@@ -234,6 +381,12 @@ class Trainer:
             + ", ".join(f"{z}: {e:.4f}" for z, e in sorted(baseline.items()))
         )
 
+    def _write_config(self) -> None:
+        atomic_write(
+            self.output / "config.yaml",
+            lambda t: Path(t).write_text(yaml.safe_dump(self.config, sort_keys=False)),
+        )
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.settings["optimizer"]]
         # fused: one kernel for all parameters; the per-tensor loop took 10-20 % of a
@@ -245,13 +398,10 @@ class Trainer:
             fused=True,
         )
 
-    def _restore(self, path: Path) -> None:
+    def _restore(self, payload: Dict[str, Any]) -> None:
         from ..checkpoint import model_from_checkpoint
 
-        payload = load_checkpoint(path)
         state = payload["training"]
-        if state is None:
-            raise config_module.ConfigError(f"{path} holds no training state to resume from")
         self.model = model_from_checkpoint(
             {"model": payload["model"], "state_dict": state["raw_state_dict"]}, dtype=self.dtype
         )
@@ -261,13 +411,18 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch = int(state["epoch"])
+        self.step = int(state.get("step", 0))
+        self.running_loss = float(state.get("running_loss", 0.0))
+        self.running_count = int(state.get("running_count", 0))
         self.ema_steps = int(state["ema_steps"])
         self.best_loss = float(state["best_loss"])
         self.stale = int(state["stale"])
         self.history = list(state["history"])
         self.elapsed = float(state["elapsed"])
         torch.set_rng_state(state["rng"])
-        self.log(f"resumed from {path} after epoch {self.epoch}")
+        self._write_config()  # with the settings that may have changed
+        where = f"epoch {self.epoch}" + (f", batch {self.step}" if self.step else "")
+        self.log(f"resumed from {self.output / 'last.pt'} after {where}")
 
     def _ema_update(self) -> None:
         if self.ema is None:
@@ -294,6 +449,9 @@ class Trainer:
                 "has_ema": self.ema is not None,
                 "optimizer": self.optimizer.state_dict(),
                 "epoch": self.epoch,
+                "step": self.step,
+                "running_loss": self.running_loss,
+                "running_count": self.running_count,
                 "ema_steps": self.ema_steps,
                 "best_loss": self.best_loss,
                 "stale": self.stale,
@@ -322,74 +480,157 @@ class Trainer:
 
         learning_curve(self.history, self.output / "learning_curve.png")
 
+    @contextlib.contextmanager
+    def _stop_on_interrupt(self):
+        """While training, the first Ctrl-C asks to stop after the current batch (with
+        the state saved); a second one interrupts at once (KeyboardInterrupt)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGINT)
+
+        def request_stop(signum, frame):
+            # no printing here: the signal may arrive in the middle of a print
+            self.interrupted = True
+            signal.signal(signal.SIGINT, previous)
+
+        signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
     def run(self) -> Dict[str, Any]:
+        """Train until the last epoch, early stopping, the time budget (checked after
+        every batch, for this call) or Ctrl-C; the state is saved in last.pt when it
+        stops early. The result says why it stopped."""
         from tqdm import tqdm
 
         settings = self.settings
-        energy_model = EnergyModel(self.model)
+        energy_model = output_model(self.model)
         weights = settings["loss_weights"]
         use_stress = weights.get("stress", 0) > 0
         batch_size = int(settings["batch_size"])
         epochs = int(settings["epochs"])
         budget = settings["time_budget"]
         steps_per_epoch = math.ceil(len(self.train_samples) / batch_size)
-        stop_reason = "reached the last epoch"
-        while self.epoch < epochs:
-            started = time.perf_counter()
-            generator = torch.Generator().manual_seed(int(settings["seed"]) * 100003 + self.epoch)
-            order = torch.randperm(len(self.train_samples), generator=generator).tolist()
-            self.model.train()
-            running, seen = 0.0, 0
-            bar = tqdm(
-                range(steps_per_epoch),
-                desc=f"epoch {self.epoch + 1}/{epochs}",
-                disable=not settings["progress"],
-                leave=False,
-            )
-            for step in bar:
-                lr = learning_rate(settings, self.epoch + step / steps_per_epoch)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                chunk = [
-                    self.train_samples[i]
-                    for i in order[step * batch_size : (step + 1) * batch_size]
-                ]
-                batch = make_batch(chunk, self.dtype)
-                out = predict(energy_model, batch, training=True, stress=use_stress)
-                terms = loss_terms(out, batch)
-                loss = sum(weights.get(k, 0.0) * v for k, v in terms.items())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the loss became {float(loss)} at epoch {self.epoch + 1}"
+        started = last_tick = self.clock()
+        stop_reason = None
+
+        def tick() -> float:
+            """Seconds spent in this call; the run's total goes to self.elapsed."""
+            nonlocal last_tick
+            now = self.clock()
+            self.elapsed += now - last_tick
+            last_tick = now
+            return now - started
+
+        budget_spent = False
+
+        def reason_to_stop(spent: float) -> str | None:
+            nonlocal budget_spent
+            if self.interrupted:
+                return "interrupted (Ctrl-C)"
+            if budget is not None and spent >= float(budget):
+                budget_spent = True
+                return f"the time budget of {budget} s is spent"
+            return None
+
+        with self._stop_on_interrupt():
+            while self.epoch < epochs and stop_reason is None:
+                generator = torch.Generator().manual_seed(
+                    int(settings["seed"]) * 100003 + self.epoch
+                )
+                order = torch.randperm(len(self.train_samples), generator=generator).tolist()
+                self.model.train()
+                lr = learning_rate(settings, self.epoch + max(self.step - 1, 0) / steps_per_epoch)
+                bar = tqdm(
+                    range(self.step, steps_per_epoch),
+                    desc=f"epoch {self.epoch + 1}/{epochs}",
+                    initial=self.step,
+                    total=steps_per_epoch,
+                    disable=not settings["progress"],
+                    leave=False,
+                )
+                for step in bar:
+                    lr = learning_rate(settings, self.epoch + step / steps_per_epoch)
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    chunk = [
+                        self.train_samples[i]
+                        for i in order[step * batch_size : (step + 1) * batch_size]
+                    ]
+                    batch = make_batch(chunk, self.dtype)
+                    out = predict(energy_model, batch, training=True, stress=use_stress)
+                    terms = loss_terms(out, batch)
+                    loss = sum(weights.get(k, 0.0) * v for k, v in terms.items())
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"the loss became {float(loss)} at epoch {self.epoch + 1}"
+                        )
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if settings["gradient_clip"]:
+                        torch.nn.utils.clip_grad_norm_(
+                            self.model.parameters(), float(settings["gradient_clip"])
+                        )
+                    self.optimizer.step()
+                    self._ema_update()
+                    self.step = step + 1
+                    self.running_loss += float(loss.detach()) * len(chunk)
+                    self.running_count += len(chunk)
+                    bar.set_postfix(
+                        loss=f"{self.running_loss / self.running_count:.4g}", lr=f"{lr:.2e}"
                     )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if settings["gradient_clip"]:
-                    torch.nn.utils.clip_grad_norm_(
-                        self.model.parameters(), float(settings["gradient_clip"])
-                    )
-                self.optimizer.step()
-                self._ema_update()
-                running += float(loss.detach()) * len(chunk)
-                seen += len(chunk)
-                bar.set_postfix(loss=f"{running / seen:.4g}", lr=f"{lr:.2e}")
-            bar.close()
-            self.epoch += 1
-            self.elapsed += time.perf_counter() - started
-            if self.epoch % int(settings["valid_every"]) == 0 or self.epoch == epochs:
-                self._validate(running / max(seen, 1), lr)
-            if settings["patience"] and self.stale >= int(settings["patience"]):
-                stop_reason = f"no improvement in {self.stale} validations (early stopping)"
-                break
-            if budget is not None and self.elapsed >= float(budget):
-                stop_reason = f"the time budget of {budget} s is spent"
-                break
-        self.log(f"stopped after epoch {self.epoch}: {stop_reason}")
-        return {"epochs": self.epoch, "best_valid_loss": self.best_loss, "history": self.history}
+                    stop_reason = reason_to_stop(tick())
+                    if stop_reason is not None:
+                        break
+                bar.close()
+                if stop_reason is not None:
+                    # the epoch's remaining batches and its validation follow on resume
+                    self._save("last.pt", with_state=True, metrics=self._last_row())
+                    break
+                train_loss = self.running_loss / max(self.running_count, 1)
+                self.epoch += 1
+                self.step, self.running_loss, self.running_count = 0, 0.0, 0
+                validated = self.epoch % int(settings["valid_every"]) == 0 or self.epoch == epochs
+                if validated:
+                    self._validate(train_loss, lr)  # saves last.pt
+                if settings["patience"] and self.stale >= int(settings["patience"]):
+                    stop_reason = f"no improvement in {self.stale} validations (early stopping)"
+                else:
+                    stop_reason = reason_to_stop(tick())
+                if stop_reason is not None and not validated:
+                    self._save("last.pt", with_state=True, metrics=self._last_row())
+        tick()
+        stop_reason = stop_reason or "reached the last epoch"
+        where = f"epoch {self.epoch}" + (
+            f" and batch {self.step} of epoch {self.epoch + 1}" if self.step else ""
+        )
+        self.log(f"stopped after {where}: {stop_reason}")
+        return {
+            "epochs": self.epoch,
+            "step": self.step,
+            "steps_per_epoch": steps_per_epoch,
+            "best_valid_loss": self.best_loss,
+            "history": self.history,
+            "stop_reason": stop_reason,
+            "interrupted": self.interrupted,
+            "finished": self.epoch >= epochs,
+            # stopped by Ctrl-C or the time budget with epochs left: --resume continues
+            "resumable": self.epoch < epochs and (self.interrupted or budget_spent),
+            "last_checkpoint": str(self.output / "last.pt"),
+            "best_checkpoint": str(self.output / "best.pt")
+            if (self.output / "best.pt").is_file()
+            else None,
+        }
+
+    def _last_row(self) -> Dict[str, Any]:
+        return self.history[-1] if self.history else {}
 
     def _validate(self, train_loss: float, lr: float) -> None:
         settings = self.settings
-        model = EnergyModel(self._evaluation_model())
+        model = output_model(self._evaluation_model())
         result = evaluate(
             model,
             self.valid_samples,
@@ -409,6 +650,9 @@ class Trainer:
             "valid_forces_rmse": errors.get("forces_rmse_meV_per_A", float("nan")),
             "seconds": self.elapsed,
         }
+        if "apt_mae_e" in errors:
+            row["valid_apt_mae"] = errors["apt_mae_e"]
+            row["valid_apt_rmse"] = errors["apt_rmse_e"]
         self.history.append(row)
         improved = result["loss"] < self.best_loss
         if improved:
@@ -422,13 +666,27 @@ class Trainer:
         self.log(
             f"epoch {self.epoch:4d}  lr {lr:.2e}  train loss {train_loss:.4g}  "
             f"valid loss {result['loss']:.4g}  E {row['valid_energy_mae']:.2f} meV/atom  "
-            f"F {row['valid_forces_mae']:.1f} meV/A MAE" + ("  (best)" if improved else "")
+            f"F {row['valid_forces_mae']:.1f} meV/A"
+            + (f"  APT {row['valid_apt_mae']:.4f} e" if "valid_apt_mae" in row else "")
+            + " MAE"
+            + ("  (best)" if improved else "")
         )
 
 
-def train(config: Dict[str, Any], resume: bool = False, log=print) -> Dict[str, Any]:
-    """Train a LOREM model as configured; returns the history and the best loss."""
-    return Trainer(config, resume=resume, log=log).run()
+def train(
+    config: Dict[str, Any], resume: bool = False, log=print, overwrite: bool = False
+) -> Dict[str, Any]:
+    """Train a LOREM model as configured; returns the history, the best loss and why
+    it stopped (Trainer.run)."""
+    return Trainer(config, resume=resume, log=log, overwrite=overwrite).run()
 
 
-__all__ = ["Trainer", "evaluate", "learning_rate", "train"]
+__all__ = [
+    "RunFolderError",
+    "Trainer",
+    "config_differences",
+    "evaluate",
+    "learning_rate",
+    "output_model",
+    "train",
+]

@@ -68,3 +68,30 @@ def parity(
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def apt_parity(reference: np.ndarray, predicted: np.ndarray, path: Path) -> None:
+    """3 x 3 grid of parity plots, one per Cartesian component of the Born effective
+    charges; reference and predicted [M, 3, 3] (elementary charges)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, 3, figsize=(10, 9.5))
+    names = "xyz"
+    low = float(min(reference.min(), predicted.min()))
+    high = float(max(reference.max(), predicted.max()))
+    for a in range(3):
+        for b in range(3):
+            ax = axes[a, b]
+            x, y = reference[:, a, b], predicted[:, a, b]
+            ax.scatter(x, y, s=4, alpha=0.5)
+            ax.plot([low, high], [low, high], color="black", lw=0.8)
+            mae = float(np.abs(y - x).mean())
+            ax.set_title(f"Z*_{names[a]}{names[b]}: MAE {mae:.3g} e", fontsize=9)
+            ax.grid(alpha=0.3)
+            if a == 2:
+                ax.set_xlabel("reference (e)")
+            if b == 0:
+                ax.set_ylabel("predicted (e)")
+    fig.suptitle(f"Born effective charges: MAE {float(np.abs(predicted - reference).mean()):.3g} e")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

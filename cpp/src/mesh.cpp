@@ -1,0 +1,182 @@
+#include "lorem/mesh.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace lorem {
+
+namespace {
+
+using torch::indexing::Slice;
+
+int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// Calls visit(overlap in target indices, offset) for every periodic image of `from`
+// (shifted by offset = s * period, s integer per axis) that overlaps `to`, in a fixed
+// order that the sending and the receiving rank both follow.
+template <typename Visit>
+void for_each_overlap(const Box& from, const Box& to, const Index3& period, Visit&& visit) {
+  if (from.empty() || to.empty()) return;
+  Index3 first{}, last{};
+  for (int a = 0; a < 3; ++a) {
+    first[a] = floor_div(to.lo[a] - from.hi[a], period[a]) + 1;
+    last[a] = floor_div(to.hi[a] - from.lo[a] - 1, period[a]);
+  }
+  for (int64_t s0 = first[0]; s0 <= last[0]; ++s0)
+    for (int64_t s1 = first[1]; s1 <= last[1]; ++s1)
+      for (int64_t s2 = first[2]; s2 <= last[2]; ++s2) {
+        const Index3 offset{s0 * period[0], s1 * period[1], s2 * period[2]};
+        Box shifted;
+        for (int a = 0; a < 3; ++a) {
+          shifted.lo[a] = from.lo[a] + offset[a];
+          shifted.hi[a] = from.hi[a] + offset[a];
+        }
+        const Box overlap = intersect(shifted, to);
+        if (!overlap.empty()) visit(overlap, offset);
+      }
+}
+
+// data[:, lo0:lo0+n0, lo1:lo1+n1, lo2:lo2+n2, ...]
+torch::Tensor window(const torch::Tensor& data, const Index3& start, const Index3& size) {
+  return data.index({Slice(), Slice(start[0], start[0] + size[0]),
+                     Slice(start[1], start[1] + size[1]), Slice(start[2], start[2] + size[2])});
+}
+
+std::vector<int64_t> shape_with(const torch::Tensor& data, const Index3& spatial) {
+  std::vector<int64_t> shape{data.size(0), spatial[0], spatial[1], spatial[2]};
+  for (int64_t d = 4; d < data.dim(); ++d) shape.push_back(data.size(d));
+  return shape;
+}
+
+}  // namespace
+
+int64_t Box::volume() const {
+  int64_t v = 1;
+  for (int a = 0; a < 3; ++a) v *= std::max<int64_t>(0, hi[a] - lo[a]);
+  return v;
+}
+
+Box intersect(const Box& a, const Box& b) {
+  Box out;
+  for (int k = 0; k < 3; ++k) {
+    out.lo[k] = std::max(a.lo[k], b.lo[k]);
+    out.hi[k] = std::max(out.lo[k], std::min(a.hi[k], b.hi[k]));
+  }
+  return out;
+}
+
+std::pair<int64_t, int64_t> block(int64_t n, int64_t parts, int64_t index) {
+  return {n * index / parts, n * (index + 1) / parts};
+}
+
+std::vector<Box> gather_boxes(Communicator& comm, const Box& mine) {
+  const auto flat = comm.all_gather_ints(
+      {mine.lo[0], mine.lo[1], mine.lo[2], mine.hi[0], mine.hi[1], mine.hi[2]});
+  std::vector<Box> boxes(flat.size() / 6);
+  for (size_t r = 0; r < boxes.size(); ++r)
+    for (int a = 0; a < 3; ++a) {
+      boxes[r].lo[a] = flat[6 * r + a];
+      boxes[r].hi[a] = flat[6 * r + 3 + a];
+    }
+  return boxes;
+}
+
+torch::Tensor remap(Communicator& comm, const torch::Tensor& data, const std::vector<Box>& from_all,
+                    const std::vector<Box>& to_all, const Index3& period) {
+  const int ranks = comm.size();
+  const int me = comm.rank();
+  const Box& from = from_all[me];
+  const Box& to = to_all[me];
+  // what this rank sends to each rank: its overlapping pieces, flattened, in order
+  std::vector<torch::Tensor> sends(ranks);
+  for (int destination = 0; destination < ranks; ++destination) {
+    std::vector<torch::Tensor> pieces;
+    for_each_overlap(from, to_all[destination], period,
+                     [&](const Box& overlap, const Index3& offset) {
+                       Index3 start;
+                       for (int a = 0; a < 3; ++a)
+                         start[a] = overlap.lo[a] - offset[a] - from.lo[a];
+                       pieces.push_back(window(data, start, overlap.shape()).reshape({-1}));
+                     });
+    sends[destination] = pieces.empty() ? torch::zeros({0}, data.options()) : torch::cat(pieces);
+  }
+  auto received = comm.all_to_all(sends);
+  auto out = torch::zeros(shape_with(data, to.shape()), data.options());
+  for (int source = 0; source < ranks; ++source) {
+    int64_t offset_in_message = 0;
+    const auto& message = received[source];
+    for_each_overlap(from_all[source], to, period, [&](const Box& overlap, const Index3&) {
+      const auto shape = shape_with(data, overlap.shape());
+      int64_t count = 1;
+      for (auto s : shape) count *= s;
+      Index3 start;
+      for (int a = 0; a < 3; ++a) start[a] = overlap.lo[a] - to.lo[a];
+      window(out, start, overlap.shape())
+          .add_(message.narrow(0, offset_in_message, count).view(shape).to(data.options()));
+      offset_in_message += count;
+    });
+    if (offset_in_message != message.numel())
+      throw Error("internal: mesh remap received " + std::to_string(message.numel()) +
+                  " values from rank " + std::to_string(source) + ", expected " +
+                  std::to_string(offset_in_message));
+  }
+  return out;
+}
+
+MeshFFT::MeshFFT(Communicator& comm, const Index3& mesh) : comm_(comm), mesh_(mesh) {
+  const int64_t ranks = comm.size();
+  // a process grid as square as the rank count allows
+  int64_t rows = 1;
+  for (int64_t d = 1; d * d <= ranks; ++d)
+    if (ranks % d == 0) rows = d;
+  const int64_t columns = ranks / rows;
+  for (auto& layout : all_pencils_) layout.resize(ranks);
+  for (int64_t r = 0; r < ranks; ++r) {
+    const int64_t r1 = r / columns, r2 = r % columns;
+    const auto [x1, y1] = block(mesh[1], rows, r1);
+    const auto [x2, y2] = block(mesh[2], columns, r2);
+    const auto [x0, y0] = block(mesh[0], rows, r1);
+    const auto [w1, z1] = block(mesh[1], columns, r2);
+    all_pencils_[0][r] = Box{{0, x1, x2}, {mesh[0], y1, y2}};
+    all_pencils_[1][r] = Box{{x0, 0, x2}, {y0, mesh[1], y2}};
+    all_pencils_[2][r] = Box{{x0, w1, 0}, {y0, z1, mesh[2]}};
+  }
+  for (int axis = 0; axis < 3; ++axis) pencils_[axis] = all_pencils_[axis][comm.rank()];
+}
+
+namespace {
+torch::Tensor remap_complex(Communicator& comm, const torch::Tensor& data,
+                            const std::vector<Box>& from_all, const std::vector<Box>& to_all,
+                            const Index3& period) {
+  auto moved = remap(comm, torch::view_as_real(data.contiguous()), from_all, to_all, period);
+  return torch::view_as_complex(moved.contiguous());
+}
+}  // namespace
+
+torch::Tensor MeshFFT::forward(const torch::Tensor& owned, const std::vector<Box>& owned_all) {
+  auto real = owned;
+  if (real.size(0) % 2 == 1) real = torch::cat({real, torch::zeros_like(real.slice(0, 0, 1))});
+  auto packed = torch::complex(real.slice(0, 0, real.size(0), 2).contiguous(),
+                               real.slice(0, 1, real.size(0), 2).contiguous());
+  auto x = remap_complex(comm_, packed, owned_all, all_pencils_[0], mesh_);
+  x = torch::fft::fft(x, c10::nullopt, 1);
+  x = remap_complex(comm_, x, all_pencils_[0], all_pencils_[1], mesh_);
+  x = torch::fft::fft(x, c10::nullopt, 2);
+  x = remap_complex(comm_, x, all_pencils_[1], all_pencils_[2], mesh_);
+  return torch::fft::fft(x, c10::nullopt, 3);
+}
+
+torch::Tensor MeshFFT::inverse(const torch::Tensor& spectrum, const std::vector<Box>& owned_all,
+                               int64_t channels) {
+  auto x = torch::fft::ifft(spectrum, c10::nullopt, 3, "forward");
+  x = remap_complex(comm_, x, all_pencils_[2], all_pencils_[1], mesh_);
+  x = torch::fft::ifft(x, c10::nullopt, 2, "forward");
+  x = remap_complex(comm_, x, all_pencils_[1], all_pencils_[0], mesh_);
+  x = torch::fft::ifft(x, c10::nullopt, 1, "forward");
+  x = remap_complex(comm_, x, all_pencils_[0], owned_all, mesh_);
+  auto real = torch::stack({torch::real(x), torch::imag(x)}, 1);  // [C2, 2, ...]
+  real = real.reshape({2 * x.size(0), x.size(1), x.size(2), x.size(3)});
+  return real.slice(0, 0, channels);
+}
+
+}  // namespace lorem

@@ -1,0 +1,152 @@
+"""The export contract: what an exported model is and what it can do, in one structure.
+
+It is written once, by lorem-export, into the export's metadata.json (key "contract"),
+and every consumer reads it there and nowhere else: the ASE calculator, the
+simulated-ranks driver (export/driver.py), the C++ runtime (cpp/src/contract.cpp, a
+real JSON parser) and through it the LAMMPS plugin. A consumer that needs a
+capability the contract does not grant refuses with the contract's own reason.
+
+Fields (all plain JSON):
+  version                 CONTRACT_VERSION
+  species                 {"atomic_numbers": [Z...], "symbols": ["H", ...]}: what the
+                          model knows; engines map their type names through `symbols`
+  dtype, units            "float32" | "float64"; {"energy": "eV", "length": "Angstrom"}
+  cutoff                  pairs i <- j closer than this enter the model (Angstrom)
+  min_distance            pairs closer than this are refused (the features are singular)
+  num_message_passing     T: layers after the initial block
+  interaction_range       (T + 1) * cutoff: how far the short-range energy of an atom sees
+  feature_exchange        {"layers": T, "width": d + (L+1)**2 s}: with domain
+                          decomposition, ghosts one cutoff deep get their owners'
+                          features before each of the T layers (forward communication,
+                          `width` values per atom) and return their gradients after it
+  num_charges             C: charge channels of the long range (0 without)
+  long_range              {"method": default for periodic cells ("none" | "ewald" | "pme" |
+                           "auto"), "methods": what the export can run, "accuracy",
+                           "non_periodic": "direct" | "none", "smearing", "lr_wavelength",
+                           "prefactor", "exponent"}
+  outputs                 what the model computes
+  methods                 the TorchScript methods of the export (read from the module)
+  capabilities            {name: bool}; for each false one, limitations[name] says why
+"""
+
+from typing import Any, Dict, List
+
+import torch
+
+from ..errors import LoremInputError
+
+CONTRACT_VERSION = 1
+DEFAULT_MIN_DISTANCE = 0.1  # Angstrom; the same default as the data checks
+
+# What a consumer may ask for. Each is granted or refused with a reason.
+CAPABILITIES = (
+    "periodic",  # fully periodic cells
+    "non_periodic",  # open boundaries
+    "slab",  # periodic in two directions only
+    "domain_decomposition",  # stages over MPI ranks with ghost atoms (LAMMPS)
+    "electric_field",  # forces of an applied uniform field (needs Born effective charges)
+)
+
+
+class CapabilityError(LoremInputError):
+    """The model cannot do what was asked; the message says why (from the contract)."""
+
+
+def exported_methods(module: torch.jit.ScriptModule) -> List[str]:
+    """The methods a scripted export really has (forward and the @torch.jit.export ones)."""
+    names = set(module._c._method_names())
+    return sorted(n for n in names if not n.startswith("_"))
+
+
+def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]:
+    """The contract of a Lorem evaluated in `dtype` by a module with `methods`."""
+    from ase.data import chemical_symbols
+
+    hyper = model.hyperparameters
+    layers = int(hyper["num_message_passing"])
+    long_range = model.long_range is not None
+    width = model.num_features + (model.max_degree + 1) ** 2 * model.spherical_features
+    settings = getattr(model, "long_range_settings", {"method": "ewald", "accuracy": 1e-6})
+    # every export carries Ewald, and PME with "auto" when the model has a PME module
+    methods_available = ["ewald", "pme", "auto"] if getattr(model, "pme", None) else ["ewald"]
+    from ..models import LoremBEC
+
+    bec = isinstance(model, LoremBEC)
+    limitations = {"slab": "2D slabs (periodic in two directions only) are not supported yet"}
+    if not bec:
+        limitations["electric_field"] = (
+            "the model has no Born effective charge head (train one with model.kind: bec)"
+        )
+    capabilities = {name: name not in limitations for name in CAPABILITIES}
+    return {
+        "version": CONTRACT_VERSION,
+        "species": {
+            "atomic_numbers": list(model.species),
+            "symbols": [chemical_symbols[z] for z in model.species],
+        },
+        "dtype": str(dtype).replace("torch.", ""),
+        "units": {"energy": "eV", "length": "Angstrom"},
+        "cutoff": float(model.cutoff),
+        "min_distance": DEFAULT_MIN_DISTANCE,
+        "num_message_passing": layers,
+        "interaction_range": float(model.cutoff) * (layers + 1),
+        "feature_exchange": {"layers": layers, "width": width if layers else 0},
+        "num_charges": int(model.num_charges),
+        "long_range": {
+            "method": settings["method"] if long_range else "none",
+            "methods": methods_available if long_range else [],
+            "accuracy": float(settings["accuracy"]),
+            "non_periodic": "direct" if long_range else "none",
+            "conventions": "jax-pme (lorem-jax 0.2.0): potentials carry the factor 1/2",
+            "smearing": float(model.smearing),
+            "lr_wavelength": float(model.lr_wavelength),
+            "prefactor": float(model.ewald.prefactor),
+            "exponent": 1,
+        },
+        "outputs": ["energy", "energies", "forces", "virial", "charges", "potentials"]
+        + (["born_effective_charges"] if bec else []),
+        "methods": sorted(methods),
+        "capabilities": capabilities,
+        "limitations": {k: v for k, v in limitations.items() if not capabilities[k]},
+    }
+
+
+def require(contract: Dict[str, Any], capability: str, where: str = "") -> None:
+    """Raise CapabilityError with the contract's reason unless `capability` is granted."""
+    if capability not in contract["capabilities"]:
+        raise CapabilityError(f"unknown capability {capability!r}")
+    if not contract["capabilities"][capability]:
+        reason = contract["limitations"].get(capability, "not supported by this model")
+        raise CapabilityError(f"{where}{': ' if where else ''}{reason}")
+
+
+def check_contract(contract: Any, name: str, error=ValueError) -> Dict[str, Any]:
+    """Structure of a contract read from a file; raises `error` naming what is wrong."""
+    if not isinstance(contract, dict):
+        raise error(f"{name}: the export has no contract (export it again with lorem-export)")
+    version = contract.get("version")
+    if not isinstance(version, int) or version > CONTRACT_VERSION:
+        raise error(
+            f"{name}: contract version {version} is newer than this lorem-torch reads "
+            f"({CONTRACT_VERSION}): update lorem-torch"
+        )
+    for key in (
+        "species",
+        "dtype",
+        "units",
+        "cutoff",
+        "min_distance",
+        "num_message_passing",
+        "interaction_range",
+        "feature_exchange",
+        "num_charges",
+        "long_range",
+        "methods",
+        "capabilities",
+        "limitations",
+    ):
+        if key not in contract:
+            raise error(f"{name}: the export's contract lacks '{key}'")
+    if contract["units"] != {"energy": "eV", "length": "Angstrom"}:
+        raise error(f"{name}: units {contract['units']} are not eV and Angstrom")
+    return contract

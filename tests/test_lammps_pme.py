@@ -1,0 +1,151 @@
+"""pair_style lorem with particle-mesh Ewald across MPI ranks: the mesh distributed the
+way LAMMPS distributes atoms (owned parts of the mesh following the domains, bricks
+around each rank's atoms, pencils for the FFT; cpp/src/mesh.cpp), against Python's
+single-process PME; the method chosen in the export or on the pair_style line."""
+
+import re
+
+import numpy as np
+import pytest
+from conftest import nacl, small_model, triclinic_water
+from lammps_run import header, read_single_point, run, single_point_script, write_data
+from test_lammps import cluster_in_box, compare, water_box, wrapped
+
+from lorem_torch.export import export_model
+
+SPECIES = ["O", "H", "Na", "Cl"]
+
+
+@pytest.fixture(scope="module")
+def pme_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lammps_pme_models")
+    models = {
+        "pme": small_model(species=[1, 8, 11, 17], long_range={"method": "pme"}),
+        "pme_mp1": small_model(
+            species=[1, 8, 11, 17], long_range={"method": "pme"}, num_message_passing=1
+        ),
+        "ewald": small_model(species=[1, 8, 11, 17]),
+    }
+    files = {}
+    for name, model in models.items():
+        files[name] = (model, folder / f"{name}.pt")
+        export_model(model, files[name][1], "float64")
+    return files
+
+
+def python_reference(model, atoms, method):
+    from conftest import evaluate
+
+    return evaluate(model.with_long_range(method), [atoms], stress=True)
+
+
+LAYOUTS = [
+    (1, ""),
+    (2, ""),
+    (3, "processors 3 1 1"),
+    (4, "processors 4 1 1"),
+    (4, "processors 2 2 1"),
+    (4, "processors 1 1 4"),
+]
+
+
+@pytest.mark.parametrize("ranks, grid", LAYOUTS, ids=[f"{r}{g[10:]}" for r, g in LAYOUTS])
+def test_pme_matches_python(pme_files, tmp_path, ranks, grid):
+    model, path = pme_files["pme"]
+    atoms = wrapped(nacl(2, rattle=0.1))
+    reference = python_reference(model, atoms, "pme")
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    _, output = run(tmp_path, single_point_script("system.data", path, SPECIES, extra=grid), ranks)
+    assert "long range pme" in output
+    compare(read_single_point(tmp_path, output), reference, True, 1e-8)
+
+
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_pme_triclinic_message_passing(pme_files, tmp_path, ranks):
+    model, path = pme_files["pme_mp1"]
+    atoms = water_box((2, 1, 2))
+    reference = python_reference(model, atoms, "pme")
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    _, output = run(tmp_path, single_point_script("system.data", path, SPECIES), ranks)
+    compare(read_single_point(tmp_path, output), reference, True, 1e-8)
+
+
+def test_pme_with_an_empty_rank(pme_files, tmp_path):
+    model, path = pme_files["pme"]
+    atoms = nacl(1, rattle=0.05)
+    atoms.positions[:, 1] = 0.4 * atoms.positions[:, 1] + 0.2
+    atoms.wrap()
+    reference = python_reference(model, atoms, "pme")
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    script = single_point_script("system.data", path, SPECIES, extra="processors 1 2 1")
+    _, output = run(tmp_path, script, 2)
+    assert re.search(r"Nlocal:\s+\S+ ave\s+\S+ max\s+0 min", output), "one rank should own no atoms"
+    compare(read_single_point(tmp_path, output), reference, True, 1e-8)
+
+
+@pytest.mark.parametrize("method", ["pme", "auto", "ewald"])
+def test_method_on_the_pair_style_line(pme_files, tmp_path, method):
+    """An export carries Ewald and PME: `pair_style lorem long_range M` picks one."""
+    model, path = pme_files["ewald"]
+    atoms = wrapped(triclinic_water())
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    script = single_point_script("system.data", path, SPECIES).replace(
+        "pair_style lorem", f"pair_style lorem long_range {method}"
+    )
+    _, output = run(tmp_path, script, 2)
+    assert f"long range {method}" in output
+    # auto takes Ewald for so few atoms (the measured crossover is near a thousand)
+    reference = python_reference(model, atoms, "pme" if method == "pme" else "ewald")
+    compare(read_single_point(tmp_path, output), reference, True, 1e-8)
+
+
+def test_pme_nve_drift(pme_files, tmp_path):
+    _, path = pme_files["pme"]
+    atoms = wrapped(nacl(1, rattle=0.05))
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    script = (
+        header("system.data", path, SPECIES)
+        + """
+velocity all create 300 4928459 mom yes rot no dist gaussian
+timestep 0.001
+fix integrate all nve
+thermo 10
+thermo_style custom step temp pe etotal
+thermo_modify format float %.12g
+run 300
+"""
+    )
+    _, output = run(tmp_path, script, 2)
+    rows = re.findall(r"(?m)^\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)\s*$", output)
+    total = np.array([float(r[3]) for r in rows])
+    assert len(total) == 31
+    # the same bound as Ewald's NVE test (2 meV per atom)
+    assert total.max() - total.min() < 2e-3 * len(atoms), total.max() - total.min()
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("pair_style lorem accuracy 1e-4", "accuracy 0.0001 differs from the model's 1e-06"),
+        ("pair_style lorem accuracy 0.5", "accuracy must lie in (0, 1e-2]"),
+        ("pair_style lorem long_range p3m", "long_range must be ewald, pme or auto"),
+    ],
+)
+def test_bad_long_range_settings(pme_files, tmp_path, line, message):
+    _, path = pme_files["pme"]
+    write_data(wrapped(triclinic_water()), tmp_path / "system.data", SPECIES)
+    script = single_point_script("system.data", path, SPECIES).replace("pair_style lorem", line)
+    code, output = run(tmp_path, script, 1, check=False)
+    assert code != 0
+    assert message in output
+
+
+def test_pme_refused_for_open_boundaries(pme_files, tmp_path):
+    _, path = pme_files["pme"]
+    write_data(cluster_in_box(), tmp_path / "system.data", SPECIES)
+    script = single_point_script("system.data", path, SPECIES, "f f f").replace(
+        "pair_style lorem", "pair_style lorem long_range pme"
+    )
+    code, output = run(tmp_path, script, 1, check=False)
+    assert code != 0
+    assert "long_range pme needs a periodic box" in output
