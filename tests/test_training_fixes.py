@@ -10,7 +10,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from lorem_torch.data import structure_to_graph
 from lorem_torch.train.config import ConfigError
-from lorem_torch.train.data import read_frames
+from lorem_torch.train.data import DataError, read_frames
 from lorem_torch.train.loop import Trainer
 
 
@@ -50,6 +50,18 @@ def test_pbc_override_reads_boxed_molecules_as_isolated(tmp_path):
     assert not trainer(tmp_path, path, pbc=False).train_samples[0].graph["pbc"].any()
     with pytest.raises(ConfigError, match="data.pbc"):
         trainer(tmp_path, path, pbc="no")
+
+
+def test_pbc_override_refuses_periodic_without_a_cell(tmp_path):
+    """data.pbc: true on molecules written without a cell is an error naming the frame,
+    not a degenerate periodic structure."""
+    molecule = Atoms("NH", positions=[[0, 0, 0], [1.0, 0, 0]])
+    molecule.calc = SinglePointCalculator(molecule, energy=-1.0, forces=np.zeros((2, 3)))
+    path = tmp_path / "molecule.xyz"
+    ase.io.write(path, [boxed_dimer(3.0), molecule])
+    with pytest.raises(DataError, match="frame 1 has no full cell"):
+        read_frames(str(path), pbc=True)
+    assert all(atoms.pbc.all() for atoms in read_frames(str(path), index="0", pbc=True))
 
 
 def test_fused_adam_step_equals_the_reference_step(tmp_path):

@@ -95,16 +95,31 @@ def interaction_energy(model, atoms: Atoms, split: int) -> float:
     return energy(atoms) - energy(atoms[:split]) - energy(atoms[split:])
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """Both models trained on the same two dimers' separation scans (a few hundred steps)."""
-    folder = tmp_path_factory.mktemp("charged_dimers")
+# Two training set-ups: energies only (no second derivative: fast, in the default
+# selection) and energies with forces, as lorem-train is usually run (slow).
+PROFILES = {
+    "energies": {"epochs": 30, "batch_size": 4, "forces": 0.0},  # 150 steps
+    "energies-and-forces": {"epochs": 40, "batch_size": 2, "forces": 1.0},  # 400 steps
+}
+
+
+@pytest.fixture(
+    scope="module",
+    params=["energies", pytest.param("energies-and-forces", marks=pytest.mark.slow)],
+)
+def trained(request, tmp_path_factory):
+    """Both models trained alike on the same two dimers' separation scans."""
+    profile = PROFILES[request.param]
+    folder = tmp_path_factory.mktemp(f"charged_dimers_{request.param}")
     rng = np.random.default_rng(7)
     # the same dimer at several separations, twice with different orientations, and
     # the two ions alone
     frames = [dimer(d, rng) for _ in range(2) for d in (3.5, 4.0, 4.5, 5.0, 6.0, 7.0, 8.0, 9.0)]
     frames += monomers(rng)
     ase.io.write(folder / "train.xyz", frames)
+    data = {"train": str(folder / "train.xyz"), "valid": str(folder / "train.xyz")}
+    if not profile["forces"]:
+        data["forces_key"] = None  # no force labels: no second derivative in the steps
     models = {}
     for lr in (True, False):
         output = folder / f"lr-{lr}"
@@ -112,17 +127,17 @@ def trained(tmp_path_factory):
             "model": dict(
                 num_features=16, max_degree=2, num_radial=8, num_spherical_features=2, lr=lr
             ),
-            "data": {"train": str(folder / "train.xyz"), "valid": str(folder / "train.xyz")},
+            "data": data,
             "training": {
                 "output": str(output),
-                "epochs": 40,
-                "batch_size": 2,  # 10 steps per epoch: 400 steps
+                "epochs": profile["epochs"],
+                "batch_size": profile["batch_size"],
                 "learning_rate": 5e-3,
                 "min_learning_rate": 1e-4,
                 "ema_decay": 0.0,
                 "dtype": "float64",
-                "valid_every": 40,
-                "loss_weights": {"energy": 10.0, "forces": 1.0},
+                "valid_every": profile["epochs"],
+                "loss_weights": {"energy": 10.0, "forces": profile["forces"]},
                 "progress": False,
             },
         }
@@ -140,8 +155,8 @@ def test_long_range_model_learns_the_coulomb_tail(trained):
     reference = float(reference_energy(positions, charges, split))
     assert -1.2 < reference < -0.9  # about -14.4 / 14 eV
     predicted = interaction_energy(models[True], tail, split)
-    # the sign and the size of the reference, far beyond the cutoff (0.76 to 0.89 of
-    # it for three other seeds of data, orientation and training)
+    # the sign and the size of the reference, far beyond the cutoff (energies only:
+    # 0.88 to 0.92 of it for four seeds of data and orientation)
     assert predicted < 0, predicted
     assert 0.5 < predicted / reference < 2.0, (predicted, reference)
 

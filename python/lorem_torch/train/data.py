@@ -174,7 +174,12 @@ def read_frames(path: str, index: str = ":", pbc: bool | None = None) -> list:
     if pbc is not None:
         from ase.calculators.singlepoint import SinglePointCalculator
 
-        for atoms in frames:
+        for number, atoms in enumerate(frames):
+            if pbc and atoms.cell.rank < 3:
+                raise DataError(
+                    f"{path}: frame {number} has no full cell (lattice rank "
+                    f"{atoms.cell.rank}) and cannot be read as periodic (data.pbc: true)"
+                )
             results = dict(atoms.calc.results) if atoms.calc is not None else None
             atoms.pbc = bool(pbc)
             if not pbc:
