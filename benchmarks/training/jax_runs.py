@@ -126,18 +126,37 @@ def train(
         shutil.rmtree(experiment / "run")  # lorem-jax would resume from it
     env = jax_environment(threads, device)
     env["DATASETS"] = str(datasets.resolve())
+    env["PYTHONUNBUFFERED"] = "1"  # its reports reach us as they are printed
     started = time.perf_counter()
+    marks = []  # at each report of the elapsed time: our wall seconds, its CPU seconds
     with open(experiment / "stdout.txt", "w") as out:
-        subprocess.run(
+        process = subprocess.Popen(
             [str(JAX_PYTHON), "-c", TRAIN],
             cwd=experiment,
             env=env,
-            stdout=out,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            check=True,
+            text=True,
         )
+        for line in process.stdout:
+            out.write(line)
+            if "elapsed:" in line:
+                marks.append(
+                    {"wall": time.perf_counter() - started, "cpu": _cpu_seconds(process.pid)}
+                )
+        if process.wait() != 0:
+            raise subprocess.CalledProcessError(process.returncode, process.args)
     wall = time.perf_counter() - started
-    return {"wall_seconds": wall, "history": parse_history(experiment)}
+    return {"wall_seconds": wall, "history": parse_history(experiment), "marks": marks}
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a running process, all its threads (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _seconds(text: str) -> float:

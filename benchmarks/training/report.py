@@ -193,7 +193,7 @@ def compare_table(results: List[Dict]) -> str:
     lines.append(
         "Test MAE: E in meV/atom, F in meV/A (force components). s/epoch: median wall "
         "seconds of one epoch plus one validation pass, both run at the same time on the "
-        "same shared 2-core machine (see the speed section for quiet-machine figures)."
+        "same shared 2-core machine (the speed section times each implementation alone)."
     )
     return "\n".join(lines)
 
@@ -246,16 +246,72 @@ def speed_table(runs: Path) -> str:
     if not rows:
         return "(no speed runs yet)"
     lines = [
-        "| implementation | data | device | model | first epoch (s) | later epochs, median (s) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| implementation | data | device | threads | first epoch, wall (s) "
+        "| later epochs, wall (s) | later epochs, CPU (s) | epochs | load average |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def number(value):
+        return "-" if value is None else f"{value:.2f}"
+
     for r in rows:
-        model = f"{r['model']['num_features']}/{r['model']['max_degree']}"
-        later = "-" if r["later_epochs_s"] is None else f"{r['later_epochs_s']:.2f}"
+        threads = r.get("threads", "-") if r["device"] == "cpu" else "-"
+        load = f"{r['load_average']:.1f}" if "load_average" in r else "-"
         lines.append(
-            f"| {r['implementation']} | {r['dataset']} | {r['device']} | {model} | "
-            f"{r['first_epoch_s']:.2f} | {later} |"
+            f"| {r['implementation']} | {r['dataset']} | {r['device']} | {threads} | "
+            f"{r['first_epoch_s']:.2f} | {number(r['later_epochs_s'])} | "
+            f"{number(r.get('later_epochs_cpu_s'))} | {r['epochs']} | {load} |"
         )
+    model = rows[0]["model"]
+    lines.append("")
+    lines.append(
+        f"Model num_features {model['num_features']}, max_degree {model['max_degree']}, "
+        f"batch {rows[0]['batch_size']} structures (examples/configs/gnl-f64d3.yaml), "
+        "float32; an epoch is one pass of optimiser steps over the 200 training structures "
+        "(energies and forces) and one validation pass over 50. Later epochs: the mean "
+        "over all epochs after the first; CPU: user + system seconds of the process, all "
+        "threads. Load average: the machine's 1-minute load when the row was written (2 "
+        "cores; other jobs ran beside these)."
+    )
+    return "\n".join(lines)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def commands_table(runs: Path) -> str:
+    """Each run folder's command (bench_training.py, from the repository root) and its
+    wall time as recorded by the run itself."""
+    script = ".venv/bin/python benchmarks/bench_training.py"
+    lines = ["| command | wall time |", "| --- | --- |"]
+    for path in sorted(runs.glob("lode-*/lode_result.json")):
+        result = json.loads(path.read_text())
+        if "lorem-jax" in result["config"]:
+            continue
+        lines.append(
+            f"| `{script} lode --configs {result['config']}` | "
+            f"{_minutes(result['wall_seconds'])} ({result['epochs']} epochs) |"
+        )
+    for dataset in ("gnl", "ko4g"):
+        for result in sorted(
+            compare_results(runs, dataset), key=lambda r: (r["implementation"], r["seed"])
+        ):
+            implementation = result["implementation"].removeprefix("lorem-")
+            lines.append(
+                f"| `{script} compare --dataset {dataset} --impl {implementation} "
+                f"--seed {result['seed']}` | {_minutes(result['wall_seconds'])} |"
+            )
+    for path in sorted(runs.glob("speed-*.json")):
+        for row in json.loads(path.read_text()):
+            if "wall_seconds" not in row:
+                continue
+            implementation = row["implementation"].removeprefix("lorem-")
+            lines.append(
+                f"| `{script} speed --dataset {row['dataset']} --epochs {row['epochs']} "
+                f"--impl {implementation} --device {row['device']} --threads "
+                f"{row['threads']}` | {_minutes(row['wall_seconds'])} |"
+            )
     return "\n".join(lines)
 
 
@@ -310,6 +366,7 @@ def write(runs: Path, docs: Path) -> None:
             compare_figure(found, figures / f"learning_curves_{dataset}.png", title)
             blocks[f"compare-{dataset}-summary"] = compare_summary(found)
     blocks["speed"] = speed_table(runs)
+    blocks["commands"] = commands_table(runs)
     page = docs / "benchmarks.md"
     text = page.read_text()
     for name, content in blocks.items():

@@ -7,14 +7,18 @@ validation every epoch.
 lorem-torch: the steps of lorem-train (make_batch, predict, loss_terms, Adam) on the
 chosen device; lorem-train itself has no device option yet, so this loop moves each
 batch to the device. lorem-jax: its own `lorem-train` (jit, padded batches), timed by
-its reported elapsed time between validations. The first epoch is reported apart:
-it holds lorem-jax's compilations (one per padded batch shape).
+the moments its validation reports reach us (its own elapsed time is printed to the
+second). Wall and CPU seconds (all threads) are kept: on a shared machine the CPU
+seconds compare the implementations, the wall seconds depend on the other jobs. The
+first epoch is reported apart: it holds lorem-jax's compilations (one per padded batch
+shape); the later epochs are averaged.
 """
 
+import os
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import yaml
 
@@ -28,11 +32,14 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def torch_epochs(config: Dict, epochs: int, device_name: str, threads: int) -> List[float]:
-    """Wall seconds of each epoch (training steps + validation) of the lorem-train steps."""
+def torch_epochs(
+    config: Dict, epochs: int, device_name: str, threads: int
+) -> Tuple[List[float], List[float]]:
+    """Wall and CPU seconds (this process, all threads) of each epoch (training steps +
+    validation) of the lorem-train steps."""
     import torch
 
-    from lorem_torch.models import EnergyModel, Lorem
+    from lorem_torch.models import Lorem
     from lorem_torch.train.data import (
         LabelKeys,
         fit_baseline,
@@ -40,7 +47,7 @@ def torch_epochs(config: Dict, epochs: int, device_name: str, threads: int) -> L
         make_batch,
         read_frames,
     )
-    from lorem_torch.train.loop import DTYPES, loss_terms, predict
+    from lorem_torch.train.loop import DTYPES, loss_terms, output_model, predict
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -52,9 +59,12 @@ def torch_epochs(config: Dict, epochs: int, device_name: str, threads: int) -> L
     valid = load_samples(read_frames(data["valid"]), cutoff, keys, data["valid"])
     species = sorted({int(z) for s in train for z in s.graph["atomic_numbers"]})
     torch.manual_seed(int(training["seed"]))
-    model = Lorem(**config["model"], species=species, baseline=fit_baseline(train))
+    hyperparameters = dict(config["model"])
+    if hyperparameters.pop("kind") != "lorem":
+        raise ValueError("the speed benchmark times model.kind: lorem")
+    model = Lorem(**hyperparameters, species=species, baseline=fit_baseline(train))
     model = model.to(device=device, dtype=dtype)
-    energy_model = EnergyModel(model)
+    energy_model = output_model(model)
     optimizer = torch.optim.Adam(
         model.parameters(), lr=float(training["learning_rate"]), fused=True
     )  # as lorem-train
@@ -63,16 +73,15 @@ def torch_epochs(config: Dict, epochs: int, device_name: str, threads: int) -> L
 
     def on_device(batch):
         batch.graph = {k: v.to(device) for k, v in batch.graph.items()}
-        for name in ("energy", "num_atoms", "forces"):
-            value = getattr(batch, name)
-            if value is not None:
+        for name, value in vars(batch).items():
+            if isinstance(value, torch.Tensor):
                 setattr(batch, name, value.to(device))
         return batch
 
-    seconds = []
+    seconds, cpu_seconds = [], []
     for epoch in range(epochs):
         _sync(device)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(epoch))
         for start in range(0, len(train), batch_size):
             chunk = [train[i] for i in order[start : start + batch_size].tolist()]
@@ -87,26 +96,34 @@ def torch_epochs(config: Dict, epochs: int, device_name: str, threads: int) -> L
             predict(energy_model, batch, training=False, stress=False)
         _sync(device)
         seconds.append(time.perf_counter() - started)
-    return seconds
+        cpu_seconds.append(time.process_time() - cpu_started)
+    return seconds, cpu_seconds
 
 
 def jax_epochs(
     config: Dict, datasets: Path, name: str, output: Path, threads: int, device: str
-) -> List[float]:
-    """Seconds of each epoch of lorem-jax's lorem-train (its elapsed time at each
-    validation; the first includes the compilations)."""
+) -> Tuple[List[float], List[float | None]]:
+    """Wall and CPU seconds of each epoch of lorem-jax's lorem-train. The first epoch's
+    wall time is lorem-jax's own elapsed time at its first validation (its training
+    loop, compilations included); the later ones are the differences between the
+    moments its validation reports reach us, and its process's CPU time then."""
     import ase.io
 
     outcome = jax_runs.train(
         output, config, datasets, f"{name}/train", f"{name}/valid", threads, device
     )
     num_train = len(ase.io.read(config["data"]["train"], ":"))
-    seconds, previous = [], (0.0, 0.0)
-    for row in outcome["history"]:
-        epoch = row["samples"] / num_train
-        seconds.append((row["seconds"] - previous[1]) / (epoch - previous[0]))
-        previous = (epoch, row["seconds"])
-    return seconds
+    epochs = [row["samples"] / num_train for row in outcome["history"]]
+    marks = outcome["marks"]
+    if len(marks) != len(epochs):
+        raise RuntimeError(f"{len(marks)} elapsed-time reports for {len(epochs)} validations")
+    seconds = [outcome["history"][0]["seconds"] / epochs[0]]
+    cpu_seconds: List[float | None] = [None]  # the start-up is in it as well
+    for i in range(1, len(epochs)):
+        span = epochs[i] - epochs[i - 1]
+        seconds.append((marks[i]["wall"] - marks[i - 1]["wall"]) / span)
+        cpu_seconds.append((marks[i]["cpu"] - marks[i - 1]["cpu"]) / span)
+    return seconds, cpu_seconds
 
 
 def run(
@@ -125,13 +142,14 @@ def run(
     config["training"]["epochs"] = epochs
     rows = []
     for implementation in implementations:
+        started = time.perf_counter()
         if implementation == "torch":
-            seconds = torch_epochs(config, epochs, device, threads)
+            seconds, cpu_seconds = torch_epochs(config, epochs, device, threads)
         else:
             # lorem-jax validates at the end of each epoch but the last (its iterator
             # runs out first): one more epoch gives `epochs` timed epochs
             jax_config = {**config, "training": {**config["training"], "epochs": epochs + 1}}
-            seconds = jax_epochs(
+            seconds, cpu_seconds = jax_epochs(
                 jax_config,
                 output / "data/marathon",
                 dataset,
@@ -147,8 +165,15 @@ def run(
                 "model": {k: config["model"][k] for k in ("num_features", "max_degree")},
                 "batch_size": config["training"]["batch_size"],
                 "first_epoch_s": seconds[0],
-                "later_epochs_s": statistics.median(seconds[1:]) if len(seconds) > 1 else None,
+                "later_epochs_s": statistics.mean(seconds[1:]) if len(seconds) > 1 else None,
+                # CPU seconds (all threads): on a shared machine the fairer comparison
+                "later_epochs_cpu_s": (
+                    statistics.mean(cpu_seconds[1:]) if len(seconds) > 1 else None
+                ),
                 "epochs": len(seconds),
+                "threads": threads,
+                "wall_seconds": time.perf_counter() - started,  # set-up and all epochs
+                "load_average": os.getloadavg()[0],
             }
         )
     (output / "speed-config.yaml").write_text(yaml.safe_dump(config))
@@ -156,14 +181,17 @@ def run(
 
 
 def format_rows(rows: List[Dict]) -> str:
+    def number(value):
+        return "-" if value is None else f"{value:.2f}"
+
     lines = [
         f"{'implementation':>14} {'data':>5} {'device':>6} {'first epoch s':>14} "
-        f"{'later epochs s':>15} (median)"
+        f"{'later epochs s':>15} {'(CPU s)':>8}  (means)"
     ]
     for row in rows:
-        later = row["later_epochs_s"]
         lines.append(
             f"{row['implementation']:>14} {row['dataset']:>5} {row['device']:>6} "
-            f"{row['first_epoch_s']:>14.2f} {later if later is None else f'{later:.2f}':>15}"
+            f"{row['first_epoch_s']:>14.2f} {number(row['later_epochs_s']):>15} "
+            f"{number(row.get('later_epochs_cpu_s')):>8}"
         )
     return "\n".join(lines)
