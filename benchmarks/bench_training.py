@@ -79,7 +79,8 @@ def speed(args) -> None:
         threads=args.threads,
     )
     print(speed_module.format_rows(rows))
-    target = Path(args.output) / f"speed-{args.dataset}-{args.device}-{'-'.join(args.impl)}.json"
+    name = f"speed-{args.dataset}-{args.device}-{'-'.join(args.impl)}-t{args.threads}.json"
+    target = Path(args.output) / name
     target.write_text(json.dumps(rows, indent=1))
 
 
