@@ -1,78 +1,99 @@
-"""Training benchmark on the shared data sets (not bundled): the default LOREM and
-the same with `lr: false` on the GNL cumulenes (test errors for in-domain and
-out-domain chain lengths), and on the Ko et al. carbon chains (neutral and charged
-frames apart). Prints time per epoch and the error tables.
+"""Training benchmarks on the shared data sets (../shared, not bundled). Run from the
+repository root; every run writes a folder under --output (runs/bench_training) and
+`report` turns those folders into the tables and figures of docs/benchmarks.md.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_training.py --shared ../shared \
-        --time-budget 600 [--only cumulene|ko4g] [--lr true false]
-
-Each run gets the same time budget (seconds of training); figures from short
-budgets are far from converged and say so.
+    # 1. long-range extrapolation on the LODE dimers (train 4-12 A, test 12-15 A)
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py lode \
+        --configs examples/configs/lode-lorem-f64d4.yaml examples/configs/lode-short-range-f64d4.yaml
+    # 2. lorem-torch and lorem-jax side by side (same model, split, epochs, schedule)
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py compare \
+        --dataset gnl --impl torch --seed 0          # or --impl jax, --dataset ko4g, --seed 1
+    # 3. seconds per epoch, both implementations, a few epochs (--device cuda: GPU)
+    .venv/bin/python benchmarks/bench_training.py speed --epochs 4
+    # 4. tables and figures into docs/ from the run folders
+    .venv/bin/python benchmarks/bench_training.py report
+    # (old) both models for a fixed time budget each
+    .venv/bin/python benchmarks/bench_training.py budget --time-budget 600
 """
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
-import ase.io
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CONFIGS = Path(__file__).resolve().parents[1] / "examples/configs"
 
 
-def training_config(data: dict, lr: bool, budget: float, output: Path) -> dict:
-    return {
-        "model": {"lr": lr},
-        "data": data,
-        "training": {
-            "output": str(output),
-            "epochs": 1000,
-            "batch_size": 8,
-            "learning_rate": 2e-3,
-            "time_budget": budget,
-            "decay": "constant",
-            "progress": False,
-        },
-    }
+def lode(args) -> None:
+    from training import lode as lode_module
+
+    data = Path(args.output) / "data"
+    paths = lode_module.prepare(Path(args.shared) / "datasets/lode_dimers", data)
+    print(f"wrote {paths['train']} and {paths['test']}")
+    if args.prepare_only:
+        return
+    for config_file in args.configs:
+        run = lode_module.run_jax if args.jax else lode_module.run
+        result = run(Path(config_file), paths, retrain=args.retrain)
+        print(f"\n{config_file}: {result['epochs']} epochs in {result['wall_seconds']:.0f} s")
+        print(lode_module.format_table(result))
 
 
-def cumulene(shared: Path, lr: bool, budget: float, output: Path):
-    from lorem_torch.train import evaluate_checkpoint, train
+def compare(args) -> None:
+    from training import compare as compare_module
 
-    folder = shared / "datasets/cumulene_gnl"
-    data = {"train": str(folder / "gnl-v0.2-train.xyz"), "valid": str(folder / "gnl-v0.2-val.xyz")}
-    config = training_config(data, lr, budget, output)
-    result = train(config, log=lambda m: None)
-    history = result["history"]
-    per_epoch = history[-1]["seconds"] / history[-1]["epoch"]
-    test = evaluate_checkpoint(output / "best.pt", str(folder / "gnl-v0.2-test.xyz"))
-    return per_epoch, history[-1]["epoch"], test["errors"]
+    config = Path(args.config or CONFIGS / f"{args.dataset}-f64d3.yaml")
+    for implementation in args.impl:
+        for seed in args.seed:
+            result = compare_module.run(
+                args.dataset,
+                implementation,
+                seed,
+                Path(args.shared),
+                Path(args.output),
+                config,
+                threads=args.threads,
+            )
+            per_epoch = result["seconds_per_epoch"]
+            print(
+                f"\n{args.dataset} {result['implementation']} seed {seed}: "
+                f"{result['wall_seconds']:.0f} s wall, {per_epoch:.2f} s/epoch"
+            )
+            from lorem_torch.train.evaluation import format_table
+
+            print(format_table(result["test"]))
 
 
-def ko4g(shared: Path, lr: bool, budget: float, output: Path):
-    from lorem_torch.train import evaluate_checkpoint, train
+def speed(args) -> None:
+    from training import speed as speed_module
 
-    path = shared / "datasets/ko4g_carbon_chain/Carbon_chain_4G.extxyz"
-    frames = ase.io.read(path, ":")
-    for atoms in frames:  # group by charge state for the report
-        atoms.info["config_type"] = (
-            "charged" if abs(atoms.info.get("total_charge", 0)) > 0 else "neutral"
-        )
-    labelled = output.parent / "ko4g-labelled.extxyz"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    ase.io.write(labelled, frames)
-    config = training_config(
-        {"train": str(labelled), "split": [0.9, 0.1], "seed": 0}, lr, budget, output
+    rows = speed_module.run(
+        Path(args.shared),
+        Path(args.output),
+        CONFIGS / f"{args.dataset}-f64d3.yaml",
+        epochs=args.epochs,
+        device=args.device,
+        implementations=args.impl,
+        threads=args.threads,
     )
-    result = train(config, log=lambda m: None)
-    history = result["history"]
-    per_epoch = history[-1]["seconds"] / history[-1]["epoch"]
-    # the validation split (10 %, seed 0) is the held-out set here
-    held_out = output.parent / "ko4g-held-out.extxyz"
-    import numpy as np
+    print(speed_module.format_rows(rows))
+    name = f"speed-{args.dataset}-{args.device}-{'-'.join(args.impl)}-t{args.threads}.json"
+    target = Path(args.output) / name
+    target.write_text(json.dumps(rows, indent=1))
 
-    order = np.random.default_rng(0).permutation(len(frames))
-    cut = int(round(0.9 * len(frames)))
-    ase.io.write(held_out, [frames[i] for i in order[cut:]])
-    test = evaluate_checkpoint(output / "best.pt", str(held_out))
-    return per_epoch, history[-1]["epoch"], test["errors"]
+
+def report(args) -> None:
+    from training import report as report_module
+
+    report_module.write(Path(args.output), Path(args.docs))
+
+
+def budget(args) -> None:
+    from training import budget as budget_module
+
+    budget_module.main(args)
 
 
 def main():
@@ -80,25 +101,53 @@ def main():
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--shared", default="../shared")
-    parser.add_argument("--time-budget", type=float, default=600)
-    parser.add_argument("--only", choices=["cumulene", "ko4g"])
-    parser.add_argument("--lr", nargs="+", default=["true", "false"])
     parser.add_argument("--output", default="runs/bench_training")
-    args = parser.parse_args()
-    from lorem_torch.train.evaluation import format_table
+    commands = parser.add_subparsers(dest="command", required=True)
 
-    shared = Path(args.shared)
-    for name, run in (("cumulene", cumulene), ("ko4g", ko4g)):
-        if args.only and args.only != name:
-            continue
-        for lr in args.lr:
-            output = Path(args.output) / f"{name}-lr-{lr}"
-            per_epoch, epochs, errors = run(shared, lr == "true", args.time_budget, output)
-            print(
-                f"\n{name}, lr: {lr}: {epochs} epochs, {per_epoch:.1f} s/epoch, budget {args.time_budget} s"
-            )
-            print(format_table(errors))
-            (output / "test_errors.json").write_text(json.dumps(errors, indent=1))
+    p = commands.add_parser("lode", help="LODE dimers: long range against short range")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=[
+            str(CONFIGS / "lode-lorem-f64d4.yaml"),
+            str(CONFIGS / "lode-short-range-f64d4.yaml"),
+        ],
+    )
+    p.add_argument("--prepare-only", action="store_true", help="only write the data files")
+    p.add_argument("--retrain", action="store_true", help="train even if the run has finished")
+    p.add_argument("--jax", action="store_true", help="train with lorem-jax instead")
+    p.set_defaults(run=lode)
+
+    p = commands.add_parser("compare", help="lorem-torch and lorem-jax side by side")
+    p.add_argument("--dataset", choices=["gnl", "ko4g"], required=True)
+    p.add_argument("--impl", nargs="+", choices=["torch", "jax"], default=["torch", "jax"])
+    p.add_argument("--seed", nargs="+", type=int, default=[0, 1])
+    p.add_argument(
+        "--config", help="lorem-torch config (default examples/configs/<dataset>-f64d3.yaml)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="threads for lorem-jax (XLA)")
+    p.set_defaults(run=compare)
+
+    p = commands.add_parser("speed", help="seconds per epoch, both implementations")
+    p.add_argument("--dataset", choices=["gnl", "ko4g"], default="gnl")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--impl", nargs="+", choices=["torch", "jax"], default=["torch", "jax"])
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(run=speed)
+
+    p = commands.add_parser("report", help="tables and figures of docs/benchmarks.md")
+    p.add_argument("--docs", default="docs")
+    p.set_defaults(run=report)
+
+    p = commands.add_parser("budget", help="(old) default LOREM and lr: false, same time budget")
+    p.add_argument("--time-budget", type=float, default=600)
+    p.add_argument("--only", choices=["cumulene", "ko4g"])
+    p.add_argument("--lr", nargs="+", default=["true", "false"])
+    p.set_defaults(run=budget)
+
+    args = parser.parse_args()
+    args.run(args)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
         # bec models add Z* E to the forces they fit; absent or None: no field
         "electric_field_key": "electric_field",
         "index": ":",  # which frames of each file (ASE index syntax)
+        # periodicity of every structure read: null keeps the files' pbc; false reads them
+        # as isolated (e.g. molecules written in a box); true as fully periodic
+        "pbc": None,
     },
     "training": {
         "output": "runs/lorem",
@@ -75,6 +78,7 @@ OPTIONAL_TYPES = {
     ("data", "stress_key"): (str, type(None)),
     ("data", "forces_key"): (str, type(None)),
     ("data", "index"): (str, int),
+    ("data", "pbc"): (bool, type(None)),
     ("training", "time_budget"): (int, float, type(None)),
 }
 # (section, entry): (lowest allowed value, whether the lowest value itself is allowed)

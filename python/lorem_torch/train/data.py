@@ -157,7 +157,11 @@ def load_samples(
     return samples
 
 
-def read_frames(path: str, index: str = ":") -> list:
+def read_frames(path: str, index: str = ":", pbc: bool | None = None) -> list:
+    """Frames of an ASE-readable file; `pbc` (True/False) overrides every frame's periodicity.
+
+    With pbc=False the cell is dropped as well, so that nothing downstream can treat
+    the structure as periodic (neighbour lists, Ewald, stress)."""
     import ase.io
 
     try:
@@ -166,7 +170,23 @@ def read_frames(path: str, index: str = ":") -> list:
         raise
     except Exception as error:
         raise DataError(f"cannot read {path} with ASE: {error}") from error
-    return frames if isinstance(frames, list) else [frames]
+    frames = frames if isinstance(frames, list) else [frames]
+    if pbc is not None:
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        for number, atoms in enumerate(frames):
+            if pbc and atoms.cell.rank < 3:
+                raise DataError(
+                    f"{path}: frame {number} has no full cell (lattice rank "
+                    f"{atoms.cell.rank}) and cannot be read as periodic (data.pbc: true)"
+                )
+            results = dict(atoms.calc.results) if atoms.calc is not None else None
+            atoms.pbc = bool(pbc)
+            if not pbc:
+                atoms.cell = None
+            if results is not None:  # the stored labels stay valid for the new geometry
+                atoms.calc = SinglePointCalculator(atoms, **results)
+    return frames
 
 
 def split(samples: List, fractions: Sequence[float], seed: int) -> List[List]:

@@ -127,6 +127,7 @@ def evaluate_checkpoint(
     batch_size: int = 4,
     dtype: torch.dtype | None = None,
     index: str = ":",
+    pbc: bool | None = None,
 ) -> Dict[str, Any]:
     """Errors of a model (checkpoint, export or Lorem) on an ASE-readable file; plots,
     metrics.json and predictions.xyz into `output`.
@@ -134,14 +135,15 @@ def evaluate_checkpoint(
     Label keys not given come from the checkpoint's training configuration. A file
     without energy labels (under a key that was not given explicitly) is predicted
     instead: predictions.xyz in `output`, or `<data stem>.predictions.xyz` in the
-    current folder. The result's "errors" is None then.
+    current folder. The result's "errors" is None then. `pbc` overrides the periodicity
+    of every structure (see read_frames).
     """
     predictor = Predictor(checkpoint, dtype)
     explicit_energy_key = (
         isinstance(label_keys, LabelKeys) or (label_keys or {}).get("energy") is not None
     )
     label_keys = _label_keys(label_keys, predictor.training_config)
-    frames = read_frames(data, index)
+    frames = read_frames(data, index, pbc)
     if not frames:
         raise DataError(f"{data} holds no structures")
     # Born effective charges are compared where the model has them and the frames carry them

@@ -1,0 +1,401 @@
+"""Tables and figures of docs/benchmarks.md, made from the run folders only.
+
+docs/benchmarks.md is prose with generated blocks between markers
+    <!-- generated:NAME -->  ...  <!-- end:NAME -->
+that this module rewrites; the figures go to docs/benchmarks/*.png (small PNGs).
+Nothing here is typed by hand: rerun `bench_training.py report` after new runs.
+"""
+
+import json
+import platform
+import re
+import statistics
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from . import lode
+
+FIGURES = "benchmarks"  # under docs/
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# -- LODE dimers --
+
+
+def lode_results(runs: Path) -> Dict[str, Dict]:
+    results = {}
+    for path in sorted(runs.glob("lode-*/lode_result.json")):
+        results[path.parent.name] = json.loads(path.read_text())
+    return results
+
+
+def _charges(charges) -> str:
+    return f"{charges[0]:+d}/{charges[1]:+d}"
+
+
+def _model_name(run: str) -> str:
+    return run.removeprefix("lode-")
+
+
+def lode_table(results: Dict[str, Dict]) -> str:
+    names = list(results)
+    header = "| class | charges | reference at 12-15 A (meV) | " + " | ".join(
+        f"{_model_name(n)}" for n in names
+    )
+    lines = [header + " |", "|" + " --- |" * (3 + len(names))]
+    errors = {
+        n: (
+            lode.class_errors(r["rows"], "test"),
+            lode.class_errors(r["rows"], "test", anchor=True),
+            lode.class_errors(r["rows"], "train"),
+        )
+        for n, r in results.items()
+    }
+    rows = next(iter(results.values()))["rows"]
+    for label in lode.CLASSES:
+        test_rows = [r for r in rows if r["label"] == label and r["split"] == "test"]
+        charges = _charges(test_rows[0]["charges"])
+        reference = ", ".join(f"{1000 * r['inter_energy']:.1f}" for r in test_rows)
+        cells = [
+            f"{errors[n][0][label]['mae_meV']:.1f} / **{errors[n][1][label]['mae_meV']:.1f}** "
+            f"({errors[n][2][label]['mae_meV']:.1f})"
+            for n in names
+        ]
+        lines.append(f"| {label} | {charges} | {reference} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "Each cell: test MAE / **anchored test MAE** (train MAE), meV, of the interaction "
+        "energy E_model(dimer) - energyA - energyB against the reference inter_energy; 3 test "
+        "frames per class at 12-15 A, 10 training frames at 4-12 A. Anchored: the error of the "
+        "change of the interaction energy from the dimer's farthest training frame, which "
+        "leaves out the constant offset of each dimer and measures the extrapolated tail alone."
+    )
+    runs = ", ".join(
+        f"{_model_name(n)}: {r['epochs']} epochs, {r['wall_seconds'] / 60:.0f} min wall"
+        for n, r in results.items()
+    )
+    lines.append(f"Runs: {runs}.")
+    return "\n".join(lines)
+
+
+def lode_reference_table(rows: List[Dict]) -> str:
+    """The reference tails against Coulomb's law: isolated point charges at the monomer
+    distance, and the same charges in the files' periodic 30 A box (lode.periodic_coulomb)."""
+    lines = [
+        "| class | distance (A) | reference (meV) | Coulomb, isolated (meV) | Coulomb, 30 A periodic box (meV) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        if r["split"] != "test" or 0 in r["charges"]:
+            continue
+        lines.append(
+            f"| {r['label']} | {r['distance']:.2f} | {1000 * r['inter_energy']:.1f} | "
+            f"{1000 * r['coulomb']:.1f} | {1000 * r['coulomb_periodic']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def lode_tail_table(results: Dict[str, Dict]) -> str:
+    """The models' own CC interaction energy far along the dimer axis (lode.tail_scan)."""
+    names = [n for n, r in results.items() if "tail_scan" in r]
+    if not names:
+        return "(no tail scans)"
+    scan = {n: results[n]["tail_scan"] for n in names}
+    distances = [row["distance"] for row in scan[names[0]]]
+    lines = [
+        "| distance (A) | Coulomb, isolated (meV) | "
+        + " | ".join(_model_name(n) for n in names)
+        + " |",
+        "|" + " --- |" * (2 + len(names)),
+    ]
+    for i, distance in enumerate(distances):
+        cells = [f"{1000 * scan[n][i]['model']:.1f}" for n in names]
+        coulomb = 1000 * scan[names[0]][i]["coulomb"]
+        lines.append(f"| {distance:.0f} | {coulomb:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def lode_figure(results: Dict[str, Dict], path: Path) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 3, figsize=(10, 5.6))
+    palette = ["tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:green", "tab:brown"]
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(results)}
+    first = next(iter(results.values()))["rows"]
+    for ax, label in zip(axes.ravel(), lode.CLASSES, strict=True):
+        rows = sorted((r for r in first if r["label"] == label), key=lambda r: r["distance"])
+        d = np.array([r["distance"] for r in rows])
+        ax.plot(d, [1000 * r["inter_energy"] for r in rows], "ko", ms=3.5, label="reference")
+        for name, result in results.items():
+            mine = sorted(
+                (r for r in result["rows"] if r["label"] == label), key=lambda r: r["distance"]
+            )
+            ax.plot(
+                [r["distance"] for r in mine],
+                [1000 * r["predicted"] for r in mine],
+                "--" if name.endswith("-jax") else "-",
+                color=colors[name],
+                lw=1.3,
+                label=_model_name(name),
+            )
+        start = min(r["distance"] for r in rows if r["split"] == "test")
+        ax.axvspan(start - 0.2, d.max() + 0.3, color="0.9", zorder=0)
+        ax.set_title(f"{label} ({_charges(rows[0]['charges'])})", fontsize=10)
+        ax.set_xlabel("distance (A)", fontsize=9)
+        ax.set_ylabel("interaction energy (meV)", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(
+        "LODE dimers: test range shaded (12-15 A, beyond every training separation)", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+# -- lorem-torch and lorem-jax side by side --
+
+
+def compare_results(runs: Path, dataset: str) -> List[Dict]:
+    return [json.loads(p.read_text()) for p in sorted(runs.glob(f"{dataset}-*-s*/result.json"))]
+
+
+def compare_table(results: List[Dict]) -> str:
+    if not results:
+        return "(no runs yet)"
+    groups = sorted({g for r in results for g in r["test"] if g != "all"})
+    header = ["implementation", "seed", "s/epoch"]
+    for group in ["all", *groups]:
+        header += [f"E {group}", f"F {group}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+
+    def cells(errors_by_group):
+        out = []
+        for group in ["all", *groups]:
+            e = errors_by_group[group]
+            out += [f"{e['energy_mae_meV_per_atom']:.2f}", f"{e['forces_mae_meV_per_A']:.0f}"]
+        return out
+
+    for r in sorted(results, key=lambda r: (r["implementation"], r["seed"])):
+        row = [r["implementation"], str(r["seed"]), f"{r['seconds_per_epoch']:.1f}"]
+        lines.append("| " + " | ".join(row + cells(r["test"])) + " |")
+    lines.append("")
+    lines.append(
+        "Test MAE: E in meV/atom, F in meV/A (force components). s/epoch: median wall "
+        "seconds of one epoch plus one validation pass, both run at the same time on the "
+        "same shared 2-core machine (the speed section times each implementation alone)."
+    )
+    return "\n".join(lines)
+
+
+def compare_figure(results: List[Dict], path: Path, title: str) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    colors = {"lorem-torch": "tab:red", "lorem-jax": "tab:green"}
+    for r in results:
+        epochs = [h["epoch"] for h in r["history"]]
+        style = "-" if r["seed"] == 0 else "--"
+        label = f"{r['implementation']} seed {r['seed']}"
+        color = colors[r["implementation"]]
+        axes[0].semilogy(
+            epochs,
+            [h["valid_energy_mae"] for h in r["history"]],
+            style,
+            color=color,
+            lw=1,
+            label=label,
+        )
+        axes[1].semilogy(
+            epochs,
+            [h["valid_forces_mae"] for h in r["history"]],
+            style,
+            color=color,
+            lw=1,
+            label=label,
+        )
+    axes[0].set_ylabel("validation energy MAE (meV/atom)", fontsize=9)
+    axes[1].set_ylabel("validation force MAE (meV/A)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.tick_params(labelsize=8)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+# -- speed --
+
+
+def speed_table(runs: Path) -> str:
+    rows = []
+    for path in sorted(runs.glob("speed-*.json")):
+        rows += json.loads(path.read_text())
+    if not rows:
+        return "(no speed runs yet)"
+    lines = [
+        "| implementation | data | device | threads | first epoch, wall (s) "
+        "| later epochs, wall (s) | later epochs, CPU (s) | epochs | load average |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def number(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    for r in rows:
+        threads = r.get("threads", "-") if r["device"] == "cpu" else "-"
+        load = f"{r['load_average']:.1f}" if "load_average" in r else "-"
+        lines.append(
+            f"| {r['implementation']} | {r['dataset']} | {r['device']} | {threads} | "
+            f"{r['first_epoch_s']:.2f} | {number(r['later_epochs_s'])} | "
+            f"{number(r.get('later_epochs_cpu_s'))} | {r['epochs']} | {load} |"
+        )
+    model = rows[0]["model"]
+    lines.append("")
+    lines.append(
+        f"Model num_features {model['num_features']}, max_degree {model['max_degree']}, "
+        f"batch {rows[0]['batch_size']} structures (examples/configs/gnl-f64d3.yaml), "
+        "float32; an epoch is one pass of optimiser steps over the 200 training structures "
+        "(energies and forces) and one validation pass over 50. Later epochs: the mean "
+        "over all epochs after the first; CPU: user + system seconds of the process, all "
+        "threads. Load average: the machine's 1-minute load when the row was written (2 "
+        "cores; other jobs ran beside these)."
+    )
+    return "\n".join(lines)
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
+
+
+def commands_table(runs: Path) -> str:
+    """Each run folder's command (bench_training.py, from the repository root) and its
+    wall time as recorded by the run itself."""
+    script = ".venv/bin/python benchmarks/bench_training.py"
+    lines = ["| command | wall time |", "| --- | --- |"]
+    for path in sorted(runs.glob("lode-*/lode_result.json")):
+        result = json.loads(path.read_text())
+        if "lorem-jax" in result["config"]:
+            continue
+        lines.append(
+            f"| `{script} lode --configs {result['config']}` | "
+            f"{_minutes(result['wall_seconds'])} ({result['epochs']} epochs) |"
+        )
+    for dataset in ("gnl", "ko4g"):
+        for result in sorted(
+            compare_results(runs, dataset), key=lambda r: (r["implementation"], r["seed"])
+        ):
+            implementation = result["implementation"].removeprefix("lorem-")
+            lines.append(
+                f"| `{script} compare --dataset {dataset} --impl {implementation} "
+                f"--seed {result['seed']}` | {_minutes(result['wall_seconds'])} |"
+            )
+    for path in sorted(runs.glob("speed-*.json")):
+        for row in json.loads(path.read_text()):
+            if "wall_seconds" not in row:
+                continue
+            implementation = row["implementation"].removeprefix("lorem-")
+            lines.append(
+                f"| `{script} speed --dataset {row['dataset']} --epochs {row['epochs']} "
+                f"--impl {implementation} --device {row['device']} --threads "
+                f"{row['threads']}` | {_minutes(row['wall_seconds'])} |"
+            )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    import torch
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
+    )
+
+
+# -- writing --
+
+
+def _replace_block(text: str, name: str, content: str) -> str:
+    pattern = re.compile(rf"(<!-- generated:{name} -->\n).*?(<!-- end:{name} -->)", re.S)
+    if not pattern.search(text):
+        raise KeyError(f"docs/benchmarks.md has no block '{name}'")
+    return pattern.sub(lambda m: m.group(1) + content.rstrip() + "\n" + m.group(2), text)
+
+
+def write(runs: Path, docs: Path) -> None:
+    figures = docs / FIGURES
+    figures.mkdir(parents=True, exist_ok=True)
+    blocks = {"machine": machine()}
+    results = lode_results(runs)
+    if results:
+        first = next(iter(results.values()))
+        rows = first["rows"]
+        blocks["lode"] = lode_table(results)
+        blocks["lode-reference"] = lode_reference_table(rows)
+        blocks["lode-tail"] = lode_tail_table(results)
+        lode_figure(results, figures / "lode_binding_curves.png")
+    for dataset, title in (
+        ("gnl", "GNL cumulenes: lorem-torch and lorem-jax, same settings"),
+        ("ko4g", "Ko carbon chains: lorem-torch and lorem-jax, same settings"),
+    ):
+        found = compare_results(runs, dataset)
+        blocks[f"compare-{dataset}"] = compare_table(found)
+        if found:
+            compare_figure(found, figures / f"learning_curves_{dataset}.png", title)
+            blocks[f"compare-{dataset}-summary"] = compare_summary(found)
+    blocks["speed"] = speed_table(runs)
+    blocks["commands"] = commands_table(runs)
+    page = docs / "benchmarks.md"
+    text = page.read_text()
+    for name, content in blocks.items():
+        if f"<!-- generated:{name} -->" in text:
+            text = _replace_block(text, name, content)
+    page.write_text(text)
+    print(f"updated {page} and {figures}")
+
+
+def compare_summary(results: List[Dict]) -> str:
+    """Mean and spread over seeds per implementation (all test structures)."""
+    lines = [
+        "| implementation | seeds | E MAE (meV/atom) | F MAE (meV/A) | s/epoch |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for implementation in ("lorem-torch", "lorem-jax"):
+        mine = [r for r in results if r["implementation"] == implementation]
+        if not mine:
+            continue
+        e = [r["test"]["all"]["energy_mae_meV_per_atom"] for r in mine]
+        f = [r["test"]["all"]["forces_mae_meV_per_A"] for r in mine]
+        s = [r["seconds_per_epoch"] for r in mine]
+
+        def spread(values, digits):
+            if len(values) == 1:
+                return f"{values[0]:.{digits}f}"
+            return f"{statistics.mean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+        lines.append(
+            f"| {implementation} | {len(mine)} | {spread(e, 2)} | {spread(f, 0)} | {spread(s, 1)} |"
+        )
+    return "\n".join(lines)
