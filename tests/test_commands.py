@@ -331,6 +331,27 @@ def test_export_bad_files(tmp_path, capsys, trained):
         assert output.read_bytes() == b"keep me"
 
 
+def test_export_long_range_options(tmp_path, capsys, trained):
+    """lorem-export --long-range/--accuracy set the export's contract; the default is the
+    checkpoint's own; bad values are one-line errors that leave no file."""
+    from lorem_torch.export.archive import read_metadata
+
+    plain, chosen = tmp_path / "plain.pt", tmp_path / "pme.pt"
+    code, out, _ = run(export_main, [trained / "best.pt", "-o", plain], capsys)
+    assert code == 0 and "long range ewald (accuracy 1e-06)" in out
+    arguments = ["--long-range", "pme", "--accuracy", "1e-5", "--max-memory-gb", "2"]
+    code, out, _ = run(export_main, [trained / "best.pt", "-o", chosen, *arguments], capsys)
+    assert code == 0 and "long range pme (accuracy 1e-05)" in out
+    settings = read_metadata(chosen)["contract"]["long_range"]
+    assert settings["method"] == "pme" and settings["accuracy"] == 1e-5
+    assert read_metadata(plain)["contract"]["long_range"]["method"] == "ewald"
+    for bad, phrase in ((["--accuracy", "2"], "accuracy"), (["--max-memory-gb", "-1"], "memory")):
+        output = tmp_path / "bad.pt"
+        code, _, err = run(export_main, [trained / "best.pt", "-o", output, *bad], capsys)
+        assert_one_line_error(code, err, "lorem-export", phrase)
+        assert not output.exists()
+
+
 def test_calculator_on_a_truncated_checkpoint(tmp_path, trained):
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         LoremCalculator(truncated(trained / "best.pt", tmp_path / "cut.pt"))

@@ -8,7 +8,15 @@ import torch
 from ase import Atoms
 from ase.md.verlet import VelocityVerlet
 from ase.units import fs
-from conftest import cluster, evaluate, nacl, rewrite_metadata, small_model, triclinic_water
+from conftest import (
+    RUNTIME_DEVICE,
+    cluster,
+    evaluate,
+    nacl,
+    rewrite_metadata,
+    small_model,
+    triclinic_water,
+)
 from lorem_torch._core import LoremError, Model
 
 from lorem_torch import LoremCalculator
@@ -109,7 +117,7 @@ def test_parity_ladder(exports, name, dtype, tolerance):
                 atol=tolerance * scale,
             )
 
-    cpp = cpp_evaluate(Model(str(paths[dtype])), atoms)
+    cpp = cpp_evaluate(Model(str(paths[dtype]), RUNTIME_DEVICE), atoms)
     assert cpp["energy"] == pytest.approx(energy, abs=tolerance * scale)
     np.testing.assert_allclose(
         cpp["energies"], reference["energies"].detach().numpy(), atol=tolerance * scale
@@ -264,4 +272,4 @@ def test_unknown_element_in_cpp(exports):
     _, paths = exports
     atoms = Atoms("OU", positions=[[0, 0, 0], [2.0, 0, 0]])
     with pytest.raises(LoremError, match=r"unknown element.*\[92\]"):
-        cpp_evaluate(Model(str(paths["float64"])), atoms)
+        cpp_evaluate(Model(str(paths["float64"]), RUNTIME_DEVICE), atoms)

@@ -5,7 +5,7 @@ calculator; per-atom Z* for dumps through `fix property/atom d2_bec 9`."""
 
 import numpy as np
 import pytest
-from conftest import cluster, small_model
+from conftest import RUNTIME_DEVICE, cluster, small_model
 from lammps_run import read_single_point, run, single_point_script, write_data
 from lorem_torch._core import LoremError, Model
 from test_bec import small_bec
@@ -34,7 +34,7 @@ def test_runtime_born_effective_charges_and_field(bec_export, make):
     forces = calculator.get_forces(atoms)
     apt = calculator.get_property("born_effective_charges", atoms)
     (system,) = split_into_ranks(atoms, 5.0, np.zeros(len(atoms), dtype=int))
-    out = Model(str(path)).compute(
+    out = Model(str(path), RUNTIME_DEVICE).compute(
         system.positions.numpy(),
         system.atomic_numbers.numpy(),
         system.n_local,
@@ -58,7 +58,7 @@ def test_runtime_refuses_a_field_without_the_apt_head(tmp_path):
     atoms = cluster()
     (system,) = split_into_ranks(atoms, 5.0, np.zeros(len(atoms), dtype=int))
     with pytest.raises(LoremError, match="no Born effective charge head"):
-        Model(str(path)).compute(
+        Model(str(path), RUNTIME_DEVICE).compute(
             system.positions.numpy(),
             system.atomic_numbers.numpy(),
             system.n_local,

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from conftest import cluster, evaluate, nacl, rewrite_metadata, small_model, triclinic_water
+from conftest import (
+    RUNTIME_DEVICE,
+    cluster,
+    evaluate,
+    nacl,
+    rewrite_metadata,
+    small_model,
+    triclinic_water,
+)
 from lorem_torch._core import LoremError, Model
 
 from lorem_torch import LoremCalculator
@@ -106,7 +114,7 @@ def test_cpp_runtime_matches_python(mp_exports, model_name, structure):
     atoms = STRUCTURES[structure]()
     periodic = bool(atoms.pbc.all())
     reference = evaluate(model, [atoms], stress=periodic)
-    result = cpp_evaluate(Model(str(path)), atoms)
+    result = cpp_evaluate(Model(str(path), RUNTIME_DEVICE), atoms)
     scale = max(1.0, abs(float(reference["energy"].detach())))
     assert result["energy"] == pytest.approx(float(reference["energy"].detach()), abs=1e-10 * scale)
     np.testing.assert_allclose(
@@ -164,9 +172,9 @@ def test_every_consumer_refuses_what_the_contract_refuses(mp_exports, tmp_path):
     # and what it grants still works
     cluster_atoms = cluster()
     reference = evaluate(model, [cluster_atoms])
-    assert cpp_evaluate(Model(str(refusing)), cluster_atoms)["energy"] == pytest.approx(
-        float(reference["energy"].detach()), abs=1e-10
-    )
+    assert cpp_evaluate(Model(str(refusing), RUNTIME_DEVICE), cluster_atoms)[
+        "energy"
+    ] == pytest.approx(float(reference["energy"].detach()), abs=1e-10)
 
 
 def test_slabs_are_refused_by_the_calculator(mp_exports):
@@ -205,7 +213,7 @@ def test_atoms_too_close_are_refused_by_the_runtime(mp_exports):
     _, path = mp_exports["mp1_lr_equivariant"]
     atoms = Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [0.96, 0, 0]])
     with pytest.raises(AtomsTooCloseError, match="atoms 1 and 2 are 0.000000 A apart"):
-        cpp_evaluate(Model(str(path)), atoms)
+        cpp_evaluate(Model(str(path), RUNTIME_DEVICE), atoms)
 
 
 def test_float32_far_from_the_origin(tmp_path):
@@ -214,11 +222,11 @@ def test_float32_far_from_the_origin(tmp_path):
     path = tmp_path / "model32.pt"
     export_model(model, path, "float32")
     atoms = cluster()
-    near = cpp_evaluate(Model(str(path)), atoms)
+    near = cpp_evaluate(Model(str(path), RUNTIME_DEVICE), atoms)
     far = atoms.copy()
     far.positions += 1.0e6
     (system,) = split_into_ranks(far, 5.0, np.zeros(len(far), dtype=int))
-    shifted = Model(str(path)).compute(
+    shifted = Model(str(path), RUNTIME_DEVICE).compute(
         system.positions.numpy(),
         system.atomic_numbers.numpy(),
         system.n_local,

@@ -515,9 +515,10 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
               module_.get_method("long_range_apt")({final.spherical, final_potentials}).toTensor();
       }
       // the acoustic sum rule over the whole system: 9 sums and the atom count, all ranks
-      auto totals = comm.all_reduce_sum(
-          torch::cat({apt.sum(0).reshape({9}).to(torch::kFloat64),
-                      torch::full({1}, static_cast<double>(n_local), torch::kFloat64)}));
+      // (the count on apt's device: torch::cat refuses tensors on two devices)
+      auto totals = comm.all_reduce_sum(torch::cat(
+          {apt.sum(0).reshape({9}).to(torch::kFloat64),
+           torch::full({1}, static_cast<double>(n_local), apt.options().dtype(torch::kFloat64))}));
       const double count = std::max(1.0, totals[9].item<double>());
       apt = apt - (totals.slice(0, 0, 9).reshape({1, 3, 3}) / count).to(options);
     }

@@ -60,9 +60,15 @@ def metadata_of(model, dtype: torch.dtype, methods) -> Dict[str, Any]:
 
 
 def export_model(
-    source: str | Path | torch.nn.Module, path: str | Path, dtype: str = "float32"
+    source: str | Path | torch.nn.Module,
+    path: str | Path,
+    dtype: str = "float32",
+    long_range: str | Dict[str, Any] | None = None,
 ) -> Dict[str, Any]:
-    """Script a model (or a checkpoint's) into `path`, atomically; returns the metadata."""
+    """Script a model (or a checkpoint's) into `path`, atomically; returns the metadata.
+
+    `long_range` (a method name or some of {method, accuracy, max_memory_gb}) is given
+    over the model's own settings before export (long_range/settings.py)."""
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be float32 or float64, got {dtype!r}")
     torch_dtype = DTYPES[dtype]
@@ -73,6 +79,11 @@ def export_model(
         )
     else:
         model = model_from_checkpoint(source, dtype=torch_dtype)
+    if long_range is not None:
+        try:
+            model = model.with_long_range(long_range)
+        except ValueError as error:
+            raise ExportError(str(error)) from None
     model.eval()
     exported = ExportedLoremBEC(model) if isinstance(model, LoremBEC) else ExportedLorem(model)
     scripted = torch.jit.script(exported)
@@ -150,16 +161,49 @@ def export_main(argv=None) -> None:
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), default="float32", help="precision (default: float32)"
     )
+    parser.add_argument(
+        "--long-range",
+        choices=["ewald", "pme", "auto"],
+        help="k-space method of the export (default: the checkpoint's own, usually ewald; "
+        "auto: PME above ~1,000 atoms); LAMMPS may pick another with pair_style lorem "
+        "long_range",
+    )
+    parser.add_argument(
+        "--accuracy",
+        type=float,
+        help="long-range accuracy target, relative (default: the checkpoint's own, 1e-6); "
+        "pair_style lorem accuracy must match it",
+    )
+    parser.add_argument(
+        "--max-memory-gb",
+        type=float,
+        help="refuse k-space grids or meshes estimated above this (default: the checkpoint's, 8)",
+    )
     add_version(parser)
     args = parser.parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in (
+            ("method", args.long_range),
+            ("accuracy", args.accuracy),
+            ("max_memory_gb", args.max_memory_gb),
+        )
+        if value is not None
+    }
     try:
-        metadata = export_model(args.checkpoint, args.output, args.dtype)
+        metadata = export_model(args.checkpoint, args.output, args.dtype, overrides or None)
     except (FileNotFoundError, CheckpointError, ExportError) as error:
         fail("lorem-export", error)
     contract = metadata["contract"]
+    long_range = contract["long_range"]
+    described = (
+        "none"
+        if long_range["method"] == "none"
+        else f"{long_range['method']} (accuracy {long_range['accuracy']:g})"
+    )
     print(
         f"wrote {args.output}: species {contract['species']['symbols']}, cutoff "
         f"{contract['cutoff']} A, {contract['num_message_passing']} message-passing layers, "
-        f"long range {contract['long_range']['method']}, {contract['dtype']}, "
+        f"long range {described}, {contract['dtype']}, "
         f"weights {metadata['weight_sha256'][:12]}"
     )

