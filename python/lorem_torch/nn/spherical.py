@@ -12,8 +12,9 @@ Keeping e3x's basis (rather than e3nn's) means lorem-jax weights load unchanged
 and the l = 2 charges mean the same thing in both implementations.
 """
 
+import functools
 import math
-from typing import List
+from typing import List, NamedTuple, Tuple
 
 import torch
 from e3nn import o3
@@ -47,6 +48,13 @@ def e3x_basis_change(max_degree: int, dtype=torch.float64) -> torch.Tensor:
 
 def clebsch_gordan(max_degree1: int, max_degree2: int, max_degree3: int) -> torch.Tensor:
     """[(L1+1)**2, (L2+1)**2, (L3+1)**2] e3x-convention coupling coefficients (float64)."""
+    return _clebsch_gordan(max_degree1, max_degree2, max_degree3).clone()
+
+
+@functools.cache
+def _clebsch_gordan(max_degree1: int, max_degree2: int, max_degree3: int) -> torch.Tensor:
+    # cached: a model builds several products of the same degrees, and e3nn's
+    # wigner_3j takes seconds for l = 6
     cg = torch.zeros(
         num_components(max_degree1),
         num_components(max_degree2),
@@ -65,6 +73,139 @@ def clebsch_gordan(max_degree1: int, max_degree2: int, max_degree3: int) -> torc
                     math.sqrt(2 * l3 + 1) * block
                 )
     return cg
+
+
+NUM_REFLECTION_CLASSES = 8
+
+
+def reflection_classes(max_degree: int) -> torch.Tensor:
+    """[(L+1)**2] the class 0..7 of each component under the mirror planes x, y, z = 0.
+
+    Every e3x basis function is even or odd under each of the three reflections
+    (x -> -x, ...); bit a of the class is set when it is odd under the reflection of
+    coordinate a. A product of two components only couples to outputs of class
+    class1 XOR class2, which makes the coupling tensor block-sparse. Derived from the
+    harmonics themselves (float64, generic points), so it holds for the basis in use.
+    """
+    harmonics = SphericalHarmonics(max_degree).double()
+    generator = torch.Generator().manual_seed(0)
+    points = torch.randn(64, 3, dtype=torch.float64, generator=generator)
+    points = points / points.norm(dim=1, keepdim=True)
+    values = harmonics(points)  # [64, C]
+    classes = torch.zeros(values.shape[1], dtype=torch.long)
+    for axis in range(3):
+        mirrored = points.clone()
+        mirrored[:, axis] = -mirrored[:, axis]
+        sign = (harmonics(mirrored) * values).sum(0) / (values * values).sum(0)
+        if not torch.allclose(sign.abs(), torch.ones_like(sign), rtol=0, atol=1e-9):
+            raise RuntimeError("a basis function is neither even nor odd under a reflection")
+        classes += (sign < 0).long() << axis
+    return classes
+
+
+class CouplingBlocks(NamedTuple):
+    """The parity-allowed Clebsch-Gordan tensor as dense blocks between reflection classes.
+
+    Components of each input and of the output are sorted by class (`order*`: the
+    natural component at each sorted position). Block i couples class `class1[i]` of
+    input 1 and `class2[i]` of input 2 into class `class3[i]` (= their XOR); blocks
+    are grouped by `class3`. Its `entries[i]` coefficients are stored flat,
+    [class3 components, class2 components, class1 components] in sorted order, with
+    `entry_path` the flat (l1, l2, l3) index of each into a kernel [L1+1, L2+1, L3+1].
+    """
+
+    order1: torch.Tensor  # [C1] long
+    order2: torch.Tensor  # [C2] long
+    inverse_order3: torch.Tensor  # [C3] long: sorted position of each natural output component
+    class_sizes1: List[int]  # [8]
+    class_sizes2: List[int]
+    class_sizes3: List[int]
+    class1: List[int]  # [blocks]
+    class2: List[int]
+    class3: List[int]
+    entries: List[int]
+    entry_path: torch.Tensor  # [E] long
+    entry_coefficient: torch.Tensor  # [E] float64
+
+
+def coupling_blocks(
+    max_degree1: int, max_degree2: int, max_degree3: int, even_output: bool = False
+) -> CouplingBlocks:
+    """Block-sparse form of the coupling used by the tensor product: the paths with even
+    l1 + l2 + l3, or with `even_output` those with even l1 + l2 (TensorProduct).
+
+    Every class triple is examined, so no coefficient can be missed whatever the
+    selection rule; by the reflection symmetry only g XOR j XOR k = 0 (even l1 + l2 + l3)
+    or 7 (odd) hold any."""
+    degree = [degree_of_component(L) for L in (max_degree1, max_degree2, max_degree3)]
+    classes = reflection_classes(max(max_degree1, max_degree2, max_degree3))
+    class1, class2, class3 = (classes[: d.shape[0]] for d in degree)
+    degree_sum = degree[0][:, None, None] + degree[1][None, :, None]
+    if not even_output:
+        degree_sum = degree_sum + degree[2]
+    cg = clebsch_gordan(max_degree1, max_degree2, max_degree3) * (degree_sum % 2 == 0)
+
+    orders = [torch.argsort(c, stable=True) for c in (class1, class2, class3)]
+    sizes = [
+        torch.bincount(c, minlength=NUM_REFLECTION_CLASSES).tolist()
+        for c in (class1, class2, class3)
+    ]
+    members: List[List[torch.Tensor]] = [
+        list(torch.split(order, size)) for order, size in zip(orders, sizes, strict=True)
+    ]
+    blocks: List[Tuple[int, int, int, int]] = []
+    paths: List[torch.Tensor] = []
+    coefficients: List[torch.Tensor] = []
+    for k in range(NUM_REFLECTION_CLASSES):
+        for g in range(NUM_REFLECTION_CLASSES):
+            for j in range(NUM_REFLECTION_CLASSES):
+                c1, c2, c3 = members[0][g], members[1][j], members[2][k]
+                # [class3 components, class2 components, class1 components]
+                block = cg[c1][:, c2][:, :, c3].permute(2, 1, 0)
+                if block.numel() == 0 or not bool((block != 0).any()):
+                    continue
+                index3, index2, index1 = torch.meshgrid(c3, c2, c1, indexing="ij")
+                path = (degree[0][index1] * (max_degree2 + 1) + degree[1][index2]) * (
+                    max_degree3 + 1
+                ) + degree[2][index3]
+                blocks.append((g, j, k, block.numel()))
+                paths.append(path.reshape(-1))
+                coefficients.append(block.reshape(-1))
+    return CouplingBlocks(
+        order1=orders[0],
+        order2=orders[1],
+        inverse_order3=torch.argsort(orders[2]),
+        class_sizes1=sizes[0],
+        class_sizes2=sizes[1],
+        class_sizes3=sizes[2],
+        class1=[b[0] for b in blocks],
+        class2=[b[1] for b in blocks],
+        class3=[b[2] for b in blocks],
+        entries=[b[3] for b in blocks],
+        entry_path=torch.cat(paths) if paths else torch.zeros(0, dtype=torch.long),
+        entry_coefficient=torch.cat(coefficients)
+        if coefficients
+        else torch.zeros(0, dtype=torch.float64),
+    )
+
+
+def empty_coupling_blocks() -> CouplingBlocks:
+    """No blocks (what a dense TensorProduct holds in their place)."""
+    empty = torch.zeros(0, dtype=torch.long)
+    return CouplingBlocks(
+        order1=empty,
+        order2=empty,
+        inverse_order3=empty,
+        class_sizes1=[],
+        class_sizes2=[],
+        class_sizes3=[],
+        class1=[],
+        class2=[],
+        class3=[],
+        entries=[],
+        entry_path=empty,
+        entry_coefficient=torch.zeros(0, dtype=torch.float64),
+    )
 
 
 class SphericalHarmonics(ConstantsModule):
