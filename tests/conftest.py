@@ -94,3 +94,24 @@ def rewrite_metadata(source, target, edit):
                 data = (edited if isinstance(edited, str) else json.dumps(edited)).encode()
             writer.writestr(item, data)
     return target
+
+
+def cpp_evaluate(cpp_model, atoms, **options):
+    """lorem_torch._core.Model.compute on one process (every atom local, periodic images as
+    ghosts); options: origin, electric_field, born_effective_charges."""
+    import numpy as np
+
+    from lorem_torch.export import split_into_ranks
+
+    (system,) = split_into_ranks(atoms, cpp_model.cutoff, np.zeros(len(atoms), dtype=int))
+    return cpp_model.compute(
+        system.positions.numpy(),
+        system.atomic_numbers.numpy(),
+        system.n_local,
+        system.centers.numpy(),
+        system.others.numpy(),
+        np.asarray(atoms.cell.array, dtype=float),
+        bool(atoms.pbc.all()),
+        system.ghost_index.numpy(),
+        **options,
+    )

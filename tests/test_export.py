@@ -11,6 +11,7 @@ from ase.units import fs
 from conftest import (
     RUNTIME_DEVICE,
     cluster,
+    cpp_evaluate,
     evaluate,
     nacl,
     rewrite_metadata,
@@ -68,20 +69,6 @@ def exports(tmp_path_factory):
         paths[dtype] = folder / f"model-{dtype}.pt"
         export_model(model, paths[dtype], dtype)
     return model, paths
-
-
-def cpp_evaluate(cpp_model, atoms):
-    (system,) = split_into_ranks(atoms, cpp_model.cutoff, np.zeros(len(atoms), dtype=int))
-    return cpp_model.compute(
-        system.positions.numpy(),
-        system.atomic_numbers.numpy(),
-        system.n_local,
-        system.centers.numpy(),
-        system.others.numpy(),
-        np.asarray(atoms.cell.array, dtype=float),
-        bool(atoms.pbc.all()),
-        system.ghost_index.numpy(),
-    )
 
 
 @pytest.mark.parametrize("name", sorted(STRUCTURES))

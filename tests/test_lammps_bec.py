@@ -5,14 +5,14 @@ calculator; per-atom Z* for dumps through `fix property/atom d2_bec 9`."""
 
 import numpy as np
 import pytest
-from conftest import RUNTIME_DEVICE, cluster, small_model
+from conftest import RUNTIME_DEVICE, cluster, cpp_evaluate, small_model
 from lammps_run import read_single_point, run, single_point_script, write_data
 from lorem_torch._core import LoremError, Model
 from test_bec import small_bec
 from test_lammps import water_box, wrapped
 
 from lorem_torch import LoremCalculator
-from lorem_torch.export import export_model, split_into_ranks
+from lorem_torch.export import export_model
 
 FIELD = (0.3, -0.5, 0.7)  # V/A
 SPECIES = ["O", "H"]
@@ -33,18 +33,8 @@ def test_runtime_born_effective_charges_and_field(bec_export, make):
     calculator = LoremCalculator(model, electric_field=FIELD)
     forces = calculator.get_forces(atoms)
     apt = calculator.get_property("born_effective_charges", atoms)
-    (system,) = split_into_ranks(atoms, 5.0, np.zeros(len(atoms), dtype=int))
-    out = Model(str(path), RUNTIME_DEVICE).compute(
-        system.positions.numpy(),
-        system.atomic_numbers.numpy(),
-        system.n_local,
-        system.centers.numpy(),
-        system.others.numpy(),
-        np.asarray(atoms.cell.array, dtype=float),
-        bool(atoms.pbc.all()),
-        system.ghost_index.numpy(),
-        electric_field=FIELD,
-        born_effective_charges=True,
+    out = cpp_evaluate(
+        Model(str(path), RUNTIME_DEVICE), atoms, electric_field=FIELD, born_effective_charges=True
     )
     np.testing.assert_allclose(out["born_effective_charges"], apt, atol=1e-10)
     np.testing.assert_allclose(out["born_effective_charges"].sum(axis=0), 0.0, atol=1e-10)
@@ -55,20 +45,8 @@ def test_runtime_born_effective_charges_and_field(bec_export, make):
 def test_runtime_refuses_a_field_without_the_apt_head(tmp_path):
     path = tmp_path / "plain.pt"
     export_model(small_model(species=[1, 6, 8]), path, "float64")
-    atoms = cluster()
-    (system,) = split_into_ranks(atoms, 5.0, np.zeros(len(atoms), dtype=int))
     with pytest.raises(LoremError, match="no Born effective charge head"):
-        Model(str(path), RUNTIME_DEVICE).compute(
-            system.positions.numpy(),
-            system.atomic_numbers.numpy(),
-            system.n_local,
-            system.centers.numpy(),
-            system.others.numpy(),
-            np.zeros((3, 3)),
-            False,
-            system.ghost_index.numpy(),
-            electric_field=FIELD,
-        )
+        cpp_evaluate(Model(str(path), RUNTIME_DEVICE), cluster(), electric_field=FIELD)
 
 
 def bec_script(path):

@@ -9,6 +9,7 @@ from ase import Atoms
 from conftest import (
     RUNTIME_DEVICE,
     cluster,
+    cpp_evaluate,
     evaluate,
     nacl,
     rewrite_metadata,
@@ -91,20 +92,6 @@ def test_staged_equals_whole_over_ranks(mp_exports, model_name, structure):
         if periodic:
             virial = sum(r.virial for r in results)
             np.testing.assert_allclose(virial.numpy(), reference["virial"][0].numpy(), atol=1e-10)
-
-
-def cpp_evaluate(cpp_model, atoms):
-    (system,) = split_into_ranks(atoms, cpp_model.cutoff, np.zeros(len(atoms), dtype=int))
-    return cpp_model.compute(
-        system.positions.numpy(),
-        system.atomic_numbers.numpy(),
-        system.n_local,
-        system.centers.numpy(),
-        system.others.numpy(),
-        np.asarray(atoms.cell.array, dtype=float),
-        bool(atoms.pbc.all()),
-        system.ghost_index.numpy(),
-    )
 
 
 @pytest.mark.parametrize("structure", sorted(STRUCTURES))
@@ -225,17 +212,6 @@ def test_float32_far_from_the_origin(tmp_path):
     near = cpp_evaluate(Model(str(path), RUNTIME_DEVICE), atoms)
     far = atoms.copy()
     far.positions += 1.0e6
-    (system,) = split_into_ranks(far, 5.0, np.zeros(len(far), dtype=int))
-    shifted = Model(str(path), RUNTIME_DEVICE).compute(
-        system.positions.numpy(),
-        system.atomic_numbers.numpy(),
-        system.n_local,
-        system.centers.numpy(),
-        system.others.numpy(),
-        np.zeros((3, 3)),
-        False,
-        system.ghost_index.numpy(),
-        origin=far.positions.mean(axis=0),
-    )
+    shifted = cpp_evaluate(Model(str(path), RUNTIME_DEVICE), far, origin=far.positions.mean(axis=0))
     assert shifted["energy"] == pytest.approx(near["energy"], abs=1e-5)
     np.testing.assert_allclose(shifted["forces"], near["forces"], atol=1e-4)
