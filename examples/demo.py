@@ -135,7 +135,8 @@ def main() -> None:
     step("3. export it to TorchScript (lorem-export)")
     model_file = output / "model.pt"
     metadata = export_model(output / "train" / "best.pt", model_file, "float32")
-    print(f"{model_file}: species {metadata['species']['symbols']}, cutoff {metadata['cutoff']} A")
+    contract = metadata["contract"]
+    print(f"{model_file}: species {contract['species']['symbols']}, cutoff {contract['cutoff']} A")
 
     rates = {}
     for ranks in (1, 2):
