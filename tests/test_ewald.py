@@ -85,12 +85,17 @@ def test_torchpme_reference_frames():
     The stored values differ from them by up to 1.01e-5 relative in energy and
     3e-4 eV/A in forces (the file holds rounded inputs), hence the tolerances.
     """
+    assert_matches_torchpme_frames(Ewald(smearing=0.5, lr_wavelength=0.25))
+
+
+def assert_matches_torchpme_frames(summation):
+    """Energies and forces of a long-range summation (Ewald, PME: called as
+    module(positions, charges, cell, centers, others, distances)) on the frames."""
     import ase.io
 
     frames = ase.io.read(
         shared_file("datasets/torchpme_ewald_reference/coulomb_test_frames.xyz"), ":"
     )
-    ewald = Ewald(smearing=0.5, lr_wavelength=0.25)
     for atoms in frames:
         positions = torch.tensor(atoms.positions, requires_grad=True)
         charges = torch.tensor(atoms.get_initial_charges())[:, None]
@@ -99,7 +104,7 @@ def test_torchpme_reference_frames():
             points=atoms.positions, box=atoms.cell.array, periodic=True, quantities="ijS"
         )
         vectors = positions[j] - positions[i] + torch.tensor(shifts, dtype=torch.float64) @ cell
-        potentials = ewald(
+        potentials = summation(
             positions,
             charges,
             cell,

@@ -9,11 +9,10 @@ import pytest
 import torch
 import vesin
 from ase import Atoms
-from conftest import evaluate, nacl, random_rotation, shared_file, small_model, triclinic_water
+from conftest import evaluate, nacl, random_rotation, small_model, triclinic_water
+from test_ewald import assert_matches_torchpme_frames
 
 from lorem_torch.long_range import PME, Ewald
-
-COULOMB_EV_ANGSTROM = 14.399645478425668
 
 
 def dense_mixed(seed=4, count=60) -> Atoms:
@@ -86,32 +85,7 @@ def test_potentials_and_fields_meet_the_accuracy(accuracy):
 def test_torchpme_reference_frames():
     """torch-pme's Na4Cl4 Coulomb frames with PME (tolerances as for Ewald in test_ewald.py:
     the stored values carry rounded inputs)."""
-    import ase.io
-
-    frames = ase.io.read(
-        shared_file("datasets/torchpme_ewald_reference/coulomb_test_frames.xyz"), ":"
-    )
-    pme = PME(smearing=0.5, accuracy=1e-8)
-    for atoms in frames:
-        positions = torch.tensor(atoms.positions, requires_grad=True)
-        charges = torch.tensor(atoms.get_initial_charges())[:, None]
-        cell = torch.tensor(atoms.cell.array)
-        i, j, shifts = vesin.NeighborList(cutoff=6.0, full_list=True).compute(
-            points=atoms.positions, box=atoms.cell.array, periodic=True, quantities="ijS"
-        )
-        vectors = positions[j] - positions[i] + torch.tensor(shifts, dtype=torch.float64) @ cell
-        potentials = pme(
-            positions,
-            charges,
-            cell,
-            torch.tensor(i, dtype=torch.long),
-            torch.tensor(j, dtype=torch.long),
-            torch.linalg.norm(vectors, dim=-1),
-        )
-        e = (charges * potentials).sum() * COULOMB_EV_ANGSTROM
-        (gradient,) = torch.autograd.grad(e, positions)
-        assert float(e.detach()) == pytest.approx(atoms.get_potential_energy(), rel=2e-5)
-        np.testing.assert_allclose(-gradient.numpy(), atoms.get_forces(), atol=5e-4)
+    assert_matches_torchpme_frames(PME(smearing=0.5, accuracy=1e-8))
 
 
 @pytest.mark.parametrize("make", [triclinic_water, lambda: nacl(1)])
