@@ -354,6 +354,21 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
       auto q = leaf(charges);
       auto scalar_leaf = leaf(final.scalar);
       auto spherical_leaf = leaf(final.spherical);
+      // every method ends alike: the readout of the potentials, the end of the forward
+      // timing, and the gradients of the long-range energy to the method's leaves (then
+      // to scalar_leaf and spherical_leaf, the last two)
+      auto read_out = [&](const torch::Tensor& potentials, std::vector<torch::Tensor> leaves) {
+        final_potentials = potentials.detach();
+        auto energies_lr =
+            module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
+        energies = energies + energies_lr.detach();
+        sync();
+        forward_at = now();
+        comm_forward = comm.seconds;
+        leaves.push_back(scalar_leaf);
+        leaves.push_back(spherical_leaf);
+        return gradients({energies_lr.sum()}, {torch::ones({}, options)}, leaves);
+      };
       bool pme = false;
       if (system.periodic && method_ != "ewald") {
         pme = method_ == "pme";
@@ -409,16 +424,8 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
                                   {positions, torch::cat({q, ghost_q}), potential_brick, brick_lo,
                                    mesh_list, total_q, cell, strain, centers, others, n_local})
                               .toTensor();
-        final_potentials = potentials.detach();
-        auto energies_lr =
-            module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
-        energies = energies + energies_lr.detach();
-        sync();
-        forward_at = now();
-        comm_forward = comm.seconds;
-        auto first = gradients(
-            {energies_lr.sum()}, {torch::ones({}, options)},
-            {positions, strain, q, ghost_q, potential_brick, total_q, scalar_leaf, spherical_leaf});
+        auto first =
+            read_out(potentials, {positions, strain, q, ghost_q, potential_brick, total_q});
         // the mesh operator is real and symmetric: the gradient of the charge mesh is the
         // same convolution of the potential mesh's gradient
         auto gradient_spectrum =
@@ -453,16 +460,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
                 .get_method("potentials")({positions, torch::cat({q, ghost_q}), total_sf, total_q,
                                            cell, strain, grid, centers, others, n_local})
                 .toTensor();
-        final_potentials = potentials.detach();
-        auto energies_lr =
-            module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
-        energies = energies + energies_lr.detach();
-        sync();
-        forward_at = now();
-        comm_forward = comm.seconds;
-        auto first = gradients(
-            {energies_lr.sum()}, {torch::ones({}, options)},
-            {positions, strain, q, ghost_q, total_sf, total_q, scalar_leaf, spherical_leaf});
+        auto first = read_out(potentials, {positions, strain, q, ghost_q, total_sf, total_q});
         // the sums over ranks of dE/dS and dE/dQ; dE/dq of ghosts back to their owners
         auto grad_sf = comm.all_reduce_sum(first[4]);
         auto grad_q_total = comm.all_reduce_sum(first[5]);
@@ -482,15 +480,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         auto potentials =
             module_.get_method("direct_potentials")({all_positions, all_charges, strain, receivers})
                 .toTensor();
-        final_potentials = potentials.detach();
-        auto energies_lr =
-            module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
-        energies = energies + energies_lr.detach();
-        sync();
-        forward_at = now();
-        comm_forward = comm.seconds;
-        auto first = gradients({energies_lr.sum()}, {torch::ones({}, options)},
-                               {strain, all_positions, all_charges, scalar_leaf, spherical_leaf});
+        auto first = read_out(potentials, {strain, all_positions, all_charges});
         auto grad_all_positions = comm.all_reduce_sum(first[1]);
         auto grad_all_charges = comm.all_reduce_sum(first[2]);
         grad_positions.slice(0, 0, n_local) +=
