@@ -1,16 +1,50 @@
-// Registers pair_style lorem with LAMMPS (plugin load / LAMMPS_PLUGIN_PATH).
+// Registers pair_style lorem with LAMMPS (plugin load / LAMMPS_PLUGIN_PATH), after
+// checking that the running LAMMPS is the one the plugin was compiled for.
+#include <mpi.h>
+
+#include <cstdio>
+
+#include "build_check.h"
 #include "lammps.h"
 #include "lammpsplugin_api.h"
+#include "library.h"
+#include "lmptype.h"
 #include "pair_lorem.h"
 
 using namespace LAMMPS_NS;
 
+#ifndef LOREM_LAMMPS_BUILD_VERSION
+#error "LOREM_LAMMPS_BUILD_VERSION (YYYYMMDD of the LAMMPS headers) is set by CMake"
+#endif
+
 static Pair* create_pair_lorem(LAMMPS* lmp) { return new PairLorem(lmp); }
 
 extern "C" void lammpsplugin_init(void* lmp, void* handle, void* regfunc) {
+  // Only LAMMPS' C library interface is used until the check has passed: its calls are
+  // the same in every LAMMPS version, unlike the layout of the LAMMPS class.
+  lorem_plugin::LammpsBuild built;
+  built.version = LOREM_LAMMPS_BUILD_VERSION;
+  built.bigint_bytes = sizeof(bigint);
+  built.tagint_bytes = sizeof(tagint);
+  built.imageint_bytes = sizeof(imageint);
+  lorem_plugin::LammpsBuild running;
+  running.version = lammps_version(lmp);
+  running.bigint_bytes = lammps_extract_setting(lmp, "bigint");
+  running.tagint_bytes = lammps_extract_setting(lmp, "tagint");
+  running.imageint_bytes = lammps_extract_setting(lmp, "imageint");
+  const std::string mismatch = lorem_plugin::build_mismatch(built, running);
+  if (!mismatch.empty()) {
+    // not registered: `pair_style lorem` then stops as an unknown style, after this line
+    int rank = 0, initialized = 0;
+    MPI_Initialized(&initialized);
+    if (initialized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    if (rank == 0) std::fprintf(stderr, "ERROR: %s\n", mismatch.c_str());
+    return;
+  }
+
   lammpsplugin_t plugin;
   auto register_plugin = (lammpsplugin_regfunc)regfunc;
-  // the running LAMMPS' own version string: no version mismatch to warn about
+  // the versions agree (checked above): LAMMPS' own string, so it has nothing to warn about
   plugin.version = ((LAMMPS*)lmp)->version;
   plugin.style = "pair";
   plugin.name = "lorem";
