@@ -114,6 +114,21 @@ std::pair<torch::Tensor, torch::Tensor> unpack(const torch::Tensor& packed,
   return {scalar, spherical};
 }
 
+// The model raises errors with a code ("[lorem:memory] ..."; python/lorem_torch/errors.py)
+// that TorchScript wraps in its traceback: the coded line alone (the last one: the
+// traceback may quote code), or the whole text when there is none.
+std::string evaluation_failure(const std::string& text) {
+  const auto start = text.rfind("[lorem:");
+  if (start == std::string::npos) return "lorem model evaluation failed: " + text;
+  auto line = text.substr(start, text.find('\n', start) - start);
+  if (line.rfind("[lorem:memory]", 0) == 0) {
+    line +=
+        " (the memory limit is fixed in the export: export again with lorem-export "
+        "--max-memory-gb)";
+  }
+  return line;
+}
+
 // A torch.save file (a training checkpoint) is a zip archive too, without TorchScript code.
 bool looks_like_checkpoint(const std::string& path) {
   try {
@@ -563,9 +578,9 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
   } catch (const Error&) {
     throw;
   } catch (const c10::Error& error) {
-    throw Error(std::string("lorem model evaluation failed: ") + error.what_without_backtrace());
+    throw Error(evaluation_failure(error.what_without_backtrace()));
   } catch (const std::exception& error) {
-    throw Error(std::string("lorem model evaluation failed: ") + error.what());
+    throw Error(evaluation_failure(error.what()));
   }
 }
 

@@ -19,11 +19,14 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from . import keys
 from .data import DEFAULT_MIN_DISTANCE, check_structure, model_frame_offsets, neighbor_list
 from .errors import (
+    EXPORT_MEMORY_SETTING,
     AtomsTooCloseError,
+    LongRangeTooLargeError,
     MissingAPTHeadError,
     NonFiniteError,
     NotPeriodicError,
     UnknownElementError,
+    reraise_coded,
 )
 from .export import load_any
 from .export.contract import require
@@ -53,6 +56,35 @@ def with_long_range(model, contract, long_range):
     return model
 
 
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _dtype(value) -> torch.dtype | None:
+    """None, torch.float32/float64 or the strings the commands take ("float32", "float64")."""
+    if value is None or value in DTYPES.values():
+        return value
+    if isinstance(value, str) and value in DTYPES:
+        return DTYPES[value]
+    raise ValueError(
+        f"dtype must be 'float32' or 'float64' (or torch.float32/float64), got {value!r}"
+    )
+
+
+def _device(value) -> torch.device:
+    """None (cpu), a torch.device or a device string ("cpu", "cuda", "cuda:1")."""
+    if value is None:
+        return torch.device("cpu")
+    if isinstance(value, torch.device):
+        return value
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {value!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {value!r}: CUDA is not available to this PyTorch")
+    return device
+
+
 def _field_vector(electric_field) -> np.ndarray | None:
     if electric_field is None:
         return None
@@ -70,6 +102,10 @@ class LoremCalculator(Calculator):
     """Energy, free energy, per-atom energies, forces and (periodic cells) stress.
 
     Extra results: "charges" [N, C] and "potentials" [N, C] of the long range.
+
+    device: "cpu" (default), "cuda" or "cuda:N"; dtype: "float32" or "float64" (the
+    --dtype of the commands; default the model's, and an export computes only in its own).
+    Energies are summed in float64 whatever the dtype (docs/design.md, section 2).
 
     long_range overrides the long-range settings of a Lorem or checkpoint for this
     calculator ("ewald", "pme", "auto" or a mapping such as {"method": "pme",
@@ -94,8 +130,8 @@ class LoremCalculator(Calculator):
     def __init__(
         self,
         model: Lorem | str | Path,
-        device: str | None = None,
-        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
         skin: float = 0.5,
         min_distance: float = DEFAULT_MIN_DISTANCE,
         long_range: str | dict | None = None,
@@ -103,8 +139,8 @@ class LoremCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.model, self.dtype, self.contract = load_any(model, dtype)
+        self.device = _device(device)
+        self.model, self.dtype, self.contract = load_any(model, _dtype(dtype))
         self.requires_periodic = False
         if long_range is not None:
             self.model = with_long_range(self.model, self.contract, long_range)
@@ -200,6 +236,36 @@ class LoremCalculator(Calculator):
             nl["cell_shifts"][keep],
         )
 
+    def _evaluate(self, graph, periodic: bool):
+        if self.scripted:
+            energy, energies, forces, virial, charges, potentials = self.model.energy_forces_virial(
+                *(graph[k] for k in keys.INPUT_KEYS)
+            )
+            out = {keys.ENERGY: energy, keys.ENERGIES: energies, keys.FORCES: forces}
+            out.update({keys.VIRIAL: virial, keys.CHARGES: charges, keys.POTENTIALS: potentials})
+            if self.has_apt:
+                apt = self.model.born_effective_charges(*(graph[k] for k in keys.INPUT_KEYS))
+                out[keys.APT] = apt
+                if self._electric_field is not None:
+                    field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
+                    out[keys.FORCES] = forces + torch.einsum("nab,b->na", apt, field)
+        elif self.has_apt:
+            field = None
+            if self._electric_field is not None:
+                field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
+            out = self.energy_model(
+                **graph, compute_forces=True, compute_stress=periodic, electric_field=field
+            )
+        else:
+            out = self.energy_model(**graph, compute_forces=True, compute_stress=periodic)
+        return out
+
+    def _memory_setting(self) -> str:
+        """Where this calculator's user raises the long-range memory limit."""
+        if self.scripted:
+            return EXPORT_MEMORY_SETTING
+        return "LoremCalculator(..., long_range={'max_memory_gb': ...})"
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         periodic, cell, positions, centers, others, shifts = self._pairs(self.atoms)
@@ -239,27 +305,12 @@ class LoremCalculator(Calculator):
                 f"unknown element: atomic numbers {unknown} are not among the model's species "
                 f"{sorted(self.species)}"
             )
-        if self.scripted:
-            energy, energies, forces, virial, charges, potentials = self.model.energy_forces_virial(
-                *(graph[k] for k in keys.INPUT_KEYS)
-            )
-            out = {keys.ENERGY: energy, keys.ENERGIES: energies, keys.FORCES: forces}
-            out.update({keys.VIRIAL: virial, keys.CHARGES: charges, keys.POTENTIALS: potentials})
-            if self.has_apt:
-                apt = self.model.born_effective_charges(*(graph[k] for k in keys.INPUT_KEYS))
-                out[keys.APT] = apt
-                if self._electric_field is not None:
-                    field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
-                    out[keys.FORCES] = forces + torch.einsum("nab,b->na", apt, field)
-        elif self.has_apt:
-            field = None
-            if self._electric_field is not None:
-                field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
-            out = self.energy_model(
-                **graph, compute_forces=True, compute_stress=periodic, electric_field=field
-            )
-        else:
-            out = self.energy_model(**graph, compute_forces=True, compute_stress=periodic)
+        try:
+            out = self._evaluate(graph, periodic)
+        except (torch.jit.Error, RuntimeError, LongRangeTooLargeError) as error:
+            # one line, not TorchScript's traceback; the memory limit as set here
+            reraise_coded(error, self._memory_setting())
+            raise
 
         def numpy(key):
             return out[key].detach().cpu().double().numpy()

@@ -131,14 +131,16 @@ class ExportedLorem(torch.nn.Module):
         strain: torch.Tensor,
         n_local: int,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Energies with baseline [n_local], scalar [n_local, d] and spherical
+        """Energies with baseline [n_local] (float64), scalar [n_local, d] and spherical
         [n_local, (L+1)**2, s] features of the local atoms after the initial block
         (ghosts lend their species to the edges; centres must be local)."""
         radial, harmonics = self._edges(positions, centers, others, strain)
         energy, scalar, spherical = self.model.initial_features(
             atomic_numbers, radial, harmonics, centers, others, n_local
         )
-        return energy + self.model.baseline[atomic_numbers[:n_local]], scalar, spherical
+        # float64 per-atom energies: the baseline (hundreds of eV) is added in float64
+        baseline = self.model.baseline[atomic_numbers[:n_local]]
+        return energy.to(torch.float64) + baseline, scalar, spherical
 
     @torch.jit.export
     def message_passing_step(

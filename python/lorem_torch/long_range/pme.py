@@ -31,6 +31,7 @@ A distributed complex FFT of the same mesh must use the same (unnormalised) conv
 """
 
 import math
+import warnings
 from typing import List, Tuple
 
 import torch
@@ -38,8 +39,10 @@ import torch
 from .accuracy import PME_ORDERS, check_accuracy, pme_parameters
 from .bspline import spline_moduli, stencil_weights
 from .ewald import reciprocal_cell
+from .settings import PME_SECONDS_PER_MESH_POINT
 from .terms import (
-    check_memory,
+    COST_WARNING_SECONDS,
+    check_cost,
     check_periodic_cell,
     combine_potentials,
     one_decimal,
@@ -128,6 +131,10 @@ class PME(torch.nn.Module):
         # atoms are processed in chunks so that their stencil tables [atoms, p^3, C]
         # hold about this many elements
         self.chunk_elements = int(chunk_elements)
+        self.seconds_per_mesh_point = PME_SECONDS_PER_MESH_POINT * self.channels
+        # the slow-mesh warning is given once per model
+        self.cost_warning_seconds = COST_WARNING_SECONDS
+        self.cost_warned = False
 
     # -- sizes --
 
@@ -141,7 +148,7 @@ class PME(torch.nn.Module):
         shape = self.mesh_of(cell)
         lengths: List[float] = torch.linalg.norm(cell.detach().to(torch.float64), dim=-1).tolist()
         itemsize = 8.0 if cell.dtype == torch.float64 else 4.0
-        check_memory(
+        warning = check_cost(
             "the PME mesh "
             + "x".join([str(n) for n in shape])
             + " of this "
@@ -150,8 +157,14 @@ class PME(torch.nn.Module):
             float(shape[0] * shape[1] * shape[2]),
             "mesh points",
             self.floats_per_mesh_point * itemsize,
+            self.seconds_per_mesh_point,
             self.max_memory_bytes,
+            self.cost_warning_seconds,
+            True,
         )
+        if warning != "" and not self.cost_warned:
+            self.cost_warned = True
+            warnings.warn(warning, stacklevel=2)
         return shape
 
     def mesh_of(self, cell: torch.Tensor) -> List[int]:

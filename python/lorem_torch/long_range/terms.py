@@ -8,10 +8,15 @@ sum_i q_i V_i.
 """
 
 import math
+from typing import List
 
 import torch
 
 from ..errors import LongRangeTooLargeError, NotPeriodicError
+
+# warn (once per model) about a k-space estimated slower than this per evaluation: Ewald
+# from about 140 A cubic cells, whatever the atoms (a molecule in a 200 A box: 17 s)
+COST_WARNING_SECONDS = 5.0
 
 
 def real_space_potentials(
@@ -59,33 +64,65 @@ def check_periodic_cell(cell: torch.Tensor, method: str) -> None:
     lengths = torch.linalg.norm(cell.detach().to(torch.float64), dim=-1)
     if not volume > 1e-6 * float(lengths.prod()) or not math.isfinite(volume):
         raise NotPeriodicError(
-            method
+            "[lorem:cell] "  # errors.CELL_CODE: TorchScript takes no global strings
+            + method
             + " needs a periodic cell with a finite, non-zero volume (got volume "
             + str(volume)
             + " A^3); non-periodic structures use the direct sum"
         )
 
 
-def check_memory(
-    what: str, elements: float, unit: str, bytes_per_element: float, limit_bytes: float
-) -> None:
-    """Refuse, before anything is allocated, a long-range grid that would need more than
-    `limit_bytes`; `elements` counts the grid points (`unit`: k-vectors or mesh points)."""
+def check_cost(
+    what: str,
+    elements: float,
+    unit: str,
+    bytes_per_element: float,
+    seconds_per_element: float,
+    limit_bytes: float,
+    warning_seconds: float,
+    is_pme: bool,
+) -> str:
+    """Before anything is allocated: refuse (LongRangeTooLargeError) a long-range grid
+    whose estimated peak memory exceeds `limit_bytes`; return a warning (one line, code
+    [lorem:cost]) when its estimated time per evaluation is above `warning_seconds`,
+    "" otherwise. `elements` counts the grid points (`unit`: k-vectors or mesh points).
+
+    The advice ends in "a higher memory limit": callers that know where the user sets
+    it add the name of that setting (errors.with_advice)."""
     needed = elements * bytes_per_element
+    seconds = elements * seconds_per_element
+    remedies: List[str] = [] if is_pme else ["PME"]
+    remedies.append("a coarser accuracy")
+    estimate = (
+        _count(elements) + " " + unit + " (~" + _gigabytes(needed) + ", ~" + _seconds(seconds)
+    )
     if needed > limit_bytes:
         raise LongRangeTooLargeError(
-            what
+            "[lorem:memory] "  # errors.MEMORY_CODE
+            + what
             + " needs "
-            + _count(elements)
-            + " "
-            + unit
-            + " (~"
-            + _gigabytes(needed)
-            + "), more than the limit of "
+            + estimate
+            + " per evaluation), more than the memory limit of "
             + _gigabytes(limit_bytes)
-            + ". Use long_range method 'pme' for large cells, a larger (coarser) accuracy, "
-            + "or raise max_memory_gb in the long_range settings if the machine has the memory"
+            + ": "
+            + _advice(remedies + ["a higher memory limit"])
         )
+    if seconds > warning_seconds:
+        return (
+            "[lorem:cost] " + what + " needs " + estimate + " per evaluation): " + _advice(remedies)
+        )
+    return ""
+
+
+def _advice(remedies: List[str]) -> str:
+    listed = remedies[-1]
+    if len(remedies) > 1:
+        listed = ", ".join(remedies[:-1]) + " or " + listed
+    return (
+        "for an isolated molecule or cluster use non-periodic boundaries (the direct sum); "
+        + "for a large periodic cell, "
+        + listed
+    )
 
 
 def one_decimal(x: float) -> str:
@@ -104,3 +141,7 @@ def _count(elements: float) -> str:
 
 def _gigabytes(size: float) -> str:
     return one_decimal(size / 1e9) + " GB"
+
+
+def _seconds(seconds: float) -> str:
+    return str(int(math.ceil(seconds))) + " s on one CPU core"

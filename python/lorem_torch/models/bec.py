@@ -229,7 +229,8 @@ class LoremBEC(Lorem):
             energy_lr, apt_lr = self.readout_bec(scalar, spherical, potentials)
             energy = energy + energy_lr
             apt = apt + apt_lr
-        return energy + self.baseline[atomic_numbers], charges, potentials, apt
+        energy = energy.to(torch.float64) + self.baseline[atomic_numbers]
+        return energy, charges, potentials, apt
 
 
 # -- the acoustic sum rule and the field force (functions: no weights involved) --

@@ -309,7 +309,8 @@ class Lorem(ConstantsModule):
         baseline_table = torch.zeros(NUM_ELEMENTS, dtype=torch.float64)
         for z, energy in (baseline or {}).items():
             baseline_table[int(z)] = float(energy)
-        self.register_constant("baseline", baseline_table, persistent=True)
+        # float64 whatever the model dtype: totals are summed in float64 (docs/design.md)
+        self.register_constant("baseline", baseline_table, persistent=True, always_float64=True)
         self.register_constant("l_factors", degree_factors(max_degree))
         self.register_buffer("component_degree", degree_of_component(max_degree), persistent=False)
 
@@ -413,7 +414,7 @@ class Lorem(ConstantsModule):
         if not bool(known.all()):
             bad: List[int] = torch.unique(atomic_numbers[~known]).tolist()
             raise UnknownElementError(
-                "unknown element: atomic numbers "
+                "[lorem:element] unknown element: atomic numbers "
                 + str(bad)
                 + " are not among the model's species "
                 + str(self.species)
@@ -630,7 +631,8 @@ class Lorem(ConstantsModule):
         atom_structure: torch.Tensor,
         structure_offsets: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-atom energies [N] (baseline included), charges [N, C], potentials [N, C].
+        """Per-atom energies [N] (baseline included; float64), charges [N, C], potentials
+        [N, C].
 
         Inputs as in keys.py; differentiable in positions and cell.
         """
@@ -654,7 +656,8 @@ class Lorem(ConstantsModule):
                 structure_offsets,
             )
             energy = energy + self.readout(scalar, spherical, potentials)
-        return energy + self.baseline[atomic_numbers], charges, potentials
+        # float64 whatever the model dtype: the baseline is hundreds of eV per atom
+        return energy.to(torch.float64) + self.baseline[atomic_numbers], charges, potentials
 
 
 def batch_pair_vectors(

@@ -15,16 +15,28 @@ class ConstantsModule(torch.nn.Module):
     """A module whose non-persistent buffers registered by `register_constant` are
     recast from float64 master copies on every `.to()`/`.double()`/`.cuda()`."""
 
-    __jit_ignored_attributes__ = ["_float64_constants"]
+    __jit_ignored_attributes__ = ["_float64_constants", "_always_float64"]
 
     def __init__(self):
         super().__init__()
         self._float64_constants: Dict[str, torch.Tensor] = {}
+        self._always_float64: set = set()
 
-    def register_constant(self, name: str, value: torch.Tensor, persistent: bool = False):
+    def register_constant(
+        self,
+        name: str,
+        value: torch.Tensor,
+        persistent: bool = False,
+        always_float64: bool = False,
+    ):
+        """always_float64: the buffer stays float64 whatever the module's dtype (the
+        energy baseline: hundreds of eV per atom that float32 would round by 3e-5 eV)."""
         master = value.detach().to(torch.float64) if value.is_floating_point() else value.detach()
         self._float64_constants[name] = master
-        initial = master.to(torch.get_default_dtype()) if master.is_floating_point() else master
+        if always_float64:
+            self._always_float64.add(name)
+        keep = always_float64 or not master.is_floating_point()
+        initial = master if keep else master.to(torch.get_default_dtype())
         self.register_buffer(name, initial, persistent=persistent)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -38,5 +50,6 @@ class ConstantsModule(torch.nn.Module):
         super()._apply(fn, recurse)
         for name, master in self._float64_constants.items():
             current = getattr(self, name)
-            setattr(self, name, master.to(device=current.device, dtype=current.dtype))
+            dtype = torch.float64 if name in self._always_float64 else current.dtype
+            setattr(self, name, master.to(device=current.device, dtype=dtype))
         return self

@@ -146,7 +146,8 @@ def train_main(argv=None) -> None:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="model hyperparameters, e.g. num_features=64 lr=false (listed below)",
+        help="model hyperparameters, e.g. num_features=64 lr=false long_range.method=pme "
+        "(listed below)",
     )
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument(
@@ -180,7 +181,14 @@ def train_main(argv=None) -> None:
             if "=" not in item:
                 parser.error(f"--model takes KEY=VALUE, got {item!r}")
             key, value = item.split("=", 1)
-            config["model"][key] = _value(value)
+            if key.startswith("long_range."):  # one setting of the long_range mapping
+                current = config["model"].get("long_range")
+                settings = {"method": current} if isinstance(current, str) else current
+                settings = dict(settings or {})
+                settings[key.split(".", 1)[1]] = _value(value)
+                config["model"]["long_range"] = settings
+            else:
+                config["model"][key] = _value(value)
         if not config["data"].get("train"):
             parser.error("give a config file with data.train, or --train FILE")
         from .config import resolve
@@ -190,13 +198,14 @@ def train_main(argv=None) -> None:
         fail("lorem-train", error)
 
     from ..checkpoint import CheckpointError
+    from ..errors import with_advice
     from .loop import train
 
     resume_command = _resume_command(argv)
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, CheckpointError, ValueError, KeyError, FileNotFoundError) as error:
-        fail("lorem-train", error)
+        fail("lorem-train", with_advice(str(error), "model.long_range.max_memory_gb"))
     except FloatingPointError as error:
         fail("lorem-train", f"{error}; lower the learning rate or check the data")
     except KeyboardInterrupt:

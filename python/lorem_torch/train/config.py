@@ -2,7 +2,9 @@
 
 The `model:` section takes lorem-jax's hyperparameter names, and `kind`: `lorem`
 (lorem-jax's Lorem) or `bec` (lorem-jax's LoremBEC: Born effective charges too, trained
-on APT labels; its unset hyperparameters take LoremBEC's defaults). Everything has a
+on APT labels; its unset hyperparameters take LoremBEC's defaults), and `long_range`:
+{method: ewald | pme | auto, accuracy, max_memory_gb} (long_range/settings.py; some keys
+or a method name; `--model long_range.method=pme` on the command line). Everything has a
 default except the training data, so `lorem-train --train data.xyz` works.
 """
 
@@ -10,6 +12,8 @@ import copy
 import math
 from typing import Any, Dict
 
+from ..long_range.settings import DEFAULT_SETTINGS as DEFAULT_LONG_RANGE
+from ..long_range.settings import long_range_settings
 from ..models.bec import DEFAULT_BEC_HYPERPARAMETERS
 from ..models.lorem import DEFAULT_HYPERPARAMETERS
 
@@ -18,7 +22,7 @@ MODEL_KINDS = {"lorem": "lorem", "bec": "bec", "Lorem": "lorem", "LoremBEC": "be
 LOSS_TERMS = ("energy", "forces", "stress", "apt")
 
 DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "model": {"kind": "lorem", **DEFAULT_HYPERPARAMETERS},
+    "model": {"kind": "lorem", **DEFAULT_HYPERPARAMETERS, "long_range": dict(DEFAULT_LONG_RANGE)},
     "data": {
         "train": None,  # ASE-readable file (required)
         "valid": None,  # optional: otherwise a seeded split of `train`
@@ -160,6 +164,30 @@ def _checked(section: str, key: str, value: Any) -> Any:
     return value
 
 
+def _checked_long_range(value: Any) -> Dict[str, Any]:
+    """model.long_range: a method name or some of {method, accuracy, max_memory_gb},
+    over the defaults; ConfigError naming the entry otherwise."""
+    if isinstance(value, dict):
+        # YAML reads 1e-6 as a string
+        value = {
+            k: _number_or_text(v) if k in ("accuracy", "max_memory_gb") else v
+            for k, v in value.items()
+        }
+    try:
+        return long_range_settings(value)
+    except ValueError as error:
+        raise ConfigError(f"model.long_range: {error}") from None
+
+
+def _number_or_text(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
 def _checked_split(value: Any) -> list:
     if (
         not isinstance(value, list)
@@ -214,6 +242,8 @@ def resolve(user: Dict[str, Any]) -> Dict[str, Any]:
                 )
             if key == "loss_weights":
                 config[section][key] = _checked_loss_weights(value, config[section][key])
+            elif (section, key) == ("model", "long_range"):
+                config[section][key] = _checked_long_range(value)
             elif (section, key) == ("data", "split"):
                 config[section][key] = _checked_split(value)
             else:

@@ -234,8 +234,8 @@ def fit_baseline(samples: Sequence[Sample]) -> Dict[int, float]:
 @dataclass
 class Batch:
     graph: Dict[str, torch.Tensor]
-    energy: torch.Tensor  # [S]
-    num_atoms: torch.Tensor  # [S]
+    energy: torch.Tensor  # [S] float64 whatever the model dtype (totals: docs/design.md)
+    num_atoms: torch.Tensor  # [S] float64
     forces: torch.Tensor | None  # [N, 3]
     stress: torch.Tensor | None  # [S, 3, 3]
     stress_mask: torch.Tensor | None  # [S] which structures have a stress label
@@ -269,8 +269,9 @@ def make_batch(samples: Sequence[Sample], dtype: torch.dtype) -> Batch:
         )
     return Batch(
         graph=graph,
-        energy=torch.tensor([s.energy for s in samples], dtype=dtype),
-        num_atoms=torch.tensor([s.num_atoms for s in samples], dtype=dtype),
+        # float64: a label of -10^6 eV in float32 is rounded by 0.06 eV
+        energy=torch.tensor([s.energy for s in samples], dtype=torch.float64),
+        num_atoms=torch.tensor([s.num_atoms for s in samples], dtype=torch.float64),
         forces=forces,
         stress=stress,
         stress_mask=stress_mask,

@@ -12,6 +12,7 @@ import torch
 from .. import keys
 from ..checkpoint import atomic_write, load_checkpoint, model_file_kind, model_from_checkpoint
 from ..data import collate, structure_to_graph
+from ..errors import EXPORT_MEMORY_SETTING, reraise_coded
 from ..models import BECModel, Lorem
 from .data import DataError, LabelKeys, check_fields, load_samples, make_batch, read_frames
 from .loop import ErrorAccumulator, output_model
@@ -61,7 +62,11 @@ class Predictor:
             options = {"electric_field": electric_field} if self.has_apt else {}
             return self.energy_model(**graph, compute_forces=True, compute_stress=stress, **options)
         inputs = [graph[k] for k in keys.INPUT_KEYS]
-        energy, energies, forces, virial, _, _ = self.export.energy_forces_virial(*inputs)
+        try:
+            energy, energies, forces, virial, _, _ = self.export.energy_forces_virial(*inputs)
+        except RuntimeError as error:  # TorchScript's traceback -> the model's one line
+            reraise_coded(error, EXPORT_MEMORY_SETTING)
+            raise
         extra: Dict[str, torch.Tensor] = {}
         if self.has_apt:
             apt = self.export.born_effective_charges(*inputs)

@@ -114,7 +114,10 @@ def predict(model: EnergyModel | BECModel, batch: Batch, training: bool, stress:
 
 
 def loss_terms(out: Dict, batch: Batch) -> Dict[str, torch.Tensor]:
-    terms = {"energy": (((out[keys.ENERGY] - batch.energy) / batch.num_atoms) ** 2).mean()}
+    # the difference of two totals in float64 (both are, by contract); per atom it is
+    # small, so the rest of the loss can stay in the model's dtype
+    residual = (out[keys.ENERGY].to(torch.float64) - batch.energy) / batch.num_atoms
+    terms = {"energy": (residual**2).mean().to(batch.graph[keys.POSITIONS].dtype)}
     if batch.forces is not None and keys.FORCES in out:
         terms["forces"] = ((out[keys.FORCES] - batch.forces) ** 2).mean()
     if batch.stress is not None and keys.STRESS in out:
