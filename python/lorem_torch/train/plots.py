@@ -41,6 +41,29 @@ def learning_curve(history: List[Dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def shared_offset(values: np.ndarray) -> float:
+    """A round number to subtract from values that sit in a narrow band far from zero
+    (energies per atom: -155.312 to -155.298), so that tick labels stay short; 0 when
+    they need none. Named in the axis labels, instead of matplotlib's offset text,
+    which collides with them."""
+    low, high = float(np.min(values)), float(np.max(values))
+    span, centre = high - low, 0.5 * (low + high)
+    if span <= 0 or abs(centre) < 100 * span:
+        return 0.0
+    decimals = int(-np.floor(np.log10(span)))  # round at the span's leading digit
+    return float(np.round(centre, decimals))
+
+
+def _readable_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=5))
+        formatter = ScalarFormatter(useOffset=False)
+        formatter.set_scientific(False)
+        axis.set_major_formatter(formatter)
+
+
 def parity(
     reference: Sequence[float],
     predicted: Sequence[float],
@@ -51,6 +74,8 @@ def parity(
 ) -> None:
     plt = _pyplot()
     reference, predicted = np.asarray(reference), np.asarray(predicted)
+    offset = shared_offset(np.concatenate([reference, predicted]))
+    reference, predicted = reference - offset, predicted - offset
     groups = np.asarray(groups)
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
     for group in sorted(set(groups.tolist())):
@@ -61,8 +86,10 @@ def parity(
     ax.plot([low, high], [low, high], color="black", lw=0.8)
     mae = float(np.abs(predicted - reference).mean())
     ax.set_title(f"{label}: MAE {mae:.3g} {unit}")
-    ax.set_xlabel(f"reference {label} ({unit})")
-    ax.set_ylabel(f"predicted {label} ({unit})")
+    relative = f", relative to {offset:g}" if offset else ""
+    ax.set_xlabel(f"reference {label} ({unit}{relative})")
+    ax.set_ylabel(f"predicted {label} ({unit}{relative})")
+    _readable_ticks(ax)
     if len(set(groups.tolist())) > 1:
         ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
