@@ -33,8 +33,19 @@ def learning_curve(history: List[Dict[str, Any]], path: Path) -> None:
     axes[2].semilogy(epochs, [row["valid_forces_rmse"] for row in history], label="RMSE")
     axes[2].set_ylabel("validation force error (meV/A)")
     axes[2].legend()
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 600, not 6 x 10^2
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_formatter(plain)
+        low, high = ax.get_ylim()
+        if high < 30 * low:  # intermediate ticks labelled only where decades are few
+            ax.yaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
+        else:
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -73,6 +84,19 @@ def parity(
     path: Path,
 ) -> None:
     plt = _pyplot()
+    fig = parity_figure(reference, predicted, groups, label, unit)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parity_figure(
+    reference: Sequence[float],
+    predicted: Sequence[float],
+    groups: Sequence[str],
+    label: str,
+    unit: str,
+):
+    plt = _pyplot()
     reference, predicted = np.asarray(reference), np.asarray(predicted)
     offset = shared_offset(np.concatenate([reference, predicted]))
     reference, predicted = reference - offset, predicted - offset
@@ -83,7 +107,11 @@ def parity(
         ax.scatter(reference[mask], predicted[mask], s=6, alpha=0.6, label=group)
     low = float(min(reference.min(), predicted.min()))
     high = float(max(reference.max(), predicted.max()))
-    ax.plot([low, high], [low, high], color="black", lw=0.8)
+    pad = 0.05 * (high - low) or 1e-3
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="black", lw=0.8)
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_aspect("equal")
     mae = float(np.abs(predicted - reference).mean())
     ax.set_title(f"{label}: MAE {mae:.3g} {unit}")
     relative = f", relative to {offset:g}" if offset else ""
@@ -93,8 +121,7 @@ def parity(
     if len(set(groups.tolist())) > 1:
         ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def apt_parity(reference: np.ndarray, predicted: np.ndarray, path: Path) -> None:
