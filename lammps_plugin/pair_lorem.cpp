@@ -19,6 +19,7 @@
 #include "atom.h"
 #include "comm.h"
 #include "domain.h"
+#include "element_masses.h"
 #include "error.h"
 #include "force.h"
 #include "memory.h"
@@ -308,6 +309,8 @@ void PairLorem::coeff(int narg, char** arg) {
                accuracy_request_, contract.accuracy, accuracy_request_);
   }
   type_to_z_.assign(ntypes + 1, 0);
+  type_symbol_.assign(ntypes + 1, "NULL");
+  mass_checked_.assign(ntypes + 1, 0);
   for (int t = 1; t <= ntypes; ++t) {
     const std::string symbol = arg[2 + t];
     if (symbol == "NULL") continue;
@@ -318,6 +321,7 @@ void PairLorem::coeff(int narg, char** arg) {
                  symbol, t, contract.species_list());
     }
     type_to_z_[t] = z;
+    type_symbol_[t] = symbol;
   }
   for (int i = 1; i <= ntypes; ++i)
     for (int j = i; j <= ntypes; ++j)
@@ -363,13 +367,81 @@ void PairLorem::init_style() {
     error->all(FLERR, "{}", e.what());
   }
   neighbor->add_request(this, NeighConst::REQ_FULL);
+  check_masses();
+}
+
+// pair_coeff's elements against the types' masses: a swapped element order
+// (pair_coeff * * model.pt H O on an O/H data file) runs with wrong energies and no
+// other sign. A warning, not an error: isotopes and repartitioned masses are legitimate.
+// Hydrogen at 1.5 to 4.1 g/mol (deuterium, tritium, hydrogen mass repartitioning up to
+// 4x) gets a note in the log; any other type more than 30 % off its element's standard
+// weight a warning naming the closest of the model's elements. Once per type and mapping.
+void PairLorem::check_masses() {
+  if (comm->me != 0 || atom->rmass_flag || atom->mass == nullptr) return;
+  const auto& contract = model_->contract();
+  for (int t = 1; t <= atom->ntypes; ++t) {
+    const int64_t z = type_to_z_[t];
+    if (z <= 0 || mass_checked_[t] || !atom->mass_setflag[t]) continue;
+    mass_checked_[t] = 1;
+    const double mass = atom->mass[t], expected = lorem_lammps::standard_mass(z);
+    if (expected <= 0.0 || std::abs(mass / expected - 1.0) <= 0.3) continue;
+    const std::string& symbol = type_symbol_[t];
+    if (z == 1 && mass >= 1.5 && mass <= 4.1) {
+      utils::logmesg(lmp,
+                     "pair_style lorem: type {} (H) has mass {:.4g}: a hydrogen isotope or "
+                     "repartitioned mass, computed as H\n",
+                     t, mass);
+      continue;
+    }
+    // the model's element whose standard weight is closest (by ratio) to this mass
+    size_t closest = 0;
+    double best = std::numeric_limits<double>::infinity();
+    for (size_t k = 0; k < contract.atomic_numbers.size(); ++k) {
+      const double other = lorem_lammps::standard_mass(contract.atomic_numbers[k]);
+      if (other <= 0.0) continue;
+      const double distance = std::abs(std::log(mass / other));
+      if (distance < best) best = distance, closest = k;
+    }
+    const std::string hint =
+        contract.atomic_numbers[closest] == z
+            ? std::string()
+            : fmt::format(", closer to {} ({:.4g})", contract.symbols[closest],
+                          lorem_lammps::standard_mass(contract.atomic_numbers[closest]));
+    error->warning(FLERR,
+                   "pair_style lorem: type {} is {} in pair_coeff (standard mass {:.4g}) but has "
+                   "mass {:.4g}{}: check the order of the elements in pair_coeff (ignore this "
+                   "for isotopes or repartitioned masses)",
+                   t, symbol, expected, mass, hint);
+  }
+}
+
+// LAMMPS asks for per-atom virials in the setup and on the last step of every run
+// whenever a compute stress/atom (or centroid/stress/atom) exists, used or not; on other
+// steps only when something uses its values. The model has no per-atom virial: NaN on
+// the first and last step (with a warning), an error on a step in between that asks.
+void PairLorem::refuse_per_atom_virial() {
+  if (!update->setupflag && update->ntimestep != update->laststep) {
+    error->all(FLERR,
+               "pair_style lorem computes no per-atom virial, but step {} asks for it (compute "
+               "stress/atom or centroid/stress/atom used in an output): remove that use",
+               update->ntimestep);
+  }
+  const int nall = atom->nlocal + atom->nghost;
+  for (int i = 0; i < nall; ++i)
+    for (int c = 0; c < 6; ++c) vatom[i][c] = std::numeric_limits<double>::quiet_NaN();
+  if (comm->me == 0 && !per_atom_virial_warned_) {
+    per_atom_virial_warned_ = true;
+    error->warning(FLERR,
+                   "pair_style lorem computes no per-atom virial: compute stress/atom values "
+                   "include NaN for it on a run's first and last step, and any other step that "
+                   "uses them is an error");
+  }
 }
 
 double PairLorem::init_one(int, int) { return cutoff_; }
 
 void PairLorem::compute(int eflag, int vflag) {
   ev_init(eflag, vflag);
-  if (vflag_atom) error->all(FLERR, "pair_style lorem does not compute per-atom virials");
 
   double** x = atom->x;
   double** f = atom->f;
@@ -512,6 +584,7 @@ void PairLorem::compute(int eflag, int vflag) {
     virial[4] -= energy_unit_ * 0.5 * (w[0][2] + w[2][0]);
     virial[5] -= energy_unit_ * 0.5 * (w[1][2] + w[2][1]);
   }
+  if (vflag_atom) refuse_per_atom_virial();
 }
 
 // Every rank takes part, so that all of them stop with the message of the rank that

@@ -35,6 +35,8 @@ class PairLorem : public Pair {
  private:
   void allocate();
   void check_geometry(double closest_squared, int i, int j);
+  void check_masses();
+  void refuse_per_atom_virial();
   torch::Device choose_device() const;
 
   std::unique_ptr<lorem::Model> model_;
@@ -44,6 +46,9 @@ class PairLorem : public Pair {
   bool apply_electric_field_ = false;
   std::array<double, 3> electric_field_{0.0, 0.0, 0.0};  // V/Angstrom
   std::vector<int64_t> type_to_z_;                       // per LAMMPS type (1-based); 0 for NULL
+  std::vector<std::string> type_symbol_;                 // per type: pair_coeff's element
+  std::vector<char> mass_checked_;                       // per type: its mass was looked at
+  bool per_atom_virial_warned_ = false;
   double cutoff_ = 0.0;
   double energy_unit_ = 1.0;  // model eV -> LAMMPS energy unit
 };

@@ -3,8 +3,10 @@ bad input, Ctrl-C and the time budget with an exact resume, lorem-eval on checkp
 exports and unlabelled data, --help and --version, file permissions."""
 
 import os
+import re
 import signal
 import stat
+import warnings
 
 import ase.io
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import torch
 import yaml
 from ase.calculators.singlepoint import SinglePointCalculator
-from conftest import BUNDLED, ROOT, small_model
+from conftest import BUNDLED, FIXTURES, ROOT, small_model
 
 from lorem_torch import LoremCalculator
 from lorem_torch.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -238,6 +240,36 @@ def test_interrupt_at_once_names_the_last_checkpoint(tmp_path, capsys, monkeypat
     assert snapshot(folder)["last.pt"] == before["last.pt"]
 
 
+def test_resume_without_a_run_is_an_error(tmp_path, capsys):
+    folder = tmp_path / "typo"
+    code, _, err = run(train_main, train_arguments(folder, "--resume"), capsys)
+    assert_one_line_error(code, err, "lorem-train", "nothing to resume", str(folder))
+    assert "--resume-if-present" in err
+    assert not folder.exists()
+    # --resume-if-present starts the run there, and continues it the next time
+    code, out, err = run(train_main, train_arguments(folder, "--resume-if-present"), capsys)
+    assert code == 0, err
+    assert f"nothing to resume in {folder}: starting afresh" in out
+    arguments = train_arguments(folder, "--resume-if-present", epochs=2)
+    code, out, err = run(train_main, arguments, capsys)
+    assert code == 0, err
+    assert "resumed from" in out
+    assert load_checkpoint(folder / "last.pt")["training"]["epoch"] == 2
+
+
+def test_stop_messages_agree(tmp_path, capsys):
+    """The training log and the command's closing message say where it stopped in the
+    same words (they once said 'after epoch 1 and batch 1 of epoch 2' and 'after epoch
+    2, batch 1 of 5')."""
+    folder = tmp_path / "run"
+    assert run(train_main, train_arguments(folder), capsys)[0] == 0
+    arguments = train_arguments(folder, "--resume", "--time-budget", "1e-3", epochs=2)
+    code, out, err = run(train_main, arguments, capsys)
+    assert code == 0, err
+    places = re.findall(r"stopped after (.+?)(?::| \()", out)
+    assert places == ["batch 1 of 5 of epoch 2"] * 2, out
+
+
 # -- one line naming the problem --
 
 
@@ -361,6 +393,21 @@ def test_calculator_on_a_truncated_checkpoint(tmp_path, trained):
         LoremCalculator(truncated(export, tmp_path / "cut-export.pt"))
 
 
+def test_import_jax_prints_no_torch_warnings(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy arrays that are not writable, and the like
+        import_jax_main([str(FIXTURES / "jax_checkpoint"), "-o", str(tmp_path / "m.ckpt")])
+    assert (tmp_path / "m.ckpt").is_file()
+
+
+def test_eval_index_out_of_range(capsys, trained):
+    frames = len(ase.io.read(CUMULENE, ":"))
+    code, _, err = run(eval_main, [trained / "best.pt", CUMULENE, "--index", "99"], capsys)
+    assert_one_line_error(
+        code, err, "lorem-eval", "index 99 is out of range", f"holds {frames} frames"
+    )
+
+
 def test_import_jax_bad_folder(tmp_path, capsys):
     code, _, err = run(import_jax_main, [tmp_path, "-o", tmp_path / "x.pt"], capsys)
     assert_one_line_error(code, err, "lorem-import-jax", "model.yaml is missing")
@@ -454,14 +501,18 @@ def test_eval_predicts_on_unlabelled_data(tmp_path, capsys, monkeypatch, water_m
             if key not in ("numbers", "positions"):
                 del atoms.arrays[key]
         atoms.info.clear()
-    data = tmp_path / "unlabelled.xyz"
+    (tmp_path / "data").mkdir()
+    data = tmp_path / "data" / "unlabelled.xyz"
     ase.io.write(data, frames)
-    monkeypatch.chdir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
     code, out, err = run(eval_main, [checkpoint, data], capsys)
     assert code == 0, err
     assert "has no 'energy' labels: predicted 3 frames" in out
-    written = tmp_path / "unlabelled.predictions.xyz"
-    assert str(written.name) in out
+    # next to the input, not in the working folder
+    written = tmp_path / "data" / "unlabelled.predictions.xyz"
+    assert str(written) in out and list(elsewhere.iterdir()) == []
     predicted = ase.io.read(written, ":")
     for atoms, original in zip(predicted, frames, strict=True):
         original.calc = LoremCalculator(model)

@@ -21,4 +21,8 @@ def test_demo_runs_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "errors on the 3 held-out boxes" in proc.stdout
     assert "steps per second: 1 rank(s)" in proc.stdout and "2 rank(s)" in proc.stdout
+    # it says, first and last, that its model is a toy and what a converged one reaches
+    assert proc.stdout.count("This is a toy model") == 2
+    assert proc.stdout.rstrip().endswith("lorem-import-jax.")
+    assert "30-55 meV/A" in proc.stdout and "docs/benchmarks.md" in proc.stdout
     assert (output / "model.pt").is_file() and (output / "train" / "best.pt").is_file()

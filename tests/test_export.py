@@ -230,8 +230,14 @@ def test_bad_files(exports, tmp_path):
         Model(str(checkpoint))
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(paths["float64"].read_bytes()[:5000])
-    with pytest.raises(LoremError, match="not a TorchScript archive"):
+    with pytest.raises(LoremError) as error:
         Model(str(truncated))
+    # one line that names the file and says what is wrong, without libtorch's advice
+    message = str(error.value)
+    assert message.startswith(f"'{truncated}' cannot be loaded: it is truncated or corrupt")
+    assert message.endswith(")") and "\n" not in message and "checkpoint" not in message
+    with pytest.raises(ExportError, match=f"{truncated} is truncated or corrupt"):
+        load_exported(truncated)
     with pytest.raises(LoremError, match="does not exist"):
         Model(str(tmp_path / "missing.pt"))
     plain = tmp_path / "plain.pt"

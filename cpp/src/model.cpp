@@ -192,8 +192,14 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
       throw Error("'" + path + "' is a training checkpoint, not an export: run `lorem-export " +
                   path + " -o model.pt` and give model.pt");
     }
-    throw Error("'" + path + "' is not a TorchScript archive (truncated or not a model file): " +
-                std::string(error.what()).substr(0, 200));
+    // libtorch's own text runs over many lines (and a stack trace) and advice about
+    // checkpoints: its first sentence only
+    std::string reason = error.what();
+    reason = reason.substr(0, reason.find('\n'));
+    reason = reason.substr(0, reason.find(". "));
+    throw Error("'" + path +
+                "' cannot be loaded: it is truncated or corrupt, or not a lorem-torch export (" +
+                reason + ")");
   }
   metadata_json_ = extra["metadata.json"];
   if (metadata_json_.empty()) {

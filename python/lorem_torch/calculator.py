@@ -10,6 +10,7 @@ With a LoremBEC (a model with the Born-effective-charge head) the results also h
 forces F_i = Z*_i E; as in lorem-jax the field changes neither energy nor stress.
 """
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 
 from . import keys
 from .data import DEFAULT_MIN_DISTANCE, check_structure, model_frame_offsets, neighbor_list
+from .data.symmetry import symmetric_sites_message, vanishing_degrees
 from .errors import (
     EXPORT_MEMORY_SETTING,
     AtomsTooCloseError,
@@ -83,6 +85,10 @@ def _device(value) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {value!r}: CUDA is not available to this PyTorch")
     return device
+
+
+class SymmetricSitesWarning(UserWarning):
+    """Atoms on symmetric sites: the energy has a kink there (data/symmetry.py)."""
 
 
 def _field_vector(electric_field) -> np.ndarray | None:
@@ -162,6 +168,7 @@ class LoremCalculator(Calculator):
         self.min_distance = min_distance
         self._list = None  # neighbour list at cutoff + skin, with the geometry it was built for
         self.rebuilds = 0
+        self.symmetric_sites_warned = False
 
     def model_long_range_method(self) -> str:
         model = self.model.model if self.scripted_module() else self.model
@@ -221,6 +228,10 @@ class LoremCalculator(Calculator):
         vectors = positions[nl["others"]] - positions[nl["centers"]] + nl["cell_shifts"] @ cell
         distances = np.linalg.norm(vectors, axis=1)
         keep = distances < self.cutoff
+        if stale and not self.symmetric_sites_warned:
+            self._warn_on_symmetric_sites(
+                atoms, vectors[keep], nl["centers"][keep], nl["others"][keep]
+            )
         if keep.any() and distances[keep].min() < self.min_distance:
             k = np.where(keep)[0][np.argmin(distances[keep])]
             raise AtomsTooCloseError(
@@ -265,6 +276,22 @@ class LoremCalculator(Calculator):
         if self.scripted:
             return EXPORT_MEMORY_SETTING
         return "LoremCalculator(..., long_range={'max_memory_gb': ...})"
+
+    def _warn_on_symmetric_sites(self, atoms, vectors, centers, others) -> None:
+        """Once per calculator: a structure (the start of a relaxation or MD, usually)
+        with atoms on sites where features vanish by symmetry (data/symmetry.py)."""
+        degrees, count = vanishing_degrees(
+            vectors, centers, atoms.numbers[others], len(atoms), self._max_degree()
+        )
+        if degrees:
+            self.symmetric_sites_warned = True
+            formula = atoms.get_chemical_formula()
+            message = symmetric_sites_message(degrees, count, len(atoms), formula)
+            warnings.warn(f"LoremCalculator: {message}", SymmetricSitesWarning, stacklevel=4)
+
+    def _max_degree(self) -> int:
+        model = self.model.model if self.scripted_module() else self.model
+        return int(getattr(model, "max_degree", 6))
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

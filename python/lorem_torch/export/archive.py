@@ -115,8 +115,12 @@ def read_metadata(path: str | Path) -> Dict[str, Any]:
     try:
         torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as error:
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise ExportError(f"{path} is not a loadable TorchScript archive ({first_line})") from error
+        # libtorch's text: its first sentence (the rest is advice about checkpoints)
+        first_line = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+        raise ExportError(
+            f"{path} cannot be loaded: it is truncated or corrupt, or not a lorem-torch export "
+            f"({first_line})"
+        ) from error
     if not extra[METADATA_FILE]:
         raise ExportError(
             f"{path} is a TorchScript archive but not a lorem-torch export (no {METADATA_FILE})"

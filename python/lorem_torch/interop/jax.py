@@ -225,7 +225,8 @@ def from_jax_params(
         for name, target, convert in parameter_names(model):
             if name not in params:
                 raise JaxParameterError(f"lorem-jax parameter {name!r} is missing")
-            converted = convert(np.asarray(params[name]))
+            # a copy: msgpack arrays are read-only views, which torch warns about
+            converted = convert(np.array(params[name], copy=True))
             if isinstance(converted, tuple):
                 degree, value = converted
                 destination = target[degree]

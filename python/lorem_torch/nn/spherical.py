@@ -227,16 +227,31 @@ class SphericalHarmonics(ConstantsModule):
 def degree_wise_norm(x: torch.Tensor, max_degree: int) -> torch.Tensor:
     """[N, (L+1)**2, F] -> [N, L+1, F] Euclidean norm of each degree block.
 
-    Twice differentiable everywhere: at an exactly vanishing block the value, the
-    gradient and the second derivative are taken as zero (the reference's custom
-    JVP does the same), elsewhere they are exact. The double `where` keeps the
-    unused branch from producing NaN gradients.
+    Twice differentiable everywhere: at a vanishing block the value, the gradient and
+    the second derivative are taken as zero (the reference's custom JVP does the same
+    at exactly zero), elsewhere they are exact. The double `where` keeps the unused
+    branch from producing NaN gradients.
+
+    A block that vanishes by symmetry (an atom on an inversion centre or a cubic site)
+    comes out of the sums as round-off, whose direction differs between code paths
+    (Python, C++, LAMMPS, ranks, dtypes), and the norm's gradient x / |x| would turn
+    it into forces and stresses of order one in that direction. Blocks below a
+    tolerance relative to the atom's whole norm count as zero:
+    every path then returns the same derivative at the kink, the central difference
+    (docs/design.md, "Kinks at symmetric structures").
     """
     squares = x * x
     blocks: List[torch.Tensor] = []
     for l in range(max_degree + 1):
         blocks.append(squares[:, l * l : (l + 1) * (l + 1), :].sum(dim=1))
     sum_of_squares = torch.stack(blocks, dim=1)
-    positive = sum_of_squares > 0
+    # Relative to the norm of all the atom's blocks. Round-off measured (in the dtype's
+    # epsilon): up to ~20 in the short range and in the long-range products of 1- and
+    # 8-atom cells, ~1000 in those of a 64-atom NaCl cell (it grows with the sums).
+    # float64: 1e-10 (4.5e5 epsilon; a genuine block that small moves energies by ~1e-10
+    # relative); float32: 3e-5 (250 epsilon; moved energies by 0-1 ulp where measured).
+    relative = 1e-10 if x.dtype == torch.float64 else 3e-5
+    whole = sum_of_squares.sum(dim=2, keepdim=True).sum(dim=1, keepdim=True)
+    positive = sum_of_squares > relative * relative * whole
     safe = torch.where(positive, sum_of_squares, torch.ones_like(sum_of_squares))
     return torch.where(positive, torch.sqrt(safe), torch.zeros_like(sum_of_squares))

@@ -96,7 +96,7 @@ def _read_config(path: str) -> dict:
 def _resume_command(argv) -> str:
     """The command that continues this run: the same arguments with --resume."""
     arguments = [a for a in argv if a != "--overwrite"]
-    if "--resume" not in arguments:
+    if "--resume" not in arguments and "--resume-if-present" not in arguments:
         arguments.append("--resume")
     return shlex.join(["lorem-train", *arguments])
 
@@ -161,6 +161,13 @@ def train_main(argv=None) -> None:
         action="store_true",
         help="replace a run already in the output folder (its files are deleted)",
     )
+    existing.add_argument(
+        "--resume-if-present",
+        action="store_true",
+        help="as --resume where the output folder holds a run, else start one (for job "
+        "scripts that are restarted as they are); plain --resume on a folder without a "
+        "run is an error",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_version(parser)
     args = parser.parse_args(argv)
@@ -203,7 +210,8 @@ def train_main(argv=None) -> None:
 
     resume_command = _resume_command(argv)
     try:
-        result = train(config, resume=args.resume, overwrite=args.overwrite)
+        resume = "if_present" if args.resume_if_present else args.resume
+        result = train(config, resume=resume, overwrite=args.overwrite)
     except (ConfigError, CheckpointError, ValueError, KeyError, FileNotFoundError) as error:
         fail("lorem-train", with_advice(str(error), "model.long_range.max_memory_gb"))
     except FloatingPointError as error:
@@ -227,13 +235,9 @@ def train_main(argv=None) -> None:
         else "no validation yet"
     )
     if result["resumable"]:
-        where = (
-            f"epoch {result['epochs'] + 1}, batch {result['step']} of {result['steps_per_epoch']}"
-        )
-        if not result["step"]:
-            where = f"epoch {result['epochs']}"
         message = (
-            f"stopped after {where} ({result['stop_reason']}); {summary}; the training state "
+            f"stopped after {result['stopped_after']} ({result['stop_reason']}); {summary}; "
+            "the training state "
             f"is saved in {result['last_checkpoint']}; resume with:\n  {resume_command}"
         )
         if result["interrupted"]:
@@ -251,7 +255,8 @@ def eval_main(argv=None) -> None:
         "data file: a table by config_type and, with --output, parity plots, metrics.json "
         "and predictions.xyz. On a file without energy labels it predicts instead: energy, "
         "forces and (periodic) stress of every frame, written as extxyz with the keys "
-        "lorem_energy, lorem_energies, lorem_forces and lorem_stress (Voigt, eV/A^3).",
+        "lorem_energy, lorem_energies, lorem_forces and lorem_stress (Voigt, eV/A^3), into DATA_STEM.predictions.xyz next to "
+        "the data file, or predictions.xyz in --output.",
     )
     parser.add_argument("model", help="checkpoint (best.pt, ...) or exported model (model.pt)")
     parser.add_argument("data", help="any ASE-readable file, with or without labels")

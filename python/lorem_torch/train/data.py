@@ -168,8 +168,15 @@ def read_frames(path: str, index: str = ":", pbc: bool | None = None) -> list:
         frames = ase.io.read(path, index)
     except FileNotFoundError:
         raise
+    except (IndexError, StopIteration):  # extxyz ends its frame iterator early
+        raise DataError(
+            f"index {index} is out of range: {path} holds {_frame_count(path)} frames "
+            "(the first is 0, the last -1)"
+        ) from None
     except Exception as error:
-        raise DataError(f"cannot read {path} with ASE: {error}") from error
+        # some readers fail with an empty message: name the exception at least
+        reason = str(error).strip() or type(error).__name__
+        raise DataError(f"cannot read {path} with ASE: {reason}") from error
     frames = frames if isinstance(frames, list) else [frames]
     if pbc is not None:
         from ase.calculators.singlepoint import SinglePointCalculator
@@ -187,6 +194,12 @@ def read_frames(path: str, index: str = ":", pbc: bool | None = None) -> list:
             if results is not None:  # the stored labels stay valid for the new geometry
                 atoms.calc = SinglePointCalculator(atoms, **results)
     return frames
+
+
+def _frame_count(path: str) -> int:
+    import ase.io
+
+    return sum(1 for _ in ase.io.iread(path, ":"))
 
 
 def split(samples: List, fractions: Sequence[float], seed: int) -> List[List]:

@@ -139,8 +139,8 @@ def evaluate_checkpoint(
 
     Label keys not given come from the checkpoint's training configuration. A file
     without energy labels (under a key that was not given explicitly) is predicted
-    instead: predictions.xyz in `output`, or `<data stem>.predictions.xyz` in the
-    current folder. The result's "errors" is None then. `pbc` overrides the periodicity
+    instead: predictions.xyz in `output`, or `<data stem>.predictions.xyz` next to the
+    data file. The result's "errors" is None then. `pbc` overrides the periodicity
     of every structure (see read_frames).
     """
     predictor = Predictor(checkpoint, dtype)
@@ -216,7 +216,8 @@ def evaluate_checkpoint(
         folder.mkdir(parents=True, exist_ok=True)
         predictions_path = folder / "predictions.xyz"
     elif not labelled:
-        predictions_path = Path(f"{Path(data).stem}.predictions.xyz")
+        # next to the input, whatever the working folder
+        predictions_path = Path(data).with_name(f"{Path(data).stem}.predictions.xyz")
         if predictions_path.exists():
             raise DataError(
                 f"{data} has no '{label_keys.energy}' labels, so lorem-eval predicts, but "

@@ -12,7 +12,9 @@ Run folder (training.output):
 
 A folder that holds an earlier run (best.pt, last.pt or log.csv) is never silently
 reused: continue it (resume, with the same settings but for how long and how often),
-or replace it (overwrite).
+or replace it (overwrite). Resuming where there is no run is an error (a mistyped
+folder would otherwise start a full run from scratch), unless resume="if_present"
+(lorem-train --resume-if-present, for job scripts that are simply restarted).
 """
 
 import contextlib
@@ -240,19 +242,30 @@ def learning_rate(settings: Dict[str, Any], epoch_progress: float) -> float:
 # -- the loop --
 
 
+def stop_position(epochs_done: int, step: int, steps_per_epoch: int) -> str:
+    """Where training stands, in the words every message uses: "epoch 2" (2 epochs
+    done) or "batch 3 of 5 of epoch 3" (in the middle of the third)."""
+    if not step:
+        return f"epoch {epochs_done}"
+    return f"batch {step} of {steps_per_epoch} of epoch {epochs_done + 1}"
+
+
 class Trainer:
-    """One training run in its folder. `resume` continues the run there; `overwrite`
+    """One training run in its folder. `resume` continues the run there (True: there
+    must be one; "if_present": start afresh when the folder holds no run); `overwrite`
     replaces it; without either, a folder holding a run is refused (RunFolderError).
     `clock` (seconds) measures the time budget."""
 
     def __init__(
         self,
         config: Dict[str, Any],
-        resume: bool = False,
+        resume: bool | str = False,
         log=print,
         overwrite: bool = False,
         clock=time.perf_counter,
     ):
+        if resume not in (False, True, "if_present"):
+            raise ValueError(f"resume must be False, True or 'if_present', not {resume!r}")
         if resume and overwrite:
             raise RunFolderError("resume and overwrite exclude each other: choose one")
         self.config = config_module.resolve(config)
@@ -273,7 +286,7 @@ class Trainer:
                 self.log(f"nothing to resume in {self.output}: starting afresh")
             self._fresh()
 
-    def _claim_folder(self, resume: bool, overwrite: bool) -> Dict[str, Any] | None:
+    def _claim_folder(self, resume: bool | str, overwrite: bool) -> Dict[str, Any] | None:
         """Refuse to write over an earlier run unless told; the checkpoint to resume
         from (checked against the settings) or None."""
         last = self.output / "last.pt"
@@ -303,6 +316,12 @@ class Trainer:
             raise RunFolderError(
                 f"{self.output} already holds a run ({', '.join(existing)}): continue it "
                 "with --resume, replace it with --overwrite, or choose another --output"
+            )
+        if resume is True:
+            raise RunFolderError(
+                f"nothing to resume: {self.output} holds no run (no last.pt); leave out "
+                "--resume to start one there, or use --resume-if-present to start afresh "
+                "when there is nothing to resume"
             )
         if overwrite:
             removed = [name for name in RUN_FILES if (self.output / name).exists()]
@@ -424,7 +443,8 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         torch.set_rng_state(state["rng"])
         self._write_config()  # with the settings that may have changed
-        where = f"epoch {self.epoch}" + (f", batch {self.step}" if self.step else "")
+        steps_per_epoch = math.ceil(len(self.train_samples) / int(self.settings["batch_size"]))
+        where = stop_position(self.epoch, self.step, steps_per_epoch)
         self.log(f"resumed from {self.output / 'last.pt'} after {where}")
 
     def _ema_update(self) -> None:
@@ -607,11 +627,10 @@ class Trainer:
                     self._save("last.pt", with_state=True, metrics=self._last_row())
         tick()
         stop_reason = stop_reason or "reached the last epoch"
-        where = f"epoch {self.epoch}" + (
-            f" and batch {self.step} of epoch {self.epoch + 1}" if self.step else ""
-        )
+        where = stop_position(self.epoch, self.step, steps_per_epoch)
         self.log(f"stopped after {where}: {stop_reason}")
         return {
+            "stopped_after": where,
             "epochs": self.epoch,
             "step": self.step,
             "steps_per_epoch": steps_per_epoch,
@@ -677,10 +696,10 @@ class Trainer:
 
 
 def train(
-    config: Dict[str, Any], resume: bool = False, log=print, overwrite: bool = False
+    config: Dict[str, Any], resume: bool | str = False, log=print, overwrite: bool = False
 ) -> Dict[str, Any]:
     """Train a LOREM model as configured; returns the history, the best loss and why
-    it stopped (Trainer.run)."""
+    it stopped (Trainer.run). resume: see Trainer."""
     return Trainer(config, resume=resume, log=log, overwrite=overwrite).run()
 
 

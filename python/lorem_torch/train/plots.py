@@ -33,12 +33,46 @@ def learning_curve(history: List[Dict[str, Any]], path: Path) -> None:
     axes[2].semilogy(epochs, [row["valid_forces_rmse"] for row in history], label="RMSE")
     axes[2].set_ylabel("validation force error (meV/A)")
     axes[2].legend()
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")  # 600, not 6 x 10^2
     for ax in axes:
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_formatter(plain)
+        low, high = ax.get_ylim()
+        if high < 30 * low:  # intermediate ticks labelled only where decades are few
+            ax.yaxis.set_minor_formatter(plain)
+            ax.tick_params(axis="y", which="minor", labelsize=7)
+        else:
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: ""))
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def shared_offset(values: np.ndarray) -> float:
+    """A round number to subtract from values that sit in a narrow band far from zero
+    (energies per atom: -155.312 to -155.298), so that tick labels stay short; 0 when
+    they need none. Named in the axis labels, instead of matplotlib's offset text,
+    which collides with them."""
+    low, high = float(np.min(values)), float(np.max(values))
+    span, centre = high - low, 0.5 * (low + high)
+    if span <= 0 or abs(centre) < 100 * span:
+        return 0.0
+    decimals = int(-np.floor(np.log10(span)))  # round at the span's leading digit
+    return float(np.round(centre, decimals))
+
+
+def _readable_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=5))
+        formatter = ScalarFormatter(useOffset=False)
+        formatter.set_scientific(False)
+        axis.set_major_formatter(formatter)
 
 
 def parity(
@@ -50,7 +84,22 @@ def parity(
     path: Path,
 ) -> None:
     plt = _pyplot()
+    fig = parity_figure(reference, predicted, groups, label, unit)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parity_figure(
+    reference: Sequence[float],
+    predicted: Sequence[float],
+    groups: Sequence[str],
+    label: str,
+    unit: str,
+):
+    plt = _pyplot()
     reference, predicted = np.asarray(reference), np.asarray(predicted)
+    offset = shared_offset(np.concatenate([reference, predicted]))
+    reference, predicted = reference - offset, predicted - offset
     groups = np.asarray(groups)
     fig, ax = plt.subplots(figsize=(4.8, 4.5))
     for group in sorted(set(groups.tolist())):
@@ -58,16 +107,21 @@ def parity(
         ax.scatter(reference[mask], predicted[mask], s=6, alpha=0.6, label=group)
     low = float(min(reference.min(), predicted.min()))
     high = float(max(reference.max(), predicted.max()))
-    ax.plot([low, high], [low, high], color="black", lw=0.8)
+    pad = 0.05 * (high - low) or 1e-3
+    ax.plot([low - pad, high + pad], [low - pad, high + pad], color="black", lw=0.8)
+    ax.set_xlim(low - pad, high + pad)
+    ax.set_ylim(low - pad, high + pad)
+    ax.set_aspect("equal")
     mae = float(np.abs(predicted - reference).mean())
     ax.set_title(f"{label}: MAE {mae:.3g} {unit}")
-    ax.set_xlabel(f"reference {label} ({unit})")
-    ax.set_ylabel(f"predicted {label} ({unit})")
+    relative = f", relative to {offset:g}" if offset else ""
+    ax.set_xlabel(f"reference {label} ({unit}{relative})")
+    ax.set_ylabel(f"predicted {label} ({unit}{relative})")
+    _readable_ticks(ax)
     if len(set(groups.tolist())) > 1:
         ax.legend(fontsize=7, markerscale=2)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def apt_parity(reference: np.ndarray, predicted: np.ndarray, path: Path) -> None:
