@@ -5,6 +5,7 @@ repository root; every run writes a folder under --output (runs/bench_training) 
     # 1. long-range extrapolation on the LODE dimers (train 4-12 A, test 12-15 A)
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py lode \
         --configs examples/configs/lode-lorem-f64d4.yaml examples/configs/lode-short-range-f64d4.yaml
+    #    (lode-lorem-f64d4-pbc*.yaml: trained and evaluated in the files' periodic box)
     # 2. lorem-torch and lorem-jax side by side (same model, split, epochs, schedule)
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py compare \
         --dataset gnl --impl torch --seed 0          # or --impl jax, --dataset ko4g, --seed 1
