@@ -290,6 +290,44 @@ def lode_learning_figure(results: Dict[str, Dict], path: Path) -> None:
     plt.close(fig)
 
 
+def dipeptides_table(runs: Path) -> str | None:
+    """Test errors of the SPICE dipeptide runs, all and by group (dipeptides.py)."""
+    results = {
+        path.parent.name: json.loads(path.read_text())
+        for path in sorted(runs.glob("dipeptides-*/dipeptides_result.json"))
+    }
+    if not results:
+        return None
+    groups = ["all", "most-polar", "rest"]
+    header = ["model", "epochs", "s/epoch"]
+    for group in groups:
+        header += [f"E {group}", f"F {group}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, r in results.items():
+        epochs = str(r["epochs"])
+        if r["planned_epochs"] != r["epochs"]:
+            epochs += f" of {r['planned_epochs']}"
+        cells = [
+            name.removeprefix("dipeptides-"),
+            epochs,
+            f"{r['training_seconds'] / r['epochs']:.0f}",
+        ]
+        for group in groups:
+            e = r["test"][group]
+            cells += [f"{e['energy_mae_meV_per_atom']:.2f}", f"{e['forces_mae_meV_per_A']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = next(iter(results.values()))
+    polar = first["test"]["most-polar"]["structures"]
+    lines.append("")
+    lines.append(
+        "Test MAE: E in meV/atom, F in meV/A (force components); all 50 test structures, "
+        f"the {polar} most polar (reference dipole >= {first['polar_threshold']:.2f}, the "
+        "largest fifth) and the rest. s/epoch: training seconds per epoch (with one "
+        "validation pass), both runs side by side on the shared machine."
+    )
+    return "\n".join(lines)
+
+
 # -- lorem-torch and lorem-jax side by side --
 
 
@@ -425,6 +463,12 @@ def commands_table(runs: Path, periodic: bool = False) -> str | None:
     lines = ["| command | wall time |", "| --- | --- |"]
     lines += _lode_commands(lode_results(runs, periodic))
     if periodic:
+        for path in sorted(runs.glob("dipeptides-*/dipeptides_result.json")):
+            result = json.loads(path.read_text())
+            lines.append(
+                f"| `{script} dipeptides --configs {result['config']}` | "
+                f"{_minutes(result['wall_seconds'])} ({result['epochs']} epochs) |"
+            )
         return "\n".join(lines) if len(lines) > 2 else None
     for dataset in ("gnl", "ko4g"):
         for result in sorted(
@@ -501,6 +545,9 @@ def write(runs: Path, docs: Path) -> None:
         blocks["lode-periodic-tail"] = lode_box_tail_table(periodic)
         lode_figure(periodic, figures / "lode_binding_curves_periodic.png")
         lode_learning_figure(periodic, figures / "lode_learning_curves_periodic.png")
+    dipeptides = dipeptides_table(runs)
+    if dipeptides is not None:
+        blocks["dipeptides"] = dipeptides
     for dataset, title in (
         ("gnl", "GNL cumulenes: lorem-torch and lorem-jax, same settings"),
         ("ko4g", "Ko carbon chains: lorem-torch and lorem-jax, same settings"),
