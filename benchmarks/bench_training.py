@@ -5,6 +5,9 @@ repository root; every run writes a folder under --output (runs/bench_training) 
     # 1. long-range extrapolation on the LODE dimers (train 4-12 A, test 12-15 A)
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py lode \
         --configs examples/configs/lode-lorem-f64d4.yaml examples/configs/lode-short-range-f64d4.yaml
+    #    (lode-lorem-f64d4-pbc*.yaml: trained and evaluated in the files' periodic box)
+    # 1b. SPICE dipeptides: LOREM against lr: false, test errors, the most polar apart
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py dipeptides
     # 2. lorem-torch and lorem-jax side by side (same model, split, epochs, schedule)
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_training.py compare \
         --dataset gnl --impl torch --seed 0          # or --impl jax, --dataset ko4g, --seed 1
@@ -39,6 +42,21 @@ def lode(args) -> None:
         result = run(Path(config_file), paths, retrain=args.retrain)
         print(f"\n{config_file}: {result['epochs']} epochs in {result['wall_seconds']:.0f} s")
         print(lode_module.format_table(result))
+
+
+def dipeptides(args) -> None:
+    from training import dipeptides as dipeptides_module
+
+    paths = dipeptides_module.prepare(Path(args.shared), Path(args.output) / "data")
+    print(f"wrote {paths['test']} (most polar: dipole >= {paths['polar_threshold']:.2f})")
+    if args.prepare_only:
+        return
+    from lorem_torch.train.evaluation import format_table
+
+    for config_file in args.configs:
+        result = dipeptides_module.run(Path(config_file), paths, retrain=args.retrain)
+        print(f"\n{config_file}: {result['epochs']} epochs in {result['wall_seconds']:.0f} s")
+        print(format_table(result["test"]))
 
 
 def compare(args) -> None:
@@ -117,6 +135,19 @@ def main():
     p.add_argument("--retrain", action="store_true", help="train even if the run has finished")
     p.add_argument("--jax", action="store_true", help="train with lorem-jax instead")
     p.set_defaults(run=lode)
+
+    p = commands.add_parser("dipeptides", help="SPICE dipeptides: long range against short")
+    p.add_argument(
+        "--configs",
+        nargs="+",
+        default=[
+            str(CONFIGS / "dipeptides-lorem-f64d3.yaml"),
+            str(CONFIGS / "dipeptides-short-range-f64d3.yaml"),
+        ],
+    )
+    p.add_argument("--prepare-only", action="store_true", help="only write the test file")
+    p.add_argument("--retrain", action="store_true", help="train even if the run has finished")
+    p.set_defaults(run=dipeptides)
 
     p = commands.add_parser("compare", help="lorem-torch and lorem-jax side by side")
     p.add_argument("--dataset", choices=["gnl", "ko4g"], required=True)

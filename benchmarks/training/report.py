@@ -32,10 +32,14 @@ def _pyplot():
 # -- LODE dimers --
 
 
-def lode_results(runs: Path) -> Dict[str, Dict]:
+def lode_results(runs: Path, periodic: bool = False) -> Dict[str, Dict]:
+    """The LODE runs trained isolated (data.pbc false; runs from before the entry was
+    recorded were all isolated) or, with periodic=True, in the files' periodic box."""
     results = {}
     for path in sorted(runs.glob("lode-*/lode_result.json")):
-        results[path.parent.name] = json.loads(path.read_text())
+        result = json.loads(path.read_text())
+        if (result.get("pbc", False) is not False) == periodic:
+            results[path.parent.name] = result
     return results
 
 
@@ -163,6 +167,167 @@ def lode_figure(results: Dict[str, Dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _run_line(results: Dict[str, Dict]) -> str:
+    def one(name, r):
+        line = f"{_model_name(name)}: {r['epochs']} epochs"
+        if r.get("planned_epochs", r["epochs"]) != r["epochs"]:
+            line += f" of {r['planned_epochs']} planned ({r['stop']})"
+        per_epoch = r["training_seconds"] / max(r["epochs"], 1)
+        return line + f", {per_epoch:.0f} s per epoch, {r['wall_seconds'] / 60:.0f} min wall"
+
+    return "Runs: " + "; ".join(one(n, r) for n, r in results.items()) + "."
+
+
+def lode_periodic_table(results: Dict[str, Dict], short_range: Dict) -> str:
+    """As lode_table, for the runs trained in the files' box, with the anchored test MAE
+    that every short-range model has on these data (lode.short_range_facts)."""
+    names = list(results)
+    header = (
+        "| class | charges | reference at 12-15 A (meV) | "
+        + " | ".join(_model_name(n) for n in names)
+        + " | any short-range model, anchored |"
+    )
+    lines = [header, "|" + " --- |" * (4 + len(names))]
+    errors = {
+        n: (
+            lode.class_errors(r["rows"], "test"),
+            lode.class_errors(r["rows"], "test", anchor=True),
+            lode.class_errors(r["rows"], "train"),
+        )
+        for n, r in results.items()
+    }
+    rows = next(iter(results.values()))["rows"]
+    for label in lode.CLASSES:
+        test_rows = [r for r in rows if r["label"] == label and r["split"] == "test"]
+        reference = ", ".join(f"{1000 * r['inter_energy']:.1f}" for r in test_rows)
+        cells = [
+            f"{errors[n][0][label]['mae_meV']:.1f} / **{errors[n][1][label]['mae_meV']:.1f}** "
+            f"({errors[n][2][label]['mae_meV']:.1f})"
+            for n in names
+        ]
+        bound = short_range["classes"][label]["anchored_mae_meV"]
+        cells.append("-" if bound is None else f"**{bound:.1f}**")
+        lines.append(
+            f"| {label} | {_charges(test_rows[0]['charges'])} | {reference} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    closest = min(c["closest_intermolecular_A"] for c in short_range["classes"].values())
+    lines.append("")
+    lines.append(
+        "Cells as in the table above (test MAE / **anchored test MAE** (train MAE), meV), "
+        "for models trained and evaluated in the files' periodic 30 A box. Last column: "
+        "the anchored test MAE of every model without long range (cutoff "
+        f"{short_range['cutoff']:.0f} A, no message passing), from the data alone: the "
+        f"closest intermolecular pair at the anchor and test frames is {closest:.1f} A "
+        "apart and the monomers are rigid, so such a model's interaction energy is the same "
+        "at all of them and its anchored error is the reference's change from the anchor. "
+        + (
+            "Every frame has the same neighbour list periodic and isolated, so a short-range "
+            "model trains and predicts the same either way: the short-range columns of the "
+            "isolated table are the periodic ones."
+            if short_range["same_graphs"]
+            else "Some frames have image neighbours in the box: the isolated short-range "
+            "runs do not stand for periodic ones."
+        )
+    )
+    lines.append(_run_line(results))
+    return "\n".join(lines)
+
+
+def lode_box_tail_table(results: Dict[str, Dict]) -> str:
+    """The periodic models' own CC interaction energy in the files' box (to half the box)
+    and isolated (far along the axis), beside the point-charge estimates."""
+    names = [n for n, r in results.items() if "tail_scan_box" in r]
+    if not names:
+        return "(no tail scans)"
+    lines = [
+        "| setting | distance (A) | point charges (meV) | "
+        + " | ".join(_model_name(n) for n in names)
+        + " |",
+        "|" + " --- |" * (3 + len(names)),
+    ]
+    for key, setting in (("tail_scan_box", "30 A box"), ("tail_scan", "isolated")):
+        scans = [results[n][key] for n in names]
+        for i, row in enumerate(scans[0]):
+            cells = [f"{1000 * scan[i]['model']:.1f}" for scan in scans]
+            lines.append(
+                f"| {setting} | {row['distance']:.0f} | {1000 * row['coulomb']:.1f} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def lode_learning_figure(results: Dict[str, Dict], path: Path) -> None:
+    """Training loss and validation (= training set) energy MAE against epoch."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, result in results.items():
+        history = result.get("history", [])
+        epochs = [h["epoch"] for h in history]
+        axes[0].semilogy(
+            epochs, [h["train_loss"] for h in history], ".-", lw=1, ms=3, label=_model_name(name)
+        )
+        axes[1].semilogy(
+            epochs,
+            [h["valid_energy_mae"] for h in history],
+            ".-",
+            lw=1,
+            ms=3,
+            label=_model_name(name),
+        )
+    axes[0].set_ylabel("training loss", fontsize=9)
+    axes[1].set_ylabel("energy MAE, training set (meV/atom)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.tick_params(labelsize=8)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("LODE dimers trained in the 30 A box: learning curves", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def dipeptides_table(runs: Path) -> str | None:
+    """Test errors of the SPICE dipeptide runs, all and by group (dipeptides.py)."""
+    results = {
+        path.parent.name: json.loads(path.read_text())
+        for path in sorted(runs.glob("dipeptides-*/dipeptides_result.json"))
+    }
+    if not results:
+        return None
+    groups = ["all", "most-polar", "rest"]
+    header = ["model", "epochs", "s/epoch"]
+    for group in groups:
+        header += [f"E {group}", f"F {group}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for name, r in results.items():
+        epochs = str(r["epochs"])
+        if r["planned_epochs"] != r["epochs"]:
+            epochs += f" of {r['planned_epochs']}"
+        cells = [
+            name.removeprefix("dipeptides-"),
+            epochs,
+            f"{r['training_seconds'] / r['epochs']:.0f}",
+        ]
+        for group in groups:
+            e = r["test"][group]
+            cells += [f"{e['energy_mae_meV_per_atom']:.2f}", f"{e['forces_mae_meV_per_A']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    first = next(iter(results.values()))
+    polar = first["test"]["most-polar"]["structures"]
+    lines.append("")
+    lines.append(
+        "Test MAE: E in meV/atom, F in meV/A (force components); all 50 test structures, "
+        f"the {polar} most polar (reference dipole >= {first['polar_threshold']:.2f}, the "
+        "largest fifth) and the rest. s/epoch: training seconds per epoch (with one "
+        "validation pass), both runs side by side on the shared machine."
+    )
+    return "\n".join(lines)
+
+
 # -- lorem-torch and lorem-jax side by side --
 
 
@@ -280,19 +445,31 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"
 
 
-def commands_table(runs: Path) -> str:
+def _lode_commands(results: Dict[str, Dict]) -> List[str]:
+    script = ".venv/bin/python benchmarks/bench_training.py"
+    return [
+        f"| `{script} lode --configs {result['config']}` | "
+        f"{_minutes(result['wall_seconds'])} ({result['epochs']} epochs) |"
+        for result in results.values()
+        if "lorem-jax" not in result["config"]
+    ]
+
+
+def commands_table(runs: Path, periodic: bool = False) -> str | None:
     """Each run folder's command (bench_training.py, from the repository root) and its
-    wall time as recorded by the run itself."""
+    wall time as recorded by the run itself; periodic=True: the LODE runs trained in the
+    box alone. None when there is no such run."""
     script = ".venv/bin/python benchmarks/bench_training.py"
     lines = ["| command | wall time |", "| --- | --- |"]
-    for path in sorted(runs.glob("lode-*/lode_result.json")):
-        result = json.loads(path.read_text())
-        if "lorem-jax" in result["config"]:
-            continue
-        lines.append(
-            f"| `{script} lode --configs {result['config']}` | "
-            f"{_minutes(result['wall_seconds'])} ({result['epochs']} epochs) |"
-        )
+    lines += _lode_commands(lode_results(runs, periodic))
+    if periodic:
+        for path in sorted(runs.glob("dipeptides-*/dipeptides_result.json")):
+            result = json.loads(path.read_text())
+            lines.append(
+                f"| `{script} dipeptides --configs {result['config']}` | "
+                f"{_minutes(result['wall_seconds'])} ({result['epochs']} epochs) |"
+            )
+        return "\n".join(lines) if len(lines) > 2 else None
     for dataset in ("gnl", "ko4g"):
         for result in sorted(
             compare_results(runs, dataset), key=lambda r: (r["implementation"], r["seed"])
@@ -312,7 +489,7 @@ def commands_table(runs: Path) -> str:
                 f"--impl {implementation} --device {row['device']} --threads "
                 f"{row['threads']}` | {_minutes(row['wall_seconds'])} |"
             )
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else None
 
 
 def machine() -> str:
@@ -345,6 +522,8 @@ def _replace_block(text: str, name: str, content: str) -> str:
 
 
 def write(runs: Path, docs: Path) -> None:
+    """Rewrite the generated blocks whose runs are in `runs`; blocks without runs there
+    keep what they have (run folders of other machines or sessions)."""
     figures = docs / FIGURES
     figures.mkdir(parents=True, exist_ok=True)
     blocks = {"machine": machine()}
@@ -356,24 +535,43 @@ def write(runs: Path, docs: Path) -> None:
         blocks["lode-reference"] = lode_reference_table(rows)
         blocks["lode-tail"] = lode_tail_table(results)
         lode_figure(results, figures / "lode_binding_curves.png")
+    periodic = lode_results(runs, periodic=True)
+    if periodic:
+        data = runs / "data"
+        facts = lode.short_range_facts(
+            {"train": data / "lode-train.xyz", "test": data / "lode-test.xyz"}
+        )
+        blocks["lode-periodic"] = lode_periodic_table(periodic, facts)
+        blocks["lode-periodic-tail"] = lode_box_tail_table(periodic)
+        lode_figure(periodic, figures / "lode_binding_curves_periodic.png")
+        lode_learning_figure(periodic, figures / "lode_learning_curves_periodic.png")
+    dipeptides = dipeptides_table(runs)
+    if dipeptides is not None:
+        blocks["dipeptides"] = dipeptides
     for dataset, title in (
         ("gnl", "GNL cumulenes: lorem-torch and lorem-jax, same settings"),
         ("ko4g", "Ko carbon chains: lorem-torch and lorem-jax, same settings"),
     ):
         found = compare_results(runs, dataset)
-        blocks[f"compare-{dataset}"] = compare_table(found)
         if found:
+            blocks[f"compare-{dataset}"] = compare_table(found)
             compare_figure(found, figures / f"learning_curves_{dataset}.png", title)
             blocks[f"compare-{dataset}-summary"] = compare_summary(found)
-    blocks["speed"] = speed_table(runs)
-    blocks["commands"] = commands_table(runs)
+    if list(runs.glob("speed-*.json")):
+        blocks["speed"] = speed_table(runs)
+    for name, table in (
+        ("commands", commands_table(runs)),
+        ("commands-periodic", commands_table(runs, periodic=True)),
+    ):
+        if table is not None:
+            blocks[name] = table
     page = docs / "benchmarks.md"
     text = page.read_text()
     for name, content in blocks.items():
         if f"<!-- generated:{name} -->" in text:
             text = _replace_block(text, name, content)
     page.write_text(text)
-    print(f"updated {page} and {figures}")
+    print(f"updated {page} ({', '.join(blocks)}) and {figures}")
 
 
 def compare_summary(results: List[Dict]) -> str:
