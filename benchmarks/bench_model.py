@@ -1,7 +1,13 @@
 """Energy + forces of the default LOREM model, float32, CPU: time and peak memory.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_model.py [--systems nacl64 ...]
-        [--long-range ewald|pme|auto] [--accuracy 1e-6]
+        [--long-range ewald|pme|auto] [--accuracy 1e-6] [--eager] [--short-range-only]
+
+--eager runs every system a second time on the eager reference path of the initial
+block (Lorem.use_fused_edges(False)), side by side with the fused default.
+--short-range-only skips the lr model, so that the peak memory is the short range's;
+with water513 and water4104 both run, the growth of the peak per atom between them is
+printed.
 
 Each system runs in its own subprocess so that the peak resident memory (ru_maxrss)
 belongs to it alone. Times are the best of --repeats, wall clock and process CPU time
@@ -26,6 +32,12 @@ def build(system: str):
         reps = round((n / 8) ** (1 / 3))
         atoms = bulk("NaCl", "rocksalt", a=5.64, cubic=True) * (reps, reps, reps)
         atoms.rattle(0.05, seed=0)
+    elif system.startswith("water") and system != "water513":
+        # water513 replicated: water4104 = 2 x 2 x 2
+        copies = round((int(system[5:]) / 513) ** (1 / 3))
+        if 513 * copies**3 != int(system[5:]):
+            raise ValueError(f"{system}: water sizes are 513 times a cube")
+        atoms = build("water513") * (copies, copies, copies)
     elif system == "water513":
         rng = np.random.default_rng(0)
         side = (171 * 29.9) ** (1 / 3)  # 1 g/cm^3
@@ -62,7 +74,9 @@ def build(system: str):
     return atoms
 
 
-def run_one(system: str, repeats: int, long_range: dict) -> dict:
+def run_one(
+    system: str, repeats: int, long_range: dict, fused: bool, short_range_only: bool
+) -> dict:
     import resource
 
     import torch
@@ -72,9 +86,12 @@ def run_one(system: str, repeats: int, long_range: dict) -> dict:
 
     torch.manual_seed(0)
     atoms = build(system)
-    result = {"system": system, "atoms": len(atoms)}
-    for label, lr in (("total", True), ("short_range", False)):
-        model = EnergyModel(Lorem(lr=lr, long_range=long_range))
+    result = {"system": system, "atoms": len(atoms), "path": "fused" if fused else "eager"}
+    variants = (
+        [("short_range", False)] if short_range_only else [("total", True), ("short_range", False)]
+    )
+    for label, lr in variants:
+        model = EnergyModel(Lorem(lr=lr, long_range=long_range).use_fused_edges(fused))
         graph = atoms_to_graph([atoms], 5.0, dtype=torch.float32)
         out = model(**graph)  # warm-up
         times, cpu_times = [], []
@@ -86,6 +103,9 @@ def run_one(system: str, repeats: int, long_range: dict) -> dict:
         result[label + "_s"] = min(times)
         result[label + "_cpu_s"] = min(cpu_times)
         del out
+    if short_range_only:
+        for key in ("total_s", "total_cpu_s"):
+            result[key] = math.nan
     result["long_range_s"] = result["total_s"] - result["short_range_s"]
     result["long_range_cpu_s"] = result["total_cpu_s"] - result["short_range_cpu_s"]
     result["pairs"] = int(graph["centers"].shape[0])
@@ -109,44 +129,67 @@ def main():
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--long-range", default="ewald", choices=["ewald", "pme", "auto"])
     parser.add_argument("--accuracy", type=float, default=None)
+    parser.add_argument(
+        "--eager", action="store_true", help="also run the eager initial block, side by side"
+    )
+    parser.add_argument(
+        "--short-range-only", action="store_true", help="skip the lr model (peak = short range)"
+    )
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--path", default="fused", choices=["fused", "eager"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     long_range = {"method": args.long_range}
     if args.accuracy is not None:
         long_range["accuracy"] = args.accuracy
     if args.one:
-        print(json.dumps(run_one(args.one, args.repeats, long_range)))
+        result = run_one(
+            args.one, args.repeats, long_range, args.path == "fused", args.short_range_only
+        )
+        print(json.dumps(result))
         return
     print(f"long_range {long_range}")
+    paths = ["fused", "eager"] if args.eager else ["fused"]
     header = (
-        f"{'system':>10} {'atoms':>6} {'pairs':>8} {'method':>7} {'total s':>8} {'short s':>8} "
+        f"{'system':>10} {'path':>6} {'atoms':>6} {'pairs':>8} {'method':>7} {'total s':>8} {'short s':>8} "
         f"{'long s':>8} {'peak GB':>8} {'total cpu':>9} {'short cpu':>9} {'long cpu':>9}"
     )
     print(header)
     totals = {}
+    peaks = {}
     for system in args.systems:
-        command = [sys.executable, __file__, "--one", system, "--repeats", str(args.repeats)]
-        command += ["--long-range", args.long_range]
-        if args.accuracy is not None:
-            command += ["--accuracy", str(args.accuracy)]
-        proc = subprocess.run(command, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(f"{system:>10} failed: {proc.stderr.strip().splitlines()[-1]}")
-            continue
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(
-            f"{r['system']:>10} {r['atoms']:>6} {r['pairs']:>8} {r['method']:>7} "
-            f"{r['total_s']:>8.3f} {r['short_range_s']:>8.3f} {r['long_range_s']:>8.3f} "
-            f"{r['peak_memory_GB']:>8.2f} {r['total_cpu_s']:>9.3f} {r['short_range_cpu_s']:>9.3f} "
-            f"{r['long_range_cpu_s']:>9.3f}",
-            flush=True,
-        )
-        if system.startswith("nacl"):
-            totals[r["atoms"]] = r["total_s"]
+        for path in paths:
+            command = [sys.executable, __file__, "--one", system, "--repeats", str(args.repeats)]
+            command += ["--long-range", args.long_range, "--path", path]
+            if args.accuracy is not None:
+                command += ["--accuracy", str(args.accuracy)]
+            if args.short_range_only:
+                command += ["--short-range-only"]
+            proc = subprocess.run(command, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{system:>10} {path:>6} failed: {proc.stderr.strip().splitlines()[-1]}")
+                continue
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            peaks[(system, path)] = (r["atoms"], r["peak_memory_GB"])
+            print(
+                f"{r['system']:>10} {path:>6} {r['atoms']:>6} {r['pairs']:>8} {r['method']:>7} "
+                f"{r['total_s']:>8.3f} {r['short_range_s']:>8.3f} {r['long_range_s']:>8.3f} "
+                f"{r['peak_memory_GB']:>8.2f} {r['total_cpu_s']:>9.3f} {r['short_range_cpu_s']:>9.3f} "
+                f"{r['long_range_cpu_s']:>9.3f}",
+                flush=True,
+            )
+            if system.startswith("nacl") and path == "fused" and not args.short_range_only:
+                totals[r["atoms"]] = r["total_s"]
     sizes = sorted(totals)
     for small, large in zip(sizes, sizes[1:], strict=False):
         exponent = math.log(totals[large] / totals[small]) / math.log(large / small)
         print(f"cost exponent of the total from {small} to {large} atoms: {exponent:.2f}")
+    for path in paths:
+        if ("water513", path) in peaks and ("water4104", path) in peaks:
+            (n0, m0), (n1, m1) = peaks[("water513", path)], peaks[("water4104", path)]
+            growth = (m1 - m0) * 1e3 / (n1 - n0)
+            print(f"peak memory growth per atom, water513 -> water4104, {path}: {growth:.3f} MB")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from ..errors import UnknownElementError
 from ..long_range import PME, Ewald, direct_potentials, long_range_settings
 from ..long_range.settings import prefer_pme
 from ..nn.constants import ConstantsModule
+from ..nn.edge_ops import edges_to_nodes
 from ..nn.layers import MLP, DegreeWiseDense, Dense, TensorDense, TensorProduct, Update
 from ..nn.radial import BernsteinBasis, cosine_cutoff
 from ..nn.spherical import SphericalHarmonics, degree_of_component, degree_wise_norm
@@ -58,6 +59,18 @@ class RadialCoefficients(torch.nn.Module):
         coefficients = self.mlp(pair_features).reshape(-1, self.num_radial, self.features)
         return torch.einsum("prf,pr->pf", coefficients, radial)
 
+    def pair_table(self, embedding: torch.Tensor, num_types: int) -> torch.Tensor:
+        """[T*T, num_radial, d] the MLP of concat(emb_i, emb_j) for every species pair
+        t_i * T + t_j, given the embedding [T, e] of the species present."""
+        table_in = torch.cat(
+            [
+                embedding[:, None, :].expand(num_types, num_types, embedding.shape[1]),
+                embedding[None, :, :].expand(num_types, num_types, embedding.shape[1]),
+            ],
+            dim=-1,
+        ).reshape(num_types * num_types, 2 * embedding.shape[1])
+        return self.mlp(table_in).reshape(-1, self.num_radial, self.features)
+
     def from_species_pairs(
         self, embedding: torch.Tensor, pair_type: torch.Tensor, num_types: int, radial: torch.Tensor
     ) -> torch.Tensor:
@@ -66,27 +79,28 @@ class RadialCoefficients(torch.nn.Module):
 
         embedding [T, e] of the species present; pair_type [P] = t_i * T + t_j.
         """
-        table_in = torch.cat(
-            [
-                embedding[:, None, :].expand(num_types, num_types, embedding.shape[1]),
-                embedding[None, :, :].expand(num_types, num_types, embedding.shape[1]),
-            ],
-            dim=-1,
-        ).reshape(num_types * num_types, 2 * embedding.shape[1])
-        table = self.mlp(table_in).reshape(-1, self.num_radial, self.features)  # [T*T, R, d]
-        order = torch.argsort(pair_type)
-        counts: List[int] = torch.bincount(pair_type, minlength=num_types * num_types).tolist()
-        sorted_radial = radial.index_select(0, order)
-        pieces: List[torch.Tensor] = []
-        start = 0
-        for t, count in enumerate(counts):
-            if count > 0:
-                pieces.append(sorted_radial[start : start + count] @ table[t])
-            start += count
-        if len(pieces) == 0:
-            return radial.new_zeros(0, self.features)
-        result_sorted = torch.cat(pieces, dim=0)
-        return torch.zeros_like(result_sorted).index_copy(0, order, result_sorted)
+        table = self.pair_table(embedding, num_types)
+        return products_by_pair_type(radial, pair_type, table)
+
+
+def products_by_pair_type(
+    radial: torch.Tensor, pair_type: torch.Tensor, table: torch.Tensor
+) -> torch.Tensor:
+    """[P, out] radial[p] @ table[pair_type[p]] for radial [P, R] and a table [T*T, R, out]:
+    one matrix product per pair type over the edges of that type."""
+    order = torch.argsort(pair_type)
+    counts: List[int] = torch.bincount(pair_type, minlength=table.shape[0]).tolist()
+    sorted_radial = radial.index_select(0, order)
+    pieces: List[torch.Tensor] = []
+    start = 0
+    for t, count in enumerate(counts):
+        if count > 0:
+            pieces.append(sorted_radial[start : start + count] @ table[t])
+        start += count
+    if len(pieces) == 0:
+        return radial.new_zeros(0, table.shape[2])
+    result_sorted = torch.cat(pieces, dim=0)
+    return torch.zeros_like(result_sorted).index_copy(0, order, result_sorted)
 
 
 class ScalarMessagePassingStep(torch.nn.Module):
@@ -329,6 +343,9 @@ class Lorem(ConstantsModule):
         self.self_tensor = TensorDense(max_degree, s, s, max_degree)
         self.update_spherical = Update(d, num_l * s)
         self.energy_head = MLP(d, [d, d, 1])
+        # the initial block's sums over neighbours by the fused operators (nn/edge_ops.py)
+        # or, as the reference, per edge in plain PyTorch; set by use_fused_edges
+        self.fused_edges: bool = True
 
         # -- optional message passing --
         steps: List[torch.nn.Module] = []
@@ -403,6 +420,15 @@ class Lorem(ConstantsModule):
         model.load_state_dict(self.state_dict())
         return model.to(device=parameter.device)
 
+    @torch.jit.unused
+    def use_fused_edges(self, enabled: bool = True) -> "Lorem":
+        """Switch every block with a `fused_edges` attribute (the initial block) between
+        the fused C++ operators and the plain PyTorch reference path; returns self."""
+        for module in self.modules():
+            if hasattr(module, "fused_edges"):
+                module.fused_edges = bool(enabled)
+        return self
+
     def check_species(self, atomic_numbers: torch.Tensor) -> None:
         """Raise UnknownElementError for atomic numbers the model was not built for.
 
@@ -450,21 +476,47 @@ class Lorem(ConstantsModule):
         num_types = present.shape[0]
         species_embedding = self.embedding[atomic_numbers[:num_nodes]]
         pair_type = species_index[centers] * num_types + species_index[others]
-        edges_scalar = self.radial_coefficients.from_species_pairs(
-            self.embedding[present], pair_type, num_types, radial
-        )
 
         node_init = self.node_init
         if node_init is not None:
             scalar = node_init(species_embedding)
         else:
             scalar = species_embedding.new_zeros(num_nodes, self.num_features)
+        if self.fused_edges:
+            summed, spherical = self.fused_edge_sums(
+                present, pair_type, num_types, radial, harmonics, centers, num_nodes
+            )
+        else:
+            summed, spherical = self.eager_edge_sums(
+                present, pair_type, num_types, radial, harmonics, centers, num_nodes
+            )
+        scalar = self.update_scalar(scalar, self.edge_to_node(summed))
+        spherical = self.self_tensor(spherical)
+        scalar = self.update_spherical(
+            scalar, norm_features(spherical, self.max_degree, self.l_factors)
+        )
+        return self.energy_head(scalar)[:, 0], scalar, spherical
+
+    def eager_edge_sums(
+        self,
+        present: torch.Tensor,
+        pair_type: torch.Tensor,
+        num_types: int,
+        radial: torch.Tensor,
+        harmonics: torch.Tensor,
+        centers: torch.Tensor,
+        num_nodes: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The initial block's sums over neighbours, per edge in plain PyTorch (the
+        reference for the fused path): edge scalars summed [n, d], and the per-degree
+        coefficients times Y_lm summed [n, (L+1)**2, s]."""
+        edges_scalar = self.radial_coefficients.from_species_pairs(
+            self.embedding[present], pair_type, num_types, radial
+        )
         # the sum over neighbours commutes with the bias-free Dense: sum first
         summed = edges_scalar.new_zeros(num_nodes, self.num_features).index_add(
             0, centers, edges_scalar
         )
-        scalar = self.update_scalar(scalar, self.edge_to_node(summed))
-
         edges_spherical = edge_spherical(
             self.spherical_coefficients(edges_scalar),
             harmonics,
@@ -474,11 +526,43 @@ class Lorem(ConstantsModule):
         spherical = edges_spherical.new_zeros(
             num_nodes, edges_spherical.shape[1], self.spherical_features
         ).index_add(0, centers, edges_spherical)
-        spherical = self.self_tensor(spherical)
-        scalar = self.update_spherical(
-            scalar, norm_features(spherical, self.max_degree, self.l_factors)
+        return summed, spherical
+
+    def fused_edge_sums(
+        self,
+        present: torch.Tensor,
+        pair_type: torch.Tensor,
+        num_types: int,
+        radial: torch.Tensor,
+        harmonics: torch.Tensor,
+        centers: torch.Tensor,
+        num_nodes: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The same sums without per-edge [P, d] or [P, (L+1)**2, s] tensors.
+
+        The edge scalars radial[p] @ table[t_p] are linear in the radial basis, so the
+        radial functions are summed per atom and pair type first ([n, T*T, R]) and
+        contracted with the table once. The spherical coefficients Dense(edge scalars)
+        are radial[p] @ (table[t_p] @ W): [P, (L+1) * s] per edge, and the fused
+        operator edges_to_nodes sums them times Y_lm onto the atoms.
+        """
+        table = self.radial_coefficients.pair_table(self.embedding[present], num_types)
+        num_pair_types, num_radial = table.shape[0], table.shape[1]
+        radial_sums = radial.new_zeros(num_nodes * num_pair_types, num_radial).index_add(
+            0, centers * num_pair_types + pair_type, radial
         )
-        return self.energy_head(scalar)[:, 0], scalar, spherical
+        summed = radial_sums.reshape(num_nodes, num_pair_types * num_radial) @ table.reshape(
+            num_pair_types * num_radial, self.num_features
+        )
+        # spherical_coefficients is bias-free, so it maps the table row by row
+        coefficients = products_by_pair_type(radial, pair_type, self.spherical_coefficients(table))
+        spherical = edges_to_nodes(
+            coefficients.reshape(-1, self.max_degree + 1, self.spherical_features),
+            harmonics,
+            centers,
+            num_nodes,
+        )
+        return summed, spherical
 
     def message_passing_step(
         self,
