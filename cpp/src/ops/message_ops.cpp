@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <array>
+#include <map>
 #include <optional>
 #include <vector>
 
@@ -197,41 +198,81 @@ void check_range(const Tensor& index, int64_t num_atoms, const char* name) {
                 "] = ", key[p], " is outside [0, ", num_atoms, ")");
 }
 
-// Entries in groups that share (path, m2), or (path, m3): what is common to a group is
-// formed once per edge, and each entry then costs one multiply-add per channel.
-struct Group {
-  int32_t path, component, begin, end;
+// The entries as the CPU kernel walks them, for one target: sorted by the component (or
+// path) they write to, so that a run of entries sums into registers and is written once;
+// and each tagged with a "pair": a (path, component) whose channel product is formed once
+// per edge into a table (aw[path] x[m2] for messages and harmonics, aw[path] G[m3] for
+// features), so that an entry then costs one multiply-add per channel.
+struct Step {
+  int32_t m1, pair, other, path;  // other: the component of the second channel factor
+  double coupling;
 };
 
-struct GroupedEntries {
-  std::vector<Entry> entries;  // sorted by (path, key component)
-  std::vector<Group> groups;
+struct Run {
+  int32_t key, begin, end;
 };
 
-GroupedEntries group_entries(std::vector<Entry> entries, bool by_m3) {
-  auto key = [by_m3](const Entry& e) { return by_m3 ? e.m3 : e.m2; };
-  std::stable_sort(entries.begin(), entries.end(), [&](const Entry& x, const Entry& y) {
-    return x.path != y.path ? x.path < y.path : key(x) < key(y);
+struct Schedule {
+  std::vector<Step> steps;
+  std::vector<Run> runs;
+  std::vector<std::pair<int32_t, int32_t>> pairs;  // (path, component)
+};
+
+Schedule schedule_for(const std::vector<Entry>& entries, const double* coupling, int64_t target) {
+  // what an entry writes to, the component of its pair, and its other channel factor
+  auto key = [target](const Entry& e) {
+    switch (target) {
+      case kHarmonics:
+        return e.m1;
+      case kFeatures:
+        return e.m2;
+      case kGradient:
+        return e.m3;
+      default:
+        return e.path;
+    }
+  };
+  auto pair_component = [target](const Entry& e) { return target == kFeatures ? e.m3 : e.m2; };
+  std::vector<int32_t> order(entries.size());
+  for (size_t k = 0; k < order.size(); ++k) order[k] = static_cast<int32_t>(k);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+    const Entry &a = entries[x], &b = entries[y];
+    if (key(a) != key(b)) return key(a) < key(b);
+    if (a.path != b.path) return a.path < b.path;
+    return pair_component(a) < pair_component(b);
   });
-  GroupedEntries out;
-  for (size_t k = 0; k < entries.size(); ++k) {
+  Schedule out;
+  std::map<std::pair<int32_t, int32_t>, int32_t> pair_index;
+  for (int32_t k : order) {
     const Entry& e = entries[k];
-    if (out.groups.empty() || out.groups.back().path != e.path ||
-        out.groups.back().component != key(e))
-      out.groups.push_back(Group{e.path, key(e), static_cast<int32_t>(k), 0});
-    out.groups.back().end = static_cast<int32_t>(k + 1);
+    const auto pair = std::make_pair(e.path, pair_component(e));
+    auto found = pair_index.find(pair);
+    if (found == pair_index.end()) {
+      found = pair_index.emplace(pair, static_cast<int32_t>(out.pairs.size())).first;
+      out.pairs.push_back(pair);
+    }
+    const int32_t position = static_cast<int32_t>(out.steps.size());
+    if (out.runs.empty() || out.runs.back().key != key(e))
+      out.runs.push_back(Run{key(e), position, position});
+    out.runs.back().end = position + 1;
+    out.steps.push_back(
+        Step{e.m1, found->second, target == kFeatures ? e.m2 : e.m3, e.path, coupling[k]});
   }
-  out.entries = std::move(entries);
   return out;
 }
 
 // One target's contraction. kChannels > 0 fixes the channel count at compile time (the
-// default model's 8) so that the channel loops unroll and vectorise.
+// default model's 8) so that the channel loops unroll and vectorise into registers.
 template <typename scalar_t, int kChannels>
 struct CpuKernel {
+  struct TypedStep {
+    int32_t m1, pair, other, path;
+    scalar_t coupling;
+  };
   const Problem& p;
-  GroupedEntries grouped;          // by (path, m2), or by (path, m3) for the features target
-  std::vector<scalar_t> coupling;  // in the grouped order
+  std::vector<TypedStep> steps;
+  std::vector<Run> runs;
+  std::vector<std::pair<int32_t, int32_t>> pairs;
   const scalar_t *Y, *a, *W, *x, *G;
   const int64_t *centers, *others;
   int64_t M, D, num_paths;
@@ -240,22 +281,13 @@ struct CpuKernel {
 
   CpuKernel(const Problem& problem, const std::vector<Entry>& entries)
       : p(problem), S(kChannels > 0 ? kChannels : problem.channels) {
-    // the coefficient travels with its entry through the sort: keep its index in m1's
-    // place meanwhile
-    std::vector<Entry> tagged = entries;
-    std::vector<int32_t> m1(entries.size());
-    for (size_t k = 0; k < entries.size(); ++k) {
-      m1[k] = entries[k].m1;
-      tagged[k].m1 = static_cast<int32_t>(k);
-    }
-    grouped = group_entries(std::move(tagged), problem.target == kFeatures);
-    const scalar_t* values = problem.coupling.data_ptr<scalar_t>();
-    coupling.resize(entries.size());
-    for (size_t k = 0; k < grouped.entries.size(); ++k) {
-      const int32_t original = grouped.entries[k].m1;
-      coupling[k] = values[original];
-      grouped.entries[k].m1 = m1[original];
-    }
+    const Tensor coupling = problem.coupling.to(at::kDouble).cpu();
+    Schedule schedule = schedule_for(entries, coupling.data_ptr<double>(), problem.target);
+    for (const Step& step : schedule.steps)
+      steps.push_back(TypedStep{step.m1, step.pair, step.other, step.path,
+                                static_cast<scalar_t>(step.coupling)});
+    runs = std::move(schedule.runs);
+    pairs = std::move(schedule.pairs);
     auto data = [&](int64_t k) -> const scalar_t* {
       return problem.factors[k].defined() ? problem.factors[k].data_ptr<scalar_t>() : nullptr;
     };
@@ -274,56 +306,71 @@ struct CpuKernel {
   }
 
   static constexpr bool kFixed = kChannels > 0;
+  static constexpr int kLocal = kFixed ? kChannels : 1;
   int64_t channels() const { return kFixed ? kChannels : S; }
 
-  // aw[path, c] = a[edge, l1(path), c] W[path, c]
-  void filtered_weights(int64_t edge, scalar_t* aw) const {
+  // table[pair, c] = a[edge, l1(path), c] W[path, c] in[component, c]
+  void pair_table(int64_t edge, const scalar_t* in, scalar_t* table) const {
     const int64_t s = channels();
     const scalar_t* a_edge = a + edge * D * s;
-    for (int64_t q = 0; q < num_paths; ++q) {
-      const scalar_t* a_row = a_edge + path_degree[q] * s;
-      const scalar_t* w_row = W + q * s;
-      for (int64_t c = 0; c < s; ++c) aw[q * s + c] = a_row[c] * w_row[c];
+    for (size_t q = 0; q < pairs.size(); ++q) {
+      const auto [path, component] = pairs[q];
+      const scalar_t* a_row = a_edge + path_degree[path] * s;
+      const scalar_t* w_row = W + path * s;
+      const scalar_t* v = in + component * s;
+      scalar_t* t = table + q * s;
+      for (int64_t c = 0; c < s; ++c) t[c] = a_row[c] * w_row[c] * v[c];
     }
   }
 
-  // out[m3, c] += sum_e cg Y[m1] aw[path, c] in[m2, c] for one edge (groups by m2), or
-  // out[m2, c] += sum_e cg Y[m1] aw[path, c] in[m3, c] (groups by m3)
-  void couple(const scalar_t* y, const scalar_t* aw, const scalar_t* in, scalar_t* out,
-              scalar_t* t) const {
+  // out[key, c] += sum_{steps of the key's run} cg Y[m1] table[pair, c], for one edge
+  void couple(const scalar_t* y, const scalar_t* table, scalar_t* out, scalar_t* scratch) const {
     const int64_t s = channels();
-    const bool by_m3 = p.target == kFeatures;
-    for (const Group& group : grouped.groups) {
-      const scalar_t* w = aw + group.path * s;
-      const scalar_t* v = in + group.component * s;
-      for (int64_t c = 0; c < s; ++c) t[c] = w[c] * v[c];
-      for (int32_t n = group.begin; n < group.end; ++n) {
-        const Entry& e = grouped.entries[n];
-        const scalar_t f = coupling[n] * y[e.m1];
-        scalar_t* o = out + (by_m3 ? e.m2 : e.m3) * s;
-        for (int64_t c = 0; c < s; ++c) o[c] += f * t[c];
+    scalar_t local[2 * kLocal];  // two accumulators: consecutive steps do not wait on each other
+    scalar_t* acc = kFixed ? local : scratch;
+    for (const Run& run : runs) {
+      std::fill(acc, acc + 2 * s, scalar_t(0));
+      int32_t n = run.begin;
+      for (; n + 1 < run.end; n += 2) {
+        const TypedStep& e0 = steps[n];
+        const TypedStep& e1 = steps[n + 1];
+        const scalar_t f0 = e0.coupling * y[e0.m1], f1 = e1.coupling * y[e1.m1];
+        const scalar_t* t0 = table + e0.pair * s;
+        const scalar_t* t1 = table + e1.pair * s;
+        for (int64_t c = 0; c < s; ++c) {
+          acc[c] += f0 * t0[c];
+          acc[s + c] += f1 * t1[c];
+        }
       }
+      if (n < run.end) {
+        const TypedStep& e = steps[n];
+        const scalar_t f = e.coupling * y[e.m1];
+        const scalar_t* t = table + e.pair * s;
+        for (int64_t c = 0; c < s; ++c) acc[c] += f * t[c];
+      }
+      scalar_t* o = out + run.key * s;
+      for (int64_t c = 0; c < s; ++c) o[c] += acc[c] + acc[s + c];
     }
   }
 
-  // acc[path, c] = sum_{e in path} cg Y[m1] x[m2, c] G[m3, c] for one edge
-  void path_sums(int64_t edge, scalar_t* acc, scalar_t* u) const {
+  // acc[path, c] = sum_{e in path} cg Y[m1] x[m2, c] G[m3, c] for one edge (runs by path)
+  void path_sums(int64_t edge, scalar_t* out, scalar_t* scratch) const {
     const int64_t s = channels();
-    std::fill(acc, acc + num_paths * s, scalar_t(0));
+    scalar_t local[kLocal];
+    scalar_t* acc = kFixed ? local : scratch;
     const scalar_t* y = Y + edge * M;
     const scalar_t* x_row = x + others[edge] * M * s;
     const scalar_t* g_row = G + centers[edge] * M * s;
-    for (const Group& group : grouped.groups) {
-      std::fill(u, u + s, scalar_t(0));
-      for (int32_t n = group.begin; n < group.end; ++n) {
-        const Entry& e = grouped.entries[n];
-        const scalar_t f = coupling[n] * y[e.m1];
-        const scalar_t* gv = g_row + e.m3 * s;
-        for (int64_t c = 0; c < s; ++c) u[c] += f * gv[c];
+    for (const Run& run : runs) {
+      std::fill(acc, acc + s, scalar_t(0));
+      for (int32_t n = run.begin; n < run.end; ++n) {
+        const TypedStep& e = steps[n];
+        const scalar_t f = e.coupling * y[e.m1];
+        const scalar_t* xv = x_row + pairs[e.pair].second * s;
+        const scalar_t* gv = g_row + e.other * s;
+        for (int64_t c = 0; c < s; ++c) acc[c] += f * xv[c] * gv[c];
       }
-      const scalar_t* xv = x_row + group.component * s;
-      scalar_t* out = acc + group.path * s;
-      for (int64_t c = 0; c < s; ++c) out[c] += xv[c] * u[c];
+      std::copy(acc, acc + s, out + run.key * s);
     }
   }
 
@@ -340,42 +387,43 @@ struct CpuKernel {
     else
       check_range(p.centers, p.num_centers, "centers");
     at::parallel_for(0, num_atoms, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> aw(num_paths * s), t(s);
+      std::vector<scalar_t> table(pairs.size() * s), scratch(2 * s);
       for (int64_t atom = begin; atom < end; ++atom) {
         scalar_t* out_row = out + atom * M * s;
         for (int64_t k = g.offsets[atom]; k < g.offsets[atom + 1]; ++k) {
           const int64_t edge = g.order[k];
-          filtered_weights(edge, aw.data());
           const scalar_t* in = to_centers ? x + others[edge] * M * s : G + centers[edge] * M * s;
-          couple(Y + edge * M, aw.data(), in, out_row, t.data());
+          pair_table(edge, in, table.data());
+          couple(Y + edge * M, table.data(), out_row, scratch.data());
         }
       }
     });
   }
 
-  // harmonics: out[p, m1] += cg sum_c aw[path, c] x[j, m2, c] G[i, m3, c]
+  // harmonics: out[p, m1] += cg sum_c table[(path, m2), c] G[i, m3, c] (runs by m1)
   void harmonics(scalar_t* out) const {
     const int64_t s = channels();
     check_range(p.centers, p.num_centers, "centers");
     check_range(p.others, p.num_sources, "others");
     at::parallel_for(0, p.num_edges, 16, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> aw(num_paths * s), t(s);
+      std::vector<scalar_t> table(pairs.size() * s), scratch(s);
+      scalar_t local[kLocal];
+      scalar_t* acc = kFixed ? local : scratch.data();
       for (int64_t edge = begin; edge < end; ++edge) {
-        filtered_weights(edge, aw.data());
-        const scalar_t* x_row = x + others[edge] * M * s;
+        pair_table(edge, x + others[edge] * M * s, table.data());
         const scalar_t* g_row = G + centers[edge] * M * s;
         scalar_t* o = out + edge * M;
-        for (const Group& group : grouped.groups) {
-          const scalar_t* w = aw.data() + group.path * s;
-          const scalar_t* xv = x_row + group.component * s;
-          for (int64_t c = 0; c < s; ++c) t[c] = w[c] * xv[c];
-          for (int32_t n = group.begin; n < group.end; ++n) {
-            const Entry& e = grouped.entries[n];
-            const scalar_t* gv = g_row + e.m3 * s;
-            scalar_t sum = 0;
-            for (int64_t c = 0; c < s; ++c) sum += t[c] * gv[c];
-            o[e.m1] += coupling[n] * sum;
+        for (const Run& run : runs) {
+          std::fill(acc, acc + s, scalar_t(0));
+          for (int32_t n = run.begin; n < run.end; ++n) {
+            const TypedStep& e = steps[n];
+            const scalar_t* t = table.data() + e.pair * s;
+            const scalar_t* gv = g_row + e.other * s;
+            for (int64_t c = 0; c < s; ++c) acc[c] += e.coupling * t[c] * gv[c];
           }
+          scalar_t sum = 0;
+          for (int64_t c = 0; c < s; ++c) sum += acc[c];
+          o[run.key] += sum;
         }
       }
     });
@@ -387,13 +435,13 @@ struct CpuKernel {
     check_range(p.centers, p.num_centers, "centers");
     check_range(p.others, p.num_sources, "others");
     at::parallel_for(0, p.num_edges, 16, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> acc(num_paths * s), u(s);
+      std::vector<scalar_t> acc(num_paths * s, scalar_t(0)), scratch(s);
       for (int64_t edge = begin; edge < end; ++edge) {
-        path_sums(edge, acc.data(), u.data());
+        path_sums(edge, acc.data(), scratch.data());
         scalar_t* o = out + edge * D * s;
-        for (int64_t q = 0; q < num_paths; ++q)
+        for (const Run& run : runs)
           for (int64_t c = 0; c < s; ++c)
-            o[path_degree[q] * s + c] += W[q * s + c] * acc[q * s + c];
+            o[path_degree[run.key] * s + c] += W[run.key * s + c] * acc[run.key * s + c];
       }
     });
   }
@@ -406,14 +454,14 @@ struct CpuKernel {
     const int64_t threads = at::get_num_threads();
     std::vector<scalar_t> partial(threads * num_paths * s, scalar_t(0));
     at::parallel_for(0, p.num_edges, 16, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> acc(num_paths * s), u(s);
+      std::vector<scalar_t> acc(num_paths * s, scalar_t(0)), scratch(s);
       scalar_t* mine = partial.data() + at::get_thread_num() * num_paths * s;
       for (int64_t edge = begin; edge < end; ++edge) {
-        path_sums(edge, acc.data(), u.data());
+        path_sums(edge, acc.data(), scratch.data());
         const scalar_t* a_edge = a + edge * D * s;
-        for (int64_t q = 0; q < num_paths; ++q)
+        for (const Run& run : runs)
           for (int64_t c = 0; c < s; ++c)
-            mine[q * s + c] += a_edge[path_degree[q] * s + c] * acc[q * s + c];
+            mine[run.key * s + c] += a_edge[path_degree[run.key] * s + c] * acc[run.key * s + c];
       }
     });
     for (int64_t t = 0; t < threads; ++t)
