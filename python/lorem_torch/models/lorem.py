@@ -176,7 +176,9 @@ class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
         coefficients = self.spherical_coefficients(edges_scalar)
         if self.fused_messages:
             num_l = self.max_degree + 1
-            per_degree = coefficients.reshape(coefficients.shape[0], num_l, -1)
+            per_degree = coefficients.reshape(
+                coefficients.shape[0], num_l, coefficients.shape[1] // num_l
+            )  # explicit sizes: a rank may hold no edges
             # the degree-wise filter acts on the feature axis, so it commutes with Y
             filtered = torch.einsum("plc,lcg->plg", per_degree, self.filter.kernel)
             kernel = self.message_tensor.kernel
