@@ -21,6 +21,7 @@ from ..long_range.settings import prefer_pme
 from ..nn.constants import ConstantsModule
 from ..nn.edge_ops import edges_to_nodes
 from ..nn.layers import MLP, DegreeWiseDense, Dense, TensorDense, TensorProduct, Update
+from ..nn.message_ops import equivariant_messages, sparse_coupling
 from ..nn.radial import BernsteinBasis, cosine_cutoff
 from ..nn.spherical import SphericalHarmonics, degree_of_component, degree_wise_norm
 
@@ -147,7 +148,14 @@ class ScalarMessagePassingStep(torch.nn.Module):
 
 
 class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
-    """One optional message-passing step with equivariant messages (e3x.nn.MessagePass)."""
+    """One optional message-passing step with equivariant messages (e3x.nn.MessagePass).
+
+    `fused_messages` (default): the messages come from one operator over the sparse
+    coupling (nn/message_ops.py), with no per-edge [P, (L+1)**2, s] tensor; False: the
+    dense eager path (filter, gather, TensorProduct, index_add), kept as the reference.
+    """
+
+    fused_messages: bool
 
     def __init__(self, features: int, num_radial: int, max_degree: int, spherical_features: int):
         super().__init__(features, num_radial)
@@ -162,6 +170,51 @@ class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
         self.update_spherical = Update(features, num_l * spherical_features)
         self.register_constant("l_factors", degree_factors(max_degree))
         self.register_buffer("component_degree", degree_of_component(max_degree), persistent=False)
+        self.fused_messages = True
+        entries, coupling, path_index = sparse_coupling(max_degree)
+        self.register_buffer("coupling_entries", entries, persistent=False)
+        self.register_constant("coupling", coupling)
+        self.register_buffer("coupling_paths", path_index, persistent=False)
+
+    def messages(
+        self,
+        spherical: torch.Tensor,
+        harmonics: torch.Tensor,
+        edges_scalar: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        num_nodes: int,
+    ) -> torch.Tensor:
+        """[num_nodes, (L+1)**2, s]: the filtered edge harmonics times the senders'
+        features, coupled by the tensor product and summed onto the receivers."""
+        coefficients = self.spherical_coefficients(edges_scalar)
+        if self.fused_messages:
+            num_l = self.max_degree + 1
+            per_degree = coefficients.reshape(
+                coefficients.shape[0], num_l, coefficients.shape[1] // num_l
+            )  # explicit sizes: a rank may hold no edges
+            # the degree-wise filter acts on the feature axis, so it commutes with Y
+            filtered = torch.einsum("plc,lcg->plg", per_degree, self.filter.kernel)
+            kernel = self.message_tensor.kernel
+            weights = kernel.reshape(-1, kernel.shape[-1]).index_select(0, self.coupling_paths)
+            return equivariant_messages(
+                harmonics,
+                filtered,
+                weights,
+                spherical,
+                centers,
+                others,
+                self.coupling_entries,
+                self.coupling,
+                num_nodes,
+            )
+        edges_spherical = edge_spherical(
+            coefficients, harmonics, self.component_degree, self.max_degree
+        )
+        products = self.message_tensor(self.filter(edges_spherical), spherical[others])
+        return products.new_zeros(num_nodes, spherical.shape[1], spherical.shape[2]).index_add(
+            0, centers, products
+        )
 
     def forward(
         self,
@@ -174,16 +227,7 @@ class EquivariantMessagePassingStep(ScalarMessagePassingStep, ConstantsModule):
         num_nodes: int,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         scalar, edges_scalar = self.scalar_update(scalar, radial, centers, others, num_nodes)
-        edges_spherical = edge_spherical(
-            self.spherical_coefficients(edges_scalar),
-            harmonics,
-            self.component_degree,
-            self.max_degree,
-        )
-        products = self.message_tensor(self.filter(edges_spherical), spherical[others])
-        messages = products.new_zeros(num_nodes, spherical.shape[1], spherical.shape[2]).index_add(
-            0, centers, products
-        )
+        messages = self.messages(spherical, harmonics, edges_scalar, centers, others, num_nodes)
         spherical = self.combine(
             self.self_dense(spherical[:num_nodes]), self.message_dense(messages)
         )

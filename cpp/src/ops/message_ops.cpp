@@ -1,0 +1,681 @@
+// lorem::message_form: the equivariant message-passing tensor product of a layer as one
+// operator from edge inputs to atom outputs (docs/design.md section 1.1).
+//
+// The layer's messages are m[i, m3, c] = sum over edges p with centre i of
+//   sum_e cg_e Y[p, m1_e] a[p, l1_e, c] W[path_e, c] x[j_p, m2_e, c]
+// with e running over the nonzero Clebsch-Gordan entries (m1, m2, m3) of the allowed
+// paths (l1, l2, l3): Y the edge harmonics, a the filtered per-degree edge coefficients,
+// W the tensor-product kernel, x the features of the sending atoms j_p. This is the
+// gradient with respect to G of the multilinear form
+//   F(Y, a, W, x, G) = sum_{p, e, c} cg_e Y[p, m1] a[p, l1, c] W[path, c] x[j_p, m2, c]
+//                                     G[i_p, m3, c],
+// and every derivative of F with respect to one factor is again a contraction over the
+// same sparse pattern. So one operator, `message_form(target, ...)`, computes dF/d(factor
+// `target`) from the other four; its backward is the same operator with the incoming
+// gradient put in the target's slot, which makes the family closed under differentiation
+// (double backward for force training) without storing any per-edge tensor of width
+// (L+1)^2 x s: the kernels recompute the products edge by edge.
+//
+// Factor slots: 0 harmonics [P, M], 1 coefficients [P, L+1, S], 2 weights [paths, S],
+// 3 features [sources, M, S], 4 gradient [centres, M, S]; the target's slot is None.
+// entries [E, 5] int64 rows (m1, m2, m3, path, l1); coupling [E] the coefficients.
+//
+// Kernels: a CPU kernel (edges grouped by the atom they write to, so that threads never
+// share an output row), and for other devices (CUDA) the same contraction from torch
+// operations over chunks of edges, with bounded memory.
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <optional>
+#include <vector>
+
+namespace lorem {
+namespace {
+
+using torch::Tensor;
+using OptionalTensor = std::optional<Tensor>;
+
+constexpr int64_t kHarmonics = 0;
+constexpr int64_t kCoefficients = 1;
+constexpr int64_t kWeights = 2;
+constexpr int64_t kFeatures = 3;
+constexpr int64_t kGradient = 4;
+constexpr int64_t kNumFactors = 5;
+constexpr const char* kFactorNames[kNumFactors] = {"harmonics", "coefficients", "weights",
+                                                   "features", "gradient"};
+
+// The checked problem: sizes and the factors (target slot undefined), all contiguous.
+struct Problem {
+  int64_t target = 0;
+  int64_t num_edges = 0, num_components = 0, num_degrees = 0, channels = 0;
+  int64_t num_paths = 0, num_sources = 0, num_centers = 0, num_entries = 0;
+  std::array<Tensor, kNumFactors> factors;
+  Tensor centers, others, entries, coupling;
+  std::vector<int64_t> target_shape;
+};
+
+std::string shape_string(const Tensor& t) {
+  std::string out = "[";
+  for (int64_t d = 0; d < t.dim(); ++d) out += (d ? ", " : "") + std::to_string(t.size(d));
+  return out + "]";
+}
+
+// Takes the one size a dimension must have from whichever factor carries it first.
+void agree(int64_t& size, int64_t value, const char* what) {
+  if (size < 0) size = value;
+  TORCH_CHECK(size == value, "lorem::message_form: inconsistent ", what, " (", size, " and ", value,
+              ")");
+}
+
+Problem check_problem(int64_t target, at::IntArrayRef target_shape,
+                      const std::array<OptionalTensor, kNumFactors>& factors, const Tensor& centers,
+                      const Tensor& others, const Tensor& entries, const Tensor& coupling) {
+  TORCH_CHECK(0 <= target && target < kNumFactors, "lorem::message_form: target ", target,
+              " is not a factor slot (0..4)");
+  Problem problem;
+  problem.target = target;
+  problem.target_shape = target_shape.vec();
+  // the expected rank of each factor and the sizes its dimensions name
+  const std::array<int64_t, kNumFactors> ranks = {2, 3, 2, 3, 3};
+  int64_t edges = -1, components = -1, degrees = -1, channels = -1, paths = -1, sources = -1,
+          centres = -1;
+  std::array<std::vector<int64_t*>, kNumFactors> dims = {
+      std::vector<int64_t*>{&edges, &components},
+      std::vector<int64_t*>{&edges, &degrees, &channels}, std::vector<int64_t*>{&paths, &channels},
+      std::vector<int64_t*>{&sources, &components, &channels},
+      std::vector<int64_t*>{&centres, &components, &channels}};
+  std::optional<at::ScalarType> dtype;
+  std::optional<at::Device> device;
+  for (int64_t k = 0; k < kNumFactors; ++k) {
+    std::vector<int64_t> shape;
+    if (k == target) {
+      TORCH_CHECK(!factors[k].has_value() || !factors[k]->defined(),
+                  "lorem::message_form: the target's slot (", kFactorNames[k], ") must be None");
+      shape = problem.target_shape;
+    } else {
+      TORCH_CHECK(factors[k].has_value() && factors[k]->defined(),
+                  "lorem::message_form: ", kFactorNames[k], " is missing");
+      const Tensor& t = *factors[k];
+      TORCH_CHECK(t.is_floating_point(), "lorem::message_form: ", kFactorNames[k],
+                  " must be floating point");
+      if (!dtype) dtype = t.scalar_type();
+      if (!device) device = t.device();
+      TORCH_CHECK(t.scalar_type() == *dtype && t.device() == *device,
+                  "lorem::message_form: every factor must have one dtype and device (",
+                  kFactorNames[k], " differs)");
+      shape = t.sizes().vec();
+      problem.factors[k] = t.contiguous();
+    }
+    TORCH_CHECK(static_cast<int64_t>(shape.size()) == ranks[k],
+                "lorem::message_form: ", kFactorNames[k], " must have ", ranks[k], " dimensions");
+    for (int64_t d = 0; d < ranks[k]; ++d) agree(*dims[k][d], shape[d], kFactorNames[k]);
+  }
+  TORCH_CHECK(degrees * degrees == components, "lorem::message_form: harmonics have ", components,
+              " components, not (L+1)^2 for the coefficients' ", degrees, " degrees");
+  TORCH_CHECK(centers.dim() == 1 && others.dim() == 1 && centers.size(0) == edges &&
+                  others.size(0) == edges,
+              "lorem::message_form: centers and others must be [", edges, "], got ",
+              shape_string(centers), " and ", shape_string(others));
+  TORCH_CHECK(centers.scalar_type() == at::kLong && others.scalar_type() == at::kLong &&
+                  entries.scalar_type() == at::kLong,
+              "lorem::message_form: centers, others and entries must be int64");
+  TORCH_CHECK(entries.dim() == 2 && entries.size(1) == 5 && coupling.dim() == 1 &&
+                  coupling.size(0) == entries.size(0),
+              "lorem::message_form: entries must be [E, 5] and coupling [E], got ",
+              shape_string(entries), " and ", shape_string(coupling));
+  TORCH_CHECK(coupling.scalar_type() == *dtype,
+              "lorem::message_form: coupling must have the "
+              "factors' dtype");
+  problem.num_edges = edges;
+  problem.num_components = components;
+  problem.num_degrees = degrees;
+  problem.channels = channels;
+  problem.num_paths = paths;
+  problem.num_sources = sources;
+  problem.num_centers = centres;
+  problem.num_entries = entries.size(0);
+  problem.centers = centers.contiguous();
+  problem.others = others.contiguous();
+  problem.entries = entries.contiguous();
+  problem.coupling = coupling.contiguous();
+  return problem;
+}
+
+// ---------------------------------------------------------------- CPU kernel
+
+struct Entry {
+  int32_t m1, m2, m3, path, l1;
+};
+
+std::vector<Entry> read_entries(const Problem& p) {
+  const Tensor entries = p.entries.cpu();
+  const int64_t* e = entries.data_ptr<int64_t>();
+  std::vector<Entry> out(p.num_entries);
+  for (int64_t k = 0; k < p.num_entries; ++k) {
+    const int64_t* row = e + 5 * k;
+    TORCH_CHECK(0 <= row[0] && row[0] < p.num_components && 0 <= row[1] &&
+                    row[1] < p.num_components && 0 <= row[2] && row[2] < p.num_components &&
+                    0 <= row[3] && row[3] < p.num_paths && 0 <= row[4] && row[4] < p.num_degrees,
+                "lorem::message_form: entry ", k, " indexes outside the factors");
+    out[k] = Entry{static_cast<int32_t>(row[0]), static_cast<int32_t>(row[1]),
+                   static_cast<int32_t>(row[2]), static_cast<int32_t>(row[3]),
+                   static_cast<int32_t>(row[4])};
+  }
+  return out;
+}
+
+// Edges grouped by an atom index (counting sort): offsets [atoms + 1], order [edges].
+struct Grouping {
+  std::vector<int64_t> offsets, order;
+};
+
+Grouping group_by(const Tensor& index, int64_t num_atoms, const char* name) {
+  const int64_t* key = index.data_ptr<int64_t>();
+  const int64_t n = index.size(0);
+  Grouping g;
+  g.offsets.assign(num_atoms + 1, 0);
+  for (int64_t p = 0; p < n; ++p) {
+    TORCH_CHECK(0 <= key[p] && key[p] < num_atoms, "lorem::message_form: ", name, "[", p,
+                "] = ", key[p], " is outside [0, ", num_atoms, ")");
+    ++g.offsets[key[p] + 1];
+  }
+  for (int64_t a = 0; a < num_atoms; ++a) g.offsets[a + 1] += g.offsets[a];
+  g.order.resize(n);
+  std::vector<int64_t> cursor(g.offsets.begin(), g.offsets.end() - 1);
+  for (int64_t p = 0; p < n; ++p) g.order[cursor[key[p]]++] = p;
+  return g;
+}
+
+void check_range(const Tensor& index, int64_t num_atoms, const char* name) {
+  const int64_t* key = index.data_ptr<int64_t>();
+  for (int64_t p = 0; p < index.size(0); ++p)
+    TORCH_CHECK(0 <= key[p] && key[p] < num_atoms, "lorem::message_form: ", name, "[", p,
+                "] = ", key[p], " is outside [0, ", num_atoms, ")");
+}
+
+// The entries as the CPU kernel walks them, for one target: sorted by the component (or
+// path) they write to, so that a run of entries sums into registers and is written once;
+// and each tagged with a "pair": a (path, component) whose channel product is formed once
+// per edge into a table (aw[path] x[m2] for messages and harmonics, aw[path] G[m3] for
+// features), so that an entry then costs one multiply-add per channel.
+struct Step {
+  int32_t m1, pair, other, path;  // other: the component of the second channel factor
+  double coupling;
+};
+
+struct Run {
+  int32_t key, begin, end;
+};
+
+struct Schedule {
+  std::vector<Step> steps;
+  std::vector<Run> runs;
+  std::vector<std::pair<int32_t, int32_t>> pairs;  // (path, component)
+};
+
+Schedule schedule_for(const std::vector<Entry>& entries, const double* coupling, int64_t target) {
+  // what an entry writes to, the component of its pair, and its other channel factor
+  auto key = [target](const Entry& e) {
+    switch (target) {
+      case kHarmonics:
+        return e.m1;
+      case kFeatures:
+        return e.m2;
+      case kGradient:
+        return e.m3;
+      default:
+        return e.path;
+    }
+  };
+  auto pair_component = [target](const Entry& e) { return target == kFeatures ? e.m3 : e.m2; };
+  std::vector<int32_t> order(entries.size());
+  for (size_t k = 0; k < order.size(); ++k) order[k] = static_cast<int32_t>(k);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
+    const Entry &a = entries[x], &b = entries[y];
+    if (key(a) != key(b)) return key(a) < key(b);
+    if (a.path != b.path) return a.path < b.path;
+    return pair_component(a) < pair_component(b);
+  });
+  Schedule out;
+  std::map<std::pair<int32_t, int32_t>, int32_t> pair_index;
+  for (int32_t k : order) {
+    const Entry& e = entries[k];
+    const auto pair = std::make_pair(e.path, pair_component(e));
+    auto found = pair_index.find(pair);
+    if (found == pair_index.end()) {
+      found = pair_index.emplace(pair, static_cast<int32_t>(out.pairs.size())).first;
+      out.pairs.push_back(pair);
+    }
+    const int32_t position = static_cast<int32_t>(out.steps.size());
+    if (out.runs.empty() || out.runs.back().key != key(e))
+      out.runs.push_back(Run{key(e), position, position});
+    out.runs.back().end = position + 1;
+    out.steps.push_back(
+        Step{e.m1, found->second, target == kFeatures ? e.m2 : e.m3, e.path, coupling[k]});
+  }
+  return out;
+}
+
+// One target's contraction. kChannels > 0 fixes the channel count at compile time (the
+// default model's 8) so that the channel loops unroll and vectorise into registers.
+template <typename scalar_t, int kChannels>
+struct CpuKernel {
+  struct TypedStep {
+    int32_t m1, pair, other, path;
+    scalar_t coupling;
+  };
+  const Problem& p;
+  std::vector<TypedStep> steps;
+  std::vector<Run> runs;
+  std::vector<std::pair<int32_t, int32_t>> pairs;
+  const scalar_t *Y, *a, *W, *x, *G;
+  const int64_t *centers, *others;
+  int64_t M, D, num_paths;
+  int64_t S;
+  std::vector<int32_t> path_degree;
+
+  CpuKernel(const Problem& problem, const std::vector<Entry>& entries)
+      : p(problem), S(kChannels > 0 ? kChannels : problem.channels) {
+    const Tensor coupling = problem.coupling.to(at::kDouble).cpu();
+    Schedule schedule = schedule_for(entries, coupling.data_ptr<double>(), problem.target);
+    for (const Step& step : schedule.steps)
+      steps.push_back(TypedStep{step.m1, step.pair, step.other, step.path,
+                                static_cast<scalar_t>(step.coupling)});
+    runs = std::move(schedule.runs);
+    pairs = std::move(schedule.pairs);
+    auto data = [&](int64_t k) -> const scalar_t* {
+      return problem.factors[k].defined() ? problem.factors[k].data_ptr<scalar_t>() : nullptr;
+    };
+    Y = data(kHarmonics);
+    a = data(kCoefficients);
+    W = data(kWeights);
+    x = data(kFeatures);
+    G = data(kGradient);
+    centers = problem.centers.data_ptr<int64_t>();
+    others = problem.others.data_ptr<int64_t>();
+    M = problem.num_components;
+    D = problem.num_degrees;
+    num_paths = problem.num_paths;
+    path_degree.assign(num_paths, 0);
+    for (const Entry& entry : entries) path_degree[entry.path] = entry.l1;
+  }
+
+  static constexpr bool kFixed = kChannels > 0;
+  static constexpr int kLocal = kFixed ? kChannels : 1;
+  int64_t channels() const { return kFixed ? kChannels : S; }
+
+  // table[pair, c] = a[edge, l1(path), c] W[path, c] in[component, c]
+  void pair_table(int64_t edge, const scalar_t* in, scalar_t* table) const {
+    const int64_t s = channels();
+    const scalar_t* a_edge = a + edge * D * s;
+    for (size_t q = 0; q < pairs.size(); ++q) {
+      const auto [path, component] = pairs[q];
+      const scalar_t* a_row = a_edge + path_degree[path] * s;
+      const scalar_t* w_row = W + path * s;
+      const scalar_t* v = in + component * s;
+      scalar_t* t = table + q * s;
+      for (int64_t c = 0; c < s; ++c) t[c] = a_row[c] * w_row[c] * v[c];
+    }
+  }
+
+  // out[key, c] += sum_{steps of the key's run} cg Y[m1] table[pair, c], for one edge
+  void couple(const scalar_t* y, const scalar_t* table, scalar_t* out, scalar_t* scratch) const {
+    const int64_t s = channels();
+    scalar_t local[2 * kLocal];  // two accumulators: consecutive steps do not wait on each other
+    scalar_t* acc = kFixed ? local : scratch;
+    for (const Run& run : runs) {
+      std::fill(acc, acc + 2 * s, scalar_t(0));
+      int32_t n = run.begin;
+      for (; n + 1 < run.end; n += 2) {
+        const TypedStep& e0 = steps[n];
+        const TypedStep& e1 = steps[n + 1];
+        const scalar_t f0 = e0.coupling * y[e0.m1], f1 = e1.coupling * y[e1.m1];
+        const scalar_t* t0 = table + e0.pair * s;
+        const scalar_t* t1 = table + e1.pair * s;
+        for (int64_t c = 0; c < s; ++c) {
+          acc[c] += f0 * t0[c];
+          acc[s + c] += f1 * t1[c];
+        }
+      }
+      if (n < run.end) {
+        const TypedStep& e = steps[n];
+        const scalar_t f = e.coupling * y[e.m1];
+        const scalar_t* t = table + e.pair * s;
+        for (int64_t c = 0; c < s; ++c) acc[c] += f * t[c];
+      }
+      scalar_t* o = out + run.key * s;
+      for (int64_t c = 0; c < s; ++c) o[c] += acc[c] + acc[s + c];
+    }
+  }
+
+  // acc[path, c] = sum_{e in path} cg Y[m1] x[m2, c] G[m3, c] for one edge (runs by path)
+  void path_sums(int64_t edge, scalar_t* out, scalar_t* scratch) const {
+    const int64_t s = channels();
+    scalar_t local[kLocal];
+    scalar_t* acc = kFixed ? local : scratch;
+    const scalar_t* y = Y + edge * M;
+    const scalar_t* x_row = x + others[edge] * M * s;
+    const scalar_t* g_row = G + centers[edge] * M * s;
+    for (const Run& run : runs) {
+      std::fill(acc, acc + s, scalar_t(0));
+      for (int32_t n = run.begin; n < run.end; ++n) {
+        const TypedStep& e = steps[n];
+        const scalar_t f = e.coupling * y[e.m1];
+        const scalar_t* xv = x_row + pairs[e.pair].second * s;
+        const scalar_t* gv = g_row + e.other * s;
+        for (int64_t c = 0; c < s; ++c) acc[c] += f * xv[c] * gv[c];
+      }
+      std::copy(acc, acc + s, out + run.key * s);
+    }
+  }
+
+  // messages: out[i] += couple(x[j]) over the edges of centre i; or features:
+  // out[j] += couple(G[i]) over the edges sent by j. Edges are grouped by the atom they
+  // write to, so that no two threads write one row.
+  void scatter(scalar_t* out, bool to_centers) const {
+    const int64_t s = channels();
+    const Tensor& key = to_centers ? p.centers : p.others;
+    const int64_t num_atoms = to_centers ? p.num_centers : p.num_sources;
+    const Grouping g = group_by(key, num_atoms, to_centers ? "centers" : "others");
+    if (to_centers)
+      check_range(p.others, p.num_sources, "others");
+    else
+      check_range(p.centers, p.num_centers, "centers");
+    at::parallel_for(0, num_atoms, 1, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> table(pairs.size() * s), scratch(2 * s);
+      for (int64_t atom = begin; atom < end; ++atom) {
+        scalar_t* out_row = out + atom * M * s;
+        for (int64_t k = g.offsets[atom]; k < g.offsets[atom + 1]; ++k) {
+          const int64_t edge = g.order[k];
+          const scalar_t* in = to_centers ? x + others[edge] * M * s : G + centers[edge] * M * s;
+          pair_table(edge, in, table.data());
+          couple(Y + edge * M, table.data(), out_row, scratch.data());
+        }
+      }
+    });
+  }
+
+  // harmonics: out[p, m1] += cg sum_c table[(path, m2), c] G[i, m3, c] (runs by m1)
+  void harmonics(scalar_t* out) const {
+    const int64_t s = channels();
+    check_range(p.centers, p.num_centers, "centers");
+    check_range(p.others, p.num_sources, "others");
+    at::parallel_for(0, p.num_edges, 16, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> table(pairs.size() * s), scratch(s);
+      scalar_t local[kLocal];
+      scalar_t* acc = kFixed ? local : scratch.data();
+      for (int64_t edge = begin; edge < end; ++edge) {
+        pair_table(edge, x + others[edge] * M * s, table.data());
+        const scalar_t* g_row = G + centers[edge] * M * s;
+        scalar_t* o = out + edge * M;
+        for (const Run& run : runs) {
+          std::fill(acc, acc + s, scalar_t(0));
+          for (int32_t n = run.begin; n < run.end; ++n) {
+            const TypedStep& e = steps[n];
+            const scalar_t* t = table.data() + e.pair * s;
+            const scalar_t* gv = g_row + e.other * s;
+            for (int64_t c = 0; c < s; ++c) acc[c] += e.coupling * t[c] * gv[c];
+          }
+          scalar_t sum = 0;
+          for (int64_t c = 0; c < s; ++c) sum += acc[c];
+          o[run.key] += sum;
+        }
+      }
+    });
+  }
+
+  // coefficients: out[p, l1, c] += W[path, c] acc[path, c]
+  void coefficients(scalar_t* out) const {
+    const int64_t s = channels();
+    check_range(p.centers, p.num_centers, "centers");
+    check_range(p.others, p.num_sources, "others");
+    at::parallel_for(0, p.num_edges, 16, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> acc(num_paths * s, scalar_t(0)), scratch(s);
+      for (int64_t edge = begin; edge < end; ++edge) {
+        path_sums(edge, acc.data(), scratch.data());
+        scalar_t* o = out + edge * D * s;
+        for (const Run& run : runs)
+          for (int64_t c = 0; c < s; ++c)
+            o[path_degree[run.key] * s + c] += W[run.key * s + c] * acc[run.key * s + c];
+      }
+    });
+  }
+
+  // weights: out[path, c] += sum_p a[p, l1, c] acc[path, c]; one partial sum per thread
+  void weights(scalar_t* out) const {
+    const int64_t s = channels();
+    check_range(p.centers, p.num_centers, "centers");
+    check_range(p.others, p.num_sources, "others");
+    const int64_t threads = at::get_num_threads();
+    std::vector<scalar_t> partial(threads * num_paths * s, scalar_t(0));
+    at::parallel_for(0, p.num_edges, 16, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> acc(num_paths * s, scalar_t(0)), scratch(s);
+      scalar_t* mine = partial.data() + at::get_thread_num() * num_paths * s;
+      for (int64_t edge = begin; edge < end; ++edge) {
+        path_sums(edge, acc.data(), scratch.data());
+        const scalar_t* a_edge = a + edge * D * s;
+        for (const Run& run : runs)
+          for (int64_t c = 0; c < s; ++c)
+            mine[run.key * s + c] += a_edge[path_degree[run.key] * s + c] * acc[run.key * s + c];
+      }
+    });
+    for (int64_t t = 0; t < threads; ++t)
+      for (int64_t k = 0; k < num_paths * s; ++k) out[k] += partial[t * num_paths * s + k];
+  }
+
+  void run(scalar_t* out) const {
+    switch (p.target) {
+      case kHarmonics:
+        return harmonics(out);
+      case kCoefficients:
+        return coefficients(out);
+      case kWeights:
+        return weights(out);
+      case kFeatures:
+        return scatter(out, false);
+      default:
+        return scatter(out, true);
+    }
+  }
+};
+
+Tensor message_form_cpu(int64_t target, at::IntArrayRef target_shape,
+                        const OptionalTensor& harmonics, const OptionalTensor& coefficients,
+                        const OptionalTensor& weights, const OptionalTensor& features,
+                        const OptionalTensor& gradient, const Tensor& centers, const Tensor& others,
+                        const Tensor& entries, const Tensor& coupling) {
+  const Problem p =
+      check_problem(target, target_shape, {harmonics, coefficients, weights, features, gradient},
+                    centers, others, entries, coupling);
+  const Tensor& any_factor = p.factors[target == 0 ? 1 : 0];
+  Tensor out = torch::zeros(p.target_shape, any_factor.options());
+  if (p.num_edges == 0 || p.num_entries == 0 || out.numel() == 0) return out;
+  const std::vector<Entry> list = read_entries(p);
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lorem::message_form", [&] {
+    if (p.channels == 8)
+      CpuKernel<scalar_t, 8>(p, list).run(out.data_ptr<scalar_t>());
+    else
+      CpuKernel<scalar_t, 0>(p, list).run(out.data_ptr<scalar_t>());
+  });
+  return out;
+}
+
+// ---------------------------------------------------------- torch-op kernel
+
+// The same contraction from torch operations, chunk by chunk of edges, so that every
+// device runs it (CUDA without a kernel of its own) in bounded memory: per chunk the
+// factors are expanded onto the entries, [chunk, E, S] at most a few at a time.
+Tensor message_form_chunked(int64_t target, at::IntArrayRef target_shape,
+                            const OptionalTensor& harmonics, const OptionalTensor& coefficients,
+                            const OptionalTensor& weights, const OptionalTensor& features,
+                            const OptionalTensor& gradient, const Tensor& centers,
+                            const Tensor& others, const Tensor& entries, const Tensor& coupling) {
+  const Problem p =
+      check_problem(target, target_shape, {harmonics, coefficients, weights, features, gradient},
+                    centers, others, entries, coupling);
+  const Tensor& any_factor = p.factors[target == 0 ? 1 : 0];
+  Tensor out = torch::zeros(p.target_shape, any_factor.options());
+  if (p.num_edges == 0 || p.num_entries == 0 || out.numel() == 0) return out;
+  const Tensor m1 = p.entries.select(1, 0), m2 = p.entries.select(1, 1),
+               m3 = p.entries.select(1, 2), path = p.entries.select(1, 3),
+               l1 = p.entries.select(1, 4);
+  const int64_t E = p.num_entries, S = p.channels;
+  constexpr int64_t kBudget = int64_t(1) << 22;  // elements of one [chunk, E, S] tensor
+  const int64_t chunk = std::max<int64_t>(1, kBudget / (E * S));
+  const Tensor w_entries =
+      target == kWeights ? Tensor() : p.factors[kWeights].index_select(0, path);  // [E, S]
+  for (int64_t begin = 0; begin < p.num_edges; begin += chunk) {
+    const int64_t end = std::min(p.num_edges, begin + chunk);
+    const Tensor centers_c = p.centers.slice(0, begin, end);
+    const Tensor others_c = p.others.slice(0, begin, end);
+    // the product of every factor but the target, on the entries: [b, E, S]
+    Tensor product = p.coupling.view({1, E, 1});
+    if (target != kHarmonics)
+      product =
+          product * p.factors[kHarmonics].slice(0, begin, end).index_select(1, m1).unsqueeze(-1);
+    if (target != kCoefficients)
+      product = product * p.factors[kCoefficients].slice(0, begin, end).index_select(1, l1);
+    if (target != kWeights) product = product * w_entries.unsqueeze(0);
+    if (target != kFeatures)
+      product = product * p.factors[kFeatures].index_select(0, others_c).index_select(1, m2);
+    if (target != kGradient)
+      product = product * p.factors[kGradient].index_select(0, centers_c).index_select(1, m3);
+    const int64_t b = end - begin;
+    product = product.expand({b, E, S});
+    switch (target) {
+      case kHarmonics:
+        out.slice(0, begin, end).index_add_(1, m1, product.sum(-1));
+        break;
+      case kCoefficients:
+        out.slice(0, begin, end).index_add_(1, l1, product);
+        break;
+      case kWeights:
+        out.index_add_(0, path, product.sum(0));
+        break;
+      case kFeatures:
+        out.index_add_(
+            0, others_c,
+            torch::zeros({b, p.num_components, S}, out.options()).index_add_(1, m2, product));
+        break;
+      default:
+        out.index_add_(
+            0, centers_c,
+            torch::zeros({b, p.num_components, S}, out.options()).index_add_(1, m3, product));
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- autograd
+
+Tensor message_form_call(int64_t target, at::IntArrayRef target_shape,
+                         const OptionalTensor& harmonics, const OptionalTensor& coefficients,
+                         const OptionalTensor& weights, const OptionalTensor& features,
+                         const OptionalTensor& gradient, const Tensor& centers,
+                         const Tensor& others, const Tensor& entries, const Tensor& coupling) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("lorem::message_form", "")
+                       .typed<decltype(message_form_call)>();
+  return op.call(target, target_shape, harmonics, coefficients, weights, features, gradient,
+                 centers, others, entries, coupling);
+}
+
+OptionalTensor slot(const Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+
+class MessageForm : public torch::autograd::Function<MessageForm> {
+ public:
+  static Tensor forward(torch::autograd::AutogradContext* ctx, int64_t target,
+                        at::IntArrayRef target_shape, const OptionalTensor& harmonics,
+                        const OptionalTensor& coefficients, const OptionalTensor& weights,
+                        const OptionalTensor& features, const OptionalTensor& gradient,
+                        const Tensor& centers, const Tensor& others, const Tensor& entries,
+                        const Tensor& coupling) {
+    const std::array<OptionalTensor, kNumFactors> factors = {harmonics, coefficients, weights,
+                                                             features, gradient};
+    std::vector<Tensor> saved;
+    c10::List<int64_t> shapes;  // every factor's shape, flattened with its rank first
+    for (int64_t k = 0; k < kNumFactors; ++k) {
+      const bool present = factors[k].has_value() && factors[k]->defined();
+      saved.push_back(present ? *factors[k] : Tensor());
+      const std::vector<int64_t> shape =
+          k == target ? target_shape.vec()
+                      : (present ? factors[k]->sizes().vec() : std::vector<int64_t>{});
+      shapes.push_back(static_cast<int64_t>(shape.size()));
+      for (int64_t size : shape) shapes.push_back(size);
+    }
+    saved.insert(saved.end(), {centers, others, entries, coupling});
+    ctx->save_for_backward(saved);
+    ctx->saved_data["target"] = target;
+    ctx->saved_data["shapes"] = shapes;
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return message_form_call(target, target_shape, harmonics, coefficients, weights, features,
+                             gradient, centers, others, entries, coupling);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const int64_t target = ctx->saved_data["target"].toInt();
+    const auto shapes = ctx->saved_data["shapes"].toIntList();
+    std::array<std::vector<int64_t>, kNumFactors> shape_of;
+    for (int64_t k = 0, at = 0; k < kNumFactors; ++k) {
+      const int64_t rank = shapes[at++];
+      for (int64_t d = 0; d < rank; ++d) shape_of[k].push_back(shapes[at++]);
+    }
+    // 2 leading non-tensor arguments, the 5 factor slots, 4 index/pattern tensors
+    torch::autograd::variable_list grads(2 + kNumFactors + 4);
+    const Tensor& incoming = grad_outputs[0];
+    if (!incoming.defined()) return grads;
+    std::array<Tensor, kNumFactors> factors;
+    for (int64_t k = 0; k < kNumFactors; ++k) factors[k] = saved[k];
+    factors[target] = incoming;  // F is linear in each factor: <incoming, dF/dT> = F(T := incoming)
+    for (int64_t k = 0; k < kNumFactors; ++k) {
+      // needs_input_grad counts the tensors given, and the target's slot held none
+      if (k == target || !ctx->needs_input_grad(k > target ? k - 1 : k)) continue;
+      std::array<OptionalTensor, kNumFactors> args;
+      for (int64_t q = 0; q < kNumFactors; ++q) args[q] = q == k ? std::nullopt : slot(factors[q]);
+      grads[2 + k] = message_form_call(k, shape_of[k], args[0], args[1], args[2], args[3], args[4],
+                                       saved[5], saved[6], saved[7], saved[8]);
+    }
+    return grads;
+  }
+};
+
+Tensor message_form_autograd(int64_t target, at::IntArrayRef target_shape,
+                             const OptionalTensor& harmonics, const OptionalTensor& coefficients,
+                             const OptionalTensor& weights, const OptionalTensor& features,
+                             const OptionalTensor& gradient, const Tensor& centers,
+                             const Tensor& others, const Tensor& entries, const Tensor& coupling) {
+  return MessageForm::apply(target, target_shape, harmonics, coefficients, weights, features,
+                            gradient, centers, others, entries, coupling);
+}
+
+}  // namespace
+}  // namespace lorem
+
+TORCH_LIBRARY_FRAGMENT(lorem, m) {
+  m.def(
+      "message_form(int target, int[] target_shape, Tensor? harmonics, Tensor? coefficients, "
+      "Tensor? weights, Tensor? features, Tensor? gradient, Tensor centers, Tensor others, "
+      "Tensor entries, Tensor coupling) -> Tensor");
+  // the torch-op contraction under its own name too: the reference the tests hold the
+  // CPU kernel to, and what a device without a kernel runs
+  m.def(
+      "message_form_chunked(int target, int[] target_shape, Tensor? harmonics, "
+      "Tensor? coefficients, Tensor? weights, Tensor? features, Tensor? gradient, "
+      "Tensor centers, Tensor others, Tensor entries, Tensor coupling) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lorem, CPU, m) { m.impl("message_form", &lorem::message_form_cpu); }
+
+TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
+  m.impl("message_form", &lorem::message_form_chunked);
+  m.impl("message_form_chunked", &lorem::message_form_chunked);
+}
+
+TORCH_LIBRARY_IMPL(lorem, Autograd, m) { m.impl("message_form", &lorem::message_form_autograd); }
