@@ -4,7 +4,7 @@
         [--long-range ewald|pme|auto] [--accuracy 1e-6] [--eager] [--short-range-only]
 
 --eager runs every system a second time on the eager reference path of the initial
-block (Lorem.use_fused_edges(False)), side by side with the fused default.
+block (Lorem.use_fused_operators(False)), side by side with the fused default.
 --short-range-only skips the lr model, so that the peak memory is the short range's;
 with water513 and water4104 both run, the growth of the peak per atom between them is
 printed.
@@ -91,7 +91,7 @@ def run_one(
         [("short_range", False)] if short_range_only else [("total", True), ("short_range", False)]
     )
     for label, lr in variants:
-        model = EnergyModel(Lorem(lr=lr, long_range=long_range).use_fused_edges(fused))
+        model = EnergyModel(Lorem(lr=lr, long_range=long_range).use_fused_operators(fused))
         graph = atoms_to_graph([atoms], 5.0, dtype=torch.float32)
         out = model(**graph)  # warm-up
         times, cpu_times = [], []

@@ -176,7 +176,7 @@ def test_fused_equals_eager(kind, variant, dtype):
     assert model.fused_edges  # the default
     structures = [triclinic_water(), nacl(), cluster()] if kind == "lorem" else [nacl()]
     fused = outputs_and_force_loss_gradient(model, structures, kind)
-    eager = outputs_and_force_loss_gradient(model.use_fused_edges(False), structures, kind)
+    eager = outputs_and_force_loss_gradient(model.use_fused_operators(False), structures, kind)
     assert not model.fused_edges
     for key, value in eager.items():
         scale = (float(value.abs().max()) if value.numel() else 0.0) + 1e-30
@@ -188,7 +188,7 @@ def test_fused_equals_eager(kind, variant, dtype):
 def test_fused_model_scripts_saves_and_loads(tmp_path):
     model = small_model(num_message_passing=1)
     graph = atoms_to_graph([triclinic_water(), cluster()], model.cutoff, dtype=torch.float64)
-    reference = EnergyModel(small_model(num_message_passing=1).use_fused_edges(False))(
+    reference = EnergyModel(small_model(num_message_passing=1).use_fused_operators(False))(
         **graph, compute_stress=True
     )
     scripted = torch.jit.script(EnergyModel(model))
@@ -207,7 +207,7 @@ def test_export_in_cpp_runtime_equals_eager(tmp_path):
 
     species = [1, 6, 8, 11, 17]
     model = small_model(species=species)
-    reference_model = small_model(species=species).use_fused_edges(False)
+    reference_model = small_model(species=species).use_fused_operators(False)
     path = tmp_path / "model.pt"
     export_model(model, path, "float64")
     module, _ = load_exported(path)

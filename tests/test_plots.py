@@ -15,7 +15,7 @@ def test_shared_offset_only_for_narrow_bands_far_from_zero():
 
 def overlapping(labels):
     boxes = [label.get_window_extent() for label in labels if label.get_text()]
-    return any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))
+    return any(a.overlaps(b) for a, b in zip(boxes, boxes[1:], strict=False))
 
 
 @pytest.mark.parametrize("centre", [-1234.5, -156.5, 0.0])

@@ -388,7 +388,7 @@ class Lorem(ConstantsModule):
         self.update_spherical = Update(d, num_l * s)
         self.energy_head = MLP(d, [d, d, 1])
         # the initial block's sums over neighbours by the fused operators (nn/edge_ops.py)
-        # or, as the reference, per edge in plain PyTorch; set by use_fused_edges
+        # or, as the reference, per edge in plain PyTorch; set by use_fused_operators
         self.fused_edges: bool = True
 
         # -- optional message passing --
@@ -465,12 +465,16 @@ class Lorem(ConstantsModule):
         return model.to(device=parameter.device)
 
     @torch.jit.unused
-    def use_fused_edges(self, enabled: bool = True) -> "Lorem":
-        """Switch every block with a `fused_edges` attribute (the initial block) between
-        the fused C++ operators and the plain PyTorch reference path; returns self."""
+    def use_fused_operators(self, enabled: bool = True) -> "Lorem":
+        """The one switch between the fused C++ operators (default) and the plain
+        PyTorch reference path, for every block that has one: the initial block's sums
+        over neighbours (`fused_edges`), the equivariant messages (`fused_messages`),
+        every tensor product (`fused_product`) and the edge harmonics
+        (`fused_harmonics`). Returns self."""
         for module in self.modules():
-            if hasattr(module, "fused_edges"):
-                module.fused_edges = bool(enabled)
+            for switch in ("fused_edges", "fused_messages", "fused_product", "fused_harmonics"):
+                if hasattr(module, switch):
+                    setattr(module, switch, bool(enabled))
         return self
 
     def check_species(self, atomic_numbers: torch.Tensor) -> None:

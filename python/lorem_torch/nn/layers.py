@@ -12,6 +12,7 @@ from typing import List
 import torch
 
 from .constants import ConstantsModule
+from .coupling_ops import coupled_product, product_entries
 from .spherical import (
     clebsch_gordan,
     coupling_blocks,
@@ -140,6 +141,10 @@ class TensorProduct(ConstantsModule):
     model step with gradients, the same result to round-off. It is not the default
     because on CPU it was not faster (benchmarks/bench_tensor_product.py): forming the
     C1*C2 products, which both ways do, dominates, not the multiply-adds.
+
+    `fused_product` (default True): the sum runs over the nonzero coefficients alone in
+    one C++ operator (nn/coupling_ops.py), with no [N, C1*C2, F] products formed or kept
+    for the backward; the two paths above stay as the reference (False).
     """
 
     # the blocks' layout (empty when dense); declared here so that TorchScript types
@@ -151,6 +156,7 @@ class TensorProduct(ConstantsModule):
     block_class2: List[int]
     block_class3: List[int]
     block_entries: List[int]
+    fused_product: bool
 
     def __init__(
         self,
@@ -199,6 +205,14 @@ class TensorProduct(ConstantsModule):
         self.block_class2 = blocks.class2
         self.block_class3 = blocks.class3
         self.block_entries = blocks.entries
+        self.fused_product = True
+        self.components3 = (max_degree3 + 1) ** 2
+        entries, coupling, path_index = product_entries(
+            max_degree1, max_degree2, max_degree3, even_output
+        )
+        self.register_buffer("product_entries", entries, persistent=False)
+        self.register_constant("product_coupling", coupling)
+        self.register_buffer("product_paths", path_index, persistent=False)
 
     def check_inputs(self, x1: torch.Tensor, x2: torch.Tensor):
         """A clear error for inputs of the wrong degree, feature count or row count."""
@@ -231,6 +245,11 @@ class TensorProduct(ConstantsModule):
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         """x1 [N, (L1+1)**2, F], x2 [N, (L2+1)**2, F] -> [N, (L3+1)**2, F]."""
         self.check_inputs(x1, x2)
+        if self.fused_product:
+            weights = self.kernel.reshape(-1, self.features).index_select(0, self.product_paths)
+            return coupled_product(
+                x1, x2, weights, self.product_entries, self.product_coupling, self.components3
+            )
         if self.block_sparse:
             return self.block_sparse_product(x1, x2)
         return self.dense_product(x1, x2)

@@ -19,6 +19,7 @@ from typing import List, NamedTuple, Tuple
 import torch
 from e3nn import o3
 
+from .. import _core  # noqa: F401  (registers torch.ops.lorem.*, the harmonics among them)
 from ._e3x_basis import E3X_FROM_E3NN
 from .constants import ConstantsModule
 
@@ -208,19 +209,82 @@ def empty_coupling_blocks() -> CouplingBlocks:
     )
 
 
+@functools.cache
+def _harmonic_polynomials(max_degree: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    harmonics = _e3nn_harmonics_e3x(max_degree)
+    generator = torch.Generator().manual_seed(0)
+    terms: List[List[int]] = []
+    coefficients: List[float] = []
+    for l in range(max_degree + 1):
+        exponents = [(a, b, l - a - b) for a in range(l, -1, -1) for b in range(l - a, -1, -1)]
+        points = torch.randn(8 * len(exponents) + 16, 3, dtype=torch.float64, generator=generator)
+        points = points / points.norm(dim=1, keepdim=True)
+        values = harmonics(points)[:, l * l : (l + 1) ** 2]
+        monomials = torch.stack([points.pow(torch.tensor(e)).prod(dim=1) for e in exponents], 1)
+        solution = torch.linalg.lstsq(monomials, values, driver="gelsd").solution
+        residual = float((monomials @ solution - values).abs().max())
+        if residual > 1e-12:
+            raise RuntimeError(
+                f"degree {l}: the harmonics are not fitted by monomials ({residual})"
+            )
+        for k, (a, b, c) in enumerate(exponents):
+            for m in range(2 * l + 1):
+                if abs(float(solution[k, m])) > 1e-13:
+                    terms.append([l * l + m, a, b, c])
+                    coefficients.append(float(solution[k, m]))
+    return torch.tensor(terms, dtype=torch.long), torch.tensor(coefficients, dtype=torch.float64)
+
+
+def harmonic_polynomials(max_degree: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The e3x-basis harmonics Y[m] as homogeneous polynomials sum_t k_t x^a y^b z^c:
+    terms [T, 4] int64 rows (m, a, b, c) and coefficients k [T] float64 (172 terms for
+    L = 6). Fitted in float64 to the e3nn polynomials (homogeneous of degree l, so the
+    monomials of degree l represent them exactly; the fit is checked to 1e-12)."""
+    terms, coefficients = _harmonic_polynomials(max_degree)
+    return terms.clone(), coefficients.clone()
+
+
+def _e3nn_harmonics_e3x(max_degree: int):
+    e3nn_harmonics = o3.SphericalHarmonics(
+        list(range(max_degree + 1)), normalize=False, normalization="norm"
+    )
+    basis_t = e3x_basis_change(max_degree).T.contiguous()
+    return lambda vectors: e3nn_harmonics(vectors) @ basis_t
+
+
 class SphericalHarmonics(ConstantsModule):
-    """Unit vectors [P, 3] -> [P, (L+1)**2] real spherical harmonics, e3x basis."""
+    """Unit vectors [P, 3] -> [P, (L+1)**2] real spherical harmonics, e3x basis.
+
+    `fused_harmonics` (default True): the C++ operator lorem::harmonics over the
+    polynomial terms (nn/harmonics_ops.py), which keeps only the vectors for the
+    backward; False: e3nn's generated polynomial code and the basis change, the
+    reference.
+    """
+
+    fused_harmonics: bool
 
     def __init__(self, max_degree: int):
         super().__init__()
         self.max_degree = max_degree
+        self.num_components = num_components(max_degree)
         self.e3nn_harmonics = o3.SphericalHarmonics(
             list(range(max_degree + 1)), normalize=False, normalization="norm"
         )
         # Y_e3x = Y_e3nn @ basis.T; a buffer so that it follows .to(dtype/device)
         self.register_constant("basis_t", e3x_basis_change(max_degree).T.contiguous())
+        terms, coefficients = harmonic_polynomials(max_degree)
+        self.register_buffer("polynomial_terms", terms, persistent=False)
+        self.register_constant("polynomial_coefficients", coefficients)
+        self.fused_harmonics = True
 
     def forward(self, unit_vectors: torch.Tensor) -> torch.Tensor:
+        if self.fused_harmonics:
+            return torch.ops.lorem.harmonics(
+                unit_vectors,
+                self.polynomial_terms,
+                self.polynomial_coefficients,
+                self.num_components,
+            )
         return self.e3nn_harmonics(unit_vectors) @ self.basis_t
 
 

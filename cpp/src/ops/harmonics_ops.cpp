@@ -1,0 +1,450 @@
+// Spherical harmonics of edge vectors as operators that keep nothing but the vectors
+// (docs/design.md section 1.5).
+//
+// Every real spherical harmonic of the e3x basis is a homogeneous polynomial of degree l
+// in (x, y, z); the model's harmonics are these polynomials as a term list
+// Y[m](u) = sum_t coefficient_t x^a_t y^b_t z^c_t over the terms t of component m
+// (172 terms up to l = 6, derived in nn/spherical.py). The operators, for P vectors u:
+//   harmonics(u)            [P, M]  Y[m](u)
+//   harmonics_vjp(u, G)     [P, 3]  sum_m G[m] dY[m]/du_j
+//   harmonics_jvp(u, D)     [P, M]  sum_i D[i] dY[m]/du_i
+//   harmonics_hvp(u, G, D)  [P, 3]  sum_m G[m] sum_i D[i] d2Y[m]/du_i du_j
+// are each other's derivatives: harmonics' backward is vjp; vjp's is jvp (in G) and hvp
+// (in u); jvp's is vjp (in D) and hvp (in u). So forces and force training (second
+// derivatives) recompute from the [P, 3] vectors instead of keeping the ~40 temporaries
+// of a [P] or [P, M] tensor that the generated polynomial code of e3nn keeps. Third
+// derivatives (hvp's own backward) are refused by name.
+//
+// Kernels: CPU (edges in parallel; per edge the powers of x, y, z, then the term lists);
+// CompositeExplicitAutograd (torch operations over chunks of edges: CUDA and the tests'
+// reference, lorem::harmonics_chunked and friends).
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+namespace lorem {
+namespace {
+
+using torch::Tensor;
+
+// One monomial term: out[m] += coefficient x^a y^b z^c.
+struct Term {
+  int32_t m, a, b, c;
+  double coefficient;
+};
+
+struct Polynomials {
+  int64_t num_components = 0, max_power = 0;
+  std::vector<Term> values;                 // Y[m]
+  std::array<std::vector<Term>, 3> first;   // dY[m]/du_j
+  std::array<std::vector<Term>, 9> second;  // d2Y[m]/du_i du_j, index 3 i + j
+};
+
+// The derivative of a term list along axis `axis`.
+std::vector<Term> derivative(const std::vector<Term>& terms, int axis) {
+  std::vector<Term> out;
+  for (const Term& t : terms) {
+    const int32_t power = axis == 0 ? t.a : axis == 1 ? t.b : t.c;
+    if (power == 0) continue;
+    Term d = t;
+    d.coefficient *= power;
+    (axis == 0 ? d.a : axis == 1 ? d.b : d.c) -= 1;
+    out.push_back(d);
+  }
+  return out;
+}
+
+Polynomials read_polynomials(const Tensor& terms, const Tensor& coefficients,
+                             int64_t num_components, const char* op) {
+  TORCH_CHECK(terms.dim() == 2 && terms.size(1) == 4 && terms.scalar_type() == at::kLong, op,
+              ": terms must be [T, 4] int64 rows (m, a, b, c)");
+  TORCH_CHECK(coefficients.dim() == 1 && coefficients.size(0) == terms.size(0), op,
+              ": coefficients must be [T] for the ", terms.size(0), " terms");
+  const Tensor t = terms.cpu().contiguous();
+  const Tensor k = coefficients.to(at::kDouble).cpu().contiguous();
+  const int64_t* row = t.data_ptr<int64_t>();
+  const double* coefficient = k.data_ptr<double>();
+  Polynomials p;
+  p.num_components = num_components;
+  for (int64_t n = 0; n < t.size(0); ++n, row += 4) {
+    TORCH_CHECK(0 <= row[0] && row[0] < num_components && row[1] >= 0 && row[2] >= 0 && row[3] >= 0,
+                op, ": term ", n, " is outside the ", num_components, " components");
+    p.values.push_back(Term{static_cast<int32_t>(row[0]), static_cast<int32_t>(row[1]),
+                            static_cast<int32_t>(row[2]), static_cast<int32_t>(row[3]),
+                            coefficient[n]});
+    p.max_power = std::max<int64_t>(p.max_power, std::max({row[1], row[2], row[3]}));
+  }
+  for (int i = 0; i < 3; ++i) {
+    p.first[i] = derivative(p.values, i);
+    for (int j = 0; j < 3; ++j) p.second[3 * i + j] = derivative(p.first[i], j);
+  }
+  return p;
+}
+
+void check_vectors(const Tensor& vectors, const char* op) {
+  TORCH_CHECK(vectors.dim() == 2 && vectors.size(1) == 3 && vectors.is_floating_point(), op,
+              ": vectors must be [P, 3] floating point, got ", vectors.sizes());
+}
+
+void check_companion(const Tensor& t, const Tensor& vectors, int64_t width, const char* name,
+                     const char* op) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == vectors.size(0) && t.size(1) == width, op, ": ", name,
+              " must be [", vectors.size(0), ", ", width, "], got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == vectors.scalar_type() && t.device() == vectors.device(), op, ": ",
+              name, " must have the vectors' dtype and device");
+}
+
+// ---------------------------------------------------------------- CPU kernel
+
+enum class Kind { kValues, kVjp, kJvp, kHvp };
+
+template <typename scalar_t>
+void run_cpu(Kind kind, const Polynomials& p, const Tensor& vectors, const Tensor& gradient,
+             const Tensor& direction, Tensor& out) {
+  const int64_t P = vectors.size(0), M = p.num_components, powers = p.max_power + 1;
+  const scalar_t* u = vectors.data_ptr<scalar_t>();
+  const scalar_t* G = gradient.defined() ? gradient.data_ptr<scalar_t>() : nullptr;
+  const scalar_t* D = direction.defined() ? direction.data_ptr<scalar_t>() : nullptr;
+  scalar_t* o = out.data_ptr<scalar_t>();
+  at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> px(powers), py(powers), pz(powers);
+    auto monomial = [&](const Term& t) { return px[t.a] * py[t.b] * pz[t.c]; };
+    for (int64_t e = begin; e < end; ++e) {
+      px[0] = py[0] = pz[0] = scalar_t(1);
+      for (int64_t k = 1; k < powers; ++k) {
+        px[k] = px[k - 1] * u[3 * e];
+        py[k] = py[k - 1] * u[3 * e + 1];
+        pz[k] = pz[k - 1] * u[3 * e + 2];
+      }
+      switch (kind) {
+        case Kind::kValues: {
+          scalar_t* row = o + e * M;
+          for (const Term& t : p.values)
+            row[t.m] += static_cast<scalar_t>(t.coefficient) * monomial(t);
+          break;
+        }
+        case Kind::kVjp: {
+          const scalar_t* g = G + e * M;
+          for (int j = 0; j < 3; ++j) {
+            scalar_t sum = 0;
+            for (const Term& t : p.first[j])
+              sum += static_cast<scalar_t>(t.coefficient) * g[t.m] * monomial(t);
+            o[3 * e + j] = sum;
+          }
+          break;
+        }
+        case Kind::kJvp: {
+          scalar_t* row = o + e * M;
+          for (int i = 0; i < 3; ++i) {
+            const scalar_t d = D[3 * e + i];
+            for (const Term& t : p.first[i])
+              row[t.m] += static_cast<scalar_t>(t.coefficient) * d * monomial(t);
+          }
+          break;
+        }
+        case Kind::kHvp: {
+          const scalar_t* g = G + e * M;
+          for (int j = 0; j < 3; ++j) {
+            scalar_t sum = 0;
+            for (int i = 0; i < 3; ++i) {
+              scalar_t inner = 0;
+              for (const Term& t : p.second[3 * i + j])
+                inner += static_cast<scalar_t>(t.coefficient) * g[t.m] * monomial(t);
+              sum += D[3 * e + i] * inner;
+            }
+            o[3 * e + j] = sum;
+          }
+          break;
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------- torch-op kernel
+
+// [n, T] the monomials of a term list for a chunk of vectors [n, 3], and its terms' m.
+Tensor monomials(const Tensor& u, const std::vector<Term>& terms, int64_t max_power) {
+  const Tensor powers = torch::stack(
+      [&] {
+        std::vector<Tensor> list = {torch::ones_like(u)};
+        for (int64_t k = 1; k <= max_power; ++k) list.push_back(list.back() * u);
+        return list;
+      }(),
+      1);  // [n, powers, 3]
+  std::vector<int64_t> a, b, c;
+  std::vector<double> k;
+  for (const Term& t : terms) {
+    a.push_back(t.a);
+    b.push_back(t.b);
+    c.push_back(t.c);
+    k.push_back(t.coefficient);
+  }
+  auto index = [&](const std::vector<int64_t>& v) {
+    return torch::tensor(v, torch::dtype(torch::kLong)).to(u.device());
+  };
+  const Tensor coefficient = torch::tensor(k, torch::dtype(torch::kDouble)).to(u.options());
+  return powers.select(2, 0).index_select(1, index(a)) *
+         powers.select(2, 1).index_select(1, index(b)) *
+         powers.select(2, 2).index_select(1, index(c)) * coefficient;
+}
+
+Tensor term_components(const std::vector<Term>& terms, const at::Device device) {
+  std::vector<int64_t> m;
+  for (const Term& t : terms) m.push_back(t.m);
+  return torch::tensor(m, torch::dtype(torch::kLong)).to(device);
+}
+
+void run_chunked(Kind kind, const Polynomials& p, const Tensor& vectors, const Tensor& gradient,
+                 const Tensor& direction, Tensor& out) {
+  constexpr int64_t kChunk = 16384;
+  const int64_t P = vectors.size(0);
+  for (int64_t begin = 0; begin < P; begin += kChunk) {
+    const int64_t end = std::min(P, begin + kChunk);
+    const Tensor u = vectors.slice(0, begin, end);
+    Tensor o = out.slice(0, begin, end);
+    switch (kind) {
+      case Kind::kValues:
+        o.index_add_(1, term_components(p.values, u.device()), monomials(u, p.values, p.max_power));
+        break;
+      case Kind::kVjp:
+        for (int j = 0; j < 3; ++j) {
+          const auto& terms = p.first[j];
+          if (terms.empty()) continue;
+          const Tensor g =
+              gradient.slice(0, begin, end).index_select(1, term_components(terms, u.device()));
+          o.select(1, j).add_((monomials(u, terms, p.max_power) * g).sum(1));
+        }
+        break;
+      case Kind::kJvp:
+        for (int i = 0; i < 3; ++i) {
+          const auto& terms = p.first[i];
+          if (terms.empty()) continue;
+          const Tensor d = direction.slice(0, begin, end).select(1, i).unsqueeze(1);
+          o.index_add_(1, term_components(terms, u.device()), monomials(u, terms, p.max_power) * d);
+        }
+        break;
+      case Kind::kHvp:
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j) {
+            const auto& terms = p.second[3 * i + j];
+            if (terms.empty()) continue;
+            const Tensor g =
+                gradient.slice(0, begin, end).index_select(1, term_components(terms, u.device()));
+            const Tensor d = direction.slice(0, begin, end).select(1, i);
+            o.select(1, j).add_((monomials(u, terms, p.max_power) * g).sum(1) * d);
+          }
+        break;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- operators
+
+Tensor evaluate(Kind kind, bool chunked, const Tensor& vectors_in, const Tensor& gradient_in,
+                const Tensor& direction_in, const Tensor& terms, const Tensor& coefficients,
+                int64_t num_components, const char* op) {
+  check_vectors(vectors_in, op);
+  const Tensor vectors = vectors_in.contiguous();
+  const Tensor gradient = gradient_in.defined() ? gradient_in.contiguous() : Tensor();
+  const Tensor direction = direction_in.defined() ? direction_in.contiguous() : Tensor();
+  if (gradient.defined()) check_companion(gradient, vectors, num_components, "gradient", op);
+  if (direction.defined()) check_companion(direction, vectors, 3, "direction", op);
+  const Polynomials p = read_polynomials(terms, coefficients, num_components, op);
+  const bool per_component = kind == Kind::kValues || kind == Kind::kJvp;
+  Tensor out =
+      torch::zeros({vectors.size(0), per_component ? num_components : 3}, vectors.options());
+  if (vectors.size(0) == 0) return out;
+  if (chunked || !vectors.is_cpu()) {
+    run_chunked(kind, p, vectors, gradient, direction, out);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "lorem::harmonics", [&] {
+      run_cpu<scalar_t>(kind, p, vectors, gradient, direction, out);
+    });
+  }
+  return out;
+}
+
+// The kernels, by device: CPU loops, or torch operations (other devices, and the
+// *_chunked reference operators on any device).
+Tensor harmonics_kernel(const Tensor& u, const Tensor& terms, const Tensor& k, int64_t M) {
+  return evaluate(Kind::kValues, false, u, {}, {}, terms, k, M, "lorem::harmonics");
+}
+Tensor vjp_kernel(const Tensor& u, const Tensor& G, const Tensor& terms, const Tensor& k,
+                  int64_t M) {
+  return evaluate(Kind::kVjp, false, u, G, {}, terms, k, M, "lorem::harmonics_vjp");
+}
+Tensor jvp_kernel(const Tensor& u, const Tensor& D, const Tensor& terms, const Tensor& k,
+                  int64_t M) {
+  return evaluate(Kind::kJvp, false, u, {}, D, terms, k, M, "lorem::harmonics_jvp");
+}
+Tensor hvp_kernel(const Tensor& u, const Tensor& G, const Tensor& D, const Tensor& terms,
+                  const Tensor& k, int64_t M) {
+  return evaluate(Kind::kHvp, false, u, G, D, terms, k, M, "lorem::harmonics_hvp");
+}
+Tensor chunked_kernel(int64_t kind, const Tensor& u, const std::optional<Tensor>& G,
+                      const std::optional<Tensor>& D, const Tensor& terms, const Tensor& k,
+                      int64_t M) {
+  TORCH_CHECK(0 <= kind && kind <= 3, "lorem::harmonics_chunked: kind must be 0..3");
+  return evaluate(static_cast<Kind>(kind), true, u, G.value_or(Tensor()), D.value_or(Tensor()),
+                  terms, k, M, "lorem::harmonics_chunked");
+}
+
+template <typename Signature>
+auto find(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+Tensor call_harmonics(const Tensor& u, const Tensor& terms, const Tensor& k, int64_t M) {
+  static auto op = find<decltype(harmonics_kernel)>("lorem::harmonics");
+  return op.call(u, terms, k, M);
+}
+Tensor call_vjp(const Tensor& u, const Tensor& G, const Tensor& terms, const Tensor& k, int64_t M) {
+  static auto op = find<decltype(vjp_kernel)>("lorem::harmonics_vjp");
+  return op.call(u, G, terms, k, M);
+}
+Tensor call_jvp(const Tensor& u, const Tensor& D, const Tensor& terms, const Tensor& k, int64_t M) {
+  static auto op = find<decltype(jvp_kernel)>("lorem::harmonics_jvp");
+  return op.call(u, D, terms, k, M);
+}
+Tensor call_hvp(const Tensor& u, const Tensor& G, const Tensor& D, const Tensor& terms,
+                const Tensor& k, int64_t M) {
+  static auto op = find<decltype(hvp_kernel)>("lorem::harmonics_hvp");
+  return op.call(u, G, D, terms, k, M);
+}
+
+// ---------------------------------------------------------------- autograd
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+void save(AutogradContext* ctx, std::vector<Tensor> tensors, int64_t M) {
+  ctx->save_for_backward(tensors);
+  ctx->saved_data["components"] = M;
+}
+
+class Harmonics : public torch::autograd::Function<Harmonics> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& u, const Tensor& terms, const Tensor& k,
+                        int64_t M) {
+    save(ctx, {u, terms, k}, M);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_harmonics(u, terms, k, M);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const auto s = ctx->get_saved_variables();
+    const int64_t M = ctx->saved_data["components"].toInt();
+    return {grad[0].defined() ? call_vjp(s[0], grad[0], s[1], s[2], M) : Tensor(), Tensor(),
+            Tensor(), Tensor()};
+  }
+};
+
+class Vjp : public torch::autograd::Function<Vjp> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& u, const Tensor& G, const Tensor& terms,
+                        const Tensor& k, int64_t M) {
+    save(ctx, {u, G, terms, k}, M);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_vjp(u, G, terms, k, M);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const auto s = ctx->get_saved_variables();
+    const int64_t M = ctx->saved_data["components"].toInt();
+    variable_list out(5);
+    if (!grad[0].defined()) return out;
+    if (ctx->needs_input_grad(0)) out[0] = call_hvp(s[0], s[1], grad[0], s[2], s[3], M);
+    if (ctx->needs_input_grad(1)) out[1] = call_jvp(s[0], grad[0], s[2], s[3], M);
+    return out;
+  }
+};
+
+class Jvp : public torch::autograd::Function<Jvp> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& u, const Tensor& D, const Tensor& terms,
+                        const Tensor& k, int64_t M) {
+    save(ctx, {u, D, terms, k}, M);
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_jvp(u, D, terms, k, M);
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+    const auto s = ctx->get_saved_variables();
+    const int64_t M = ctx->saved_data["components"].toInt();
+    variable_list out(5);
+    if (!grad[0].defined()) return out;
+    if (ctx->needs_input_grad(0)) out[0] = call_hvp(s[0], grad[0], s[1], s[2], s[3], M);
+    if (ctx->needs_input_grad(1)) out[1] = call_vjp(s[0], grad[0], s[2], s[3], M);
+    return out;
+  }
+};
+
+class Hvp : public torch::autograd::Function<Hvp> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& u, const Tensor& G, const Tensor& D,
+                        const Tensor& terms, const Tensor& k, int64_t M) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return call_hvp(u, G, D, terms, k, M);
+  }
+  static variable_list backward(AutogradContext*, variable_list) {
+    TORCH_CHECK(false,
+                "lorem::harmonics_hvp: third derivatives of the spherical harmonics are not "
+                "implemented (forces and force training need two)");
+    return {};
+  }
+};
+
+Tensor harmonics_autograd(const Tensor& u, const Tensor& terms, const Tensor& k, int64_t M) {
+  return Harmonics::apply(u, terms, k, M);
+}
+Tensor vjp_autograd(const Tensor& u, const Tensor& G, const Tensor& terms, const Tensor& k,
+                    int64_t M) {
+  return Vjp::apply(u, G, terms, k, M);
+}
+Tensor jvp_autograd(const Tensor& u, const Tensor& D, const Tensor& terms, const Tensor& k,
+                    int64_t M) {
+  return Jvp::apply(u, D, terms, k, M);
+}
+Tensor hvp_autograd(const Tensor& u, const Tensor& G, const Tensor& D, const Tensor& terms,
+                    const Tensor& k, int64_t M) {
+  return Hvp::apply(u, G, D, terms, k, M);
+}
+
+}  // namespace
+}  // namespace lorem
+
+TORCH_LIBRARY_FRAGMENT(lorem, m) {
+  m.def("harmonics(Tensor vectors, Tensor terms, Tensor coefficients, int components) -> Tensor");
+  m.def(
+      "harmonics_vjp(Tensor vectors, Tensor gradient, Tensor terms, Tensor coefficients, "
+      "int components) -> Tensor");
+  m.def(
+      "harmonics_jvp(Tensor vectors, Tensor direction, Tensor terms, Tensor coefficients, "
+      "int components) -> Tensor");
+  m.def(
+      "harmonics_hvp(Tensor vectors, Tensor gradient, Tensor direction, Tensor terms, "
+      "Tensor coefficients, int components) -> Tensor");
+  // kind 0..3: values, vjp, jvp, hvp from torch operations (the tests' reference)
+  m.def(
+      "harmonics_chunked(int kind, Tensor vectors, Tensor? gradient, Tensor? direction, "
+      "Tensor terms, Tensor coefficients, int components) -> Tensor");
+}
+
+// one kernel for every device: it takes the loops on CPU and torch operations elsewhere
+TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
+  m.impl("harmonics", &lorem::harmonics_kernel);
+  m.impl("harmonics_vjp", &lorem::vjp_kernel);
+  m.impl("harmonics_jvp", &lorem::jvp_kernel);
+  m.impl("harmonics_hvp", &lorem::hvp_kernel);
+  m.impl("harmonics_chunked", &lorem::chunked_kernel);
+}
+
+TORCH_LIBRARY_IMPL(lorem, Autograd, m) {
+  m.impl("harmonics", &lorem::harmonics_autograd);
+  m.impl("harmonics_vjp", &lorem::vjp_autograd);
+  m.impl("harmonics_jvp", &lorem::jvp_autograd);
+  m.impl("harmonics_hvp", &lorem::hvp_autograd);
+}
