@@ -43,12 +43,17 @@ CASES = [
     ("ewald", 4, "processors 2 1 2"),
     ("pme", 1, ""),
     ("pme", 2, "processors 1 1 2"),
-    ("pme", 4, "processors 2 2 1"),
+    pytest.param("pme", 4, "processors 2 2 1", marks=pytest.mark.slow),
     ("ewald_mp1", 2, "processors 2 1 1"),
 ]
 
 
-@pytest.mark.parametrize("name, ranks, grid", CASES, ids=[f"{n}-{r}{g[10:]}" for n, r, g in CASES])
+def _case_id(case):
+    name, ranks, grid = case.values if hasattr(case, "values") else case
+    return f"{name}-{ranks}{grid[10:]}"
+
+
+@pytest.mark.parametrize("name, ranks, grid", CASES, ids=[_case_id(c) for c in CASES])
 def test_slab_matches_python(slab_files, tmp_path, name, ranks, grid):
     model, path = slab_files[name]
     atoms = lammps_slab()
@@ -69,12 +74,15 @@ def test_slab_is_refused_without_a_slab_export(slab_files, tmp_path):
     assert "need an export made with slab (lorem-export --slab" in output
     # and a slab export takes only boundary p p f of the partial ones
     _, path = slab_files["ewald"]
+    (tmp_path / "shrink").mkdir()
+    write_data(lammps_slab(), tmp_path / "shrink" / "system.data", SPECIES)
     script = single_point_script("system.data", path, SPECIES, boundary="p p s")
     code, output = run(tmp_path / "shrink", script, 1, check=False)
     assert code != 0
     assert "a 2D slab needs boundary p p f" in output
 
 
+@pytest.mark.slow
 def test_nve_conserves_energy(slab_files, tmp_path):
     """300 steps of 0.25 fs of the water slab on 2 ranks: the total energy's drift and
     spread stay far below the kinetic energy's fluctuations."""

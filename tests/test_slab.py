@@ -413,3 +413,27 @@ def test_simulated_ranks_and_runtime_match_python(tmp_path, layers):
             np.testing.assert_allclose(total_virial, virial, atol=1e-10)
             for r, result in enumerate(results):
                 np.testing.assert_allclose(result.forces, forces[owner == r], atol=1e-10)
+
+
+def test_training_data_follow_the_setting(tmp_path):
+    """Slab frames load as slabs for a model with slab (training and lorem-eval's
+    predictor), and are refused otherwise."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from lorem_torch.train.data import LabelKeys, load_samples, make_batch
+    from lorem_torch.train.evaluation import Predictor
+
+    atoms = water_slab()
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((len(atoms), 3)))
+    keys = LabelKeys("energy", "forces", None)
+    with pytest.raises(UnsupportedPeriodicityError):
+        load_samples([atoms], 5.0, keys)
+    model = slab_model()
+    batch = make_batch(load_samples([atoms], 5.0, keys, slab=True), torch.float64)
+    expected = float(evaluate(model, [atoms])["energy"].detach())
+    predicted = Predictor(model)(batch.graph, stress=False)
+    assert float(predicted["energy"][0]) == pytest.approx(expected, abs=1e-12)
+    path = tmp_path / "slab.pt"
+    export_model(model, path, "float64")
+    exported = Predictor(str(path))(batch.graph, stress=False)
+    assert float(exported["energy"][0]) == pytest.approx(expected, abs=1e-10)
