@@ -111,3 +111,50 @@ run 300
         f"NVE slab: drift {drift:.3g} eV, spread {spread:.3g} eV, kinetic ptp {np.ptp(kinetic):.3g}"
     )
     assert spread < 1e-3 * np.ptp(kinetic) + 1e-5
+
+
+@pytest.mark.parametrize("net_charge", [0.0, 0.37])
+def test_point_charges_match_lammps_kspace_slab(tmp_path, net_charge):
+    """Our slab Ewald (long_range/slab.py) against LAMMPS' own `kspace_style ewald` with
+    `kspace_modify slab 3.0` (coul/long, units lj: Coulomb prefactor 1), neutral and
+    with a net charge (the same Ballenegger terms). LAMMPS refuses the Ewald slab
+    correction in triclinic boxes: an orthogonal cell here."""
+    from test_slab import kspace_method, point_charge_slab, slab_potentials_of
+
+    positions, charges, cell = point_charge_slab()
+    cell[1, 0] = 0.0
+    positions[:, 0] %= cell[0, 0]
+    charges = charges + net_charge
+    rows = [
+        f"{i + 1} 1 {q:.17g} {x:.17g} {y:.17g} {z:.17g}"
+        for i, (q, (x, y, z)) in enumerate(zip(charges, positions, strict=True))
+    ]
+    lengths = [float(x) for x in np.diag(cell)]
+    (tmp_path / "system.data").write_text(
+        f"point charges\n\n{len(charges)} atoms\n1 atom types\n\n0 {lengths[0]!r} xlo xhi\n"
+        f"0 {lengths[1]!r} ylo yhi\n0 {lengths[2]!r} zlo zhi\n\nMasses\n\n1 1.0\n\n"
+        "Atoms # charge\n\n" + "\n".join(rows) + "\n"
+    )
+    script = """units lj
+atom_style charge
+atom_modify map yes
+boundary p p f
+read_data system.data
+pair_style coul/long 12.0
+pair_coeff * *
+kspace_style ewald 1e-12
+kspace_modify slab 3.0
+thermo_modify norm no
+dump forces all custom 1 forces.dump id fx fy fz
+dump_modify forces format float %.16g sort id
+run 0
+print "RESULT $(pe:%.17g)"
+"""
+    _, output = run(tmp_path, script, 1)
+    energy = float(re.findall(r"(?m)^RESULT (.*)$", output)[-1])
+    lines = (tmp_path / "forces.dump").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("ITEM: ATOMS"))
+    forces = np.array([line.split()[1:] for line in lines[start + 1 :]], dtype=float)
+    _, ours, our_forces = slab_potentials_of(kspace_method("ewald"), positions, charges, cell, 3.0)
+    assert energy == pytest.approx(ours[0], rel=1e-6)
+    np.testing.assert_allclose(forces, our_forces[..., 0], atol=1e-6 * np.abs(forces).max())
