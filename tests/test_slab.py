@@ -437,3 +437,31 @@ def test_training_data_follow_the_setting(tmp_path):
     export_model(model, path, "float64")
     exported = Predictor(str(path))(batch.graph, stress=False)
     assert float(exported["energy"][0]) == pytest.approx(expected, abs=1e-10)
+
+
+def test_born_effective_charge_models_run_slabs(tmp_path):
+    """A LoremBEC with slab: BECModel's energy and forces are EnergyModel's, the APT keeps
+    the acoustic sum rule, and its export and the C++ runtime agree."""
+    from conftest import cpp_evaluate
+    from lorem_torch._core import Model
+    from test_bec import small_bec
+
+    from lorem_torch import EnergyModel
+    from lorem_torch.models import BECModel
+
+    model = small_bec(species=[1, 8], long_range={"slab": True})
+    atoms = water_slab()
+    graph = atoms_to_graph([atoms], model.cutoff, dtype=torch.float64, slab=True)
+    field = torch.tensor([0.3, -0.5, 0.7], dtype=torch.float64)
+    bec = BECModel(model)(**graph, compute_stress=True, electric_field=field)
+    plain = EnergyModel(model)(**graph, compute_stress=True)
+    torch.testing.assert_close(bec["energy"], plain["energy"], rtol=0, atol=1e-12)
+    torch.testing.assert_close(bec["stress"], plain["stress"], rtol=0, atol=1e-12)
+    field_forces = torch.einsum("nab,b->na", bec["apt"], field)
+    torch.testing.assert_close(bec["forces"] - field_forces, plain["forces"], rtol=0, atol=1e-12)
+    assert float(bec["apt"].sum(dim=0).abs().max()) < 1e-10
+    path = tmp_path / "bec.pt"
+    export_model(model, path, "float64")
+    out = cpp_evaluate(Model(str(path)), atoms, electric_field=(0.3, -0.5, 0.7))
+    assert out["energy"] == pytest.approx(float(plain["energy"].detach()), abs=1e-10)
+    np.testing.assert_allclose(out["forces"], bec["forces"].detach().numpy(), atol=1e-10)
