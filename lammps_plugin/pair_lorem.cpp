@@ -357,6 +357,20 @@ void PairLorem::init_style() {
                      : open   ? "non_periodic"
                               : "slab",
                      "pair_style lorem with this box");
+    if (!periodic && !open) {
+      // a 2D slab as kspace_modify slab takes it: boundary p p f, c along z
+      if (!domain->xperiodic || !domain->yperiodic || domain->boundary[2][0] != 1 ||
+          domain->boundary[2][1] != 1) {
+        error->all(FLERR,
+                   "pair_style lorem: a 2D slab needs boundary p p f (periodic along x and y, "
+                   "fixed along z)");
+      }
+      if (domain->triclinic && (domain->xz != 0.0 || domain->yz != 0.0)) {
+        error->all(FLERR,
+                   "pair_style lorem: a 2D slab needs the box's xz and yz tilts to be zero (its "
+                   "third edge along z)");
+      }
+    }
     contract.require("domain_decomposition", "pair_style lorem");
     if (apply_electric_field_) contract.require("electric_field", "pair_style lorem efield");
     if (open && long_range_request_ == "pme")
@@ -517,10 +531,12 @@ void PairLorem::compute(int eflag, int vflag) {
   const double* h = domain->h;  // xprd yprd zprd yz xz xy
   system.cell = torch::tensor({h[0], 0.0, 0.0, h[5], h[1], 0.0, h[4], h[3], h[2]}, torch::kFloat64)
                     .reshape({3, 3});
-  system.periodic = domain->xperiodic && domain->yperiodic && domain->zperiodic;
+  // boundary p p f: a 2D slab (init_style checked the rest); its k-space is periodic too
+  system.slab = domain->xperiodic && domain->yperiodic && !domain->zperiodic;
+  system.periodic = (domain->xperiodic && domain->yperiodic && domain->zperiodic) || system.slab;
   // a point shared by all ranks, so that float32 models lose no precision far from zero:
-  // the box origin when periodic (a lattice point: a PME mesh sits where Python puts it),
-  // the box centre otherwise
+  // the box origin when periodic or a slab (a lattice point: a PME mesh sits where Python
+  // puts it; along z of a slab any common point will do), the box centre otherwise
   if (system.periodic) {
     system.origin = {domain->boxlo[0], domain->boxlo[1], domain->boxlo[2]};
   } else {

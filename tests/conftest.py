@@ -44,7 +44,8 @@ def small_model(dtype=torch.float64, seed=0, boost_charges=True, **overrides) ->
 
 def evaluate(model, atoms_list, stress=False, dtype=None):
     dtype = dtype or next(model.parameters()).dtype
-    graph = atoms_to_graph(atoms_list, model.cutoff, dtype=dtype)
+    slab = bool(getattr(model, "slab", False))
+    graph = atoms_to_graph(atoms_list, model.cutoff, dtype=dtype, slab=slab)
     return EnergyModel(model)(**graph, compute_forces=True, compute_stress=stress)
 
 
@@ -63,6 +64,22 @@ def triclinic_water(seed=2) -> Atoms:
     atoms = atoms * (1, 2, 1)
     atoms.rattle(0.05, seed=seed)
     atoms.wrap()
+    return atoms
+
+
+def water_slab(seed=6) -> Atoms:
+    """Three water molecules as a 2D slab: pbc (True, True, False), a triclinic in-plane
+    cell and c along z, the atoms between z = 4 and 8 A in a 12 A tall cell."""
+    atoms = Atoms()
+    for k, (x, y, z) in enumerate([(1.0, 1.2, 5.0), (4.1, 1.6, 6.6), (2.6, 4.3, 5.6)]):
+        water = molecule("H2O")
+        water.rotate(70 * k, "x")
+        water.rotate(40 * k, "z")
+        water.positions += [x, y, z]
+        atoms += water
+    atoms.set_cell([[6.1, 0.0, 0.0], [0.9, 5.8, 0.0], [0.0, 0.0, 12.0]])
+    atoms.pbc = [True, True, False]
+    atoms.rattle(0.05, seed=seed)
     return atoms
 
 
@@ -98,9 +115,11 @@ def rewrite_metadata(source, target, edit):
 
 def cpp_evaluate(cpp_model, atoms, **options):
     """lorem_torch._core.Model.compute on one process (every atom local, periodic images as
-    ghosts); options: origin, electric_field, born_effective_charges."""
+    ghosts; a 2D slab when pbc is True, True, False); options: origin, electric_field,
+    born_effective_charges."""
     import numpy as np
 
+    from lorem_torch.data import is_slab
     from lorem_torch.export import split_into_ranks
 
     (system,) = split_into_ranks(atoms, cpp_model.cutoff, np.zeros(len(atoms), dtype=int))
@@ -113,5 +132,6 @@ def cpp_evaluate(cpp_model, atoms, **options):
         np.asarray(atoms.cell.array, dtype=float),
         bool(atoms.pbc.all()),
         system.ghost_index.numpy(),
+        slab=is_slab(atoms),
         **options,
     )

@@ -242,7 +242,7 @@ print "RESULT $(pe:%.17g)"
         ("units", "requires units metal or real"),
         ("newton", "requires newton pair on"),
         ("checkpoint", "is a training checkpoint, not an export: run `lorem-export"),
-        ("slab", "2D slabs (periodic in two directions only) are not supported yet"),
+        ("slab", "2D slabs (periodic along x and y only) need an export made with slab"),
     ],
 )
 def test_errors_end_lammps_with_the_plugins_message(model_files, tmp_path, change, message):

@@ -21,7 +21,13 @@ def config_with(long_range):
 
 def test_config_takes_long_range_settings():
     settings = resolve(config_with({"method": "pme", "accuracy": "1e-5"}))["model"]["long_range"]
-    assert settings == {"method": "pme", "accuracy": 1e-5, "max_memory_gb": 8.0}
+    assert settings == {
+        "method": "pme",
+        "accuracy": 1e-5,
+        "max_memory_gb": 8.0,
+        "slab": False,
+        "slab_factor": 3.0,
+    }
     assert resolve(config_with("auto"))["model"]["long_range"]["method"] == "auto"
     assert resolve({"data": {"train": WATER}})["model"]["long_range"]["method"] == "ewald"
 

@@ -99,7 +99,13 @@ def test_other_bad_settings_are_named():
         long_range_settings({"method": "pme", "mesh": 3})
     with pytest.raises(ValueError, match="max_memory_gb"):
         long_range_settings({"max_memory_gb": 0})
-    assert long_range_settings(None) == {"method": "ewald", "accuracy": 1e-6, "max_memory_gb": 8.0}
+    assert long_range_settings(None) == {
+        "method": "ewald",
+        "accuracy": 1e-6,
+        "max_memory_gb": 8.0,
+        "slab": False,
+        "slab_factor": 3.0,
+    }
 
 
 def lone_atom(side):
@@ -164,7 +170,13 @@ def test_settings_round_trip_through_checkpoints(tmp_path):
     path = tmp_path / "model.pt"
     save_checkpoint(path, model)
     loaded = model_from_checkpoint(path)
-    assert loaded.long_range_settings == {"method": "pme", "accuracy": 1e-7, "max_memory_gb": 4.0}
+    assert loaded.long_range_settings == {
+        "method": "pme",
+        "accuracy": 1e-7,
+        "max_memory_gb": 4.0,
+        "slab": False,
+        "slab_factor": 3.0,
+    }
     assert loaded.pme.spacing == model.pme.spacing and loaded.pme.order == model.pme.order
     atoms = triclinic_water()
     torch.testing.assert_close(

@@ -164,13 +164,17 @@ def test_every_consumer_refuses_what_the_contract_refuses(mp_exports, tmp_path):
     ] == pytest.approx(float(reference["energy"].detach()), abs=1e-10)
 
 
-def test_slabs_are_refused_by_the_calculator(mp_exports):
+def test_slabs_are_refused_without_a_slab_export(mp_exports):
+    """An export made without long_range slab refuses pbc (True, True, False) with the
+    contract's reason (tests/test_slab.py runs slab exports)."""
     _, path = mp_exports["mp1_short_equivariant"]
     atoms = triclinic_water()
     atoms.pbc = [True, True, False]
     atoms.calc = LoremCalculator(path)
-    with pytest.raises(CapabilityError, match="2D slabs"):
+    with pytest.raises(CapabilityError, match="2D slabs .* need an export made with slab"):
         atoms.get_potential_energy()
+    with pytest.raises(LoremError, match="need an export made with slab"):
+        cpp_evaluate(Model(str(path), RUNTIME_DEVICE), atoms)
 
 
 def test_runtime_reads_the_contract_with_a_real_parser(mp_exports, tmp_path):

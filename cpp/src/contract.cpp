@@ -69,6 +69,11 @@ Contract Contract::from_metadata(const std::string& metadata_json, const std::st
       contract.long_range_methods.push_back(m.as_string("a long-range method"));
     if (contract.long_range != "none")
       contract.accuracy = long_range.at("accuracy").as_number("long_range.accuracy");
+    // version 2: slab and slab_factor (older contracts grant no slab)
+    if (long_range.contains("slab") && long_range.at("slab").as_bool("long_range.slab")) {
+      contract.slab_factor = long_range.at("slab_factor").as_number("long_range.slab_factor");
+      if (!(contract.slab_factor > 1.0)) throw Error("long_range.slab_factor must be above 1");
+    }
     for (const auto& m : c.at("methods").as_array("methods"))
       contract.methods.push_back(m.as_string("a method name"));
     for (const auto& [key, value] : c.at("capabilities").as_object("capabilities"))
@@ -76,6 +81,8 @@ Contract Contract::from_metadata(const std::string& metadata_json, const std::st
     for (const auto& [key, value] : c.at("limitations").as_object("limitations"))
       contract.limitations[key] = value.as_string("limitations." + key);
     if (contract.cutoff <= 0.0) throw Error("the cutoff must be positive");
+    if (contract.grants("slab") && contract.slab_factor <= 0.0)
+      throw Error("the contract grants slab but long_range has no slab_factor");
     return contract;
   } catch (const Error& error) {
     throw Error(prefix + error.what());

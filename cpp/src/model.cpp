@@ -225,6 +225,9 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
     }
   }
   if (contract_.non_periodic == "direct") needed.push_back("direct_potentials");
+  if (contract_.grants("slab") && contract_.long_range != "none") {
+    needed.insert(needed.end(), {"slab_cell", "slab_moments", "slab_potentials"});
+  }
   if (contract_.grants("electric_field")) {
     needed.insert(needed.end(), {"stage_apt", "long_range_apt"});
   }
@@ -301,8 +304,13 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
   if (system.centers.numel() != system.others.numel())
     throw Error("centers and others differ in length");
   contract.require("domain_decomposition", "staged evaluation");
-  contract.require(system.periodic ? "periodic" : "non_periodic",
-                   system.periodic ? "a periodic cell" : "open boundaries");
+  if (system.slab && !system.periodic) throw Error("a slab System must be periodic as well");
+  contract.require(system.slab       ? "slab"
+                   : system.periodic ? "periodic"
+                                     : "non_periodic",
+                   system.slab       ? "a 2D slab (periodic along x and y only)"
+                   : system.periodic ? "a periodic cell"
+                                     : "open boundaries");
   check_distances(system, contract.min_distance);
 
   const double start = now();
@@ -390,18 +398,51 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         leaves.push_back(spherical_leaf);
         return gradients({energies_lr.sum()}, {torch::ones({}, options)}, leaves);
       };
+      // a slab: the k-space methods run over its cell extended along z (slab_cell); the
+      // moments Q, M, S along z travel in the sum over ranks that carries Q otherwise,
+      // and the dipole correction (slab_potentials) joins the potentials
+      const bool slab = system.slab;
+      auto kcell = slab ? module_.get_method("slab_cell")({cell}).toTensor() : cell;
+      // partial moments of this rank [3, C] (slab) or its total charge [C]; their sum over
+      // ranks (a leaf) and the total charge it holds
+      auto partial_moments =
+          slab ? module_
+                     .get_method("slab_moments")({positions.slice(0, 0, n_local), q, kcell, strain})
+                     .toTensor()
+               : q.sum(0);
+      torch::Tensor total_moments, total_q;
+      auto sum_moments = [&]() {
+        total_moments = leaf(comm.all_reduce_sum(partial_moments.detach()));
+        total_q = slab ? total_moments.select(0, 0) : total_moments;
+      };
+      auto add_correction = [&](const torch::Tensor& potentials) {
+        if (!slab) return potentials;
+        return potentials + module_
+                                .get_method("slab_potentials")(
+                                    {positions.slice(0, 0, n_local), total_moments, kcell, strain})
+                                .toTensor();
+      };
+      // dE/d(moments) summed over ranks, through this rank's moments (a slab) or onto
+      // every local charge (the total charge)
+      auto through_moments = [&](const torch::Tensor& grad_total) {
+        auto grad_sum = comm.all_reduce_sum(grad_total);
+        if (!slab)
+          return std::vector<torch::Tensor>{torch::zeros_like(positions), torch::zeros_like(strain),
+                                            grad_sum.unsqueeze(0).expand_as(q)};
+        return gradients({partial_moments}, {grad_sum}, {positions, strain, q});
+      };
       bool pme = false;
       if (system.periodic && method_ != "ewald") {
         pme = method_ == "pme";
         if (method_ == "auto") {  // the same choice on every rank: the global atom count
           auto atoms = comm.all_reduce_sum(torch::full(
               {1}, static_cast<double>(n_local), torch::TensorOptions().dtype(torch::kFloat64)));
-          pme = module_.get_method("prefer_pme")({cell, atoms.item<double>()}).toBool();
+          pme = module_.get_method("prefer_pme")({kcell, atoms.item<double>()}).toBool();
         }
       }
       if (pme) {
         // particle-mesh Ewald on a mesh spread over the ranks (cpp/src/mesh.cpp)
-        const auto mesh_list = module_.get_method("pme_mesh")({cell}).toIntVector();
+        const auto mesh_list = module_.get_method("pme_mesh")({kcell}).toIntVector();
         const Index3 mesh{mesh_list[0], mesh_list[1], mesh_list[2]};
         Box owned;
         for (int a = 0; a < 3; ++a) {  // exact tiling: neighbours share their bounds
@@ -409,11 +450,11 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
           owned.hi[a] = static_cast<int64_t>(std::ceil(system.domain_hi[a] * mesh[a]));
         }
         const auto owned_all = gather_boxes(comm, owned);
-        auto brick_out =
-            module_
-                .get_method("pme_brick")({positions.slice(0, 0, n_local).detach(), cell, mesh_list})
-                .toTuple()
-                ->elements();
+        auto brick_out = module_
+                             .get_method("pme_brick")(
+                                 {positions.slice(0, 0, n_local).detach(), kcell, mesh_list})
+                             .toTuple()
+                             ->elements();
         const auto brick_lo = brick_out[0].toIntVector();
         const auto brick_shape = brick_out[1].toIntVector();
         Box brick;
@@ -424,7 +465,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         const auto brick_all = gather_boxes(comm, brick);
         auto charge_brick =
             module_
-                .get_method("pme_spread")({positions.slice(0, 0, n_local), q, cell, strain,
+                .get_method("pme_spread")({positions.slice(0, 0, n_local), q, kcell, strain,
                                            brick_lo, brick_shape, mesh_list})
                 .toTensor();
         MeshFFT fft(comm, mesh);
@@ -432,21 +473,21 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         const std::vector<std::vector<int64_t>> ranges{
             {box.lo[0], box.hi[0]}, {box.lo[1], box.hi[1]}, {box.lo[2], box.hi[2]}};
         auto kernel =
-            module_.get_method("pme_kernel")({cell, strain, mesh_list, ranges}).toTensor();
+            module_.get_method("pme_kernel")({kcell, strain, mesh_list, ranges}).toTensor();
         auto charge_spectrum =
             fft.forward(remap(comm, charge_brick.detach(), brick_all, owned_all, mesh), owned_all);
         auto potential_owned =
             fft.inverse(charge_spectrum * kernel.detach(), owned_all, charges.size(1));
         auto potential_brick = leaf(remap(comm, potential_owned, owned_all, brick_all, mesh));
-        auto total_q = leaf(comm.all_reduce_sum(q.detach().sum(0)));
+        sum_moments();
         auto ghost_q = leaf(comm.forward_ghosts(q.detach()));
         auto potentials = module_
                               .get_method("pme_potentials")(
                                   {positions, torch::cat({q, ghost_q}), potential_brick, brick_lo,
-                                   mesh_list, total_q, cell, strain, centers, others, n_local})
+                                   mesh_list, total_q, kcell, strain, centers, others, n_local})
                               .toTensor();
-        auto first =
-            read_out(potentials, {positions, strain, q, ghost_q, potential_brick, total_q});
+        auto first = read_out(add_correction(potentials),
+                              {positions, strain, q, ghost_q, potential_brick, total_moments});
         // the mesh operator is real and symmetric: the gradient of the charge mesh is the
         // same convolution of the potential mesh's gradient
         auto gradient_spectrum =
@@ -460,36 +501,39 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
                                         {torch::ones({}, options)}, {strain});
         auto through_spread = gradients({charge_brick}, {gradient_brick.to(charge_brick.dtype())},
                                         {positions, strain, q});
-        auto grad_q_total = comm.all_reduce_sum(first[5]);
-        grad_positions = grad_positions + first[0] + through_spread[0];
-        grad_strain = grad_strain + first[1] + through_spread[1] + through_kernel[0];
-        grad_charges = first[2] + comm.reverse_ghosts(first[3], n_local) +
-                       grad_q_total.unsqueeze(0) + through_spread[2];
+        auto through_sums = through_moments(first[5]);
+        grad_positions = grad_positions + first[0] + through_spread[0] + through_sums[0];
+        grad_strain =
+            grad_strain + first[1] + through_spread[1] + through_kernel[0] + through_sums[1];
+        grad_charges =
+            first[2] + comm.reverse_ghosts(first[3], n_local) + through_sums[2] + through_spread[2];
         grad_scalar = first[6];
         grad_spherical = first[7];
       } else if (system.periodic) {
-        auto grid = module_.get_method("grid_shape")({cell}).toIntVector();
+        auto grid = module_.get_method("grid_shape")({kcell}).toIntVector();
         auto partial_sf = module_
                               .get_method("structure_factors")(
-                                  {positions.slice(0, 0, n_local), q, cell, strain, grid})
+                                  {positions.slice(0, 0, n_local), q, kcell, strain, grid})
                               .toTensor();
         auto total_sf = leaf(comm.all_reduce_sum(partial_sf.detach()));
-        auto total_q = leaf(comm.all_reduce_sum(q.detach().sum(0)));
+        sum_moments();
         auto ghost_q = leaf(comm.forward_ghosts(q.detach()));
         auto potentials =
             module_
                 .get_method("potentials")({positions, torch::cat({q, ghost_q}), total_sf, total_q,
-                                           cell, strain, grid, centers, others, n_local})
+                                           kcell, strain, grid, centers, others, n_local})
                 .toTensor();
-        auto first = read_out(potentials, {positions, strain, q, ghost_q, total_sf, total_q});
-        // the sums over ranks of dE/dS and dE/dQ; dE/dq of ghosts back to their owners
+        auto first = read_out(add_correction(potentials),
+                              {positions, strain, q, ghost_q, total_sf, total_moments});
+        // the sums over ranks of dE/dS and dE/dQ (a slab: dE/d(Q, M, S)); dE/dq of ghosts
+        // back to their owners
         auto grad_sf = comm.all_reduce_sum(first[4]);
-        auto grad_q_total = comm.all_reduce_sum(first[5]);
+        auto through_sums = through_moments(first[5]);
         auto through_sf = gradients({partial_sf}, {grad_sf}, {positions, strain, q});
-        grad_positions = grad_positions + first[0] + through_sf[0];
-        grad_strain = grad_strain + first[1] + through_sf[1];
-        grad_charges = first[2] + comm.reverse_ghosts(first[3], n_local) +
-                       grad_q_total.unsqueeze(0) + through_sf[2];
+        grad_positions = grad_positions + first[0] + through_sf[0] + through_sums[0];
+        grad_strain = grad_strain + first[1] + through_sf[1] + through_sums[1];
+        grad_charges =
+            first[2] + comm.reverse_ghosts(first[3], n_local) + through_sums[2] + through_sf[2];
         grad_scalar = first[6];
         grad_spherical = first[7];
       } else {

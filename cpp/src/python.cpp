@@ -56,7 +56,7 @@ PYBIND11_MODULE(_core, m) {
              py::array_t<double, py::array::c_style | py::array::forcecast> cell, bool periodic,
              py::array_t<int64_t, py::array::c_style | py::array::forcecast> ghost_owner,
              std::array<double, 3> origin, std::optional<std::array<double, 3>> electric_field,
-             bool born_effective_charges) {
+             bool born_effective_charges, bool slab) {
             lorem::System system;
             system.positions = to_tensor<double>(positions, torch::kFloat64);
             system.atomic_numbers = to_tensor<int64_t>(atomic_numbers, torch::kLong);
@@ -64,7 +64,8 @@ PYBIND11_MODULE(_core, m) {
             system.centers = to_tensor<int64_t>(centers, torch::kLong);
             system.others = to_tensor<int64_t>(others, torch::kLong);
             system.cell = to_tensor<double>(cell, torch::kFloat64);
-            system.periodic = periodic;
+            system.periodic = periodic || slab;
+            system.slab = slab;
             system.origin = origin;
             system.want_born_effective_charges = born_effective_charges;
             if (electric_field) {
@@ -91,6 +92,7 @@ PYBIND11_MODULE(_core, m) {
           py::arg("others"), py::arg("cell"), py::arg("periodic"), py::arg("ghost_owner"),
           py::arg("origin") = std::array<double, 3>{0.0, 0.0, 0.0},
           py::arg("electric_field") = py::none(), py::arg("born_effective_charges") = false,
+          py::arg("slab") = false,
           "Evaluate local + ghost atoms in one process; forces folded onto local atoms.");
 
   // For tests of the distributed-mesh machinery in one process: a brick of charges

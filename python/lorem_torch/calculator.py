@@ -18,7 +18,13 @@ import torch
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from . import keys
-from .data import DEFAULT_MIN_DISTANCE, check_structure, model_frame_offsets, neighbor_list
+from .data import (
+    DEFAULT_MIN_DISTANCE,
+    check_structure,
+    is_slab,
+    model_frame_offsets,
+    neighbor_list,
+)
 from .data.symmetry import symmetric_sites_message, vanishing_degrees
 from .errors import (
     EXPORT_MEMORY_SETTING,
@@ -31,7 +37,7 @@ from .errors import (
     reraise_coded,
 )
 from .export import load_any
-from .export.contract import require
+from .export.contract import contract_of, require
 from .models import BECModel, EnergyModel, Lorem
 
 
@@ -49,7 +55,7 @@ def with_long_range(model, contract, long_range):
     if other:
         raise ValueError(
             f"an export's long-range settings other than the method ({sorted(other)}) are fixed "
-            "when it is written: export it again (lorem-export --accuracy ...)"
+            "when it is written: export it again (lorem-export --accuracy ..., --slab)"
         )
     available = contract["long_range"]["methods"]
     if method not in available:
@@ -116,7 +122,9 @@ class LoremCalculator(Calculator):
     long_range overrides the long-range settings of a Lorem or checkpoint for this
     calculator ("ewald", "pme", "auto" or a mapping such as {"method": "pme",
     "accuracy": 1e-8}; see lorem_torch.long_range.settings). Asking for "pme" makes
-    non-periodic structures an error (they are summed directly).
+    non-periodic structures an error (they are summed directly). {"slab": True,
+    "slab_factor": 3.0} runs structures with pbc (True, True, False) as 2D slabs
+    (docs/design.md section 2.1); an export does so when it was exported with --slab.
 
     With a
     LoremBEC, "born_effective_charges" [N, 3, 3] (elementary charges, acoustic sum rule
@@ -151,6 +159,9 @@ class LoremCalculator(Calculator):
         if long_range is not None:
             self.model = with_long_range(self.model, self.contract, long_range)
             self.requires_periodic = self.model_long_range_method() == "pme"
+            if not isinstance(self.model, torch.jit.ScriptModule):
+                # the settings may grant what the model's own did not (slab)
+                self.contract = contract_of(self.model, self.dtype, methods=[])
         self.model = self.model.to(self.device)
         self.cutoff = float(self.contract["cutoff"])
         self.scripted = isinstance(self.model, torch.jit.ScriptModule)
@@ -199,12 +210,14 @@ class LoremCalculator(Calculator):
         require(
             self.contract, shape, f"structure {atoms.get_chemical_formula()} (pbc {pbc.tolist()})"
         )
-        periodic = check_structure(atoms, 0)
+        periodic = check_structure(atoms, 0, slab=shape == "slab")
+        slab = is_slab(atoms)
         positions = atoms.get_positions()
         cell = atoms.get_cell().array if periodic else np.zeros((3, 3))
         stale = (
             self._list is None
             or self._list["periodic"] != periodic
+            or self._list["slab"] != slab
             or len(self._list["positions"]) != len(atoms)
             or not np.allclose(self._list["cell"], cell, rtol=0, atol=1e-10)
             or not np.array_equal(self._list["numbers"], atoms.numbers)
@@ -213,13 +226,16 @@ class LoremCalculator(Calculator):
         )
         if stale:
             # kept with the list: the cell shifts refer to positions moved by these offsets
-            offsets = model_frame_offsets(positions, cell, periodic)
-            self._list = neighbor_list(positions - offsets, cell, periodic, self.cutoff + self.skin)
+            offsets = model_frame_offsets(positions, cell, periodic, slab)
+            self._list = neighbor_list(
+                positions - offsets, cell, periodic, self.cutoff + self.skin, slab
+            )
             self._list.update(
                 offsets=offsets,
                 positions=positions.copy(),
                 cell=cell.copy(),
                 periodic=periodic,
+                slab=slab,
                 numbers=atoms.numbers.copy(),
             )
             self.rebuilds += 1
@@ -249,13 +265,16 @@ class LoremCalculator(Calculator):
 
     def _evaluate(self, graph, periodic: bool):
         if self.scripted:
+            inputs = [graph[k] for k in keys.INPUT_KEYS]
+            if keys.SLAB in graph:  # exports made without slab take no such argument
+                inputs.append(graph[keys.SLAB])
             energy, energies, forces, virial, charges, potentials = self.model.energy_forces_virial(
-                *(graph[k] for k in keys.INPUT_KEYS)
+                *inputs
             )
             out = {keys.ENERGY: energy, keys.ENERGIES: energies, keys.FORCES: forces}
             out.update({keys.VIRIAL: virial, keys.CHARGES: charges, keys.POTENTIALS: potentials})
             if self.has_apt:
-                apt = self.model.born_effective_charges(*(graph[k] for k in keys.INPUT_KEYS))
+                apt = self.model.born_effective_charges(*inputs)
                 out[keys.APT] = apt
                 if self._electric_field is not None:
                     field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
@@ -296,6 +315,7 @@ class LoremCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         periodic, cell, positions, centers, others, shifts = self._pairs(self.atoms)
+        slab = is_slab(self.atoms)
         if self.requires_periodic and not periodic:
             raise NotPeriodicError(
                 "long_range 'pme' was asked for, but the structure is not periodic "
@@ -326,6 +346,8 @@ class LoremCalculator(Calculator):
             keys.ATOM_STRUCTURE: ints(np.zeros(n)),
             keys.STRUCTURE_OFFSETS: ints([0, n]),
         }
+        if slab:
+            graph[keys.SLAB] = torch.tensor([True], device=self.device)
         unknown = sorted(set(self.atoms.numbers.tolist()) - self.species)
         if unknown:
             raise UnknownElementError(
@@ -354,6 +376,8 @@ class LoremCalculator(Calculator):
         if self.has_apt:
             self.results["born_effective_charges"] = numpy(keys.APT)
         if periodic:
+            # a slab's too: the volume of its cell as given (not the extended k-space cell),
+            # as LAMMPS divides by its box (docs/design.md section 2.1)
             stress = numpy(keys.VIRIAL)[0] / abs(np.linalg.det(cell))
             stress = 0.5 * (stress + stress.T)
             self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]].copy()

@@ -14,6 +14,8 @@ OTHERS = "others"  # [P] int64, j of the pair
 CELL_SHIFTS = "cell_shifts"  # [P, 3] float, integer lattice shifts: r_ij = r_j - r_i + S @ cell
 ATOM_STRUCTURE = "atom_structure"  # [N] int64, structure index of every atom
 STRUCTURE_OFFSETS = "structure_offsets"  # [S + 1] int64, atoms of s are offsets[s]:offsets[s+1]
+# optional (present when some structure of the batch is a 2D slab; not in INPUT_KEYS):
+SLAB = "slab"  # [S] bool, True: periodic along x and y only (its PBC entry is True)
 
 # -- outputs --
 ENERGY = "energy"  # [S] total energy, eV

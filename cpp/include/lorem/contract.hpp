@@ -12,7 +12,7 @@
 namespace lorem {
 
 constexpr int64_t kExportFormatVersion = 2;  // metadata.json "format_version"
-constexpr int64_t kContractVersion = 1;      // metadata.json "contract"."version"
+constexpr int64_t kContractVersion = 2;      // metadata.json "contract"."version" (2: slab)
 
 struct Contract {
   std::vector<int64_t> atomic_numbers;  // the species the model knows
@@ -28,6 +28,9 @@ struct Contract {
   std::vector<std::string> long_range_methods;  // what the export can do ("ewald", "pme", "auto")
   double accuracy = 0.0;                        // of the k-space sums, relative
   std::string non_periodic;                     // "none" or "direct" (open boundaries)
+  // 2D slabs (capability "slab"): the k-space cell's height over the box's (docs/design.md
+  // section 2.1); 0 when the export runs no slab
+  double slab_factor = 0.0;
   std::vector<std::string> methods;
   std::map<std::string, bool> capabilities;
   std::map<std::string, std::string> limitations;

@@ -41,6 +41,10 @@ struct System {
   torch::Tensor others;   // [P] int64, j (local or ghost)
   torch::Tensor cell;     // [3, 3] lattice vectors in rows (ignored when not periodic)
   bool periodic = true;
+  // A 2D slab (periodic along x and y, open along z; `periodic` true as well): a and b in
+  // the xy plane, c along z; the atoms' z must not wrap (LAMMPS boundary p p f). Needs a
+  // contract that grants "slab" (docs/design.md section 2.1).
+  bool slab = false;
   // Subtracted from the positions (in float64) before they are cast to the model's
   // dtype, so that float32 models keep their precision far from zero. Every rank
   // must use the same point (the energy is translation invariant).

@@ -1,6 +1,8 @@
 """ASE Atoms -> graph dict (see keys.py), neighbour lists, batching.
 
-Structures are concatenated without padding; pairs never cross structures. Positions
+Structures are concatenated without padding; pairs never cross structures. 2D slabs
+(pbc True, True, False) are accepted where the caller says the model runs them (its
+long_range slab setting): their pbc entry is True and keys.SLAB marks them. Positions
 are moved into the model's frame (centred, or wrapped into the cell) in float64
 before anything else, so that float32 models do not depend on where a structure sits.
 """
@@ -26,7 +28,7 @@ DEFAULT_MIN_DISTANCE = 0.1
 
 
 def neighbor_list(
-    positions: np.ndarray, cell: np.ndarray, periodic: bool, cutoff: float
+    positions: np.ndarray, cell: np.ndarray, periodic: bool, cutoff: float, slab: bool = False
 ) -> Dict[str, np.ndarray]:
     """Full neighbour list (both i<-j and j<-i) of pairs closer than the cutoff: centers,
     others, integer cell shifts and distances.
@@ -34,14 +36,25 @@ def neighbor_list(
     Periodic structures use vesin's cell list. Non-periodic ones use a k-d tree, whose
     cost does not depend on the extent of the structure: vesin's cell list over the
     bounding box dies with a floating-point exception once one atom sits far away
-    (x = 1e6 A with the others near the origin).
+    (x = 1e6 A with the others near the origin). A slab (periodic along a and b only; c
+    along z, check_structure) uses vesin's cell list with c replaced by a height that
+    no pair reaches across, so its shifts along c are zero.
     """
     if not periodic:
         return _cluster_neighbor_list(np.asarray(positions, dtype=np.float64), cutoff)
+    points = np.asarray(positions, dtype=np.float64)
+    box = np.asarray(cell, dtype=np.float64)
+    if slab:
+        low = points[:, 2].min() if len(points) else 0.0
+        height = (points[:, 2].max() - low if len(points) else 0.0) + 2.0 * cutoff + 1.0
+        points = points - np.array([0.0, 0.0, low])
+        box = box.copy()
+        box[2] = [0.0, 0.0, height]
     calculator = vesin.NeighborList(cutoff=cutoff, full_list=True)
-    i, j, shifts, d = calculator.compute(
-        points=positions, box=cell, periodic=True, quantities="ijSd"
-    )
+    i, j, shifts, d = calculator.compute(points=points, box=box, periodic=True, quantities="ijSd")
+    if slab:
+        shifts = np.asarray(shifts).copy()
+        shifts[:, 2] = 0  # no pair reaches across the padded height
     return {"centers": i, "others": j, "cell_shifts": shifts, "distances": d}
 
 
@@ -65,7 +78,9 @@ def _cluster_neighbor_list(positions: np.ndarray, cutoff: float) -> Dict[str, np
     }
 
 
-def model_frame_offsets(positions: np.ndarray, cell: np.ndarray, periodic: bool) -> np.ndarray:
+def model_frame_offsets(
+    positions: np.ndarray, cell: np.ndarray, periodic: bool, slab: bool = False
+) -> np.ndarray:
     """[N, 3] float64 translations to subtract from the positions before the neighbour
     list is built and the positions are cast to the model's dtype.
 
@@ -73,18 +88,36 @@ def model_frame_offsets(positions: np.ndarray, cell: np.ndarray, periodic: bool)
     on where a structure sits. Non-periodic: every atom moves by the same vector, the
     per-coordinate median (robust to a few far-away atoms), which changes no distance.
     Periodic: each atom moves by the lattice vector that brings it into the cell,
-    which changes no periodic image (the neighbour list is built afterwards). Energy,
-    forces and stress are invariant under both.
+    which changes no periodic image (the neighbour list is built afterwards). A slab:
+    the lattice vector along a and b only (z stays as given: it must not wrap). Energy,
+    forces and stress are invariant under all three.
     """
     positions = np.asarray(positions, dtype=np.float64)
     if not periodic:
         return np.broadcast_to(np.median(positions, axis=0), positions.shape).copy()
     fractional = np.linalg.solve(cell.T, positions.T).T  # positions = fractional @ cell
+    if slab:
+        fractional[:, 2] = 0.0
     return np.floor(fractional) @ cell
 
 
-def check_structure(atoms, index: int = 0) -> bool:
-    """Raise a named error for input that cannot be evaluated; return periodicity."""
+def is_slab(atoms) -> bool:
+    """Whether a structure is periodic in some but not all directions (a 2D slab, if it
+    is periodic along x and y)."""
+    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    return bool(pbc.any() and not pbc.all())
+
+
+# the atoms of a slab may reach this far (relative) beyond its cell's height
+SLAB_HEIGHT_TOLERANCE = 1e-9
+
+
+def check_structure(atoms, index: int = 0, slab: bool = False) -> bool:
+    """Raise a named error for input that cannot be evaluated; return whether the
+    structure is periodic (a slab counts as periodic: it has a k-space).
+
+    slab: whether 2D slabs (pbc True, True, False) are accepted (the model's long_range
+    slab setting); other partial periodicities are always refused."""
     name = f"structure {index} ({atoms.get_chemical_formula() or 'empty'})"
     if len(atoms) == 0:
         raise EmptyStructureError(f"{name} has no atoms")
@@ -94,11 +127,15 @@ def check_structure(atoms, index: int = 0) -> bool:
         raise NonFiniteError(f"{name} has NaN or infinite positions (atoms {bad[:10].tolist()})")
     pbc = np.asarray(atoms.get_pbc(), dtype=bool)
     if pbc.any() and not pbc.all():
-        raise UnsupportedPeriodicityError(
-            f"{name} is periodic along {pbc.tolist()}: only fully periodic or fully "
-            "non-periodic structures are supported (2D slabs are not yet)"
-        )
-    periodic = bool(pbc.all())
+        if not slab:
+            raise UnsupportedPeriodicityError(
+                f"{name} is periodic along {pbc.tolist()}: 2D slabs need a model with "
+                "long_range slab: true (LoremCalculator(long_range={'slab': True}) or "
+                "lorem-export --slab); otherwise only fully periodic or fully non-periodic "
+                "structures are supported"
+            )
+        _check_slab(atoms, name)
+    periodic = bool(pbc.any())
     if periodic:
         cell = atoms.get_cell().array
         if not np.isfinite(cell).all():
@@ -112,18 +149,50 @@ def check_structure(atoms, index: int = 0) -> bool:
     return periodic
 
 
+def _check_slab(atoms, name: str) -> None:
+    """A slab: periodic along x and y, its cell's a and b in the xy plane, c along z with
+    a height that holds the atoms (the k-space cell is c * slab_factor tall)."""
+    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    if pbc.tolist() != [True, True, False]:
+        raise UnsupportedPeriodicityError(
+            f"{name} is periodic along {pbc.tolist()}: a 2D slab must be periodic along x "
+            "and y and open along z (pbc True, True, False)"
+        )
+    cell = atoms.get_cell().array
+    if not np.isfinite(cell).all():
+        raise NonFiniteError(f"{name} has a NaN or infinite cell")
+    scale = max(np.linalg.norm(cell, axis=1).max(), 1e-300)
+    off_plane = max(abs(cell[0, 2]), abs(cell[1, 2]), abs(cell[2, 0]), abs(cell[2, 1]))
+    if off_plane > 1e-9 * scale or not cell[2, 2] > 0:
+        raise UnsupportedPeriodicityError(
+            f"{name} is a 2D slab, but its cell {np.round(cell, 6).tolist()} does not have a "
+            "and b in the xy plane and c along z with a positive height"
+        )
+    span = np.ptp(atoms.positions[:, 2])
+    if span > cell[2, 2] * (1.0 + SLAB_HEIGHT_TOLERANCE):
+        raise UnsupportedPeriodicityError(
+            f"{name} is a 2D slab whose atoms span {span:.4f} A along z, more than its cell's "
+            f"height {cell[2, 2]:.4f} A: the cell must hold the slab (its k-space cell is the "
+            "height times slab_factor)"
+        )
+
+
 def structure_to_graph(
     atoms,
     cutoff: float,
     index: int = 0,
     min_distance: float = DEFAULT_MIN_DISTANCE,
+    slab: bool = False,
 ) -> Dict[str, np.ndarray]:
-    """One ASE Atoms -> graph dict of numpy arrays (keys.py), neighbour list at `cutoff`."""
-    periodic = check_structure(atoms, index)
+    """One ASE Atoms -> graph dict of numpy arrays (keys.py), neighbour list at `cutoff`.
+
+    slab: accept 2D slabs (pbc True, True, False); their graph has keys.SLAB."""
+    periodic = check_structure(atoms, index, slab)
+    flat = is_slab(atoms)
     cell = atoms.get_cell().array if periodic else np.zeros((3, 3))
     positions = atoms.get_positions()
-    positions = positions - model_frame_offsets(positions, cell, periodic)
-    nl = neighbor_list(positions, cell, periodic, cutoff)
+    positions = positions - model_frame_offsets(positions, cell, periodic, flat)
+    nl = neighbor_list(positions, cell, periodic, cutoff, flat)
     if len(nl["distances"]) and nl["distances"].min() < min_distance:
         k = int(np.argmin(nl["distances"]))
         raise AtomsTooCloseError(
@@ -131,7 +200,7 @@ def structure_to_graph(
             f"{nl['distances'][k]:.4f} A apart, closer than the allowed minimum "
             f"{min_distance} A"
         )
-    return {
+    graph = {
         keys.POSITIONS: positions,
         keys.ATOMIC_NUMBERS: atoms.get_atomic_numbers().astype(np.int64),
         keys.CELL: cell[None],
@@ -142,6 +211,9 @@ def structure_to_graph(
         keys.ATOM_STRUCTURE: np.zeros(len(atoms), dtype=np.int64),
         keys.STRUCTURE_OFFSETS: np.array([0, len(atoms)], dtype=np.int64),
     }
+    if flat:
+        graph[keys.SLAB] = np.array([True])
+    return graph
 
 
 def collate(
@@ -167,7 +239,7 @@ def collate(
     def ints(x):
         return torch.tensor(x, dtype=torch.int64, device=device)
 
-    return {
+    batch = {
         keys.POSITIONS: floats(cat(keys.POSITIONS)),
         keys.ATOMIC_NUMBERS: ints(cat(keys.ATOMIC_NUMBERS)),
         keys.CELL: floats(cat(keys.CELL)),
@@ -178,6 +250,10 @@ def collate(
         keys.ATOM_STRUCTURE: ints(np.repeat(np.arange(len(graphs)), counts)),
         keys.STRUCTURE_OFFSETS: ints(offsets),
     }
+    if any(keys.SLAB in g for g in graphs):  # only then: models that know no slab still run
+        flags = np.concatenate([g.get(keys.SLAB, np.zeros(1, dtype=bool)) for g in graphs])
+        batch[keys.SLAB] = torch.tensor(flags, dtype=torch.bool, device=device)
+    return batch
 
 
 def atoms_to_graph(
@@ -186,12 +262,14 @@ def atoms_to_graph(
     dtype: torch.dtype = torch.float32,
     device: torch.device | None = None,
     min_distance: float = DEFAULT_MIN_DISTANCE,
+    slab: bool = False,
 ) -> Dict[str, torch.Tensor]:
-    """Batch of ASE Atoms -> graph dict of tensors (keys.py), neighbour lists at `cutoff`."""
+    """Batch of ASE Atoms -> graph dict of tensors (keys.py), neighbour lists at `cutoff`;
+    slab: accept 2D slabs (the model's long_range slab setting)."""
     if len(atoms_list) == 0:
         raise EmptyStructureError("no structures given")
     graphs = [
-        structure_to_graph(atoms, cutoff, index, min_distance)
+        structure_to_graph(atoms, cutoff, index, min_distance, slab)
         for index, atoms in enumerate(atoms_list)
     ]
     return collate(graphs, dtype=dtype, device=device)

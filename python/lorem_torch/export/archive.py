@@ -67,8 +67,9 @@ def export_model(
 ) -> Dict[str, Any]:
     """Script a model (or a checkpoint's) into `path`, atomically; returns the metadata.
 
-    `long_range` (a method name or some of {method, accuracy, max_memory_gb}) is given
-    over the model's own settings before export (long_range/settings.py)."""
+    `long_range` (a method name or some of {method, accuracy, max_memory_gb, slab,
+    slab_factor}) is given over the model's own settings before export
+    (long_range/settings.py)."""
     if dtype not in DTYPES:
         raise ExportError(f"dtype must be float32 or float64, got {dtype!r}")
     torch_dtype = DTYPES[dtype]
@@ -183,6 +184,20 @@ def export_main(argv=None) -> None:
         type=float,
         help="refuse k-space grids or meshes estimated above this (default: the checkpoint's, 8)",
     )
+    parser.add_argument(
+        "--slab",
+        action="store_true",
+        default=None,
+        help="run structures periodic along x and y only (LAMMPS boundary p p f) as 2D slabs: "
+        "k-space over the cell extended along z plus the dipole correction (default: the "
+        "checkpoint's own long_range slab, usually off: such boxes are refused)",
+    )
+    parser.add_argument(
+        "--slab-factor",
+        type=float,
+        help="height of a slab's k-space cell over its cell's (default: the checkpoint's, 3.0; "
+        "as LAMMPS kspace_modify slab)",
+    )
     add_version(parser)
     args = parser.parse_args(argv)
     overrides = {
@@ -191,6 +206,8 @@ def export_main(argv=None) -> None:
             ("method", args.long_range),
             ("accuracy", args.accuracy),
             ("max_memory_gb", args.max_memory_gb),
+            ("slab", args.slab),
+            ("slab_factor", args.slab_factor),
         )
         if value is not None
     }
@@ -205,6 +222,8 @@ def export_main(argv=None) -> None:
         if long_range["method"] == "none"
         else f"{long_range['method']} (accuracy {long_range['accuracy']:g})"
     )
+    if long_range.get("slab"):
+        described += f", 2D slabs with slab_factor {long_range['slab_factor']:g}"
     print(
         f"wrote {args.output}: species {contract['species']['symbols']}, cutoff "
         f"{contract['cutoff']} A, {contract['num_message_passing']} message-passing layers, "

@@ -23,7 +23,9 @@ Fields (all plain JSON):
   long_range              {"method": default for periodic cells ("none" | "ewald" | "pme" |
                            "auto"), "methods": what the export can run, "accuracy",
                            "non_periodic": "direct" | "none", "smearing", "lr_wavelength",
-                           "prefactor", "exponent"}
+                           "prefactor", "exponent", "slab": whether 2D slabs run (the
+                           capability), "slab_factor": their k-space cell's height over
+                           the cell's (docs/design.md section 2.1)}
   outputs                 what the model computes
   methods                 the TorchScript methods of the export (read from the module)
   capabilities            {name: bool}; for each false one, limitations[name] says why
@@ -35,14 +37,14 @@ import torch
 
 from ..errors import LoremInputError
 
-CONTRACT_VERSION = 1
+CONTRACT_VERSION = 2  # 2: long_range.slab and slab_factor (written only when slab is granted)
 DEFAULT_MIN_DISTANCE = 0.1  # Angstrom; the same default as the data checks
 
 # What a consumer may ask for. Each is granted or refused with a reason.
 CAPABILITIES = (
     "periodic",  # fully periodic cells
     "non_periodic",  # open boundaries
-    "slab",  # periodic in two directions only
+    "slab",  # periodic along x and y only (exports made with long_range slab)
     "domain_decomposition",  # stages over MPI ranks with ghost atoms (LAMMPS)
     "electric_field",  # forces of an applied uniform field (needs Born effective charges)
 )
@@ -72,14 +74,23 @@ def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]
     from ..models import LoremBEC
 
     bec = isinstance(model, LoremBEC)
-    limitations = {"slab": "2D slabs (periodic in two directions only) are not supported yet"}
+    limitations: Dict[str, str] = {}
+    slab = bool(settings.get("slab", False))
+    if not slab:
+        limitations["slab"] = (
+            "2D slabs (periodic along x and y only) need an export made with slab "
+            "(lorem-export --slab, or long_range: {slab: true}); this one runs fully periodic "
+            "and open boundaries only"
+        )
     if not bec:
         limitations["electric_field"] = (
             "the model has no Born effective charge head (train one with model.kind: bec)"
         )
     capabilities = {name: name not in limitations for name in CAPABILITIES}
     return {
-        "version": CONTRACT_VERSION,
+        # version 2 adds the slab fields; a contract that grants no slab keeps version 1,
+        # which older runtimes read as before (they would run a slab as open boundaries)
+        "version": CONTRACT_VERSION if slab else 1,
         "species": {
             "atomic_numbers": list(model.species),
             "symbols": [chemical_symbols[z] for z in model.species],
@@ -102,6 +113,8 @@ def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]
             "lr_wavelength": float(model.lr_wavelength),
             "prefactor": float(model.ewald.prefactor),
             "exponent": 1,
+            "slab": slab,
+            "slab_factor": float(settings.get("slab_factor", 3.0)),
         },
         "outputs": ["energy", "energies", "forces", "virial", "charges", "potentials"]
         + (["born_effective_charges"] if bec else []),

@@ -12,7 +12,9 @@ Forward, on every rank (local atoms first, then ghosts one cutoff deep):
              every stage sees its inputs as leaves, so that its graph stands alone
   charges    of the local atoms from the final features
   long range S(k) and Q summed over ranks, ghost charges exchanged, potentials of local
-             atoms (or, non-periodic, all-gathered positions and charges), readout
+             atoms (or, non-periodic, all-gathered positions and charges), readout;
+             a slab: S(k) over slab_cell(cell), Q with the moments M, S along z in one sum,
+             slab_potentials added
 Backward, with E_r the energy of rank r's local atoms:
   1. autograd of the long-range energy to positions, strain, charges (local and ghost),
      the summed S(k) and Q, and the final features (all leaves);
@@ -105,13 +107,21 @@ def _grad(outputs, seeds, inputs):
 
 
 def evaluate_ranks(
-    module, contract: Dict[str, Any], systems: List[RankSystem], cell: torch.Tensor, periodic: bool
+    module,
+    contract: Dict[str, Any],
+    systems: List[RankSystem],
+    cell: torch.Tensor,
+    periodic: bool,
+    slab: bool = False,
 ) -> List[RankResult]:
-    """Energies, forces and virial shares of every rank, by the staged contract."""
+    """Energies, forces and virial shares of every rank, by the staged contract; slab: a 2D
+    slab (periodic along x and y; `periodic` True), Ewald over module.slab_cell(cell), the
+    moments summed over ranks with the total charge, the dipole correction added."""
     from .contract import CapabilityError, require
 
     require(contract, "domain_decomposition", "the simulated-ranks driver")
-    require(contract, "periodic" if periodic else "non_periodic", "the simulated-ranks driver")
+    shape = "slab" if slab else "periodic" if periodic else "non_periodic"
+    require(contract, shape, "the simulated-ranks driver")
     if periodic and contract["long_range"]["method"] not in ("ewald", "none"):
         raise CapabilityError(
             "the simulated-ranks driver runs the Ewald stages only (the distributed PME mesh "
@@ -181,13 +191,23 @@ def evaluate_ranks(
         scalar = [_leaf(final[r][1]) for r in ranks]
         spherical = [_leaf(final[r][2]) for r in ranks]
         if periodic:
-            grid = module.grid_shape(cell)
+            kcell = module.slab_cell(cell) if slab else cell
+            grid = module.grid_shape(kcell)
             partial_sf = [
-                module.structure_factors(positions[r][: s.n_local], q[r], cell, strains[r], grid)
+                module.structure_factors(positions[r][: s.n_local], q[r], kcell, strains[r], grid)
                 for r, s in zip(ranks, systems, strict=True)
             ]
             total_sf = _leaf(comm.all_reduce_sum(partial_sf))
-            total_q = _leaf(comm.all_reduce_sum([x.sum(dim=0) for x in q]))
+            if slab:  # Q, M, S in the one sum over ranks that carries Q
+                partial_m = [
+                    module.slab_moments(positions[r][: s.n_local], q[r], kcell, strains[r])
+                    for r, s in zip(ranks, systems, strict=True)
+                ]
+                total_m = _leaf(comm.all_reduce_sum(partial_m))
+                total_q = total_m[0]
+            else:
+                total_m = _leaf(comm.all_reduce_sum([x.sum(dim=0) for x in q]))
+                total_q = total_m
             ghost_q = [_leaf(g) for g in comm.forward_ghosts([x.detach() for x in q])]
             first = []
             for r, s in zip(ranks, systems, strict=True):
@@ -196,25 +216,36 @@ def evaluate_ranks(
                     torch.cat([q[r], ghost_q[r]]),
                     total_sf,
                     total_q,
-                    cell,
+                    kcell,
                     strains[r],
                     grid,
                     s.centers,
                     s.others,
                     s.n_local,
                 )
+                if slab:
+                    pot = pot + module.slab_potentials(
+                        positions[r][: s.n_local], total_m, kcell, strains[r]
+                    )
                 energy = module.readout(scalar[r], spherical[r], pot)
                 long_energies[r] = energy.detach()
-                inputs = [positions[r], strains[r], q[r], ghost_q[r], total_sf, total_q]
+                inputs = [positions[r], strains[r], q[r], ghost_q[r], total_sf, total_m]
                 first.append(_grad([energy.sum()], None, inputs + [scalar[r], spherical[r]]))
             grad_sf = comm.all_reduce_sum([f[4] for f in first])
-            grad_q_total = comm.all_reduce_sum([f[5] for f in first])
+            grad_m = comm.all_reduce_sum([f[5] for f in first])
             from_ghosts = comm.reverse_ghosts([f[3] for f in first], q)
             for r in ranks:
                 through_sf = _grad([partial_sf[r]], [grad_sf], [positions[r], strains[r], q[r]])
                 grad_positions[r] += first[r][0] + through_sf[0]
                 grad_strains[r] += first[r][1] + through_sf[1]
-                grad_charges[r] = first[r][2] + from_ghosts[r] + grad_q_total + through_sf[2]
+                grad_charges[r] = first[r][2] + from_ghosts[r] + through_sf[2]
+                if slab:
+                    through_m = _grad([partial_m[r]], [grad_m], [positions[r], strains[r], q[r]])
+                    grad_positions[r] += through_m[0]
+                    grad_strains[r] += through_m[1]
+                    grad_charges[r] = grad_charges[r] + through_m[2]
+                else:
+                    grad_charges[r] = grad_charges[r] + grad_m
                 grad_scalar[r], grad_spherical[r] = first[r][6], first[r][7]
         else:
             all_positions = torch.cat(
@@ -290,11 +321,12 @@ def split_into_ranks(
     """Distribute a structure over ranks as a domain decomposition would: each rank
     owns some atoms and holds as ghosts every image (periodic or on another rank)
     that its atoms see within the cutoff."""
-    from ..data import neighbor_list
+    from ..data import is_slab, neighbor_list
 
-    periodic = bool(atoms.pbc.all())
+    slab = is_slab(atoms)  # periodic along x and y only (a 2D slab)
+    periodic = bool(atoms.pbc.all()) or slab
     cell = atoms.cell.array if periodic else np.zeros((3, 3))
-    nl = neighbor_list(atoms.positions, cell, periodic, cutoff)
+    nl = neighbor_list(atoms.positions, cell, periodic, cutoff, slab)
     ranks = int(rank_of_atom.max()) + 1 if len(rank_of_atom) else 1
     local_index = np.zeros(len(atoms), dtype=int)
     owned = [np.where(rank_of_atom == r)[0] for r in range(ranks)]

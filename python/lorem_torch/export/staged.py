@@ -16,6 +16,8 @@ Stages (all tensors; the caller communicates between them):
   potentials         -> potentials of local atoms from S, Q and pairs with ghosts
   direct_potentials  -> non-periodic: potentials from all atoms (all-gathered)
   readout            -> long-range energies of local atoms
+A 2D slab (an export with slab) runs the periodic stages over slab_cell(cell), sums
+slab_moments over ranks (the total charge is their first row) and adds slab_potentials.
 """
 
 from typing import List, Tuple
@@ -23,6 +25,7 @@ from typing import List, Tuple
 import torch
 
 from ..long_range import direct_potentials as direct_sum
+from ..long_range import slab_moments, slab_potentials
 from ..models import Lorem, LoremBEC
 from ..models.outputs import BECModel, EnergyModel
 
@@ -49,8 +52,10 @@ class ExportedLorem(torch.nn.Module):
         cell_shifts: torch.Tensor,
         atom_structure: torch.Tensor,
         structure_offsets: torch.Tensor,
+        slab: torch.Tensor | None = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-atom energies, charges and potentials of a batch (keys.py inputs)."""
+        """Per-atom energies, charges and potentials of a batch (keys.py inputs; slab:
+        keys.SLAB, for an export whose contract grants slab)."""
         return self.model(
             positions,
             atomic_numbers,
@@ -61,6 +66,7 @@ class ExportedLorem(torch.nn.Module):
             cell_shifts,
             atom_structure,
             structure_offsets,
+            slab,
         )
 
     @torch.jit.export
@@ -75,6 +81,7 @@ class ExportedLorem(torch.nn.Module):
         cell_shifts: torch.Tensor,
         atom_structure: torch.Tensor,
         structure_offsets: torch.Tensor,
+        slab: torch.Tensor | None = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Total energies [S], per-atom energies [N], forces [N, 3], virials [S, 3, 3],
         charges [N, C] and potentials [N, C]."""
@@ -91,6 +98,7 @@ class ExportedLorem(torch.nn.Module):
             True,
             True,
             False,
+            slab,
         )
         return (
             out["energy"].detach(),
@@ -212,6 +220,46 @@ class ExportedLorem(torch.nn.Module):
             cell @ deformation,
             grid,
             real_space,
+        )
+
+    # -- 2D slabs (long_range/slab.py): the k-space methods above and below run over
+    # slab_cell(cell); the moments are summed over ranks; slab_potentials is added --
+
+    @torch.jit.export
+    def slab_cell(self, cell: torch.Tensor) -> torch.Tensor:
+        """The k-space cell of a slab [3, 3]: c times slab_factor (refuses a cell whose a, b
+        leave the xy plane or c is not along z, and a model exported without slab)."""
+        return self.model.slab_cell(cell)
+
+    @torch.jit.export
+    def slab_moments(
+        self,
+        positions_local: torch.Tensor,
+        charges_local: torch.Tensor,
+        cell: torch.Tensor,
+        strain: torch.Tensor,
+    ) -> torch.Tensor:
+        """[3, C] total charge, dipole and second moment along z of the local atoms (sum
+        them over ranks, together: the total charge is the first row); cell: slab_cell's."""
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        return slab_moments(positions_local @ deformation, charges_local, cell @ deformation)
+
+    @torch.jit.export
+    def slab_potentials(
+        self,
+        positions_local: torch.Tensor,
+        moments: torch.Tensor,
+        cell: torch.Tensor,
+        strain: torch.Tensor,
+    ) -> torch.Tensor:
+        """The dipole correction [n_local, C] to the local atoms' potentials from the
+        summed moments and the k-space cell (slab_cell)."""
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        return slab_potentials(
+            positions_local @ deformation,
+            moments,
+            cell @ deformation,
+            self.model.ewald.prefactor,
         )
 
     # -- particle-mesh Ewald on a mesh spread over ranks (cpp/src/mesh.cpp moves it) --
@@ -345,6 +393,7 @@ class ExportedLoremBEC(ExportedLorem):
         cell_shifts: torch.Tensor,
         atom_structure: torch.Tensor,
         structure_offsets: torch.Tensor,
+        slab: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[N, 3, 3] Z* of a batch, acoustic sum rule applied per structure."""
         out = self.bec_model(
@@ -361,6 +410,7 @@ class ExportedLoremBEC(ExportedLorem):
             False,
             False,
             None,
+            slab,
         )
         return out["apt"].detach()
 

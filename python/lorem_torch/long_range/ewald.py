@@ -31,6 +31,7 @@ from typing import List, Tuple
 import torch
 
 from .accuracy import ewald_kspace_cutoff
+from .slab import check_slab_cell, extended_cell, slab_moments, slab_potentials
 from .terms import (
     COST_WARNING_SECONDS,
     check_cost,
@@ -323,16 +324,27 @@ class Ewald(torch.nn.Module):
         centers: torch.Tensor,
         others: torch.Tensor,
         distances: torch.Tensor,
+        slab_factor: float = 0.0,
     ) -> torch.Tensor:
-        """Single process: all stages with an identity reduction. [N, 3], [N, C] -> [N, C]."""
+        """Single process: all stages with an identity reduction. [N, 3], [N, C] -> [N, C].
+
+        slab_factor > 0: a 2D slab (periodic along x and y; the pairs must not cross z):
+        the k-space over the cell extended along z plus the dipole correction (slab.py)."""
+        if slab_factor > 0.0:
+            check_slab_cell(cell)
+            cell = extended_cell(cell, slab_factor)
         shape = self.grid_shape(cell)
         structure_factors = self.structure_factors(positions, charges, cell, shape)
         real_space = self.real_space_potentials(
             charges, positions.shape[0], centers, others, distances
         )
-        return self.potentials(
+        pot = self.potentials(
             positions, charges, structure_factors, charges.sum(dim=0), cell, shape, real_space
         )
+        if slab_factor > 0.0:
+            moments = slab_moments(positions, charges, cell)
+            pot = pot + slab_potentials(positions, moments, cell, self.prefactor)
+        return pot
 
 
 def direct_potentials(

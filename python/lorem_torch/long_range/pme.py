@@ -40,6 +40,7 @@ from .accuracy import PME_ORDERS, check_accuracy, pme_parameters
 from .bspline import spline_moduli, stencil_weights
 from .ewald import reciprocal_cell
 from .settings import PME_SECONDS_PER_MESH_POINT
+from .slab import check_slab_cell, extended_cell, slab_moments, slab_potentials
 from .terms import (
     COST_WARNING_SECONDS,
     check_cost,
@@ -501,10 +502,21 @@ class PME(torch.nn.Module):
         centers: torch.Tensor,
         others: torch.Tensor,
         distances: torch.Tensor,
+        slab_factor: float = 0.0,
     ) -> torch.Tensor:
-        """Single process, all stages: [N, 3], [N, C] and a full neighbour list -> [N, C]."""
+        """Single process, all stages: [N, 3], [N, C] and a full neighbour list -> [N, C].
+
+        slab_factor > 0: a 2D slab (periodic along x and y; the pairs must not cross z):
+        the mesh over the cell extended along z plus the dipole correction (slab.py)."""
+        if slab_factor > 0.0:
+            check_slab_cell(cell)
+            cell = extended_cell(cell, slab_factor)
         kspace = self.kspace_potentials(positions, charges, cell)
         real_space = self.real_space_potentials(
             charges, positions.shape[0], centers, others, distances
         )
-        return self.potentials(kspace, charges, charges.sum(dim=0), cell, real_space)
+        pot = self.potentials(kspace, charges, charges.sum(dim=0), cell, real_space)
+        if slab_factor > 0.0:
+            moments = slab_moments(positions, charges, cell)
+            pot = pot + slab_potentials(positions, moments, cell, self.prefactor)
+        return pot

@@ -1,10 +1,17 @@
 """The long-range settings of a model: which k-space method, how accurate, how much memory.
 
-    long_range: {method: ewald | pme | auto, accuracy: 1e-6, max_memory_gb: 8}
+    long_range: {method: ewald | pme | auto, accuracy: 1e-6, max_memory_gb: 8,
+                 slab: false, slab_factor: 3.0}
 
 All keys are optional; absent settings give Ewald at DEFAULT_ACCURACY (what lorem-jax
 model.yaml files, which have no such entry, get). A string is the method alone.
 Non-periodic structures always use the direct sum, whatever the method.
+
+slab: true runs structures periodic along x and y only (pbc True, True, False; LAMMPS
+`boundary p p f`) as 2D slabs: the k-space over the cell extended along z by
+slab_factor plus the Yeh-Berkowitz dipole correction (slab.py, docs/design.md section
+2.1). Without it such structures are refused. Fully periodic and open structures are
+computed as before either way.
 """
 
 import math
@@ -23,10 +30,16 @@ DEFAULT_ACCURACY = 1e-6
 # part alone; 32,768 atoms of NaCl with PME need about 2 GB)
 DEFAULT_MAX_MEMORY_GB = 8.0
 
+# the height of the k-space cell of a slab over the height of its cell (LAMMPS
+# `kspace_modify slab 3.0`, the usual choice)
+DEFAULT_SLAB_FACTOR = 3.0
+
 DEFAULT_SETTINGS: Dict[str, Any] = {
     "method": "ewald",
     "accuracy": DEFAULT_ACCURACY,
     "max_memory_gb": DEFAULT_MAX_MEMORY_GB,
+    "slab": False,
+    "slab_factor": DEFAULT_SLAB_FACTOR,
 }
 
 
@@ -65,6 +78,20 @@ def long_range_settings(
     ):
         raise ValueError(f"long_range max_memory_gb must be a positive number, got {memory!r}")
     settings["max_memory_gb"] = float(memory)
+    if not isinstance(settings["slab"], bool):
+        raise ValueError(f"long_range slab must be true or false, got {settings['slab']!r}")
+    factor = settings["slab_factor"]
+    if (
+        isinstance(factor, bool)
+        or not isinstance(factor, (int, float))
+        or not math.isfinite(float(factor))
+        or not float(factor) > 1.0
+    ):
+        raise ValueError(
+            "long_range slab_factor (the k-space cell's height over the slab cell's) must be "
+            f"a number above 1 (3.0 is usual), got {factor!r}"
+        )
+    settings["slab_factor"] = float(factor)
     return settings
 
 

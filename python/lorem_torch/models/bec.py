@@ -204,6 +204,7 @@ class LoremBEC(Lorem):
         cell_shifts: torch.Tensor,
         atom_structure: torch.Tensor,
         structure_offsets: torch.Tensor,
+        slab: torch.Tensor | None = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """forward()'s per-atom energies, charges and potentials, and the APT [N, 3, 3]
         BEFORE the acoustic sum rule (apply acoustic_sum_rule per structure)."""
@@ -225,6 +226,7 @@ class LoremBEC(Lorem):
                 torch.linalg.norm(pair_vectors, dim=-1),
                 atom_structure[centers],
                 structure_offsets,
+                slab,
             )
             energy_lr, apt_lr = self.readout_bec(scalar, spherical, potentials)
             energy = energy + energy_lr

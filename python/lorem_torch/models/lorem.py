@@ -16,7 +16,16 @@ from typing import Any, Dict, List, Mapping, Tuple
 import torch
 
 from ..errors import UnknownElementError
-from ..long_range import PME, Ewald, direct_potentials, long_range_settings
+from ..long_range import (
+    PME,
+    Ewald,
+    check_slab_cell,
+    direct_potentials,
+    extended_cell,
+    long_range_settings,
+    slab_moments,
+    slab_potentials,
+)
 from ..long_range.settings import prefer_pme
 from ..nn.constants import ConstantsModule
 from ..nn.edge_ops import edges_to_nodes
@@ -333,7 +342,7 @@ class Lorem(ConstantsModule):
     ):
         """lorem-jax hyperparameters, the species and per-element baseline energies, and
         the long-range settings (long_range/settings.py: method ewald | pme | auto,
-        accuracy, max_memory_gb; None: Ewald at the default accuracy)."""
+        accuracy, max_memory_gb, slab, slab_factor; None: Ewald at the default accuracy)."""
         super().__init__()
         if cutoff_fn != "cosine_cutoff":
             raise ValueError(f"cutoff_fn {cutoff_fn!r} is not supported (only 'cosine_cutoff')")
@@ -405,6 +414,10 @@ class Lorem(ConstantsModule):
         self.long_range_method: str = self.long_range_settings["method"]
         accuracy = self.long_range_settings["accuracy"]
         max_memory_gb = self.long_range_settings["max_memory_gb"]
+        # 2D slabs (structures flagged `slab`): k-space over the cell extended along z by
+        # slab_factor and the dipole correction (long_range/slab.py); refused without
+        self.slab: bool = bool(self.long_range_settings["slab"])
+        self.slab_factor: float = float(self.long_range_settings["slab_factor"])
         self.ewald = Ewald(
             smearing=self.smearing,
             lr_wavelength=self.lr_wavelength,
@@ -698,6 +711,20 @@ class Lorem(ConstantsModule):
             num_atoms, self.ewald.num_kvectors(grid), mesh[0] * mesh[1] * mesh[2], self.pme.order
         )
 
+    def slab_cell(self, cell: torch.Tensor) -> torch.Tensor:
+        """The k-space cell of a slab: c scaled by slab_factor ([lorem:cell] for a cell
+        whose a, b leave the xy plane or c is not along z; refused unless the settings
+        have slab)."""
+        if not self.slab:
+            raise ValueError(
+                "[lorem:cell] "  # errors.CELL_CODE
+                + "a structure periodic along x and y only (a 2D slab) needs a model with "
+                + "long_range slab: true (LoremCalculator(long_range={'slab': True}) or "
+                + "lorem-export --slab)"
+            )
+        check_slab_cell(cell)
+        return extended_cell(cell, self.slab_factor)
+
     def long_range_potentials(
         self,
         positions: torch.Tensor,
@@ -709,9 +736,11 @@ class Lorem(ConstantsModule):
         distances: torch.Tensor,
         pair_structure: torch.Tensor,
         structure_offsets: torch.Tensor,
+        slab: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[N, C] potentials of a batch: Ewald or PME per periodic structure (uses_pme),
-        direct sum otherwise."""
+        direct sum otherwise; structures flagged in slab [S] (periodic along x and y only,
+        their pbc True) as 2D slabs (long_range/slab.py)."""
         periodic_pairs = pbc[pair_structure]
         real_space = self.ewald.real_space_potentials(
             charges,
@@ -722,31 +751,34 @@ class Lorem(ConstantsModule):
         )
         offsets: List[int] = structure_offsets.tolist()
         periodic: List[bool] = pbc.tolist()
+        slabs: List[bool] = [False for _ in periodic]
+        if slab is not None:
+            flags: List[bool] = slab.tolist()
+            slabs = flags
         pieces: List[torch.Tensor] = []
         for index in range(len(offsets) - 1):
             start, stop = offsets[index], offsets[index + 1]
             q = charges[start:stop]
             r = positions[start:stop]
-            if periodic[index] and self.uses_pme(cell[index], stop - start):
-                pme = self.pme
-                kspace = pme.kspace_potentials(r, q, cell[index])
-                pieces.append(
-                    pme.potentials(kspace, q, q.sum(dim=0), cell[index], real_space[start:stop])
-                )
-            elif periodic[index]:
-                shape = self.ewald.grid_shape(cell[index])
-                structure_factors = self.ewald.structure_factors(r, q, cell[index], shape)
-                pieces.append(
-                    self.ewald.potentials(
-                        r,
-                        q,
-                        structure_factors,
-                        q.sum(dim=0),
-                        cell[index],
-                        shape,
-                        real_space[start:stop],
+            if periodic[index]:
+                kcell = cell[index]
+                if slabs[index]:
+                    kcell = self.slab_cell(kcell)
+                if self.uses_pme(kcell, stop - start):
+                    kspace = self.pme.kspace_potentials(r, q, kcell)
+                    pot = self.pme.potentials(
+                        kspace, q, q.sum(dim=0), kcell, real_space[start:stop]
                     )
-                )
+                else:
+                    shape = self.ewald.grid_shape(kcell)
+                    structure_factors = self.ewald.structure_factors(r, q, kcell, shape)
+                    pot = self.ewald.potentials(
+                        r, q, structure_factors, q.sum(dim=0), kcell, shape, real_space[start:stop]
+                    )
+                if slabs[index]:
+                    moments = slab_moments(r, q, kcell)
+                    pot = pot + slab_potentials(r, moments, kcell, self.ewald.prefactor)
+                pieces.append(pot)
             else:
                 pieces.append(direct_potentials(r, q, self.ewald.prefactor))
         return torch.cat(pieces, dim=0)
@@ -762,11 +794,13 @@ class Lorem(ConstantsModule):
         cell_shifts: torch.Tensor,
         atom_structure: torch.Tensor,
         structure_offsets: torch.Tensor,
+        slab: torch.Tensor | None = None,
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-atom energies [N] (baseline included; float64), charges [N, C], potentials
         [N, C].
 
-        Inputs as in keys.py; differentiable in positions and cell.
+        Inputs as in keys.py (slab: keys.SLAB, None when no structure is a slab);
+        differentiable in positions and cell.
         """
         pair_vectors = batch_pair_vectors(
             positions, cell, centers, others, cell_shifts, atom_structure
@@ -786,6 +820,7 @@ class Lorem(ConstantsModule):
                 torch.linalg.norm(pair_vectors, dim=-1),
                 atom_structure[centers],
                 structure_offsets,
+                slab,
             )
             energy = energy + self.readout(scalar, spherical, potentials)
         # float64 whatever the model dtype: the baseline is hundreds of eV per atom

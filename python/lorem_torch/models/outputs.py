@@ -2,7 +2,8 @@
 
 The virial is dE/d(strain) for a homogeneous strain applied to positions and cell
 together (r -> r (1 + eps), cell -> cell (1 + eps)): W = sum_i r_i (x) dE/dr_i +
-cell^T dE/dcell, and ASE's stress is W / V.
+cell^T dE/dcell, and ASE's stress is W / V (V of the cell as given, also for a 2D slab,
+whose k-space runs over an extended cell: docs/design.md section 2.1).
 
 BECModel does the same for LoremBEC and adds the Born effective charges and field forces.
 """
@@ -91,6 +92,7 @@ class EnergyModel(torch.nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = False,
         create_graph: bool = False,
+        slab: torch.Tensor | None = None,
     ) -> Dict[str, torch.Tensor]:
         positions, strain, strained_positions, strained_cell = strained_inputs(
             positions, cell, atom_structure, compute_forces, compute_stress
@@ -105,6 +107,7 @@ class EnergyModel(torch.nn.Module):
             cell_shifts,
             atom_structure,
             structure_offsets,
+            slab,
         )
         energy = torch.zeros(cell.shape[0], dtype=energies.dtype, device=energies.device)
         energy = energy.index_add(0, atom_structure, energies)
@@ -154,6 +157,7 @@ class BECModel(torch.nn.Module):
         compute_stress: bool = False,
         create_graph: bool = False,
         electric_field: torch.Tensor | None = None,
+        slab: torch.Tensor | None = None,
     ) -> Dict[str, torch.Tensor]:
         positions, strain, strained_positions, strained_cell = strained_inputs(
             positions, cell, atom_structure, compute_forces, compute_stress
@@ -168,6 +172,7 @@ class BECModel(torch.nn.Module):
             cell_shifts,
             atom_structure,
             structure_offsets,
+            slab,
         )
         energy = torch.zeros(cell.shape[0], dtype=energies.dtype, device=energies.device)
         energy = energy.index_add(0, atom_structure, energies)

@@ -122,9 +122,14 @@ def check_fields(samples: Sequence["Sample"], has_apt: bool, key: str | None) ->
 
 
 def load_samples(
-    frames: Sequence, cutoff: float, label_keys: LabelKeys, source: str = "data"
+    frames: Sequence,
+    cutoff: float,
+    label_keys: LabelKeys,
+    source: str = "data",
+    slab: bool = False,
 ) -> List[Sample]:
-    """ASE frames -> samples with graphs precomputed (the positions never change)."""
+    """ASE frames -> samples with graphs precomputed (the positions never change); slab:
+    frames with pbc (True, True, False) are 2D slabs (the model's long_range slab)."""
     if len(frames) == 0:
         raise DataError(f"{source} holds no structures")
     samples = []
@@ -144,7 +149,7 @@ def load_samples(
             field = _field_label(atoms, label_keys.electric_field, index, source)
         samples.append(
             Sample(
-                graph=structure_to_graph(atoms, cutoff, index),
+                graph=structure_to_graph(atoms, cutoff, index, slab=slab),
                 energy=energy,
                 forces=forces,
                 stress=stress,

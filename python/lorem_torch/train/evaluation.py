@@ -43,6 +43,7 @@ class Predictor:
 
             self.export, self.dtype, contract = load_any(source, dtype)
             self.has_apt = bool(contract["capabilities"]["electric_field"])
+            self.slab = bool(contract["capabilities"]["slab"])
             self.cutoff = float(contract["cutoff"])
             self.species = [int(z) for z in contract["species"]["atomic_numbers"]]
             return
@@ -50,6 +51,7 @@ class Predictor:
         self.has_apt = isinstance(self.energy_model, BECModel)
         self.dtype = next(model.parameters()).dtype
         self.cutoff, self.species = model.cutoff, list(model.species)
+        self.slab = bool(getattr(model, "slab", False))  # 2D slabs run (long_range slab)
 
     def __call__(
         self,
@@ -62,6 +64,8 @@ class Predictor:
             options = {"electric_field": electric_field} if self.has_apt else {}
             return self.energy_model(**graph, compute_forces=True, compute_stress=stress, **options)
         inputs = [graph[k] for k in keys.INPUT_KEYS]
+        if keys.SLAB in graph:  # exports made without slab take no such argument
+            inputs.append(graph[keys.SLAB])
         try:
             energy, energies, forces, virial, _, _ = self.export.energy_forces_virial(*inputs)
         except RuntimeError as error:  # TorchScript's traceback -> the model's one line
@@ -164,10 +168,13 @@ def evaluate_checkpoint(
             f"(its species: {predictor.species})"
         )
     if labelled:
-        samples = load_samples(frames, predictor.cutoff, label_keys, data)
+        samples = load_samples(frames, predictor.cutoff, label_keys, data, predictor.slab)
         check_fields(samples, predictor.has_apt, label_keys.electric_field)
     else:
-        graphs = [structure_to_graph(a, predictor.cutoff, i) for i, a in enumerate(frames)]
+        graphs = [
+            structure_to_graph(a, predictor.cutoff, i, slab=predictor.slab)
+            for i, a in enumerate(frames)
+        ]
 
     accumulator = ErrorAccumulator()
     force_pairs, force_groups, apt_pairs = [], [], []

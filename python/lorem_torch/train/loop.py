@@ -348,9 +348,11 @@ class Trainer:
             electric_field=data["electric_field_key"],
         )
 
+        slab = bool((self.config["model"].get("long_range") or {}).get("slab", False))
+
         def read(path):
             frames = read_frames(path, data["index"], data["pbc"])
-            return load_samples(frames, cutoff, label_keys, path)
+            return load_samples(frames, cutoff, label_keys, path, slab)
 
         train = read(data["train"])
         if data["valid"]:
