@@ -25,6 +25,7 @@
 #include "memory.h"
 #include "neigh_list.h"
 #include "neighbor.h"
+#include "platform.h"
 #include "update.h"
 
 using namespace LAMMPS_NS;
@@ -241,6 +242,9 @@ void PairLorem::settings(int narg, char** arg) {
         electric_field_[a] = utils::numeric(FLERR, arg[iarg + 1 + a], false, lmp);
       apply_electric_field_ = true;
       iarg += 4;
+    } else if (std::strcmp(arg[iarg], "timers") == 0 && iarg + 1 < narg) {
+      timers_ = utils::logical(FLERR, arg[iarg + 1], false, lmp) != 0;
+      iarg += 2;
     } else if (std::strcmp(arg[iarg], "accuracy") == 0 && iarg + 1 < narg) {
       accuracy_request_ = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
       if (!(accuracy_request_ > 0.0 && accuracy_request_ <= 1e-2))
@@ -250,7 +254,8 @@ void PairLorem::settings(int narg, char** arg) {
     } else {
       error->all(FLERR,
                  "Illegal pair_style lorem argument '{}': use pair_style lorem [device "
-                 "cpu|cuda|cuda:N|auto] [long_range ewald|pme|auto] [accuracy A] [efield Ex Ey Ez]",
+                 "cpu|cuda|cuda:N|auto] [long_range ewald|pme|auto] [accuracy A] [efield Ex Ey Ez] "
+                 "[timers on|off]",
                  arg[iarg]);
     }
   }
@@ -456,6 +461,7 @@ double PairLorem::init_one(int, int) { return cutoff_; }
 
 void PairLorem::compute(int eflag, int vflag) {
   ev_init(eflag, vflag);
+  const double compute_start = platform::walltime();
 
   double** x = atom->x;
   double** f = atom->f;
@@ -565,11 +571,13 @@ void PairLorem::compute(int eflag, int vflag) {
 
   LammpsCommunicator communicator(this, comm, atom, world, locals, ghosts);
   lorem::Result result;
+  const double model_start = platform::walltime();
   try {
     result = model_->compute(system, communicator, vflag_global != 0);
   } catch (const std::exception& e) {
     error->one(FLERR, "pair_style lorem: {}", e.what());
   }
+  const double model_end = platform::walltime();
 
   const double* forces = result.forces.data_ptr<double>();
   for (int64_t k = 0; k < n_model; ++k) {
@@ -601,6 +609,49 @@ void PairLorem::compute(int eflag, int vflag) {
     virial[5] -= energy_unit_ * 0.5 * (w[1][2] + w[2][1]);
   }
   if (vflag_atom) refuse_per_atom_virial();
+  host_seconds_ += (model_start - compute_start) + (platform::walltime() - model_end);
+}
+
+// The end of every run (LAMMPS' Finish, after the loop time, before its MPI task timing
+// breakdown): where this run's evaluations (the setup's included) spent their time, per
+// stage, as min/avg/max over ranks, like LAMMPS' own table. Collective: every rank
+// calls finish(). Communication includes waiting for slower ranks.
+void PairLorem::finish() {
+  if (!model_) return;
+  const auto& t = model_->timings();
+  const int64_t calls = t.calls - reported_.calls;
+  // seconds since the last table, one entry per stage
+  const std::array<double, 6> mine{
+      t.short_range - reported_.short_range, t.communication - reported_.communication,
+      t.long_range - reported_.long_range,   t.backward - reported_.backward,
+      t.transfers - reported_.transfers,     host_seconds_ - reported_host_};
+  reported_ = t;
+  reported_host_ = host_seconds_;
+  if (!timers_) return;
+  int64_t most_calls = 0;
+  MPI_Allreduce(&calls, &most_calls, 1, MPI_INT64_T, MPI_MAX, world);
+  if (most_calls == 0) return;
+  std::array<double, 6> low{}, sum{}, high{};
+  MPI_Allreduce(mine.data(), low.data(), 6, MPI_DOUBLE, MPI_MIN, world);
+  MPI_Allreduce(mine.data(), sum.data(), 6, MPI_DOUBLE, MPI_SUM, world);
+  MPI_Allreduce(mine.data(), high.data(), 6, MPI_DOUBLE, MPI_MAX, world);
+  if (comm->me != 0) return;
+  static const char* names[6] = {"short range", "communication", "k-space",
+                                 "backward",    "host<->device", "plugin (host)"};
+  double total = 0.0;
+  for (int k = 0; k < 6; ++k) total += sum[k];
+  std::string table = fmt::format(
+      "\npair_style lorem timings ({} evaluations, seconds per rank; pair_style lorem ... "
+      "timers off to leave out):\n"
+      "Stage          |  min time  |  avg time  |  max time  | %total\n"
+      "---------------------------------------------------------------\n",
+      most_calls);
+  for (int k = 0; k < 6; ++k) {
+    const double average = sum[k] / comm->nprocs;
+    table += fmt::format("{:<15}| {:<10.4g} | {:<10.4g} | {:<10.4g} | {:6.2f}\n", names[k], low[k],
+                         average, high[k], total > 0.0 ? 100.0 * sum[k] / total : 0.0);
+  }
+  utils::logmesg(lmp, table);
 }
 
 // Every rank takes part, so that all of them stop with the message of the rank that

@@ -22,6 +22,7 @@ class PairLorem : public Pair {
   void coeff(int narg, char** arg) override;
   void init_style() override;
   double init_one(int i, int j) override;
+  void finish() override;
 
   int pack_forward_comm(int n, int* list, double* buf, int pbc_flag, int* pbc) override;
   void unpack_forward_comm(int n, int first, double* buf) override;
@@ -49,6 +50,11 @@ class PairLorem : public Pair {
   std::vector<std::string> type_symbol_;                 // per type: pair_coeff's element
   std::vector<char> mass_checked_;                       // per type: its mass was looked at
   bool per_atom_virial_warned_ = false;
+  // the per-stage timing table at the end of each run (pair_style lorem ... timers off)
+  bool timers_ = true;
+  lorem::Timings reported_;     // the model's totals when the last table was printed
+  double host_seconds_ = 0.0;   // the plugin's own work in compute(): lists, packing, forces
+  double reported_host_ = 0.0;  // host_seconds_ then
   double cutoff_ = 0.0;
   double energy_unit_ = 1.0;  // model eV -> LAMMPS energy unit
 };

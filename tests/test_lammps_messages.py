@@ -104,3 +104,42 @@ def test_truncated_model_is_one_line(water, tmp_path):
     (error,) = {line for line in output.splitlines() if line.startswith("ERROR")}
     assert f"'{cut}' cannot be loaded: it is truncated or corrupt" in error
     assert "miniz" not in output and "checkpoint" not in output
+
+
+TABLE = re.compile(r"pair_style lorem timings \((\d+) evaluations")
+STAGES = ["short range", "communication", "k-space", "backward", "host<->device", "plugin (host)"]
+
+
+def timing_rows(output, table_start):
+    """{stage: (min, avg, max, percent)} of the table that starts at table_start."""
+    rows = {}
+    for line in output[table_start:].splitlines()[3 : 3 + len(STAGES)]:
+        name, *values = [part.strip() for part in line.split("|")]
+        rows[name] = tuple(float(v) for v in values)
+    return rows
+
+
+def test_timing_table_after_every_run(water, tmp_path):
+    script = single_point_script(water / "water.data", water / "model.pt", ELEMENTS) + "run 2\n"
+    code, output = run(tmp_path, script, ranks=2, check=False)
+    assert code == 0, output
+    tables = list(TABLE.finditer(output))
+    # run 0: the setup's evaluation; run 2: setup and two steps (counted since the last table)
+    assert [int(t.group(1)) for t in tables] == [1, 3], output
+    for table in tables:
+        rows = timing_rows(output, table.start())
+        assert list(rows) == STAGES, output[table.start() :][:1500]
+        for low, average, high, _ in rows.values():
+            assert 0.0 <= low <= average + 1e-9 and average <= high + 1e-9
+        assert sum(row[3] for row in rows.values()) == pytest.approx(100.0, abs=0.1)
+        assert rows["short range"][2] > 0.0 and rows["backward"][2] > 0.0
+
+
+def test_timers_off_leaves_the_table_out(water, tmp_path):
+    script = single_point_script(water / "water.data", water / "model.pt", ELEMENTS)
+    script = re.sub(r"(?m)^pair_style lorem", "pair_style lorem timers off", script)
+    assert "timers off" in script
+    code, output = run(tmp_path, script, check=False)
+    assert code == 0, output
+    assert "pair_style lorem: " in output and "RESULT" in output
+    assert TABLE.search(output) is None, output

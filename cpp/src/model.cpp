@@ -321,6 +321,9 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
   auto centers = system.centers.to(index_options);
   auto others = system.others.to(index_options);
   auto cell = system.cell.to(options);
+  sync();
+  const double copied_in = now();
+  timings_.transfers += copied_in - start;
   // the strain always takes part (its gradient costs next to nothing); compute_virial only
   // decides whether the caller wants it
   auto strain = torch::zeros({3, 3}, options).requires_grad_(true);
@@ -602,7 +605,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
 
     sync();
     const double end = now();
-    timings_.short_range += encoded_at - start - comm_encoded;
+    timings_.short_range += encoded_at - copied_in - comm_encoded;
     timings_.long_range += forward_at - encoded_at - (comm_forward - comm_encoded);
     timings_.backward += end - forward_at - (comm.seconds - comm_forward);
     timings_.communication += comm.seconds;
@@ -624,6 +627,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
             torch::einsum("nab,b->na", {result.born_effective_charges, field});
       }
     }
+    timings_.transfers += now() - end;  // .to(kCPU) waits for the device
     return result;
   } catch (const Error&) {
     throw;

@@ -67,6 +67,7 @@ struct Timings {
   double long_range = 0.0;     // charges, structure factors, potentials, readout (forward)
   double backward = 0.0;       // the autograd passes
   double communication = 0.0;  // inside the Communicator
+  double transfers = 0.0;      // inputs to the model's device and results back to the host
   double bytes = 0.0;          // sent by this rank through the Communicator (as float64)
   int64_t calls = 0;
 };
