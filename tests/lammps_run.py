@@ -3,6 +3,7 @@ read back energies, forces, per-atom energies and pressures."""
 
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,8 @@ BIN = Path(sys.executable).parent
 DEVICE = os.environ.get("LOREM_TEST_DEVICE", "cpu")
 LMP = os.environ.get("LOREM_LMP", str(BIN / "lmp"))
 MPIRUN = os.environ.get("LOREM_MPIRUN", str(BIN / "mpirun"))
+# options mpirun needs before -np (Open MPI as root: --oversubscribe --allow-run-as-root)
+MPIRUN_ARGS = shlex.split(os.environ.get("LOREM_MPIRUN_ARGS", ""))
 NKTV2P_METAL = 1.6021765e6  # LAMMPS' eV/A^3 -> bar
 
 
@@ -36,7 +39,7 @@ def run(folder: Path, script: str, ranks: int = 1, check=True, timeout=600):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     command = [LMP, "-in", "in.lammps", "-log", "log.lammps"]
     if ranks > 1:
-        command = [MPIRUN, "-np", str(ranks)] + command
+        command = [MPIRUN, *MPIRUN_ARGS, "-np", str(ranks)] + command
     proc = subprocess.run(
         command, cwd=folder, capture_output=True, text=True, env=env, timeout=timeout
     )

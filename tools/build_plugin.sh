@@ -58,17 +58,17 @@ linked_libmpi() {
   lib="$(ldd "$1" 2>/dev/null | awk '$1 ~ /^libmpi\.so/ {print $3; exit}')"
   [ -n "$lib" ] && realpath "$lib" || true
 }
-# the library folders an MPI compiler wrapper links from (Open MPI, then MPICH spelling)
+# the library folders an MPI compiler wrapper links from (Open MPI, then MPICH spelling;
+# the linker's default folders when it names none)
 wrapper_libdirs() {
-  local flags
+  local flags dirs=""
   flags="$("$1" --showme:link 2>/dev/null || "$1" -show 2>/dev/null || true)"
   for word in $flags; do
     case "$word" in
-      -L*) echo "${word#-L}" ;;
-      -Wl,-rpath,*) echo "${word#-Wl,-rpath,}" ;;
+      -L*) dirs="$dirs ${word#-L}" ;;
     esac
   done
-  echo /usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib | tr ' ' '\n'
+  echo "${dirs:-/usr/lib/x86_64-linux-gnu /usr/lib64 /usr/lib}" | tr ' ' '\n'
 }
 # does this mpicxx link the given libmpi?
 wrapper_links() {
