@@ -10,9 +10,8 @@
 # From an install prefix everything is read from the install: the headers
 # (PREFIX/include/lammps), the integer sizes (the LAMMPS_SMALLBIG/BIGBIG/SMALLSMALL
 # define of its pkg-config file or CMake config), the version (the pkg-config file's, or
-# what its lmp -h prints)
-# and the MPI (the libmpi liblammps.so links: an mpicxx wrapper of that MPI is looked for
-# on PATH and next to it). From a source tree: the headers of SRC/src and the version of
+# what its lmp -h prints) and the MPI (the libmpi liblammps.so links: an mpicxx wrapper
+# of that MPI is looked for on PATH and next to it). From a source tree: the headers of SRC/src and the version of
 # SRC/src/version.h; the integer sizes (default smallbig) and the MPI (default mpicxx on
 # PATH) are what the options say, as a source tree does not record how it was built.
 # Options:
@@ -49,6 +48,10 @@ LAMMPS="$(cd "$LAMMPS" && pwd)"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 BUILD="${BUILD:-$OUT/.build}"
+# absolute (CMake runs elsewhere), but not through the venv's symlink to its base Python
+[ -n "$PYTHON" ] && PYTHON="$(command -v "$PYTHON" || true)"
+[ -n "$PYTHON" ] || die "no Python found: pass --python"
+PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"
 "$PYTHON" -c "import torch, lorem_torch._core" 2>/dev/null ||
   die "$PYTHON has no torch or lorem_torch (activate the environment, or pass --python)"
 
