@@ -71,3 +71,14 @@ def test_radial_coefficients_fused_equals_plain():
     for fused_value, plain_value in zip(*results, strict=True):
         scale = float(plain_value.abs().max())
         torch.testing.assert_close(fused_value, plain_value, rtol=0, atol=1e-12 * scale)
+
+
+def test_both_adjoints_in_one_pass_equal_the_single_targets():
+    values = random_factors(900, 6, 5, 4, seed=4)
+    d_features, d_radial = torch.ops.lorem.radial_form_adjoints(*values)
+    for target, result in ((0, d_features), (1, d_radial)):
+        slots = [None if k == target else values[k] for k in range(4)]
+        single = torch.ops.lorem.radial_form(target, list(values[target].shape), *slots)
+        torch.testing.assert_close(result, single, rtol=1e-12, atol=1e-12)
+    inputs = tuple(v.clone().requires_grad_(True) for v in random_factors(5, 3, 2, 4, seed=5))
+    assert torch.autograd.gradcheck(lambda *f: torch.ops.lorem.radial_form_adjoints(*f), inputs)

@@ -39,7 +39,7 @@ constexpr int64_t kNumFactors = 4;
 constexpr const char* kNames[kNumFactors] = {"features", "radial", "weights", "gradient"};
 
 // elements of one [chunk, K * R] or [chunk, R * F] temporary
-constexpr int64_t kChunkElements = int64_t(1) << 21;
+constexpr int64_t kChunkElements = int64_t(1) << 23;
 
 std::string shape_string(at::IntArrayRef shape) {
   std::string out = "[";
@@ -117,6 +117,36 @@ Tensor radial_form_kernel(int64_t target, at::IntArrayRef target_shape,
   return out;
 }
 
+// Both adjoints of the edge scalars at once: with A[p, k, r] = sum_f W'[k, r, f] G[p, f],
+// d/dh'[p, k] = sum_r A radial[p, r] and d/dradial[p, r] = sum_k h'[p, k] A; the
+// backward of a forward pass needs both, and A is formed once per chunk (two calls of
+// radial_form would form the [chunk, K * R] product twice).
+std::vector<Tensor> radial_form_adjoints_kernel(const Tensor& features_in, const Tensor& radial_in,
+                                                const Tensor& weights_in,
+                                                const Tensor& gradient_in) {
+  const Tensor features = features_in.contiguous(), radial = radial_in.contiguous(),
+               weights = weights_in.contiguous(), gradient = gradient_in.contiguous();
+  TORCH_CHECK(
+      features.dim() == 2 && radial.dim() == 2 && weights.dim() == 3 && gradient.dim() == 2 &&
+          radial.size(0) == features.size(0) && gradient.size(0) == features.size(0) &&
+          weights.sizes() == at::IntArrayRef({features.size(1), radial.size(1), gradient.size(1)}),
+      "lorem::radial_form_adjoints: inconsistent shapes");
+  const int64_t P = features.size(0), K = features.size(1), R = radial.size(1),
+                F = gradient.size(1);
+  Tensor d_features = torch::zeros({P, K}, features.options());
+  Tensor d_radial = torch::zeros({P, R}, features.options());
+  const int64_t chunk = std::max<int64_t>(1, kChunkElements / std::max(K * R, R * F));
+  for (int64_t begin = 0; begin < P; begin += chunk) {
+    const int64_t end = std::min(P, begin + chunk), n = end - begin;
+    const Tensor A = gradient.slice(0, begin, end).mm(weights.view({K * R, F}).t()).view({n, K, R});
+    d_features.slice(0, begin, end)
+        .copy_(torch::bmm(A, radial.slice(0, begin, end).unsqueeze(2)).squeeze(2));
+    d_radial.slice(0, begin, end)
+        .copy_(torch::bmm(features.slice(0, begin, end).unsqueeze(1), A).squeeze(1));
+  }
+  return {d_features, d_radial};
+}
+
 Tensor radial_form_call(int64_t target, at::IntArrayRef target_shape,
                         const OptionalTensor& features, const OptionalTensor& radial,
                         const OptionalTensor& weights, const OptionalTensor& gradient) {
@@ -127,6 +157,55 @@ Tensor radial_form_call(int64_t target, at::IntArrayRef target_shape,
 }
 
 OptionalTensor slot(const Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+
+std::vector<Tensor> radial_form_adjoints_call(const Tensor& features, const Tensor& radial,
+                                              const Tensor& weights, const Tensor& gradient) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("lorem::radial_form_adjoints", "")
+                       .typed<decltype(radial_form_adjoints_kernel)>();
+  return op.call(features, radial, weights, gradient);
+}
+
+// The pair's outputs are radial_form(0, ...) and radial_form(1, ...) of the same factors,
+// so its derivatives are theirs: for each factor, the form with the incoming gradient of
+// each output in that output's slot.
+class RadialFormAdjoints : public torch::autograd::Function<RadialFormAdjoints> {
+ public:
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const Tensor& features, const Tensor& radial,
+                                                const Tensor& weights, const Tensor& gradient) {
+    ctx->save_for_backward({features, radial, weights, gradient});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return radial_form_adjoints_call(features, radial, weights, gradient);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    torch::autograd::variable_list grads(kNumFactors);
+    for (int64_t output = 0; output < 2; ++output) {  // 0: d_features, 1: d_radial
+      const Tensor& incoming = grad_outputs[output];
+      if (!incoming.defined()) continue;
+      std::array<Tensor, kNumFactors> factors = {saved[0], saved[1], saved[2], saved[3]};
+      factors[output] = incoming;
+      for (int64_t k = 0; k < kNumFactors; ++k) {
+        if (k == output || !ctx->needs_input_grad(k)) continue;
+        std::array<OptionalTensor, kNumFactors> args;
+        for (int64_t q = 0; q < kNumFactors; ++q)
+          args[q] = q == k ? std::nullopt : slot(factors[q]);
+        const Tensor term =
+            radial_form_call(k, saved[k].sizes(), args[0], args[1], args[2], args[3]);
+        grads[k] = grads[k].defined() ? grads[k] + term : term;
+      }
+    }
+    return grads;
+  }
+};
+
+std::vector<Tensor> radial_form_adjoints_autograd(const Tensor& features, const Tensor& radial,
+                                                  const Tensor& weights, const Tensor& gradient) {
+  return RadialFormAdjoints::apply(features, radial, weights, gradient);
+}
 
 class RadialForm : public torch::autograd::Function<RadialForm> {
  public:
@@ -169,7 +248,15 @@ class RadialForm : public torch::autograd::Function<RadialForm> {
     std::array<Tensor, kNumFactors> factors;
     for (int64_t k = 0; k < kNumFactors; ++k) factors[k] = saved[k];
     factors[target] = incoming;  // F is linear in each factor: <incoming, dF/dT> = F(T := incoming)
+    // the common case, the backward of the edge scalars into both edge inputs: one pass
+    if (target == kGradient && ctx->needs_input_grad(kFeatures) && ctx->needs_input_grad(kRadial)) {
+      const auto both =
+          radial_form_adjoints_call(saved[kFeatures], saved[kRadial], saved[kWeights], incoming);
+      grads[2 + kFeatures] = both[0];
+      grads[2 + kRadial] = both[1];
+    }
     for (int64_t k = 0; k < kNumFactors; ++k) {
+      if (grads[2 + k].defined()) continue;
       // needs_input_grad counts the tensors given, and the target's slot held none
       if (k == target || !ctx->needs_input_grad(k > target ? k - 1 : k)) continue;
       std::array<OptionalTensor, kNumFactors> args;
@@ -193,10 +280,17 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
   m.def(
       "radial_form(int target, int[] target_shape, Tensor? features, Tensor? radial, "
       "Tensor? weights, Tensor? gradient) -> Tensor");
+  m.def(
+      "radial_form_adjoints(Tensor features, Tensor radial, Tensor weights, Tensor gradient) "
+      "-> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
   m.impl("radial_form", &lorem::radial_form_kernel);
+  m.impl("radial_form_adjoints", &lorem::radial_form_adjoints_kernel);
 }
 
-TORCH_LIBRARY_IMPL(lorem, Autograd, m) { m.impl("radial_form", &lorem::radial_form_autograd); }
+TORCH_LIBRARY_IMPL(lorem, Autograd, m) {
+  m.impl("radial_form", &lorem::radial_form_autograd);
+  m.impl("radial_form_adjoints", &lorem::radial_form_adjoints_autograd);
+}
