@@ -9,10 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "lorem/vocabulary.hpp"
+
 namespace lorem {
 
-constexpr int64_t kExportFormatVersion = 2;  // metadata.json "format_version"
-constexpr int64_t kContractVersion = 2;      // metadata.json "contract"."version" (2: slab)
+using vocabulary::kContractVersion;      // metadata.json "contract"."version" (2: slab)
+using vocabulary::kExportFormatVersion;  // metadata.json "format_version"
 
 struct Contract {
   std::vector<int64_t> atomic_numbers;  // the species the model knows
