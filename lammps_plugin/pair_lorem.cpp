@@ -295,7 +295,7 @@ void PairLorem::coeff(int narg, char** arg) {
   cutoff_ = contract.cutoff;
   if (!long_range_request_.empty()) {
     try {
-      model_->set_long_range(long_range_request_);
+      model_->set_long_range_method(long_range_request_);
     } catch (const std::exception& e) {
       error->all(FLERR, "pair_style lorem: {}", e.what());
     }
@@ -331,7 +331,7 @@ void PairLorem::coeff(int narg, char** arg) {
                    "pair_style lorem: {} on {}, cutoff {} A, {} message-passing layers, long "
                    "range {} ({} channels, accuracy {})\n",
                    arg[2], model_->device().str(), cutoff_, contract.num_message_passing,
-                   model_->long_range(), contract.num_charges, contract.accuracy);
+                   model_->long_range_method(), contract.num_charges, contract.accuracy);
   }
 }
 

@@ -64,11 +64,11 @@ Contract Contract::from_metadata(const std::string& metadata_json, const std::st
       throw Error("feature_exchange.layers differs from num_message_passing");
     contract.num_charges = c.at("num_charges").as_int("num_charges");
     const auto& long_range = c.at("long_range");
-    contract.long_range = long_range.at("method").as_string("long_range.method");
+    contract.long_range_method = long_range.at("method").as_string("long_range.method");
     contract.non_periodic = long_range.at("non_periodic").as_string("long_range.non_periodic");
     for (const auto& m : long_range.at("methods").as_array("long_range.methods"))
       contract.long_range_methods.push_back(m.as_string("a long-range method"));
-    if (contract.long_range != vocabulary::kNoLongRange)
+    if (contract.long_range_method != vocabulary::kNoLongRange)
       contract.accuracy = long_range.at("accuracy").as_number("long_range.accuracy");
     // version 2: slab and slab_factor (older contracts grant no slab)
     if (long_range.contains("slab") && long_range.at("slab").as_bool("long_range.slab")) {

@@ -211,7 +211,7 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
   // the methods this runtime calls, for what the contract says the model does
   std::vector<std::string> needed{"check_species", "initial_features", "charges"};
   if (contract_.num_message_passing > 0) needed.push_back("message_passing_step");
-  if (contract_.long_range != vocabulary::kNoLongRange) needed.push_back("readout");
+  if (contract_.long_range_method != vocabulary::kNoLongRange) needed.push_back("readout");
   for (const auto& method : contract_.long_range_methods) {
     if (method == vocabulary::kEwald) {
       needed.insert(needed.end(), {"grid_shape", "structure_factors", "potentials"});
@@ -226,7 +226,7 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
     }
   }
   if (contract_.non_periodic == vocabulary::kDirectSum) needed.push_back("direct_potentials");
-  if (contract_.grants("slab") && contract_.long_range != vocabulary::kNoLongRange) {
+  if (contract_.grants("slab") && contract_.long_range_method != vocabulary::kNoLongRange) {
     needed.insert(needed.end(), {"slab_cell", "slab_moments", "slab_potentials"});
   }
   if (contract_.grants("electric_field")) {
@@ -238,14 +238,14 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
                   "' that this runtime needs: export it again with a matching lorem-torch");
     }
   }
-  method_ = contract_.long_range;
+  method_ = contract_.long_range_method;
   module_.eval();
   // The profiling executor re-specialises the graph whenever the number of atoms or
   // pairs changes, which in MD is every step: plain execution is far faster there.
   torch::jit::setGraphExecutorOptimize(false);
 }
 
-void Model::set_long_range(const std::string& method) {
+void Model::set_long_range_method(const std::string& method) {
   const auto& available = contract_.long_range_methods;
   if (std::find(available.begin(), available.end(), method) == available.end()) {
     std::string list;
@@ -380,7 +380,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
     auto grad_spherical = torch::zeros_like(final.spherical);
     double forward_at = encoded_at, comm_forward = comm_encoded;
     torch::Tensor final_potentials;  // for the long-range APT head
-    if (contract.long_range != vocabulary::kNoLongRange) {
+    if (contract.long_range_method != vocabulary::kNoLongRange) {
       auto q = leaf(charges);
       auto scalar_leaf = leaf(final.scalar);
       auto spherical_leaf = leaf(final.spherical);
@@ -389,15 +389,15 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
       // to scalar_leaf and spherical_leaf, the last two)
       auto read_out = [&](const torch::Tensor& potentials, std::vector<torch::Tensor> leaves) {
         final_potentials = potentials.detach();
-        auto energies_lr =
+        auto energies_long_range =
             module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
-        energies = energies + energies_lr.detach();
+        energies = energies + energies_long_range.detach();
         sync();
         forward_at = now();
         comm_forward = comm.seconds;
         leaves.push_back(scalar_leaf);
         leaves.push_back(spherical_leaf);
-        return gradients({energies_lr.sum()}, {torch::ones({}, options)}, leaves);
+        return gradients({energies_long_range.sum()}, {torch::ones({}, options)}, leaves);
       };
       // a slab: the k-space methods run over its cell extended along z (slab_cell); the
       // moments Q, M, S along z travel in the sum over ranks that carries Q otherwise,
