@@ -250,8 +250,8 @@ void PairLorem::settings(int narg, char** arg) {
     } else {
       error->all(FLERR,
                  "Illegal pair_style lorem argument '{}': use pair_style lorem [device "
-                 "cpu|cuda|cuda:N|auto] [long_range {}] [accuracy A] [efield Ex Ey Ez]",
-                 arg[iarg], lorem::vocabulary::long_range_method_list("|"));
+                 "cpu|cuda|cuda:N|auto] [long_range ewald|pme|auto] [accuracy A] [efield Ex Ey Ez]",
+                 arg[iarg]);
     }
   }
 }
