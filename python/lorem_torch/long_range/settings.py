@@ -17,7 +17,7 @@ computed as before either way.
 import math
 from typing import Any, Dict, Mapping
 
-from ..vocabulary import DEFAULT_ACCURACY, LONG_RANGE_METHODS
+from ..vocabulary import DEFAULT_ACCURACY, EWALD, LONG_RANGE_METHODS
 from .accuracy import check_accuracy
 
 # refuse k-space grids or meshes whose estimated peak memory exceeds this (the k-space
@@ -29,7 +29,7 @@ DEFAULT_MAX_MEMORY_GB = 8.0
 DEFAULT_SLAB_FACTOR = 3.0
 
 DEFAULT_SETTINGS: Dict[str, Any] = {
-    "method": "ewald",
+    "method": EWALD,
     "accuracy": DEFAULT_ACCURACY,
     "max_memory_gb": DEFAULT_MAX_MEMORY_GB,
     "slab": False,
