@@ -8,14 +8,26 @@ from pathlib import Path
 
 import numpy as np
 
-from lorem_torch.lammps import NKTV2P_METAL, pair_lines, plugin_path, run_lammps, write_data
+from lorem_torch.lammps import (
+    NKTV2P_METAL,
+    executables,
+    pair_lines,
+    plugin_path,
+    run_lammps,
+    write_data,
+)
 
 # On a GPU machine: LOREM_TEST_DEVICE=cuda runs every LAMMPS test with `pair_style lorem
 # device cuda` against the same (CPU) Python references; LOREM_LMP and LOREM_MPIRUN name
-# the binaries where they are not next to the interpreter (benchmarks/gpu_batch.sh).
+# the binaries where they are not next to the interpreter (benchmarks/gpu_batch.sh),
+# LOREM_MPIRUN_ARGS the options mpirun needs. Tests of another LAMMPS replace these.
 DEVICE = os.environ.get("LOREM_TEST_DEVICE", "cpu")
+LMP, MPIRUN, MPIRUN_ARGS = executables()
 
 __all__ = [
+    "LMP",
+    "MPIRUN",
+    "MPIRUN_ARGS",
     "NKTV2P_METAL",
     "header",
     "plugin",
@@ -33,7 +45,16 @@ def plugin():
 
 def run(folder: Path, script: str, ranks: int = 1, check=True, timeout=600):
     """(exit code, output) of LAMMPS running `script` in `folder` (lorem_torch.lammps)."""
-    result = run_lammps(folder, script, ranks, check=check, timeout=timeout)
+    result = run_lammps(
+        folder,
+        script,
+        ranks,
+        check=check,
+        timeout=timeout,
+        lmp=LMP,
+        mpirun=MPIRUN,
+        mpirun_args=MPIRUN_ARGS,
+    )
     return result.returncode, result.output
 
 
@@ -44,7 +65,7 @@ atom_modify map yes
 boundary {boundary}
 {extra}
 read_data {data_file}
-{pair_lines(model, elements, {"device": None if DEVICE == "cpu" else DEVICE})}"""
+{pair_lines(model, elements, {"device": None if DEVICE == "cpu" else DEVICE}, plugin())}"""
 
 
 def single_point_script(data_file, model, elements, boundary="p p p", extra="", before_run=""):

