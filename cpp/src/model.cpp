@@ -11,6 +11,7 @@
 #include <fstream>
 
 #include "lorem/mesh.hpp"
+#include "lorem/vocabulary.hpp"
 
 namespace lorem {
 
@@ -210,22 +211,22 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
   // the methods this runtime calls, for what the contract says the model does
   std::vector<std::string> needed{"check_species", "initial_features", "charges"};
   if (contract_.num_message_passing > 0) needed.push_back("message_passing_step");
-  if (contract_.long_range != "none") needed.push_back("readout");
+  if (contract_.long_range_method != vocabulary::kNoLongRange) needed.push_back("readout");
   for (const auto& method : contract_.long_range_methods) {
-    if (method == "ewald") {
+    if (method == vocabulary::kEwald) {
       needed.insert(needed.end(), {"grid_shape", "structure_factors", "potentials"});
-    } else if (method == "pme") {
+    } else if (method == vocabulary::kPme) {
       needed.insert(needed.end(),
                     {"pme_mesh", "pme_brick", "pme_spread", "pme_kernel", "pme_potentials"});
-    } else if (method == "auto") {
+    } else if (method == vocabulary::kAuto) {
       needed.push_back("prefer_pme");
     } else {
       throw Error("'" + path + "': long-range method '" + method +
                   "' is not known to this runtime: rebuild the plugin from a newer lorem-torch");
     }
   }
-  if (contract_.non_periodic == "direct") needed.push_back("direct_potentials");
-  if (contract_.grants("slab") && contract_.long_range != "none") {
+  if (contract_.non_periodic == vocabulary::kDirectSum) needed.push_back("direct_potentials");
+  if (contract_.grants("slab") && contract_.long_range_method != vocabulary::kNoLongRange) {
     needed.insert(needed.end(), {"slab_cell", "slab_moments", "slab_potentials"});
   }
   if (contract_.grants("electric_field")) {
@@ -237,14 +238,14 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
                   "' that this runtime needs: export it again with a matching lorem-torch");
     }
   }
-  method_ = contract_.long_range;
+  method_ = contract_.long_range_method;
   module_.eval();
   // The profiling executor re-specialises the graph whenever the number of atoms or
   // pairs changes, which in MD is every step: plain execution is far faster there.
   torch::jit::setGraphExecutorOptimize(false);
 }
 
-void Model::set_long_range(const std::string& method) {
+void Model::set_long_range_method(const std::string& method) {
   const auto& available = contract_.long_range_methods;
   if (std::find(available.begin(), available.end(), method) == available.end()) {
     std::string list;
@@ -382,7 +383,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
     auto grad_spherical = torch::zeros_like(final.spherical);
     double forward_at = encoded_at, comm_forward = comm_encoded;
     torch::Tensor final_potentials;  // for the long-range APT head
-    if (contract.long_range != "none") {
+    if (contract.long_range_method != vocabulary::kNoLongRange) {
       auto q = leaf(charges);
       auto scalar_leaf = leaf(final.scalar);
       auto spherical_leaf = leaf(final.spherical);
@@ -391,15 +392,15 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
       // to scalar_leaf and spherical_leaf, the last two)
       auto read_out = [&](const torch::Tensor& potentials, std::vector<torch::Tensor> leaves) {
         final_potentials = potentials.detach();
-        auto energies_lr =
+        auto energies_long_range =
             module_.get_method("readout")({scalar_leaf, spherical_leaf, potentials}).toTensor();
-        energies = energies + energies_lr.detach();
+        energies = energies + energies_long_range.detach();
         sync();
         forward_at = now();
         comm_forward = comm.seconds;
         leaves.push_back(scalar_leaf);
         leaves.push_back(spherical_leaf);
-        return gradients({energies_lr.sum()}, {torch::ones({}, options)}, leaves);
+        return gradients({energies_long_range.sum()}, {torch::ones({}, options)}, leaves);
       };
       // a slab: the k-space methods run over its cell extended along z (slab_cell); the
       // moments Q, M, S along z travel in the sum over ranks that carries Q otherwise,
@@ -435,9 +436,9 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
         return gradients({partial_moments}, {grad_sum}, {positions, strain, q});
       };
       bool pme = false;
-      if (system.periodic && method_ != "ewald") {
-        pme = method_ == "pme";
-        if (method_ == "auto") {  // the same choice on every rank: the global atom count
+      if (system.periodic && method_ != vocabulary::kEwald) {
+        pme = method_ == vocabulary::kPme;
+        if (method_ == vocabulary::kAuto) {  // the same choice on every rank: the global atom count
           auto atoms = comm.all_reduce_sum(torch::full(
               {1}, static_cast<double>(n_local), torch::TensorOptions().dtype(torch::kFloat64)));
           pme = module_.get_method("prefer_pme")({kcell, atoms.item<double>()}).toBool();

@@ -7,6 +7,7 @@
 
 #include "lorem/mesh.hpp"
 #include "lorem/model.hpp"
+#include "lorem/vocabulary.hpp"
 
 namespace py = pybind11;
 
@@ -33,6 +34,29 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "lorem-torch C++ runtime (libtorch): load exports, evaluate systems";
   auto lorem_error = py::register_exception<lorem::Error>(m, "LoremError", PyExc_ValueError);
   py::register_exception<lorem::AtomsTooCloseError>(m, "AtomsTooCloseError", lorem_error.ptr());
+
+  // The C++ copy of python/lorem_torch/vocabulary.py, for tests/test_vocabulary.py.
+  {
+    namespace v = lorem::vocabulary;
+    auto vocabulary = m.def_submodule("vocabulary", "cpp/include/lorem/vocabulary.hpp");
+    py::dict dtypes;  // name -> (bytes per element, floating point)
+    for (const auto& [name, type] : v::kDtypes)
+      dtypes[py::str(std::string(name))] =
+          py::make_tuple(c10::elementSize(type), c10::isFloatingType(type));
+    vocabulary.attr("DTYPES") = dtypes;
+    py::list methods;
+    for (const auto name : v::kLongRangeMethods) methods.append(std::string(name));
+    vocabulary.attr("LONG_RANGE_METHODS") = py::tuple(methods);
+    vocabulary.attr("EWALD") = std::string(v::kEwald);
+    vocabulary.attr("PME") = std::string(v::kPme);
+    vocabulary.attr("AUTO") = std::string(v::kAuto);
+    vocabulary.attr("NO_LONG_RANGE") = std::string(v::kNoLongRange);
+    vocabulary.attr("DIRECT_SUM") = std::string(v::kDirectSum);
+    vocabulary.attr("MAX_ACCURACY") = v::kMaxAccuracy;
+    vocabulary.attr("EXPORT_FORMAT") = std::string(v::kExportFormat);
+    vocabulary.attr("EXPORT_FORMAT_VERSION") = v::kExportFormatVersion;
+    vocabulary.attr("CONTRACT_VERSION") = v::kContractVersion;
+  }
 
   py::class_<lorem::Model>(m, "Model")
       .def(py::init<const std::string&, const std::string&>(), py::arg("path"),

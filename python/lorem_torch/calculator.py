@@ -39,6 +39,7 @@ from .errors import (
 from .export import load_any
 from .export.contract import contract_of, require
 from .models import BECModel, EnergyModel, Lorem
+from .vocabulary import torch_dtype
 
 
 def with_long_range(model, contract, long_range):
@@ -62,20 +63,6 @@ def with_long_range(model, contract, long_range):
         raise ValueError(f"long_range {method!r} is not available for this export ({available})")
     model.model.long_range_method = method
     return model
-
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _dtype(value) -> torch.dtype | None:
-    """None, torch.float32/float64 or the strings the commands take ("float32", "float64")."""
-    if value is None or value in DTYPES.values():
-        return value
-    if isinstance(value, str) and value in DTYPES:
-        return DTYPES[value]
-    raise ValueError(
-        f"dtype must be 'float32' or 'float64' (or torch.float32/float64), got {value!r}"
-    )
 
 
 def _device(value) -> torch.device:
@@ -154,7 +141,7 @@ class LoremCalculator(Calculator):
     ):
         super().__init__(**kwargs)
         self.device = _device(device)
-        self.model, self.dtype, self.contract = load_any(model, _dtype(dtype))
+        self.model, self.dtype, self.contract = load_any(model, torch_dtype(dtype))
         self.requires_periodic = False
         if long_range is not None:
             self.model = with_long_range(self.model, self.contract, long_range)

@@ -4,7 +4,7 @@ A checkpoint is a `torch.save` file of a dict (no pickled modules; loaded with
 weights_only=True):
 
     format          "lorem-torch-checkpoint"
-    format_version  int (FORMAT_VERSION when written)
+    format_version  int (CHECKPOINT_FORMAT_VERSION, vocabulary.py, when written)
     versions        {"lorem_torch": ..., "torch": ..., "e3nn": ...}
     model           Lorem.config(): hyperparameters (lorem-jax names), species, baseline;
                     "kind": "bec" for a LoremBEC (absent for a Lorem)
@@ -24,8 +24,7 @@ from typing import Any, Dict
 
 import torch
 
-FORMAT = "lorem-torch-checkpoint"
-FORMAT_VERSION = 1
+from .vocabulary import CHECKPOINT_FORMAT, CHECKPOINT_FORMAT_VERSION
 
 
 class CheckpointError(ValueError):
@@ -128,8 +127,8 @@ def save_checkpoint(
     metadata: Dict[str, Any] | None = None,
 ) -> None:
     payload = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
         "versions": library_versions(),
         "model": model.config(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -157,8 +156,8 @@ def load_checkpoint(path: str | Path) -> Dict[str, Any]:
         ) from error
     return check_document(
         payload,
-        FORMAT,
-        FORMAT_VERSION,
+        CHECKPOINT_FORMAT,
+        CHECKPOINT_FORMAT_VERSION,
         "checkpoint",
         str(path),
         ("model", "state_dict"),

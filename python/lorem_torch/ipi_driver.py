@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from .vocabulary import DTYPE_NAMES
+
 HEADER_LENGTH = 12
 # i-PI's conversion factors (ipi/utils/units.py: "angstrom", "electronvolt", "ev/ang")
 BOHR_PER_ANGSTROM = 1.8897261
@@ -255,7 +257,7 @@ def main(argv=None) -> None:
         help=f"folder/prefix of unix sockets (i-PI's default {DEFAULT_SOCKETS_PREFIX})",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", choices=["float32", "float64"], help="default: the model's")
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, help="default: the model's")
     parser.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin (A)")
     parser.add_argument(
         "--electric-field",
@@ -270,17 +272,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     import ase.io
-    import torch
 
     from .calculator import LoremCalculator
 
     try:
         template = ase.io.read(args.template)
-        dtype = {"float32": torch.float32, "float64": torch.float64}.get(args.dtype)
         calculator = LoremCalculator(
             args.model,
             device=args.device,
-            dtype=dtype,
+            dtype=args.dtype,
             skin=args.skin,
             electric_field=args.electric_field,
         )

@@ -9,10 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "lorem/vocabulary.hpp"
+
 namespace lorem {
 
-constexpr int64_t kExportFormatVersion = 2;  // metadata.json "format_version"
-constexpr int64_t kContractVersion = 2;      // metadata.json "contract"."version" (2: slab)
+using vocabulary::kContractVersion;      // metadata.json "contract"."version" (2: slab)
+using vocabulary::kExportFormatVersion;  // metadata.json "format_version"
 
 struct Contract {
   std::vector<int64_t> atomic_numbers;  // the species the model knows
@@ -24,7 +26,7 @@ struct Contract {
   int64_t num_message_passing = 0;  // T: layers that need a ghost feature exchange
   int64_t feature_width = 0;        // values per atom in that exchange
   int64_t num_charges = 0;          // long-range charge channels
-  std::string long_range;           // periodic cells by default: "none", "ewald", "pme", "auto"
+  std::string long_range_method;    // periodic cells by default: "none", "ewald", "pme", "auto"
   std::vector<std::string> long_range_methods;  // what the export can do ("ewald", "pme", "auto")
   double accuracy = 0.0;                        // of the k-space sums, relative
   std::string non_periodic;                     // "none" or "direct" (open boundaries)

@@ -132,8 +132,8 @@ class Model {
   const Contract& contract() const { return contract_; }
   // The k-space method for periodic cells: "ewald", "pme" or "auto" (among the
   // contract's long_range methods; default: the contract's method).
-  void set_long_range(const std::string& method);
-  const std::string& long_range() const { return method_; }
+  void set_long_range_method(const std::string& method);
+  const std::string& long_range_method() const { return method_; }
   const std::string& metadata_json() const { return metadata_json_; }
   torch::Device device() const { return device_; }
 

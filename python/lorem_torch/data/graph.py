@@ -21,10 +21,7 @@ from ..errors import (
     NonFiniteError,
     UnsupportedPeriodicityError,
 )
-
-# Pairs closer than this (Angstrom) are rejected: the model is not meant for them
-# and r -> 0 makes its features singular.
-DEFAULT_MIN_DISTANCE = 0.1
+from ..vocabulary import DEFAULT_MIN_DISTANCE
 
 
 def neighbor_list(

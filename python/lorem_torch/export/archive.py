@@ -24,13 +24,18 @@ from ..checkpoint import (
     model_from_checkpoint,
 )
 from ..models import LoremBEC
+from ..vocabulary import (
+    DTYPE_NAMES,
+    DTYPES,
+    EXPORT_FORMAT,
+    EXPORT_FORMAT_VERSION,
+    LONG_RANGE_METHODS,
+    NO_LONG_RANGE,
+)
 from .contract import check_contract, contract_of, exported_methods
 from .staged import ExportedLorem, ExportedLoremBEC
 
-EXPORT_FORMAT = "lorem-torch-export"
-EXPORT_FORMAT_VERSION = 2  # 2: the contract
 METADATA_FILE = "metadata.json"
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class ExportError(ValueError):
@@ -71,7 +76,7 @@ def export_model(
     slab_factor}) is given over the model's own settings before export
     (long_range/settings.py)."""
     if dtype not in DTYPES:
-        raise ExportError(f"dtype must be float32 or float64, got {dtype!r}")
+        raise ExportError(f"dtype must be {' or '.join(DTYPE_NAMES)}, got {dtype!r}")
     torch_dtype = DTYPES[dtype]
     if isinstance(source, torch.nn.Module):
         model = source
@@ -164,11 +169,11 @@ def export_main(argv=None) -> None:
     parser.add_argument("checkpoint", help="training checkpoint (best.pt, last.pt, ...)")
     parser.add_argument("-o", "--output", required=True, help="TorchScript file to write")
     parser.add_argument(
-        "--dtype", choices=sorted(DTYPES), default="float32", help="precision (default: float32)"
+        "--dtype", choices=DTYPE_NAMES, default="float32", help="precision (default: float32)"
     )
     parser.add_argument(
         "--long-range",
-        choices=["ewald", "pme", "auto"],
+        choices=LONG_RANGE_METHODS,
         help="k-space method of the export (default: the checkpoint's own, usually ewald; "
         "auto: PME above ~1,000 atoms); LAMMPS may pick another with pair_style lorem "
         "long_range",
@@ -218,8 +223,8 @@ def export_main(argv=None) -> None:
     contract = metadata["contract"]
     long_range = contract["long_range"]
     described = (
-        "none"
-        if long_range["method"] == "none"
+        NO_LONG_RANGE
+        if long_range["method"] == NO_LONG_RANGE
         else f"{long_range['method']} (accuracy {long_range['accuracy']:g})"
     )
     if long_range.get("slab"):

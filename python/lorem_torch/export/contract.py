@@ -36,9 +36,16 @@ from typing import Any, Dict, List
 import torch
 
 from ..errors import LoremInputError
-
-CONTRACT_VERSION = 2  # 2: long_range.slab and slab_factor (written only when slab is granted)
-DEFAULT_MIN_DISTANCE = 0.1  # Angstrom; the same default as the data checks
+from ..long_range.settings import DEFAULT_SETTINGS
+from ..vocabulary import (
+    CONTRACT_VERSION,
+    DEFAULT_MIN_DISTANCE,
+    DIRECT_SUM,
+    EWALD,
+    LONG_RANGE_METHODS,
+    NO_LONG_RANGE,
+    dtype_name,
+)
 
 # What a consumer may ask for. Each is granted or refused with a reason.
 CAPABILITIES = (
@@ -68,9 +75,9 @@ def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]
     layers = int(hyper["num_message_passing"])
     long_range = model.long_range is not None
     width = model.num_features + (model.max_degree + 1) ** 2 * model.spherical_features
-    settings = getattr(model, "long_range_settings", {"method": "ewald", "accuracy": 1e-6})
+    settings = getattr(model, "long_range_settings", DEFAULT_SETTINGS)
     # every export carries Ewald, and PME with "auto" when the model has a PME module
-    methods_available = ["ewald", "pme", "auto"] if getattr(model, "pme", None) else ["ewald"]
+    methods_available = list(LONG_RANGE_METHODS) if getattr(model, "pme", None) else [EWALD]
     from ..models import LoremBEC
 
     bec = isinstance(model, LoremBEC)
@@ -95,7 +102,7 @@ def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]
             "atomic_numbers": list(model.species),
             "symbols": [chemical_symbols[z] for z in model.species],
         },
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name(dtype),
         "units": {"energy": "eV", "length": "Angstrom"},
         "cutoff": float(model.cutoff),
         "min_distance": DEFAULT_MIN_DISTANCE,
@@ -104,17 +111,17 @@ def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]
         "feature_exchange": {"layers": layers, "width": width if layers else 0},
         "num_charges": int(model.num_charges),
         "long_range": {
-            "method": settings["method"] if long_range else "none",
+            "method": settings["method"] if long_range else NO_LONG_RANGE,
             "methods": methods_available if long_range else [],
             "accuracy": float(settings["accuracy"]),
-            "non_periodic": "direct" if long_range else "none",
+            "non_periodic": DIRECT_SUM if long_range else NO_LONG_RANGE,
             "conventions": "jax-pme (lorem-jax 0.2.0): potentials carry the factor 1/2",
             "smearing": float(model.smearing),
             "lr_wavelength": float(model.lr_wavelength),
             "prefactor": float(model.ewald.prefactor),
             "exponent": 1,
             "slab": slab,
-            "slab_factor": float(settings.get("slab_factor", 3.0)),
+            "slab_factor": float(settings.get("slab_factor", DEFAULT_SETTINGS["slab_factor"])),
         },
         "outputs": ["energy", "energies", "forces", "virial", "charges", "potentials"]
         + (["born_effective_charges"] if bec else []),

@@ -32,6 +32,8 @@ from typing import Any, Dict, List
 import numpy as np
 import torch
 
+from ..vocabulary import EWALD, NO_LONG_RANGE
+
 
 @dataclass
 class RankSystem:
@@ -122,7 +124,7 @@ def evaluate_ranks(
     require(contract, "domain_decomposition", "the simulated-ranks driver")
     shape = "slab" if slab else "periodic" if periodic else "non_periodic"
     require(contract, shape, "the simulated-ranks driver")
-    if periodic and contract["long_range"]["method"] not in ("ewald", "none"):
+    if periodic and contract["long_range"]["method"] not in (EWALD, NO_LONG_RANGE):
         raise CapabilityError(
             "the simulated-ranks driver runs the Ewald stages only (the distributed PME mesh "
             "lives in the C++ runtime, cpp/src/mesh.cpp): export with long_range ewald"
@@ -131,7 +133,7 @@ def evaluate_ranks(
     ranks = range(len(systems))
     dtype = systems[0].positions.dtype
     layers = int(contract["num_message_passing"])
-    has_lr = contract["long_range"]["method"] != "none"
+    has_long_range = contract["long_range"]["method"] != NO_LONG_RANGE
     positions = [_leaf(s.positions) for s in systems]
     strains = [torch.zeros(3, 3, dtype=dtype, requires_grad=True) for _ in systems]
     for s in systems:
@@ -186,7 +188,7 @@ def evaluate_ranks(
     grad_scalar = [torch.zeros_like(final[r][1]) for r in ranks]
     grad_spherical = [torch.zeros_like(final[r][2]) for r in ranks]
     long_energies = [torch.zeros_like(e) for e in short_energies]
-    if has_lr:
+    if has_long_range:
         q = [_leaf(c) for c in charges]
         scalar = [_leaf(final[r][1]) for r in ranks]
         spherical = [_leaf(final[r][2]) for r in ranks]

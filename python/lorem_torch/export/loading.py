@@ -5,6 +5,7 @@ from pathlib import Path
 import torch
 
 from ..models import Lorem
+from ..vocabulary import DTYPES, dtype_name
 from .archive import load_exported
 from .contract import contract_of
 
@@ -20,11 +21,11 @@ def load_any(model, dtype: torch.dtype | None = None):
         else:
             module, metadata = load_exported(model)
             contract = metadata["contract"]
-            export_dtype = {"float32": torch.float32, "float64": torch.float64}[contract["dtype"]]
+            export_dtype = DTYPES[contract["dtype"]]
             if dtype is not None and dtype != export_dtype:
                 raise ValueError(
                     f"{model} was exported in {contract['dtype']}; export it again with "
-                    f"--dtype {str(dtype).replace('torch.', '')} to compute in that precision"
+                    f"--dtype {dtype_name(dtype)} to compute in that precision"
                 ) from None
             return module, export_dtype, contract
     if not isinstance(model, Lorem):

@@ -5,12 +5,12 @@ them."""
 from .accuracy import check_accuracy, ewald_kspace_cutoff, pme_parameters
 from .ewald import Ewald, direct_potentials, halfspace_grid, kgrid_shape
 from .pme import PME
-from .settings import DEFAULT_ACCURACY, METHODS, long_range_settings
+from .settings import DEFAULT_ACCURACY, LONG_RANGE_METHODS, long_range_settings
 from .slab import check_slab_cell, extended_cell, slab_moments, slab_potentials
 
 __all__ = [
     "DEFAULT_ACCURACY",
-    "METHODS",
+    "LONG_RANGE_METHODS",
     "PME",
     "Ewald",
     "check_accuracy",

@@ -35,9 +35,7 @@ from typing import List, Tuple
 
 import torch
 
-# accuracy targets outside (0, MAX_ACCURACY] are refused: coarser targets give
-# potentials with errors of several per cent, which no fit should be trained on
-MAX_ACCURACY = 1e-2
+from ..vocabulary import MAX_ACCURACY
 
 # even orders only: for odd p the B-spline moduli |b(m)|^2 diverge at the Nyquist frequency
 PME_ORDERS = (4, 6, 8, 10)
@@ -54,7 +52,9 @@ TYPICAL_DENSITY = 0.1
 def check_accuracy(accuracy: float) -> float:
     """The accuracy target as a float, or a ValueError that says what is allowed."""
     if isinstance(accuracy, bool) or not isinstance(accuracy, (int, float)):
-        raise ValueError(f"long-range accuracy must be a number in (0, 1e-2], got {accuracy!r}")
+        raise ValueError(
+            f"long-range accuracy must be a number in (0, {MAX_ACCURACY:g}], got {accuracy!r}"
+        )
     value = float(accuracy)
     if not 0.0 < value <= MAX_ACCURACY or not math.isfinite(value):
         raise ValueError(

@@ -31,6 +31,7 @@ from typing import List, Tuple
 import torch
 
 from .accuracy import ewald_kspace_cutoff
+from .settings import DEFAULT_MAX_MEMORY_GB
 from .slab import check_slab_cell, extended_cell, slab_moments, slab_potentials
 from .terms import (
     COST_WARNING_SECONDS,
@@ -102,7 +103,7 @@ class Ewald(torch.nn.Module):
         chunk_elements: int = 2**24,
         accuracy: float | None = None,
         channels: int = 1,
-        max_memory_gb: float = 8.0,
+        max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
     ):
         super().__init__()
         self.smearing = smearing

@@ -36,10 +36,11 @@ from typing import List, Tuple
 
 import torch
 
+from ..vocabulary import DEFAULT_ACCURACY
 from .accuracy import PME_ORDERS, check_accuracy, pme_parameters
 from .bspline import spline_moduli, stencil_weights
 from .ewald import reciprocal_cell
-from .settings import PME_SECONDS_PER_MESH_POINT
+from .settings import DEFAULT_MAX_MEMORY_GB, PME_SECONDS_PER_MESH_POINT
 from .slab import check_slab_cell, extended_cell, slab_moments, slab_potentials
 from .terms import (
     COST_WARNING_SECONDS,
@@ -104,12 +105,12 @@ class PME(torch.nn.Module):
     def __init__(
         self,
         smearing: float,
-        accuracy: float = 1e-6,
+        accuracy: float = DEFAULT_ACCURACY,
         prefactor: float = 1.0,
         spacing: float | None = None,
         order: int | None = None,
         channels: int = 1,
-        max_memory_gb: float = 8.0,
+        max_memory_gb: float = DEFAULT_MAX_MEMORY_GB,
         chunk_elements: int = 2**24,
     ):
         super().__init__()

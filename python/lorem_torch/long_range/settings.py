@@ -17,14 +17,8 @@ computed as before either way.
 import math
 from typing import Any, Dict, Mapping
 
+from ..vocabulary import DEFAULT_ACCURACY, EWALD, LONG_RANGE_METHODS
 from .accuracy import check_accuracy
-
-METHODS = ("ewald", "pme", "auto")
-
-# relative error of the long-range potentials and fields (accuracy.py); at this
-# target the lorem-jax parity fixtures and the PME-Ewald agreement tests pass with
-# their tolerances, and Ewald keeps about a third of the reference grid's k-vectors
-DEFAULT_ACCURACY = 1e-6
 
 # refuse k-space grids or meshes whose estimated peak memory exceeds this (the k-space
 # part alone; 32,768 atoms of NaCl with PME need about 2 GB)
@@ -35,7 +29,7 @@ DEFAULT_MAX_MEMORY_GB = 8.0
 DEFAULT_SLAB_FACTOR = 3.0
 
 DEFAULT_SETTINGS: Dict[str, Any] = {
-    "method": "ewald",
+    "method": EWALD,
     "accuracy": DEFAULT_ACCURACY,
     "max_memory_gb": DEFAULT_MAX_MEMORY_GB,
     "slab": False,
@@ -57,7 +51,7 @@ def long_range_settings(
         updates = dict(value)
     else:
         raise ValueError(
-            f"long_range must be a method name {METHODS} or a mapping with keys "
+            f"long_range must be a method name {LONG_RANGE_METHODS} or a mapping with keys "
             f"{sorted(DEFAULT_SETTINGS)}, got {value!r}"
         )
     unknown = sorted(set(updates) - set(DEFAULT_SETTINGS))
@@ -66,8 +60,10 @@ def long_range_settings(
             f"unknown long_range settings {unknown}; known: {sorted(DEFAULT_SETTINGS)}"
         )
     settings.update(updates)
-    if settings["method"] not in METHODS:
-        raise ValueError(f"long_range method must be one of {METHODS}, got {settings['method']!r}")
+    if settings["method"] not in LONG_RANGE_METHODS:
+        raise ValueError(
+            f"long_range method must be one of {LONG_RANGE_METHODS}, got {settings['method']!r}"
+        )
     settings["accuracy"] = check_accuracy(settings["accuracy"])
     memory = settings["max_memory_gb"]
     if (

@@ -228,9 +228,9 @@ class LoremBEC(Lorem):
                 structure_offsets,
                 slab,
             )
-            energy_lr, apt_lr = self.readout_bec(scalar, spherical, potentials)
-            energy = energy + energy_lr
-            apt = apt + apt_lr
+            energy_long_range, apt_long_range = self.readout_bec(scalar, spherical, potentials)
+            energy = energy + energy_long_range
+            apt = apt + apt_long_range
         energy = energy.to(torch.float64) + self.baseline[atomic_numbers]
         return energy, charges, potentials, apt
 

@@ -32,7 +32,17 @@ from ..nn.edge_ops import edges_to_nodes
 from ..nn.layers import MLP, DegreeWiseDense, Dense, TensorDense, TensorProduct, Update
 from ..nn.message_ops import equivariant_messages, sparse_coupling
 from ..nn.radial import BernsteinBasis, cosine_cutoff
+from ..nn.radial_ops import radial_contraction
 from ..nn.spherical import SphericalHarmonics, degree_of_component, degree_wise_norm
+
+# the attributes that choose between a fused operator and the plain PyTorch reference
+FUSED_SWITCHES = (
+    "fused_edges",
+    "fused_messages",
+    "fused_product",
+    "fused_harmonics",
+    "fused_radial",
+)
 
 NUM_ELEMENTS = 100  # rows of the species embedding (atomic numbers 0..99), as lorem-jax
 
@@ -59,15 +69,40 @@ class RadialCoefficients(torch.nn.Module):
     [P, in] pair features, [P, num_radial] radial expansion -> [P, d].
     """
 
+    fused_radial: bool
+
     def __init__(self, in_features: int, num_radial: int, features: int):
         super().__init__()
         self.num_radial = num_radial
         self.features = features
         self.mlp = MLP(in_features, [features, num_radial * features])
+        # per-edge use (message passing): the last layer and the contraction with the
+        # radial basis as one operator (nn/radial_ops.py), without the [P, R * d]
+        # coefficients; False: the plain path, the reference
+        self.fused_radial = True
 
     def forward(self, pair_features: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
+        if self.fused_radial:
+            return self.fused_forward(pair_features, radial)
         coefficients = self.mlp(pair_features).reshape(-1, self.num_radial, self.features)
         return torch.einsum("prf,pr->pf", coefficients, radial)
+
+    def fused_forward(self, pair_features: torch.Tensor, radial: torch.Tensor) -> torch.Tensor:
+        hidden = pair_features
+        last = len(self.mlp.layers) - 1
+        kernel = hidden.new_zeros(0, 0)
+        for index, layer in enumerate(self.mlp.layers):
+            if index == last:
+                kernel = layer.kernel
+                bias = layer.bias
+                if bias is not None:
+                    kernel = torch.cat([kernel, bias.unsqueeze(0)], dim=0)
+                    hidden = torch.cat([hidden, hidden.new_ones(hidden.shape[0], 1)], dim=1)
+            else:
+                hidden = torch.nn.functional.silu(layer(hidden))
+        return radial_contraction(
+            hidden, radial, kernel.reshape(kernel.shape[0], self.num_radial, self.features)
+        )
 
     def pair_table(self, embedding: torch.Tensor, num_types: int) -> torch.Tensor:
         """[T*T, num_radial, d] the MLP of concat(emb_i, emb_j) for every species pair
@@ -482,10 +517,10 @@ class Lorem(ConstantsModule):
         """The one switch between the fused C++ operators (default) and the plain
         PyTorch reference path, for every block that has one: the initial block's sums
         over neighbours (`fused_edges`), the equivariant messages (`fused_messages`),
-        every tensor product (`fused_product`) and the edge harmonics
-        (`fused_harmonics`). Returns self."""
+        every tensor product (`fused_product`), the edge harmonics (`fused_harmonics`)
+        and the per-edge radial MLP of message passing (`fused_radial`). Returns self."""
         for module in self.modules():
-            for switch in ("fused_edges", "fused_messages", "fused_product", "fused_harmonics"):
+            for switch in FUSED_SWITCHES:
                 if hasattr(module, switch):
                     setattr(module, switch, bool(enabled))
         return self

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..commands import EXIT_INTERRUPTED, add_version, fail
+from ..vocabulary import DTYPE_NAMES, torch_dtype
 from .config import DEFAULTS, ConfigError
 
 # command-line option -> (config section, entry)
@@ -130,9 +131,7 @@ def train_main(argv=None) -> None:
     parser.add_argument(
         "--learning-rate", type=float, help=f"(default: {_default('learning_rate')})"
     )
-    parser.add_argument(
-        "--dtype", choices=["float32", "float64"], help=f"(default: {_default('dtype')})"
-    )
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, help=f"(default: {_default('dtype')})")
     parser.add_argument("--output", help=f"run folder (default: {_default('output')})")
     parser.add_argument(
         "--time-budget",
@@ -284,7 +283,7 @@ def eval_main(argv=None) -> None:
     )
     parser.add_argument(
         "--dtype",
-        choices=["float32", "float64"],
+        choices=DTYPE_NAMES,
         help="precision (default: float64 for a checkpoint, the export's own for an export)",
     )
     parser.add_argument(
@@ -294,8 +293,6 @@ def eval_main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         fail("lorem-eval", f"--batch-size must be at least 1, got {args.batch_size}")
-
-    import torch
 
     from ..checkpoint import CheckpointError
     from ..export import ExportError
@@ -314,7 +311,7 @@ def eval_main(argv=None) -> None:
                 "electric_field": args.electric_field_key,
             },
             batch_size=args.batch_size,
-            dtype={"float32": torch.float32, "float64": torch.float64, None: None}[args.dtype],
+            dtype=torch_dtype(args.dtype),
             index=args.index,
         )
     except (ValueError, KeyError, FileNotFoundError, CheckpointError, ExportError) as error:

@@ -16,6 +16,7 @@ from ..long_range.settings import DEFAULT_SETTINGS as DEFAULT_LONG_RANGE
 from ..long_range.settings import long_range_settings
 from ..models.bec import DEFAULT_BEC_HYPERPARAMETERS
 from ..models.lorem import DEFAULT_HYPERPARAMETERS
+from ..vocabulary import DTYPE_NAMES
 
 # model.kind: ours, and lorem-jax's class names
 MODEL_KINDS = {"lorem": "lorem", "bec": "bec", "Lorem": "lorem", "LoremBEC": "bec"}
@@ -252,7 +253,7 @@ def resolve(user: Dict[str, Any]) -> Dict[str, Any]:
     if not config["data"]["train"]:
         raise ConfigError("data.train (the training file) is required")
     choices = {
-        ("training", "dtype"): ("float32", "float64"),
+        ("training", "dtype"): DTYPE_NAMES,
         ("training", "optimizer"): ("adam", "adamw"),
         ("training", "decay"): ("cosine", "linear", "exponential", "constant"),
         ("model", "cutoff_fn"): ("cosine_cutoff",),

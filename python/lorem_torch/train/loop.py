@@ -35,6 +35,7 @@ import yaml
 from .. import keys
 from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from ..models import BECModel, EnergyModel, Lorem, LoremBEC
+from ..vocabulary import DTYPES
 from . import config as config_module
 from .data import (
     Batch,
@@ -48,8 +49,6 @@ from .data import (
     read_frames,
     split,
 )
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # what an earlier run leaves that would be lost if a new run wrote over it
 PROTECTED_FILES = ("best.pt", "last.pt", "log.csv")
@@ -221,7 +220,7 @@ def evaluate(
 # -- schedule --
 
 
-def learning_rate(settings: Dict[str, Any], epoch_progress: float) -> float:
+def scheduled_learning_rate(settings: Dict[str, Any], epoch_progress: float) -> float:
     """Learning rate at a (fractional) epoch: linear warm-up, then the chosen decay."""
     start, floor = float(settings["learning_rate"]), float(settings["min_learning_rate"])
     warmup, epochs = float(settings["warmup_epochs"]), float(settings["epochs"])
@@ -568,7 +567,9 @@ class Trainer:
                 )
                 order = torch.randperm(len(self.train_samples), generator=generator).tolist()
                 self.model.train()
-                lr = learning_rate(settings, self.epoch + max(self.step - 1, 0) / steps_per_epoch)
+                learning_rate = scheduled_learning_rate(
+                    settings, self.epoch + max(self.step - 1, 0) / steps_per_epoch
+                )
                 bar = tqdm(
                     range(self.step, steps_per_epoch),
                     desc=f"epoch {self.epoch + 1}/{epochs}",
@@ -578,9 +579,11 @@ class Trainer:
                     leave=False,
                 )
                 for step in bar:
-                    lr = learning_rate(settings, self.epoch + step / steps_per_epoch)
+                    learning_rate = scheduled_learning_rate(
+                        settings, self.epoch + step / steps_per_epoch
+                    )
                     for group in self.optimizer.param_groups:
-                        group["lr"] = lr
+                        group["lr"] = learning_rate  # torch.optim's name
                     chunk = [
                         self.train_samples[i]
                         for i in order[step * batch_size : (step + 1) * batch_size]
@@ -605,7 +608,8 @@ class Trainer:
                     self.running_loss += float(loss.detach()) * len(chunk)
                     self.running_count += len(chunk)
                     bar.set_postfix(
-                        loss=f"{self.running_loss / self.running_count:.4g}", lr=f"{lr:.2e}"
+                        loss=f"{self.running_loss / self.running_count:.4g}",
+                        learning_rate=f"{learning_rate:.2e}",
                     )
                     stop_reason = reason_to_stop(tick())
                     if stop_reason is not None:
@@ -620,7 +624,7 @@ class Trainer:
                 self.step, self.running_loss, self.running_count = 0, 0.0, 0
                 validated = self.epoch % int(settings["valid_every"]) == 0 or self.epoch == epochs
                 if validated:
-                    self._validate(train_loss, lr)  # saves last.pt
+                    self._validate(train_loss, learning_rate)  # saves last.pt
                 if settings["patience"] and self.stale >= int(settings["patience"]):
                     stop_reason = f"no improvement in {self.stale} validations (early stopping)"
                 else:
@@ -652,7 +656,7 @@ class Trainer:
     def _last_row(self) -> Dict[str, Any]:
         return self.history[-1] if self.history else {}
 
-    def _validate(self, train_loss: float, lr: float) -> None:
+    def _validate(self, train_loss: float, learning_rate: float) -> None:
         settings = self.settings
         model = output_model(self._evaluation_model())
         result = evaluate(
@@ -665,7 +669,7 @@ class Trainer:
         errors = result["errors"]["all"]
         row = {
             "epoch": self.epoch,
-            "learning_rate": lr,
+            "learning_rate": learning_rate,
             "train_loss": train_loss,
             "valid_loss": result["loss"],
             "valid_energy_mae": errors["energy_mae_meV_per_atom"],
@@ -688,7 +692,7 @@ class Trainer:
         self._save("last.pt", with_state=True, metrics=row)
         self._write_log()
         self.log(
-            f"epoch {self.epoch:4d}  lr {lr:.2e}  train loss {train_loss:.4g}  "
+            f"epoch {self.epoch:4d}  learning rate {learning_rate:.2e}  train loss {train_loss:.4g}  "
             f"valid loss {result['loss']:.4g}  E {row['valid_energy_mae']:.2f} meV/atom  "
             f"F {row['valid_forces_mae']:.1f} meV/A"
             + (f"  APT {row['valid_apt_mae']:.4f} e" if "valid_apt_mae" in row else "")
@@ -710,7 +714,7 @@ __all__ = [
     "Trainer",
     "config_differences",
     "evaluate",
-    "learning_rate",
+    "scheduled_learning_rate",
     "output_model",
     "train",
 ]
