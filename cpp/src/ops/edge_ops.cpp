@@ -1,4 +1,4 @@
-// Fused edge -> atom sum of the first block (docs/design.md section 1.1):
+// Fused edge -> atom sum of the first block (docs/design.md section 1.2):
 //
 //   edges_to_nodes:                 out[i, m, c] = sum_{p: centers[p] = i} coef[p, l(m), c] Y[p, m]
 //   edges_to_nodes_coefficient_adjoint: out[p, l, c] = sum_{m of degree l} G[centers[p], m, c] Y[p,

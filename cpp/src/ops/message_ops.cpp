@@ -1,5 +1,5 @@
 // lorem::message_form: the equivariant message-passing tensor product of a layer as one
-// operator from edge inputs to atom outputs (docs/design.md section 1.1).
+// operator from edge inputs to atom outputs (docs/design.md section 1.3).
 //
 // The layer's messages are m[i, m3, c] = sum over edges p with centre i of
 //   sum_e cg_e Y[p, m1_e] a[p, l1_e, c] W[path_e, c] x[j_p, m2_e, c]

@@ -8,7 +8,7 @@ commutes with multiplying by Y), so its message is
 
 over the nonzero coefficients e = (m1, m2, m3) of the allowed paths (6,460 of the
 117,649 dense entries for L = 6), with no per-edge tensor of width (L+1)**2 x s formed
-or kept; the backward recomputes (docs/design.md section 1.1).
+or kept; the backward recomputes (docs/design.md section 1.3).
 """
 
 from typing import Tuple
