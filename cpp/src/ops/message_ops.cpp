@@ -34,6 +34,8 @@
 #include <optional>
 #include <vector>
 
+#include "multilinear_form.hpp"
+
 namespace lorem {
 namespace {
 
@@ -585,8 +587,6 @@ Tensor message_form_call(int64_t target, at::IntArrayRef target_shape,
                  centers, others, entries, coupling);
 }
 
-OptionalTensor slot(const Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
-
 class MessageForm : public torch::autograd::Function<MessageForm> {
  public:
   static Tensor forward(torch::autograd::AutogradContext* ctx, int64_t target,
@@ -595,23 +595,9 @@ class MessageForm : public torch::autograd::Function<MessageForm> {
                         const OptionalTensor& features, const OptionalTensor& gradient,
                         const Tensor& centers, const Tensor& others, const Tensor& entries,
                         const Tensor& coupling) {
-    const std::array<OptionalTensor, kNumFactors> factors = {harmonics, coefficients, weights,
-                                                             features, gradient};
-    std::vector<Tensor> saved;
-    c10::List<int64_t> shapes;  // every factor's shape, flattened with its rank first
-    for (int64_t k = 0; k < kNumFactors; ++k) {
-      const bool present = factors[k].has_value() && factors[k]->defined();
-      saved.push_back(present ? *factors[k] : Tensor());
-      const std::vector<int64_t> shape =
-          k == target ? target_shape.vec()
-                      : (present ? factors[k]->sizes().vec() : std::vector<int64_t>{});
-      shapes.push_back(static_cast<int64_t>(shape.size()));
-      for (int64_t size : shape) shapes.push_back(size);
-    }
-    saved.insert(saved.end(), {centers, others, entries, coupling});
-    ctx->save_for_backward(saved);
-    ctx->saved_data["target"] = target;
-    ctx->saved_data["shapes"] = shapes;
+    multilinear::save<kNumFactors>(ctx, target, target_shape,
+                                   {harmonics, coefficients, weights, features, gradient},
+                                   {centers, others, entries, coupling});
     at::AutoDispatchBelowADInplaceOrView guard;
     return message_form_call(target, target_shape, harmonics, coefficients, weights, features,
                              gradient, centers, others, entries, coupling);
@@ -619,30 +605,13 @@ class MessageForm : public torch::autograd::Function<MessageForm> {
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const int64_t target = ctx->saved_data["target"].toInt();
-    const auto shapes = ctx->saved_data["shapes"].toIntList();
-    std::array<std::vector<int64_t>, kNumFactors> shape_of;
-    for (int64_t k = 0, at = 0; k < kNumFactors; ++k) {
-      const int64_t rank = shapes[at++];
-      for (int64_t d = 0; d < rank; ++d) shape_of[k].push_back(shapes[at++]);
-    }
     // 2 leading non-tensor arguments, the 5 factor slots, 4 index/pattern tensors
-    torch::autograd::variable_list grads(2 + kNumFactors + 4);
-    const Tensor& incoming = grad_outputs[0];
-    if (!incoming.defined()) return grads;
-    std::array<Tensor, kNumFactors> factors;
-    for (int64_t k = 0; k < kNumFactors; ++k) factors[k] = saved[k];
-    factors[target] = incoming;  // F is linear in each factor: <incoming, dF/dT> = F(T := incoming)
-    for (int64_t k = 0; k < kNumFactors; ++k) {
-      // needs_input_grad counts the tensors given, and the target's slot held none
-      if (k == target || !ctx->needs_input_grad(k > target ? k - 1 : k)) continue;
-      std::array<OptionalTensor, kNumFactors> args;
-      for (int64_t q = 0; q < kNumFactors; ++q) args[q] = q == k ? std::nullopt : slot(factors[q]);
-      grads[2 + k] = message_form_call(k, shape_of[k], args[0], args[1], args[2], args[3], args[4],
-                                       saved[5], saved[6], saved[7], saved[8]);
-    }
-    return grads;
+    return multilinear::backward<kNumFactors>(
+        ctx, grad_outputs[0], 2, torch::autograd::variable_list(2 + kNumFactors + 4),
+        [](int64_t k, const std::vector<int64_t>& shape, const auto& args, const auto& fixed) {
+          return message_form_call(k, shape, args[0], args[1], args[2], args[3], args[4], fixed[0],
+                                   fixed[1], fixed[2], fixed[3]);
+        });
   }
 };
 

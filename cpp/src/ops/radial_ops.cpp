@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "multilinear_form.hpp"
+
 namespace lorem {
 namespace {
 
@@ -156,7 +158,7 @@ Tensor radial_form_call(int64_t target, at::IntArrayRef target_shape,
   return op.call(target, target_shape, features, radial, weights, gradient);
 }
 
-OptionalTensor slot(const Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; }
+using multilinear::slot;
 
 std::vector<Tensor> radial_form_adjoints_call(const Tensor& features, const Tensor& radial,
                                               const Tensor& weights, const Tensor& gradient) {
@@ -213,57 +215,31 @@ class RadialForm : public torch::autograd::Function<RadialForm> {
                         at::IntArrayRef target_shape, const OptionalTensor& features,
                         const OptionalTensor& radial, const OptionalTensor& weights,
                         const OptionalTensor& gradient) {
-    const std::array<OptionalTensor, kNumFactors> factors = {features, radial, weights, gradient};
-    std::vector<Tensor> saved;
-    c10::List<int64_t> shapes;  // every factor's shape, flattened with its rank first
-    for (int64_t k = 0; k < kNumFactors; ++k) {
-      const bool present = factors[k].has_value() && factors[k]->defined();
-      saved.push_back(present ? *factors[k] : Tensor());
-      const std::vector<int64_t> shape =
-          k == target ? target_shape.vec()
-                      : (present ? factors[k]->sizes().vec() : std::vector<int64_t>{});
-      shapes.push_back(static_cast<int64_t>(shape.size()));
-      for (int64_t size : shape) shapes.push_back(size);
-    }
-    ctx->save_for_backward(saved);
-    ctx->saved_data["target"] = target;
-    ctx->saved_data["shapes"] = shapes;
+    multilinear::save<kNumFactors>(ctx, target, target_shape, {features, radial, weights, gradient},
+                                   {});
     at::AutoDispatchBelowADInplaceOrView guard;
     return radial_form_call(target, target_shape, features, radial, weights, gradient);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grad_outputs) {
-    const auto saved = ctx->get_saved_variables();
-    const int64_t target = ctx->saved_data["target"].toInt();
-    const auto shapes = ctx->saved_data["shapes"].toIntList();
-    std::array<std::vector<int64_t>, kNumFactors> shape_of;
-    for (int64_t k = 0, at = 0; k < kNumFactors; ++k) {
-      const int64_t rank = shapes[at++];
-      for (int64_t d = 0; d < rank; ++d) shape_of[k].push_back(shapes[at++]);
-    }
-    torch::autograd::variable_list grads(2 + kNumFactors);
     const Tensor& incoming = grad_outputs[0];
-    if (!incoming.defined()) return grads;
-    std::array<Tensor, kNumFactors> factors;
-    for (int64_t k = 0; k < kNumFactors; ++k) factors[k] = saved[k];
-    factors[target] = incoming;  // F is linear in each factor: <incoming, dF/dT> = F(T := incoming)
+    torch::autograd::variable_list grads(2 + kNumFactors);
     // the common case, the backward of the edge scalars into both edge inputs: one pass
-    if (target == kGradient && ctx->needs_input_grad(kFeatures) && ctx->needs_input_grad(kRadial)) {
+    const int64_t target = ctx->saved_data["target"].toInt();
+    if (incoming.defined() && target == kGradient && ctx->needs_input_grad(kFeatures) &&
+        ctx->needs_input_grad(kRadial)) {
+      const auto saved = ctx->get_saved_variables();
       const auto both =
           radial_form_adjoints_call(saved[kFeatures], saved[kRadial], saved[kWeights], incoming);
       grads[2 + kFeatures] = both[0];
       grads[2 + kRadial] = both[1];
     }
-    for (int64_t k = 0; k < kNumFactors; ++k) {
-      if (grads[2 + k].defined()) continue;
-      // needs_input_grad counts the tensors given, and the target's slot held none
-      if (k == target || !ctx->needs_input_grad(k > target ? k - 1 : k)) continue;
-      std::array<OptionalTensor, kNumFactors> args;
-      for (int64_t q = 0; q < kNumFactors; ++q) args[q] = q == k ? std::nullopt : slot(factors[q]);
-      grads[2 + k] = radial_form_call(k, shape_of[k], args[0], args[1], args[2], args[3]);
-    }
-    return grads;
+    return multilinear::backward<kNumFactors>(
+        ctx, incoming, 2, grads,
+        [](int64_t k, const std::vector<int64_t>& shape, const auto& args, const auto&) {
+          return radial_form_call(k, shape, args[0], args[1], args[2], args[3]);
+        });
   }
 };
 
