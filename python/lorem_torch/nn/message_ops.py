@@ -16,36 +16,29 @@ from typing import Tuple
 import torch
 
 from .. import _core  # noqa: F401  (loads the lorem:: operators before any use or scripting)
-from .spherical import clebsch_gordan, degree_of_component
+from .coupling_ops import product_entries
+from .spherical import degree_of_component
 
 # factor slots of lorem::message_form; the target's slot is None
-ROUND_OFF = 1e-12
-
 HARMONICS, COEFFICIENTS, WEIGHTS, FEATURES, GRADIENT = 0, 1, 2, 3, 4
 
 
 def sparse_coupling(max_degree: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The nonzero coupling coefficients of the l x l -> l product with even l1 + l2 + l3
-    (6,460 for L = 6).
+    (6,460 for L = 6): nn/coupling_ops.product_entries, in the order the message kernel
+    walks them.
 
     Returns entries [E, 5] int64 rows (m1, m2, m3, path, l1), sorted by path, then m2,
     m3, m1; coefficients [E] float64; and path_index [paths] int64, the flat index
     (l1 * (L+1) + l2) * (L+1) + l3 of each path into a kernel [L+1, L+1, L+1, s].
     """
-    num_l = max_degree + 1
-    degree = degree_of_component(max_degree)
-    cg = clebsch_gordan(max_degree, max_degree, max_degree)
-    l1, l2, l3 = degree[:, None, None], degree[None, :, None], degree[None, None, :]
-    # the basis change leaves round-off (~1e-17) where a coefficient is exactly zero:
-    # those are zeros, not entries
-    allowed = ((l1 + l2 + l3) % 2 == 0) & (cg.abs() > ROUND_OFF)
-    m1, m2, m3 = torch.nonzero(allowed, as_tuple=True)
-    flat_path = (degree[m1] * num_l + degree[m2]) * num_l + degree[m3]
-    path_index, path = torch.unique(flat_path, return_inverse=True)
-    size = degree.shape[0]
+    entries, coupling, path_index = product_entries(max_degree, max_degree, max_degree)
+    m1, m2, m3, path = entries.unbind(1)
+    size = (max_degree + 1) ** 2
     order = torch.argsort(((path * size + m2) * size + m3) * size + m1)
+    degree = degree_of_component(max_degree)
     entries = torch.stack([m1, m2, m3, path, degree[m1]], dim=1)[order]
-    return entries.contiguous(), cg[m1, m2, m3][order].contiguous(), path_index
+    return entries.contiguous(), coupling[order].contiguous(), path_index
 
 
 def equivariant_messages(

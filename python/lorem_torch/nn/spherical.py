@@ -256,7 +256,7 @@ class SphericalHarmonics(ConstantsModule):
     """Unit vectors [P, 3] -> [P, (L+1)**2] real spherical harmonics, e3x basis.
 
     `fused_harmonics` (default True): the C++ operator lorem::harmonics over the
-    polynomial terms (nn/harmonics_ops.py), which keeps only the vectors for the
+    polynomial terms (cpp/src/ops/harmonics_ops.cpp), which keeps only the vectors for the
     backward; False: e3nn's generated polynomial code and the basis change, the
     reference.
     """
