@@ -119,9 +119,8 @@ def test_parity_ladder(exports, name, dtype, tolerance):
 @pytest.mark.parametrize("name", ["orthorhombic", "triclinic", "non_periodic", "small_cell"])
 @pytest.mark.parametrize("ranks", [1, 2, 3])
 def test_stage_by_stage_equals_whole(exports, name, ranks):
-    """The staged contract over simulated ranks (export/driver.py), exported module."""
+    """The C++ runtime's staged algorithm over simulated ranks, exported module."""
     model, paths = exports
-    module, metadata = load_exported(paths["float64"])
     atoms = STRUCTURES[name]()
     if name == "orthorhombic":
         atoms = atoms * (2, 1, 1)
@@ -135,9 +134,7 @@ def test_stage_by_stage_equals_whole(exports, name, ranks):
     )
     rank_of_atom = np.minimum((fractional * ranks).astype(int), ranks - 1)
     systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
-    results = evaluate_ranks(
-        module, metadata["contract"], systems, torch.tensor(atoms.cell.array), periodic
-    )
+    results = evaluate_ranks(paths["float64"], systems, atoms.cell.array, periodic)
     assert sum(r.energy for r in results) == pytest.approx(float(reference["energy"]), abs=1e-10)
     forces = np.zeros((len(atoms), 3))
     for r, result in enumerate(results):
@@ -150,7 +147,6 @@ def test_stage_by_stage_equals_whole(exports, name, ranks):
 
 def test_empty_rank(exports):
     model, paths = exports
-    module, metadata = load_exported(paths["float64"])
     atoms = nacl(1)
     rank_of_atom = np.zeros(len(atoms), dtype=int)  # rank 1 owns nothing
     rank_of_atom[0] = 0
@@ -158,9 +154,7 @@ def test_empty_rank(exports):
     assert len(systems) == 1
     atoms2 = atoms.copy()
     systems = split_into_ranks(atoms2, 5.0, rank_of_atom)
-    results = evaluate_ranks(
-        module, metadata["contract"], systems, torch.tensor(atoms.cell.array), True
-    )
+    results = evaluate_ranks(paths["float64"], systems, atoms.cell.array, True)
     reference = evaluate(model, [atoms])
     assert sum(r.energy for r in results) == pytest.approx(float(reference["energy"]), abs=1e-10)
 

@@ -1,10 +1,9 @@
 """Message-passing models stage by stage: the export contract's feature exchange over
-simulated ranks (export/driver.py) and in the C++ runtime, against the whole model;
+simulated ranks and in one process of the C++ runtime, against the whole model;
 and refusal by the contract in every consumer."""
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from conftest import (
     RUNTIME_DEVICE,
@@ -73,16 +72,13 @@ def slab_ranks(atoms, ranks):
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_staged_equals_whole_over_ranks(mp_exports, model_name, structure):
     model, path = mp_exports[model_name]
-    module, metadata = load_exported(path)
     atoms = STRUCTURES[structure]()
     periodic = bool(atoms.pbc.all())
     reference = evaluate(model, [atoms], stress=periodic)
     for ranks in (1, 3):
         rank_of_atom = slab_ranks(atoms, ranks)
         systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
-        results = evaluate_ranks(
-            module, metadata["contract"], systems, torch.tensor(atoms.cell.array), periodic
-        )
+        results = evaluate_ranks(path, systems, atoms.cell.array, periodic)
         energy = sum(r.energy for r in results)
         assert energy == pytest.approx(float(reference["energy"].detach()), abs=1e-10)
         forces = np.zeros((len(atoms), 3))
@@ -148,11 +144,10 @@ def test_every_consumer_refuses_what_the_contract_refuses(mp_exports, tmp_path):
     atoms.calc = LoremCalculator(refusing)
     with pytest.raises(CapabilityError, match="this test model refuses periodic cells"):
         atoms.get_potential_energy()
-    # the simulated-ranks driver
-    module, metadata = load_exported(refusing)
+    # the runtime over simulated ranks
     systems = split_into_ranks(atoms, 5.0, np.zeros(len(atoms), dtype=int))
-    with pytest.raises(CapabilityError, match="this test model refuses periodic cells"):
-        evaluate_ranks(module, metadata["contract"], systems, torch.tensor(atoms.cell.array), True)
+    with pytest.raises(LoremError, match="this test model refuses periodic cells"):
+        evaluate_ranks(refusing, systems, atoms.cell.array, True)
     # the C++ runtime
     with pytest.raises(LoremError, match="this test model refuses periodic cells"):
         cpp_evaluate(Model(str(refusing)), atoms)

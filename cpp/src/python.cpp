@@ -7,6 +7,7 @@
 
 #include "lorem/mesh.hpp"
 #include "lorem/model.hpp"
+#include "lorem/simulated_ranks.hpp"
 #include "lorem/vocabulary.hpp"
 
 namespace py = pybind11;
@@ -69,6 +70,12 @@ PYBIND11_MODULE(_core, m) {
           "species", [](const lorem::Model& model) { return model.contract().atomic_numbers; })
       .def_property_readonly("device",
                              [](const lorem::Model& model) { return model.device().str(); })
+      .def_property(
+          "long_range_method", [](const lorem::Model& model) { return model.long_range_method(); },
+          [](lorem::Model& model, const std::string& method) {
+            model.set_long_range_method(method);
+          },
+          "the k-space method for periodic cells, among the contract's methods")
       .def(
           "compute",
           [](lorem::Model& model,
@@ -117,7 +124,86 @@ PYBIND11_MODULE(_core, m) {
           py::arg("origin") = std::array<double, 3>{0.0, 0.0, 0.0},
           py::arg("electric_field") = py::none(), py::arg("born_effective_charges") = false,
           py::arg("slab") = false,
-          "Evaluate local + ghost atoms in one process; forces folded onto local atoms.");
+          "Evaluate local + ghost atoms in one process; forces folded onto local atoms.")
+      .def(
+          "compute_ranks",
+          [](lorem::Model& model, const std::vector<py::dict>& ranks,
+             py::array_t<double, py::array::c_style | py::array::forcecast> cell, bool periodic,
+             std::array<double, 3> origin, std::optional<std::array<double, 3>> electric_field,
+             bool born_effective_charges, bool slab) {
+            // every rank's System and the owners of its ghosts, read while holding the GIL
+            std::vector<lorem::System> systems;
+            std::vector<lorem::GhostOwners> owners;
+            const auto cell_tensor = to_tensor<double>(cell, torch::kFloat64);
+            for (const auto& rank : ranks) {
+              auto item = [&](const char* key) -> py::object {
+                if (!rank.contains(key)) {
+                  throw lorem::Error(std::string("compute_ranks: a rank lacks the key '") + key +
+                                     "'");
+                }
+                return rank[key];
+              };
+              using F = py::array_t<double, py::array::c_style | py::array::forcecast>;
+              using I = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+              lorem::System system;
+              system.positions = to_tensor<double>(item("positions").cast<F>(), torch::kFloat64);
+              system.atomic_numbers =
+                  to_tensor<int64_t>(item("atomic_numbers").cast<I>(), torch::kLong);
+              system.n_local = item("n_local").cast<int64_t>();
+              system.centers = to_tensor<int64_t>(item("centers").cast<I>(), torch::kLong);
+              system.others = to_tensor<int64_t>(item("others").cast<I>(), torch::kLong);
+              system.cell = cell_tensor;
+              system.periodic = periodic || slab;
+              system.slab = slab;
+              system.origin = origin;
+              system.domain_lo = item("domain_lo").cast<std::array<double, 3>>();
+              system.domain_hi = item("domain_hi").cast<std::array<double, 3>>();
+              system.want_born_effective_charges = born_effective_charges;
+              if (electric_field) {
+                system.apply_electric_field = true;
+                system.electric_field = *electric_field;
+              }
+              systems.push_back(system);
+              owners.push_back({to_tensor<int64_t>(item("ghost_rank").cast<I>(), torch::kLong),
+                                to_tensor<int64_t>(item("ghost_index").cast<I>(), torch::kLong)});
+            }
+            lorem::SimulatedRanks simulated(owners);
+            std::vector<lorem::Result> results(systems.size());
+            {
+              py::gil_scoped_release release;
+              simulated.run([&](int r, lorem::Communicator& comm) {
+                auto result = model.compute(systems[r], comm, true);
+                // forces on ghosts go back to their owners (LAMMPS: reverse communication)
+                const auto n_local = systems[r].n_local;
+                auto returned = comm.reverse_ghosts(result.forces.slice(0, n_local), n_local);
+                result.forces = result.forces.slice(0, 0, n_local) + returned;
+                results[r] = result;
+              });
+            }
+            py::list out;
+            for (const auto& result : results) {
+              py::dict rank_out;
+              rank_out["energy"] = result.energy;
+              rank_out["energies"] = to_numpy(result.energies);
+              rank_out["forces"] = to_numpy(result.forces);
+              rank_out["virial"] = to_numpy(result.virial);
+              if (result.born_effective_charges.defined())
+                rank_out["born_effective_charges"] = to_numpy(result.born_effective_charges);
+              out.append(rank_out);
+            }
+            return out;
+          },
+          py::arg("ranks"), py::arg("cell"), py::arg("periodic"),
+          py::arg("origin") = std::array<double, 3>{0.0, 0.0, 0.0},
+          py::arg("electric_field") = py::none(), py::arg("born_effective_charges") = false,
+          py::arg("slab") = false,
+          "Evaluate a system split over ranks, simulated in one process (one thread per "
+          "rank, the collectives of the MPI runtime over shared memory). ranks: one dict per "
+          "rank with positions [n_all, 3] (local atoms first), atomic_numbers, n_local, "
+          "centers, others, ghost_rank and ghost_index (the owner of each ghost), domain_lo "
+          "and domain_hi (the rank's fractional share of the cell). Returns one dict per "
+          "rank: energy, energies, forces on its local atoms (ghost contributions "
+          "returned), virial share, born_effective_charges when computed.");
 
   // For tests of the distributed-mesh machinery in one process: a brick of charges
   // (indices from brick_lo, may overhang the mesh) folded onto the periodic mesh,

@@ -38,7 +38,8 @@ from .errors import (
 )
 from .export import load_any
 from .export.contract import contract_of, require
-from .models import BECModel, EnergyModel, Lorem
+from .models import Lorem
+from .predict import predict
 from .vocabulary import torch_dtype
 
 
@@ -154,12 +155,6 @@ class LoremCalculator(Calculator):
         self.scripted = isinstance(self.model, torch.jit.ScriptModule)
         self.species = set(self.contract["species"]["atomic_numbers"])
         self.has_apt = bool(self.contract["capabilities"]["electric_field"])
-        if self.scripted:
-            self.energy_model = None
-        elif self.has_apt:
-            self.energy_model = BECModel(self.model)
-        else:
-            self.energy_model = EnergyModel(self.model)
         self._electric_field = None
         self.electric_field = electric_field
         self.skin = float(skin)
@@ -251,31 +246,10 @@ class LoremCalculator(Calculator):
         )
 
     def _evaluate(self, graph, periodic: bool):
-        if self.scripted:
-            inputs = [graph[k] for k in keys.INPUT_KEYS]
-            if keys.SLAB in graph:  # exports made without slab take no such argument
-                inputs.append(graph[keys.SLAB])
-            energy, energies, forces, virial, charges, potentials = self.model.energy_forces_virial(
-                *inputs
-            )
-            out = {keys.ENERGY: energy, keys.ENERGIES: energies, keys.FORCES: forces}
-            out.update({keys.VIRIAL: virial, keys.CHARGES: charges, keys.POTENTIALS: potentials})
-            if self.has_apt:
-                apt = self.model.born_effective_charges(*inputs)
-                out[keys.APT] = apt
-                if self._electric_field is not None:
-                    field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
-                    out[keys.FORCES] = forces + torch.einsum("nab,b->na", apt, field)
-        elif self.has_apt:
-            field = None
-            if self._electric_field is not None:
-                field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
-            out = self.energy_model(
-                **graph, compute_forces=True, compute_stress=periodic, electric_field=field
-            )
-        else:
-            out = self.energy_model(**graph, compute_forces=True, compute_stress=periodic)
-        return out
+        field = None
+        if self._electric_field is not None:
+            field = torch.tensor(self._electric_field, dtype=self.dtype, device=self.device)
+        return predict(self.model, graph, stress=periodic, electric_field=field)
 
     def _memory_setting(self) -> str:
         """Where this calculator's user raises the long-range memory limit."""

@@ -1,13 +1,14 @@
 // lorem::Model: load a lorem-torch export (TorchScript + metadata.json), read its
 // contract, and evaluate a system of local and ghost atoms stage by stage with a
-// caller-supplied Communicator (docs/design.md): the same algorithm as
-// python/lorem_torch/export/driver.py.
+// caller-supplied Communicator (docs/design.md section 4): MPI ranks in LAMMPS, one
+// process (SingleProcess), or ranks simulated in one process (lorem/simulated_ranks.hpp).
 #pragma once
 
 #include <torch/script.h>
 
 #include <array>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -15,6 +16,10 @@
 #include "lorem/contract.hpp"
 
 namespace lorem {
+
+namespace staged {
+class LongRangeMethod;
+}
 
 // Every error of the runtime: the message names the problem.
 class Error : public std::runtime_error {
@@ -137,18 +142,26 @@ class Model {
   const std::string& metadata_json() const { return metadata_json_; }
   torch::Device device() const { return device_; }
 
-  // Energy, per-atom energies, forces on local and ghost atoms, virial share.
+  // Energy, per-atom energies, forces on local and ghost atoms, virial share. Ranks of
+  // one process (lorem/simulated_ranks.hpp) may call it at once on one Model.
   Result compute(const System& system, Communicator& comm, bool compute_virial = true);
 
   const Timings& timings() const { return timings_; }
 
  private:
+  // the k-space unit for this system: direct sum (open), Ewald or PME (auto: by cost)
+  std::unique_ptr<staged::LongRangeMethod> long_range_method_for(const System& system,
+                                                                 const torch::Tensor& kcell,
+                                                                 Communicator& comm) const;
+  void add_timings(const Timings& call);
+
   torch::jit::script::Module module_;
   Contract contract_;
   std::string metadata_json_;
   std::string method_;
   torch::Device device_;
   Timings timings_;
+  std::mutex timings_mutex_;
 };
 
 // Fold ghost forces [n_all, 3] onto their owners (single process).

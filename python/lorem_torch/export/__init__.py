@@ -1,16 +1,18 @@
 """Export: TorchScript archives with metadata (the only package that knows TorchScript
-files), the staged module, and the reference driver of the staged contract."""
+files), the staged module, and a system split over ranks for the C++ runtime's simulated
+ranks."""
 
 from .archive import ExportError, export_model, load_exported, read_metadata
 from .contract import CapabilityError, contract_of, require
-from .driver import RankSystem, evaluate_ranks, split_into_ranks
 from .loading import load_any
+from .ranks import RankResult, RankSystem, evaluate_ranks, split_into_ranks
 from .staged import ExportedLorem
 
 __all__ = [
     "CapabilityError",
     "ExportError",
     "ExportedLorem",
+    "RankResult",
     "RankSystem",
     "contract_of",
     "evaluate_ranks",

@@ -1,9 +1,9 @@
 """The export contract: what an exported model is and what it can do, in one structure.
 
 It is written once, by lorem-export, into the export's metadata.json (key "contract"),
-and every consumer reads it there and nowhere else: the ASE calculator, the
-simulated-ranks driver (export/driver.py), the C++ runtime (cpp/src/contract.cpp, a
-real JSON parser) and through it the LAMMPS plugin. A consumer that needs a
+and every consumer reads it there and nowhere else: the ASE calculator, the C++ runtime
+(cpp/src/contract.cpp, a real JSON parser; also over simulated ranks, export/ranks.py)
+and through it the LAMMPS plugin. A consumer that needs a
 capability the contract does not grant refuses with the contract's own reason.
 
 Fields (all plain JSON):

@@ -6,7 +6,8 @@ positions [n_all, 3] with n_local <= n_all, and pairs i <- j with i local. A
 homogeneous strain [3, 3] (zeros) applied to positions and cell inside every stage
 gives the virial by autograd.
 
-Stages (all tensors; the caller communicates between them):
+Stages (all tensors; the caller communicates between them; the order and the
+collectives are docs/design.md section 4, run by the C++ runtime, cpp/src/staged/):
   initial_features   -> short-range energies and features of local atoms
   message_passing_step (x T) -> energy term and new features of local atoms, from the
                         features of local and ghost atoms (ghosts refreshed by the caller
@@ -15,15 +16,19 @@ Stages (all tensors; the caller communicates between them):
   structure_factors  -> partial S(k) [C, K, 2] of local atoms   (sum over ranks)
   potentials         -> potentials of local atoms from S, Q and pairs with ghosts
   direct_potentials  -> non-periodic: potentials from all atoms (all-gathered)
+  pme_mesh, pme_brick, pme_spread, pme_kernel, pme_potentials
+                     -> the same with a mesh spread over ranks (section 4.1)
   readout            -> long-range energies of local atoms
+  stage_apt, long_range_apt -> a LoremBEC's Born effective charges (section 4.2)
 A 2D slab (an export with slab) runs the periodic stages over slab_cell(cell), sums
 slab_moments over ranks (the total charge is their first row) and adds slab_potentials.
 """
 
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 
+from .. import keys
 from ..long_range import direct_potentials as direct_sum
 from ..long_range import slab_moments, slab_potentials
 from ..models import Lorem, LoremBEC
@@ -108,6 +113,37 @@ class ExportedLorem(torch.nn.Module):
             out["charges"].detach(),
             out["potentials"].detach(),
         )
+
+    @torch.jit.export
+    def compute(
+        self,
+        graph: Dict[str, torch.Tensor],
+        compute_stress: bool,
+        electric_field: torch.Tensor | None = None,
+    ) -> Dict[str, torch.Tensor]:
+        """The eager model's outputs of a graph (keys.py names; lorem_torch.predict):
+        energy, energies, forces, charges, potentials, and virial and stress with
+        compute_stress. A model without the Born-charge head refuses a field."""
+        if electric_field is not None:
+            raise ValueError(
+                "[lorem:field] an electric field needs a model with the Born-charge (APT) head"
+            )
+        out = self.energy_model(
+            graph[keys.POSITIONS],
+            graph[keys.ATOMIC_NUMBERS],
+            graph[keys.CELL],
+            graph[keys.PBC],
+            graph[keys.CENTERS],
+            graph[keys.OTHERS],
+            graph[keys.CELL_SHIFTS],
+            graph[keys.ATOM_STRUCTURE],
+            graph[keys.STRUCTURE_OFFSETS],
+            True,
+            compute_stress,
+            False,
+            graph.get(keys.SLAB),
+        )
+        return {key: value.detach() for key, value in out.items()}
 
     # -- staged --
 
@@ -413,6 +449,33 @@ class ExportedLoremBEC(ExportedLorem):
             slab,
         )
         return out["apt"].detach()
+
+    @torch.jit.export
+    def compute(
+        self,
+        graph: Dict[str, torch.Tensor],
+        compute_stress: bool,
+        electric_field: torch.Tensor | None = None,
+    ) -> Dict[str, torch.Tensor]:
+        """ExportedLorem.compute plus apt [N, 3, 3]; electric_field [S, 3] or [3] (V/A)
+        adds Z*_i E to the forces."""
+        out = self.bec_model(
+            graph[keys.POSITIONS],
+            graph[keys.ATOMIC_NUMBERS],
+            graph[keys.CELL],
+            graph[keys.PBC],
+            graph[keys.CENTERS],
+            graph[keys.OTHERS],
+            graph[keys.CELL_SHIFTS],
+            graph[keys.ATOM_STRUCTURE],
+            graph[keys.STRUCTURE_OFFSETS],
+            True,
+            compute_stress,
+            False,
+            electric_field,
+            graph.get(keys.SLAB),
+        )
+        return {key: value.detach() for key, value in out.items()}
 
     @torch.jit.export
     def stage_apt(self, stage: int, spherical: torch.Tensor) -> torch.Tensor:

@@ -17,13 +17,11 @@ Units: Z* in elementary charges, E in V/Angstrom, F in eV/Angstrom.
 Shapes: N atoms, S structures, L = max_degree, s = num_spherical_features,
 d = num_features; spherical features [N, (L+1)**2, s] (e3x basis).
 
-Staged use (DESIGN.md section 3; one structure spread over ranks):
-  encode_bec(...)   as encode(), plus the short-range APT of the local atoms [n, 3, 3]
-  (exchange, structure factors, potentials: unchanged)
-  readout_bec(...)  as readout(), plus the long-range APT of the local atoms [n, 3, 3]
-  raw APT = short-range + long-range; its sum over the local atoms [3, 3] is summed
-  over ranks (9 numbers; an allreduce), as is the number of atoms;
-  apply_acoustic_sum_rule(raw, total, num_atoms_total), then field_forces(apt, E).
+Staged use (docs/design.md section 4.2; one structure spread over ranks): the exported
+`stage_apt(t, spherical)` of every short-range stage plus `long_range_apt(spherical,
+potentials)` give the raw APT of the local atoms; the runtime sums it over the local
+atoms [3, 3] and over ranks with the atom count (one all-reduce of 10 numbers), subtracts
+the mean (the rule above, `apply_acoustic_sum_rule`) and adds `field_forces(apt, E)`.
 The APT takes no part in the energy, so its graph needs no backward pass (detach).
 """
 

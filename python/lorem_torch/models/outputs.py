@@ -201,3 +201,10 @@ class BECModel(torch.nn.Module):
                 field = field[atom_structure]
             results[keys.FORCES] = results[keys.FORCES] + field_forces(apt, field)
         return results
+
+
+def output_model(model: torch.nn.Module) -> EnergyModel | BECModel:
+    """The wrapper that computes a model's outputs: BECModel (APT too) for a LoremBEC."""
+    from .bec import LoremBEC
+
+    return BECModel(model) if isinstance(model, LoremBEC) else EnergyModel(model)

@@ -13,9 +13,10 @@ from .. import keys
 from ..checkpoint import atomic_write, load_checkpoint, model_file_kind, model_from_checkpoint
 from ..data import collate, structure_to_graph
 from ..errors import EXPORT_MEMORY_SETTING, reraise_coded
-from ..models import BECModel, Lorem
+from ..models import Lorem, LoremBEC
+from ..predict import predict
 from .data import DataError, LabelKeys, check_fields, load_samples, make_batch, read_frames
-from .loop import ErrorAccumulator, output_model
+from .loop import ErrorAccumulator
 from .plots import apt_parity, parity
 
 DEFAULT_LABEL_KEYS = LabelKeys(apt="apt", electric_field="electric_field")
@@ -47,8 +48,8 @@ class Predictor:
             self.cutoff = float(contract["cutoff"])
             self.species = [int(z) for z in contract["species"]["atomic_numbers"]]
             return
-        self.energy_model = output_model(model)
-        self.has_apt = isinstance(self.energy_model, BECModel)
+        self.model = model
+        self.has_apt = isinstance(model, LoremBEC)
         self.dtype = next(model.parameters()).dtype
         self.cutoff, self.species = model.cutoff, list(model.species)
         self.slab = bool(getattr(model, "slab", False))  # 2D slabs run (long_range slab)
@@ -60,38 +61,15 @@ class Predictor:
         electric_field: torch.Tensor | None = None,
     ) -> Dict[str, torch.Tensor]:
         """electric_field [S, 3] (V/A) adds Z* E to the forces of a model with Z*."""
-        if self.export is None:
-            options = {"electric_field": electric_field} if self.has_apt else {}
-            return self.energy_model(**graph, compute_forces=True, compute_stress=stress, **options)
-        inputs = [graph[k] for k in keys.INPUT_KEYS]
-        if keys.SLAB in graph:  # exports made without slab take no such argument
-            inputs.append(graph[keys.SLAB])
+        model = self.model if self.export is None else self.export
+        field = electric_field if self.has_apt else None
         try:
-            energy, energies, forces, virial, _, _ = self.export.energy_forces_virial(*inputs)
+            return predict(model, graph, stress, field)
         except RuntimeError as error:  # TorchScript's traceback -> the model's one line
+            if self.export is None:
+                raise
             reraise_coded(error, EXPORT_MEMORY_SETTING)
             raise
-        extra: Dict[str, torch.Tensor] = {}
-        if self.has_apt:
-            apt = self.export.born_effective_charges(*inputs)
-            extra[keys.APT] = apt
-            if electric_field is not None:
-                per_atom = electric_field[graph[keys.ATOM_STRUCTURE]]
-                forces = forces + torch.einsum("nab,nb->na", apt, per_atom)
-        cell, pbc = graph[keys.CELL], graph[keys.PBC]
-        volume = torch.abs(torch.linalg.det(cell))
-        periodic = pbc[:, None, None]
-        stress_tensor = torch.where(
-            periodic, virial / torch.where(periodic, volume[:, None, None], 1.0), 0.0
-        )
-        return {
-            keys.ENERGY: energy,
-            keys.ENERGIES: energies,
-            keys.FORCES: forces.detach(),
-            keys.VIRIAL: virial.detach(),
-            keys.STRESS: stress_tensor.detach(),
-            **extra,
-        }
 
 
 def _label_keys(given: LabelKeys | Dict[str, str | None] | None, stored) -> LabelKeys:

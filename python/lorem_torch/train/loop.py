@@ -35,6 +35,7 @@ import yaml
 from .. import keys
 from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from ..models import BECModel, EnergyModel, Lorem, LoremBEC
+from ..models.outputs import output_model
 from ..vocabulary import DTYPES
 from . import config as config_module
 from .data import (
@@ -93,11 +94,6 @@ def config_differences(stored: Dict[str, Any], current: Dict[str, Any]) -> List[
 
 
 # -- loss and metrics --
-
-
-def output_model(model: Lorem) -> EnergyModel | BECModel:
-    """The wrapper that computes a model's outputs: BECModel (APT too) for a LoremBEC."""
-    return BECModel(model) if isinstance(model, LoremBEC) else EnergyModel(model)
 
 
 def predict(model: EnergyModel | BECModel, batch: Batch, training: bool, stress: bool) -> Dict:

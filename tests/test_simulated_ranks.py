@@ -1,0 +1,191 @@
+"""The C++ runtime's staged algorithm (what every LAMMPS rank runs) over 1-4 ranks simulated
+in one process (lorem_torch._core.Model.compute_ranks: one thread per rank, the MPI
+collectives over shared memory), against the whole eager model in float64: PME, message
+passing with PME, Born effective charges and a field, empty ranks, every method."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import cluster, evaluate, nacl, small_model, triclinic_water
+from lorem_torch._core import LoremError, Model
+from test_bec import FIELD, run, small_bec
+
+from lorem_torch.export import evaluate_ranks, export_model, split_into_ranks
+
+TOLERANCE = 1e-10
+
+
+def along_x(atoms, ranks):
+    """Rank of each atom: slabs of the cell along x (periodic) or of the atoms' x order."""
+    if atoms.pbc.all():
+        fractional = atoms.get_scaled_positions(wrap=True)[:, 0]
+    else:
+        fractional = np.argsort(np.argsort(atoms.positions[:, 0])) / len(atoms)
+    return np.minimum((fractional * ranks).astype(int), ranks - 1)
+
+
+def grid_domains(systems, shape):
+    """Give the ranks domains on a processor grid (shape: ranks per axis), so that the PME
+    mesh is owned in blocks split along several axes; any tiling gives the same numbers."""
+    for rank, system in enumerate(systems):
+        index = np.unravel_index(rank, shape)
+        system.domain_lo = tuple(i / n for i, n in zip(index, shape, strict=True))
+        system.domain_hi = tuple((i + 1) / n for i, n in zip(index, shape, strict=True))
+    return systems
+
+
+def gather(results, rank_of_atom, key):
+    """Per-atom results of every rank in the global atom order."""
+    first = getattr(results[0], key)
+    out = np.zeros((len(rank_of_atom),) + tuple(first.shape[1:]))
+    for rank, result in enumerate(results):
+        out[rank_of_atom == rank] = getattr(result, key).numpy()
+    return out
+
+
+def assert_matches(results, rank_of_atom, reference, periodic=True):
+    energy = float(reference["energy"].detach())
+    assert sum(r.energy for r in results) == pytest.approx(energy, abs=TOLERANCE)
+    np.testing.assert_allclose(
+        gather(results, rank_of_atom, "energies"),
+        reference["energies"].detach().numpy(),
+        atol=TOLERANCE,
+    )
+    np.testing.assert_allclose(
+        gather(results, rank_of_atom, "forces"), reference["forces"].numpy(), atol=TOLERANCE
+    )
+    if periodic:
+        virial = sum(r.virial for r in results).numpy()
+        np.testing.assert_allclose(virial, reference["virial"][0].numpy(), atol=TOLERANCE)
+
+
+@pytest.fixture(scope="module")
+def pme_exports(tmp_path_factory):
+    """float64 exports with PME (and Ewald), without and with a message-passing layer."""
+    folder = tmp_path_factory.mktemp("simulated_ranks")
+    out = {}
+    for layers in (0, 1):
+        model = small_model(num_message_passing=layers).with_long_range("pme")
+        path = folder / f"pme{layers}.pt"
+        export_model(model, path, "float64")
+        out[layers] = (model, path)
+    return out
+
+
+@pytest.mark.parametrize("layers", [0, 1])
+@pytest.mark.parametrize("grid", [(1, 1, 1), (2, 1, 1), (3, 1, 1), (2, 2, 1), (1, 1, 4)])
+def test_pme_over_ranks_equals_the_model(pme_exports, layers, grid):
+    """PME with the mesh owned in parts over 1-4 ranks (the distributed FFT of
+    cpp/src/mesh.cpp), with and without message passing, on a triclinic cell."""
+    model, path = pme_exports[layers]
+    atoms = triclinic_water() * (2, 1, 1)
+    reference = evaluate(model, [atoms], stress=True)
+    ranks = int(np.prod(grid))
+    rank_of_atom = along_x(atoms, ranks)
+    systems = grid_domains(split_into_ranks(atoms, model.cutoff, rank_of_atom), grid)
+    cpp = Model(str(path))
+    assert cpp.long_range_method == "pme"
+    results = evaluate_ranks(cpp, systems, atoms.cell.array, True)
+    assert_matches(results, rank_of_atom, reference)
+
+
+@pytest.mark.parametrize("method", ["ewald", "pme", "auto"])
+def test_empty_ranks_take_part(pme_exports, method):
+    """Ranks 1 and 3 of 4 own no atom (they still hold ghosts or nothing) and take part
+    in every collective: the PME remaps, the sums over ranks, the ghost exchanges."""
+    model, path = pme_exports[1]
+    atoms = nacl(1)
+    rank_of_atom = np.where(along_x(atoms, 2) == 0, 0, 2)
+    systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)  # ranks 0, 1 (empty), 2
+    systems.append(dataclasses.replace(systems[1]))  # rank 3: no atoms, no ghosts
+    assert [s.n_local > 0 for s in systems] == [True, False, True, False]
+    systems = grid_domains(systems, (2, 2, 1))
+    cpp = Model(str(path))
+    cpp.long_range_method = method
+    reference = evaluate(model.with_long_range(method), [atoms], stress=True)
+    results = evaluate_ranks(cpp, systems, atoms.cell.array, True)
+    assert results[1].energy == 0.0 and results[3].energy == 0.0
+    assert_matches(results, rank_of_atom, reference)
+
+
+def test_open_boundaries_over_ranks(pme_exports):
+    """A molecule without a cell: the direct sum over all-gathered positions and charges,
+    message passing across ranks, one rank empty."""
+    model, path = pme_exports[1]
+    atoms = cluster()
+    rank_of_atom = along_x(atoms, 2) * 2  # ranks 0 and 2; rank 1 owns nothing
+    systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
+    assert systems[1].n_local == 0
+    reference = evaluate(model, [atoms])
+    results = evaluate_ranks(path, systems, np.zeros((3, 3)), False)
+    assert_matches(results, rank_of_atom, reference, periodic=False)
+
+
+@pytest.fixture(scope="module")
+def bec_exports(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("simulated_ranks_bec")
+    model = small_bec(num_message_passing=1)
+    out = {}
+    for method in ("ewald", "pme"):
+        path = folder / f"bec_{method}.pt"
+        export_model(model, path, "float64", long_range=method)
+        out[method] = path
+    return model, out
+
+
+@pytest.mark.parametrize("method", ["ewald", "pme"])
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_born_effective_charges_over_ranks(bec_exports, method, ranks):
+    """Z* per atom with the acoustic sum rule over the whole system (one all-reduce), and
+    the field's forces Z* E, equal LoremBEC's batch evaluation."""
+    model, paths = bec_exports
+    atoms = triclinic_water() * (2, 1, 1)
+    plain = run(model.with_long_range(method), [atoms], stress=True)
+    with_field = run(model.with_long_range(method), [atoms], field=[FIELD], stress=True)
+    rank_of_atom = along_x(atoms, ranks)
+    systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
+    results = evaluate_ranks(paths[method], systems, atoms.cell.array, True, electric_field=FIELD)
+    apt = gather(results, rank_of_atom, "born_effective_charges")
+    np.testing.assert_allclose(apt, plain["apt"].detach().numpy(), atol=TOLERANCE)
+    assert np.abs(apt.sum(0)).max() < TOLERANCE  # the acoustic sum rule, over all ranks
+    np.testing.assert_allclose(
+        gather(results, rank_of_atom, "forces"),
+        with_field["forces"].detach().numpy(),
+        atol=TOLERANCE,
+    )
+    energy = sum(r.energy for r in results)
+    assert energy == pytest.approx(float(plain["energy"].detach()), abs=TOLERANCE)
+    virial = sum(r.virial for r in results).numpy()
+    volume = atoms.get_volume()
+    np.testing.assert_allclose(virial, plain["stress"][0].detach().numpy() * volume, atol=TOLERANCE)
+
+
+def test_a_failing_rank_releases_the_others(pme_exports):
+    """Two atoms closer than the model allows, both owned by rank 1: rank 1 refuses them
+    before any collective (the pair is its own), rank 0 reaches its first collective and
+    is released instead of waiting forever; rank 1's error is the one that comes back."""
+    model, path = pme_exports[0]
+    atoms = nacl(1)
+    atoms.positions[1] = atoms.positions[0] + [0.01, 0.0, 0.0]
+    rank_of_atom = np.where(np.arange(len(atoms)) < 2, 1, 0)
+    systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
+    with pytest.raises(LoremError, match="atoms 0 and 1 are 0.01.* A apart"):
+        evaluate_ranks(path, systems, atoms.cell.array, True)
+
+
+def test_ranks_must_be_described_fully(pme_exports):
+    _, path = pme_exports[0]
+    atoms = nacl(1)
+    (system,) = split_into_ranks(atoms, 5.0, np.zeros(len(atoms), dtype=int))
+    cpp = Model(str(path))
+    rank = {
+        "positions": system.positions.numpy(),
+        "atomic_numbers": system.atomic_numbers.numpy(),
+        "n_local": system.n_local,
+    }
+    with pytest.raises(LoremError, match="lacks the key 'centers'"):
+        cpp.compute_ranks([rank], atoms.cell.array, True)
+    # the runtime stays usable
+    results = evaluate_ranks(cpp, [system], atoms.cell.array, True)
+    assert np.isfinite(results[0].energy)
