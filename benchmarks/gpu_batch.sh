@@ -47,8 +47,8 @@ for step in $STEPS; do
   parity)
     log "parity: runtime and LAMMPS on cuda against the CPU references"
     LOREM_TEST_DEVICE=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider \
-      tests/test_lammps_pme.py tests/test_lammps_mp.py tests/test_message_passing.py \
-      tests/test_lammps_bec.py tests/test_export.py tests/test_lammps.py \
+      tests/lammps/test_lammps_pme.py tests/lammps/test_lammps_mp.py tests/models/test_message_passing.py \
+      tests/lammps/test_lammps_bec.py tests/export/test_export.py tests/lammps/test_lammps.py \
       -k "matches_python or atoms_too_close or parity_ladder or triclinic_message_passing or pme_with_an_empty_rank or born_effective or field_forces or float32_model" \
       > "$OUT/parity_tests.txt" 2>&1
     echo "pytest rc=$?" >> "$OUT/parity_tests.txt"
@@ -58,14 +58,14 @@ for step in $STEPS; do
   lammps-parity)
     log "parity of pair_style lorem (Ewald) on cuda, 1 and 2 ranks"
     LOREM_TEST_DEVICE=cuda timeout 60 python3 -m pytest -q -p no:cacheprovider \
-      tests/test_lammps.py -k "matches_python" > "$OUT/parity_lammps.txt" 2>&1
+      tests/lammps/test_lammps.py -k "matches_python" > "$OUT/parity_lammps.txt" 2>&1
     echo "pytest rc=$?" >> "$OUT/parity_lammps.txt"
     tail -4 "$OUT/parity_lammps.txt" | tee -a "$OUT/steps.txt"
     ;;
   bec)
     log "parity of the BEC path of the runtime and LAMMPS on cuda"
     LOREM_TEST_DEVICE=cuda timeout 100 python3 -m pytest -q -p no:cacheprovider \
-      tests/test_lammps_bec.py tests/test_lammps.py -k "bec or field or float32_model" \
+      tests/lammps/test_lammps_bec.py tests/lammps/test_lammps.py -k "bec or field or float32_model" \
       > "$OUT/parity_bec.txt" 2>&1
     echo "pytest rc=$?" >> "$OUT/parity_bec.txt"
     tail -4 "$OUT/parity_bec.txt" | tee -a "$OUT/steps.txt"

@@ -11,6 +11,7 @@ from ase.build import bulk, molecule
 
 from lorem_torch import EnergyModel, Lorem
 from lorem_torch.data import atoms_to_graph
+from lorem_torch.models import BECModel, LoremBEC
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -135,3 +136,30 @@ def cpp_evaluate(cpp_model, atoms, **options):
         slab=is_slab(atoms),
         **options,
     )
+
+
+FIELD = (0.3, -0.5, 0.7)  # V/A
+
+
+def small_bec(dtype=torch.float64, seed=0, **overrides) -> LoremBEC:
+    """A small LoremBEC with APT and l > 0 charges of order one."""
+    torch.manual_seed(seed)
+    options = dict(num_features=16, num_radial=8, num_spherical_features=4, max_degree=4)
+    options.update(overrides)
+    model = LoremBEC(**options).to(dtype)
+    with torch.no_grad():
+        if model.long_range is not None:
+            model.long_range.charge_tensor.tensor.kernel.mul_(30.0)
+        for head in [model.apt_initial, *model.apt_steps, model.apt_long_range]:
+            if head is not None:
+                head.coupling.tensor.kernel.mul_(300.0)
+    return model
+
+
+def bec_outputs(model, atoms_list, field=None, stress=False):
+    """BECModel's outputs of a LoremBEC for a list of structures (field [S, 3] or None)."""
+    dtype = next(model.parameters()).dtype
+    graph = atoms_to_graph(atoms_list, model.cutoff, dtype=dtype)
+    if field is not None:
+        field = torch.as_tensor(np.asarray(field), dtype=dtype)
+    return BECModel(model)(**graph, compute_stress=stress, electric_field=field)

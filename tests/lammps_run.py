@@ -7,6 +7,9 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
+from ase.build import molecule
+from conftest import triclinic_water
 
 from lorem_torch.lammps import (
     NKTV2P_METAL,
@@ -102,3 +105,46 @@ def pressure_from_stress(stress):
     """ASE stress (eV/A^3, 3x3) -> LAMMPS virial pressure (bar, xx yy zz xy xz yz)."""
     s = 0.5 * (stress + stress.T)
     return -NKTV2P_METAL * np.array([s[0, 0], s[1, 1], s[2, 2], s[0, 1], s[0, 2], s[1, 2]])
+
+
+# -- systems and the comparison the LAMMPS tests share --
+
+
+def cluster_in_box():
+    atoms = molecule("H2O") + molecule("H2O")
+    atoms.positions[3:] += [2.6, 0.3, 0.4]
+    atoms.rattle(0.03, seed=5)
+    atoms.positions += 8.0
+    atoms.set_cell([16.0, 17.0, 18.0])
+    return atoms
+
+
+def wrapped(atoms):
+    atoms = atoms.copy()
+    atoms.wrap()
+    return atoms
+
+
+def compare(result, reference, periodic, tolerance):
+    scale = max(1.0, abs(float(reference["energy"])))
+    assert result["energy"] == pytest.approx(float(reference["energy"]), abs=tolerance * scale)
+    order = result["ids"] - 1
+    np.testing.assert_allclose(
+        result["forces"], reference["forces"].numpy()[order], atol=tolerance * scale
+    )
+    np.testing.assert_allclose(
+        result["energies"], reference["energies"].detach().numpy()[order], atol=tolerance * scale
+    )
+    if periodic:
+        expected = pressure_from_stress(reference["stress"][0].numpy())
+        np.testing.assert_allclose(
+            result["pressure"], expected, atol=tolerance * 1.6021765e6 * scale, rtol=1e-7
+        )
+
+
+def water_box(repeat=(2, 2, 2), seed=7):
+    """Liquid-like water: the triclinic 4-molecule box repeated (24 atoms per repeat)."""
+    atoms = triclinic_water() * repeat
+    atoms.rattle(0.05, seed=seed)
+    atoms.wrap()
+    return atoms

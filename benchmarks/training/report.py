@@ -290,11 +290,13 @@ def lode_learning_figure(results: Dict[str, Dict], path: Path) -> None:
     plt.close(fig)
 
 
-def dipeptides_table(runs: Path) -> str | None:
-    """Test errors of the SPICE dipeptide runs, all and by group (dipeptides.py)."""
+def dipeptides_table(runs: Path, repeats: bool = False) -> str | None:
+    """Test errors of the SPICE dipeptide runs, all and by group (dipeptides.py); the
+    first seed's runs, or (repeats) those repeated with another seed."""
     results = {
         path.parent.name: json.loads(path.read_text())
         for path in sorted(runs.glob("dipeptides-*/dipeptides_result.json"))
+        if _is_repeat(path.parent.name) == repeats
     }
     if not results:
         return None
@@ -455,15 +457,25 @@ def _lode_commands(results: Dict[str, Dict]) -> List[str]:
     ]
 
 
-def commands_table(runs: Path, periodic: bool = False) -> str | None:
+def _is_repeat(run: str) -> bool:
+    """A run repeated with another seed or budget (its name ends in -seedN or -eN, the
+    epochs): these have blocks of their own, next to the first runs'."""
+    return re.search(r"-(seed\d+|e\d+)$", run) is not None
+
+
+def commands_table(runs: Path, periodic: bool = False, repeats: bool = False) -> str | None:
     """Each run folder's command (bench_training.py, from the repository root) and its
     wall time as recorded by the run itself; periodic=True: the LODE runs trained in the
-    box alone. None when there is no such run."""
+    box alone (and the dipeptides), repeats=True: only the runs repeated with another
+    seed, otherwise only the first seed's. None when there is no such run."""
     script = ".venv/bin/python benchmarks/bench_training.py"
     lines = ["| command | wall time |", "| --- | --- |"]
-    lines += _lode_commands(lode_results(runs, periodic))
+    lode_runs = {n: r for n, r in lode_results(runs, periodic).items() if _is_repeat(n) == repeats}
+    lines += _lode_commands(lode_runs)
     if periodic:
         for path in sorted(runs.glob("dipeptides-*/dipeptides_result.json")):
+            if _is_repeat(path.parent.name) != repeats:
+                continue
             result = json.loads(path.read_text())
             lines.append(
                 f"| `{script} dipeptides --configs {result['config']}` | "
@@ -535,19 +547,29 @@ def write(runs: Path, docs: Path) -> None:
         blocks["lode-reference"] = lode_reference_table(rows)
         blocks["lode-tail"] = lode_tail_table(results)
         lode_figure(results, figures / "lode_binding_curves.png")
-    periodic = lode_results(runs, periodic=True)
-    if periodic:
+    # the runs in the box: the first ones, and the repeats with other seeds or budgets
+    # (run names ending in -seedN, -eN), each in its own blocks so that either can be
+    # rewritten alone
+    periodic_all = lode_results(runs, periodic=True)
+    for suffix, chosen in (
+        ("", {n: r for n, r in periodic_all.items() if not _is_repeat(n)}),
+        ("-seeds", {n: r for n, r in periodic_all.items() if _is_repeat(n)}),
+    ):
+        if not chosen:
+            continue
         data = runs / "data"
         facts = lode.short_range_facts(
             {"train": data / "lode-train.xyz", "test": data / "lode-test.xyz"}
         )
-        blocks["lode-periodic"] = lode_periodic_table(periodic, facts)
-        blocks["lode-periodic-tail"] = lode_box_tail_table(periodic)
-        lode_figure(periodic, figures / "lode_binding_curves_periodic.png")
-        lode_learning_figure(periodic, figures / "lode_learning_curves_periodic.png")
-    dipeptides = dipeptides_table(runs)
-    if dipeptides is not None:
-        blocks["dipeptides"] = dipeptides
+        figure = "periodic" if not suffix else "periodic_seeds"
+        blocks[f"lode-periodic{suffix}"] = lode_periodic_table(chosen, facts)
+        blocks[f"lode-periodic{suffix}-tail"] = lode_box_tail_table(chosen)
+        lode_figure(chosen, figures / f"lode_binding_curves_{figure}.png")
+        lode_learning_figure(chosen, figures / f"lode_learning_curves_{figure}.png")
+    for suffix, repeats in (("", False), ("-seeds", True)):
+        dipeptides = dipeptides_table(runs, repeats)
+        if dipeptides is not None:
+            blocks[f"dipeptides{suffix}"] = dipeptides
     for dataset, title in (
         ("gnl", "GNL cumulenes: lorem-torch and lorem-jax, same settings"),
         ("ko4g", "Ko carbon chains: lorem-torch and lorem-jax, same settings"),
@@ -562,6 +584,7 @@ def write(runs: Path, docs: Path) -> None:
     for name, table in (
         ("commands", commands_table(runs)),
         ("commands-periodic", commands_table(runs, periodic=True)),
+        ("commands-seeds", commands_table(runs, periodic=True, repeats=True)),
     ):
         if table is not None:
             blocks[name] = table

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 namespace lorem {
 
@@ -123,25 +124,130 @@ torch::Tensor remap(Communicator& comm, const torch::Tensor& data, const std::ve
   return out;
 }
 
-MeshFFT::MeshFFT(Communicator& comm, const Index3& mesh) : comm_(comm), mesh_(mesh) {
-  const int64_t ranks = comm.size();
-  // a process grid as square as the rank count allows
-  int64_t rows = 1;
-  for (int64_t d = 1; d * d <= ranks; ++d)
-    if (ranks % d == 0) rows = d;
-  const int64_t columns = ranks / rows;
-  for (auto& layout : all_pencils_) layout.resize(ranks);
-  for (int64_t r = 0; r < ranks; ++r) {
-    const int64_t r1 = r / columns, r2 = r % columns;
-    const auto [x1, y1] = block(mesh[1], rows, r1);
-    const auto [x2, y2] = block(mesh[2], columns, r2);
-    const auto [x0, y0] = block(mesh[0], rows, r1);
-    const auto [w1, z1] = block(mesh[1], columns, r2);
-    all_pencils_[0][r] = Box{{0, x1, x2}, {mesh[0], y1, y2}};
-    all_pencils_[1][r] = Box{{x0, 0, x2}, {y0, mesh[1], y2}};
-    all_pencils_[2][r] = Box{{x0, w1, 0}, {y0, z1, mesh[2]}};
+namespace {
+
+// The distinct intervals [lo, hi) of every axis among the boxes, sorted, when the boxes
+// are exactly the products of them (a regular processor grid, as LAMMPS' domains are).
+std::optional<std::array<std::vector<std::pair<int64_t, int64_t>>, 3>> regular_grid(
+    const std::vector<Box>& boxes) {
+  std::array<std::vector<std::pair<int64_t, int64_t>>, 3> intervals;
+  for (int a = 0; a < 3; ++a) {
+    for (const auto& box : boxes) intervals[a].emplace_back(box.lo[a], box.hi[a]);
+    std::sort(intervals[a].begin(), intervals[a].end());
+    intervals[a].erase(std::unique(intervals[a].begin(), intervals[a].end()), intervals[a].end());
   }
-  for (int axis = 0; axis < 3; ++axis) pencils_[axis] = all_pencils_[axis][comm.rank()];
+  if (intervals[0].size() * intervals[1].size() * intervals[2].size() != boxes.size())
+    return std::nullopt;
+  return intervals;
+}
+
+int64_t interval_index(const std::vector<std::pair<int64_t, int64_t>>& intervals, int64_t lo,
+                       int64_t hi) {
+  return std::find(intervals.begin(), intervals.end(), std::make_pair(lo, hi)) - intervals.begin();
+}
+
+}  // namespace
+
+PencilPlan pencil_plan(const Index3& mesh, const std::vector<Box>& owned_all,
+                       bool align_with_domains) {
+  const auto ranks = static_cast<int64_t>(owned_all.size());
+  PencilPlan plan;
+  for (auto& layout : plan.layouts) layout.resize(ranks);
+  // Domain-aligned pencils: when the owned parts form a grid that leaves some axis a
+  // whole (a LAMMPS processor grid with one dimension 1: 1 x P, 2 x 2 x 1, ...), the first
+  // pencils are the owned parts themselves (full along a), so the owned <-> pencil remaps
+  // move nothing; each of the two transposes keeps one of the grid's splits and moves
+  // only across the other (nothing at all where that split is 1).
+  const auto grid = regular_grid(owned_all);
+  int whole = -1;
+  if (grid && align_with_domains) {
+    for (int a = 0; a < 3 && whole < 0; ++a)
+      if ((*grid)[a].size() == 1 && (*grid)[a][0] == std::pair<int64_t, int64_t>(0, mesh[a]))
+        whole = a;
+  }
+  if (whole >= 0) {
+    const int a = whole, b = (a + 1) % 3, c = (a + 2) % 3;
+    plan.order = {a, b, c};
+    const auto nb = static_cast<int64_t>((*grid)[b].size());
+    const auto nc = static_cast<int64_t>((*grid)[c].size());
+    for (int64_t r = 0; r < ranks; ++r) {
+      const Box& owned = owned_all[r];
+      const int64_t ib = interval_index((*grid)[b], owned.lo[b], owned.hi[b]);
+      const int64_t ic = interval_index((*grid)[c], owned.lo[c], owned.hi[c]);
+      const auto [a_lo, a_hi] = block(mesh[a], nb, ib);
+      const auto [b_lo, b_hi] = block(mesh[b], nc, ic);
+      plan.layouts[0][r] = owned;  // full along a; b and c as the domains
+      Box second = owned;          // full along b; a split as b was, c unchanged
+      second.lo[a] = a_lo, second.hi[a] = a_hi;
+      second.lo[b] = 0, second.hi[b] = mesh[b];
+      Box third = second;  // full along c; b split as c was
+      third.lo[b] = b_lo, third.hi[b] = b_hi;
+      third.lo[c] = 0, third.hi[c] = mesh[c];
+      plan.layouts[1][r] = second;
+      plan.layouts[2][r] = third;
+    }
+  } else {
+    // otherwise pencils along x, y, z on a process grid as square as the rank count allows
+    plan.order = {0, 1, 2};
+    int64_t rows = 1;
+    for (int64_t d = 1; d * d <= ranks; ++d)
+      if (ranks % d == 0) rows = d;
+    const int64_t columns = ranks / rows;
+    for (int64_t r = 0; r < ranks; ++r) {
+      const int64_t r1 = r / columns, r2 = r % columns;
+      const auto [x1, y1] = block(mesh[1], rows, r1);
+      const auto [x2, y2] = block(mesh[2], columns, r2);
+      const auto [x0, y0] = block(mesh[0], rows, r1);
+      const auto [w1, z1] = block(mesh[1], columns, r2);
+      plan.layouts[0][r] = Box{{0, x1, x2}, {mesh[0], y1, y2}};
+      plan.layouts[1][r] = Box{{x0, 0, x2}, {y0, mesh[1], y2}};
+      plan.layouts[2][r] = Box{{x0, w1, 0}, {y0, z1, mesh[2]}};
+    }
+  }
+  return plan;
+}
+
+int64_t remap_values_sent(const std::vector<Box>& from_all, const std::vector<Box>& to_all,
+                          const Index3& period, int rank) {
+  int64_t values = 0;
+  for (int destination = 0; destination < static_cast<int>(to_all.size()); ++destination) {
+    if (destination == rank) continue;
+    for_each_overlap(from_all[rank], to_all[destination], period,
+                     [&](const Box& overlap, const Index3&) { values += overlap.volume(); });
+  }
+  return values;
+}
+
+std::vector<double> pme_bytes_sent(const Index3& mesh, const std::vector<Box>& owned_all,
+                                   const std::vector<Box>& brick_all, int64_t channels,
+                                   bool align_with_domains) {
+  const auto plan = pencil_plan(mesh, owned_all, align_with_domains);
+  const int64_t complex_pairs = (channels + 1) / 2;
+  std::vector<double> bytes(owned_all.size(), 0.0);
+  for (int r = 0; r < static_cast<int>(owned_all.size()); ++r) {
+    // one convolution: brick -> owned (real channels), owned -> three pencils and back
+    // (complex pairs), owned -> brick; every remap's reverse moves as many values
+    double values = static_cast<double>(remap_values_sent(brick_all, owned_all, mesh, r) +
+                                        remap_values_sent(owned_all, brick_all, mesh, r)) *
+                    static_cast<double>(channels);
+    const std::array<const std::vector<Box>*, 4> chain{&owned_all, &plan.layouts[0],
+                                                       &plan.layouts[1], &plan.layouts[2]};
+    for (int step = 0; step < 3; ++step) {
+      values += 2.0 * static_cast<double>(complex_pairs) *
+                static_cast<double>(remap_values_sent(*chain[step], *chain[step + 1], mesh, r) +
+                                    remap_values_sent(*chain[step + 1], *chain[step], mesh, r));
+    }
+    bytes[r] = 2.0 * 8.0 * values;  // two convolutions per evaluation, float64
+  }
+  return bytes;
+}
+
+MeshFFT::MeshFFT(Communicator& comm, const Index3& mesh, const std::vector<Box>& owned_all)
+    : comm_(comm), mesh_(mesh) {
+  auto plan = pencil_plan(mesh, owned_all);
+  order_ = plan.order;
+  all_pencils_ = std::move(plan.layouts);
+  for (int step = 0; step < 3; ++step) pencils_[step] = all_pencils_[step][comm.rank()];
 }
 
 namespace {
@@ -159,20 +265,20 @@ torch::Tensor MeshFFT::forward(const torch::Tensor& owned, const std::vector<Box
   auto packed = torch::complex(real.slice(0, 0, real.size(0), 2).contiguous(),
                                real.slice(0, 1, real.size(0), 2).contiguous());
   auto x = remap_complex(comm_, packed, owned_all, all_pencils_[0], mesh_);
-  x = torch::fft::fft(x, c10::nullopt, 1);
+  x = torch::fft::fft(x, c10::nullopt, 1 + order_[0]);
   x = remap_complex(comm_, x, all_pencils_[0], all_pencils_[1], mesh_);
-  x = torch::fft::fft(x, c10::nullopt, 2);
+  x = torch::fft::fft(x, c10::nullopt, 1 + order_[1]);
   x = remap_complex(comm_, x, all_pencils_[1], all_pencils_[2], mesh_);
-  return torch::fft::fft(x, c10::nullopt, 3);
+  return torch::fft::fft(x, c10::nullopt, 1 + order_[2]);
 }
 
 torch::Tensor MeshFFT::inverse(const torch::Tensor& spectrum, const std::vector<Box>& owned_all,
                                int64_t channels) {
-  auto x = torch::fft::ifft(spectrum, c10::nullopt, 3, "forward");
+  auto x = torch::fft::ifft(spectrum, c10::nullopt, 1 + order_[2], "forward");
   x = remap_complex(comm_, x, all_pencils_[2], all_pencils_[1], mesh_);
-  x = torch::fft::ifft(x, c10::nullopt, 2, "forward");
+  x = torch::fft::ifft(x, c10::nullopt, 1 + order_[1], "forward");
   x = remap_complex(comm_, x, all_pencils_[1], all_pencils_[0], mesh_);
-  x = torch::fft::ifft(x, c10::nullopt, 1, "forward");
+  x = torch::fft::ifft(x, c10::nullopt, 1 + order_[0], "forward");
   x = remap_complex(comm_, x, all_pencils_[0], owned_all, mesh_);
   auto real = torch::stack({torch::real(x), torch::imag(x)}, 1);  // [C2, 2, ...]
   real = real.reshape({2 * x.size(0), x.size(1), x.size(2), x.size(3)});

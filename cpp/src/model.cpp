@@ -363,6 +363,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
     }
     timings.transfers += now() - end;  // .to(kCPU) waits for the device
     add_timings(timings);
+    result.timings = timings;
     return result;
   } catch (const Error&) {
     throw;

@@ -189,6 +189,9 @@ PYBIND11_MODULE(_core, m) {
               rank_out["virial"] = to_numpy(result.virial);
               if (result.born_effective_charges.defined())
                 rank_out["born_effective_charges"] = to_numpy(result.born_effective_charges);
+              // what this rank sent (counted as float64) and its seconds in the collectives
+              rank_out["bytes_sent"] = result.timings.bytes;
+              rank_out["communication_seconds"] = result.timings.communication;
               out.append(rank_out);
             }
             return out;
@@ -204,6 +207,28 @@ PYBIND11_MODULE(_core, m) {
           "and domain_hi (the rank's fractional share of the cell). Returns one dict per "
           "rank: energy, energies, forces on its local atoms (ghost contributions "
           "returned), virial share, born_effective_charges when computed.");
+
+  // The mesh traffic of one PME evaluation from its plan alone (benchmarks/
+  // bench_mesh_traffic.py): boxes as ((lo0, lo1, lo2), (hi0, hi1, hi2)) per rank.
+  m.def(
+      "_pme_bytes_sent",
+      [](std::array<int64_t, 3> mesh,
+         const std::vector<std::pair<std::array<int64_t, 3>, std::array<int64_t, 3>>>& owned,
+         const std::vector<std::pair<std::array<int64_t, 3>, std::array<int64_t, 3>>>& bricks,
+         int64_t channels, bool align_with_domains) {
+        auto boxes = [](const auto& pairs) {
+          std::vector<lorem::Box> out;
+          for (const auto& [lo, hi] : pairs) out.push_back(lorem::Box{lo, hi});
+          return out;
+        };
+        if (owned.size() != bricks.size())
+          throw lorem::Error("_pme_bytes_sent: one owned box and one brick per rank");
+        return lorem::pme_bytes_sent(mesh, boxes(owned), boxes(bricks), channels,
+                                     align_with_domains);
+      },
+      py::arg("mesh"), py::arg("owned"), py::arg("bricks"), py::arg("channels"),
+      py::arg("align_with_domains") = true,
+      "Bytes (float64) each rank sends in the mesh remaps of one PME evaluation.");
 
   // For tests of the distributed-mesh machinery in one process: a brick of charges
   // (indices from brick_lo, may overhang the mesh) folded onto the periodic mesh,
@@ -222,7 +247,7 @@ PYBIND11_MODULE(_core, m) {
             {brick_lo[0] + data.size(1), brick_lo[1] + data.size(2), brick_lo[2] + data.size(3)}};
         lorem::Box owned{{0, 0, 0}, mesh};
         auto charges = lorem::remap(comm, data, {brick_box}, {owned}, mesh);
-        lorem::MeshFFT fft(comm, mesh);
+        lorem::MeshFFT fft(comm, mesh, {owned});
         auto spectrum = fft.forward(charges, {owned});
         const auto& box = fft.spectrum_box();
         auto local_g = g.index({torch::indexing::Slice(box.lo[0], box.hi[0]),

@@ -40,14 +40,39 @@ std::vector<Box> gather_boxes(Communicator& comm, const Box& mine);
 torch::Tensor remap(Communicator& comm, const torch::Tensor& data, const std::vector<Box>& from_all,
                     const std::vector<Box>& to_all, const Index3& period);
 
+// The pencils of the distributed FFT: the axes in the order transformed and every rank's
+// pencil at each step (see MeshFFT).
+struct PencilPlan {
+  std::array<int, 3> order{0, 1, 2};
+  std::array<std::vector<Box>, 3> layouts;
+};
+// align_with_domains false: always x-, y-, z-pencils on a square process grid (the layout
+// before domain-aligned pencils; for comparisons).
+PencilPlan pencil_plan(const Index3& mesh, const std::vector<Box>& owned_all,
+                       bool align_with_domains = true);
+
+// Values rank `rank` sends to other ranks when data moves from the layout from_all to
+// to_all (remap's own plan, no data).
+int64_t remap_values_sent(const std::vector<Box>& from_all, const std::vector<Box>& to_all,
+                          const Index3& period, int rank);
+// Bytes (float64) every rank sends in the mesh remaps of one PME evaluation (the
+// potentials' convolution and the gradients'), from the owned parts and the bricks.
+std::vector<double> pme_bytes_sent(const Index3& mesh, const std::vector<Box>& owned_all,
+                                   const std::vector<Box>& brick_all, int64_t channels,
+                                   bool align_with_domains = true);
+
 // The 3-D FFT of a real multi-channel mesh distributed over ranks, with pencils: the
-// mesh goes from the owned layout to x-, y- and z-pencils, transformed along the full
-// axis each time. Channels are packed in pairs as real + imaginary parts (the kernels
-// applied in between are real and even, so the pairs never mix). Unnormalised both ways.
+// mesh goes from the owned layout to pencils along each axis in turn, transformed along
+// the full axis each time. When the owned parts are a processor grid that leaves an axis
+// whole, the first pencils are the owned parts themselves (the owned <-> pencil remaps
+// move nothing) and each transpose keeps one of the grid's splits;
+// otherwise x-, y-, z-pencils on a square process grid. Channels are packed in pairs as
+// real + imaginary parts (the kernels applied in between are real and even, so the
+// pairs never mix). Unnormalised both ways.
 class MeshFFT {
  public:
-  MeshFFT(Communicator& comm, const Index3& mesh);
-  // this rank's indices of the spectrum (z-pencils), for the kernel
+  MeshFFT(Communicator& comm, const Index3& mesh, const std::vector<Box>& owned_all);
+  // this rank's indices of the spectrum (the last pencils), for the kernel
   const Box& spectrum_box() const { return pencils_[2]; }
   // real [C, owned box] -> complex [ceil(C/2), spectrum box]
   torch::Tensor forward(const torch::Tensor& owned, const std::vector<Box>& owned_all);
@@ -58,7 +83,8 @@ class MeshFFT {
  private:
   Communicator& comm_;
   Index3 mesh_;
-  std::array<Box, 3> pencils_;                   // this rank's x-, y-, z-pencil
+  std::array<int, 3> order_{0, 1, 2};            // the axes in the order transformed
+  std::array<Box, 3> pencils_;                   // this rank's pencil of each step
   std::array<std::vector<Box>, 3> all_pencils_;  // every rank's
 };
 

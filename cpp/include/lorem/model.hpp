@@ -83,6 +83,7 @@ struct Result {
   torch::Tensor forces;    // [n_all, 3] eV/A; ghost rows still to be sent to their owners
   torch::Tensor virial;    // [3, 3] dE/d(strain), this rank's share (eV)
   torch::Tensor born_effective_charges;  // [n_local, 3, 3] when computed (else undefined)
+  Timings timings;                       // this call's (Model::timings() sums every call's)
 };
 
 // The collective operations of the staged model. Every rank calls every method in

@@ -44,7 +44,7 @@ class Pme : public LongRangeMethod {
     const auto brick_all = gather_boxes(comm, box_from(brick_lo, brick_shape));
     auto charge_brick = ctx.tensor("pme_spread", {in.local_positions(), q, lr.kcell, in.strain,
                                                   brick_lo, brick_shape, mesh_list});
-    MeshFFT fft(comm, mesh);
+    MeshFFT fft(comm, mesh, owned_all);
     const auto& box = fft.spectrum_box();
     const std::vector<std::vector<int64_t>> ranges{
         {box.lo[0], box.hi[0]}, {box.lo[1], box.hi[1]}, {box.lo[2], box.hi[2]}};

@@ -37,6 +37,7 @@ class RankResult:
     forces: torch.Tensor  # [n_local, 3] (ghost contributions already returned)
     virial: torch.Tensor  # [3, 3] this rank's share
     born_effective_charges: torch.Tensor | None = None  # [n_local, 3, 3] when computed
+    bytes_sent: float = 0.0  # through the collectives in this evaluation (as float64)
 
 
 def evaluate_ranks(
@@ -91,6 +92,7 @@ def evaluate_ranks(
                 if "born_effective_charges" in r
                 else None
             ),
+            bytes_sent=float(r["bytes_sent"]),
         )
         for r in out
     ]

@@ -445,7 +445,7 @@ class PME(torch.nn.Module):
 
         A distributed version may pack two channels a, b as a + i b into one complex
         mesh: the kernel is real and even (G(k) = G(-k)), so the inverse complex FFT of
-        G times the complex FFT of a + i b is conv(a) + i conv(b) (tests/test_pme.py)."""
+        G times the complex FFT of a + i b is conv(a) + i conv(b) (tests/long_range/test_pme.py)."""
         spectrum = torch.fft.rfftn(full_mesh, dim=(1, 2, 3))  # [C, N0, N1, N2 // 2 + 1]
         g = self.kernel(cell, mesh, [[0, mesh[0]], [0, mesh[1]], [0, mesh[2] // 2 + 1]])
         return torch.fft.irfftn(spectrum * g, s=mesh, dim=(1, 2, 3), norm="forward")

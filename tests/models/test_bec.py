@@ -10,38 +10,23 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from conftest import FIXTURES, cluster, nacl, random_rotation, small_model, triclinic_water
+from conftest import (
+    FIELD,
+    FIXTURES,
+    bec_outputs,
+    cluster,
+    nacl,
+    random_rotation,
+    small_bec,
+    small_model,
+    triclinic_water,
+)
 
 from lorem_torch import LoremCalculator, from_jax_params
 from lorem_torch.data import atoms_to_graph
 from lorem_torch.errors import MissingAPTHeadError
 from lorem_torch.models import BECModel, EnergyModel, Lorem, LoremBEC, acoustic_sum_rule
 from lorem_torch.models.bec import apply_acoustic_sum_rule, field_forces
-
-FIELD = (0.3, -0.5, 0.7)  # V/A
-
-
-def small_bec(dtype=torch.float64, seed=0, **overrides) -> LoremBEC:
-    """A small LoremBEC with APT and l > 0 charges of order one."""
-    torch.manual_seed(seed)
-    options = dict(num_features=16, num_radial=8, num_spherical_features=4, max_degree=4)
-    options.update(overrides)
-    model = LoremBEC(**options).to(dtype)
-    with torch.no_grad():
-        if model.long_range is not None:
-            model.long_range.charge_tensor.tensor.kernel.mul_(30.0)
-        for head in [model.apt_initial, *model.apt_steps, model.apt_long_range]:
-            if head is not None:
-                head.coupling.tensor.kernel.mul_(300.0)
-    return model
-
-
-def run(model, atoms_list, field=None, stress=False):
-    dtype = next(model.parameters()).dtype
-    graph = atoms_to_graph(atoms_list, model.cutoff, dtype=dtype)
-    if field is not None:
-        field = torch.as_tensor(np.asarray(field), dtype=dtype)
-    return BECModel(model)(**graph, compute_stress=stress, electric_field=field)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +43,7 @@ def test_defaults_are_lorem_jax_lorembec():
 
 def test_apt_is_of_order_one_and_sums_to_zero(model):
     atoms_list = [triclinic_water(), cluster(), nacl()]
-    out = run(model, atoms_list)
+    out = bec_outputs(model, atoms_list)
     apt = out["apt"].detach()
     assert apt.shape == (sum(len(a) for a in atoms_list), 3, 3)
     assert float(apt.abs().max()) > 0.1
@@ -83,8 +68,8 @@ def test_apt_rotates_as_a_rank_two_tensor(model, make):
     rotated.positions = atoms.positions @ rotation.T
     if atoms.pbc.all():
         rotated.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
-    a = run(model, [atoms], field=FIELD)
-    b = run(model, [rotated], field=rotation @ np.asarray(FIELD))
+    a = bec_outputs(model, [atoms], field=FIELD)
+    b = bec_outputs(model, [rotated], field=rotation @ np.asarray(FIELD))
     r = torch.tensor(rotation)
     z_a, z_b = a["apt"].detach(), b["apt"].detach()
     torch.testing.assert_close(z_b, r @ z_a @ r.T, rtol=0, atol=1e-9)
@@ -101,8 +86,8 @@ def test_apt_is_even_under_inversion(model, make):
     inverted.positions = -atoms.positions
     if atoms.pbc.all():
         inverted.set_cell(-atoms.cell.array, scale_atoms=False)
-    z_a = run(model, [atoms])["apt"].detach()
-    z_b = run(model, [inverted])["apt"].detach()
+    z_a = bec_outputs(model, [atoms])["apt"].detach()
+    z_b = bec_outputs(model, [inverted])["apt"].detach()
     torch.testing.assert_close(z_b, z_a, rtol=0, atol=1e-9)
     antisymmetric = z_a - z_a.transpose(1, 2)
     assert float(antisymmetric.abs().max()) > 1e-3  # the pseudovector part is exercised
@@ -110,9 +95,9 @@ def test_apt_is_even_under_inversion(model, make):
 
 def test_field_forces_equal_apt_times_field(model):
     atoms_list = [triclinic_water(), cluster()]
-    plain = run(model, atoms_list, stress=True)
+    plain = bec_outputs(model, atoms_list, stress=True)
     fields = torch.tensor([[0.3, -0.5, 0.7], [-0.2, 0.1, 0.4]], dtype=torch.float64)
-    with_field = run(model, atoms_list, field=fields, stress=True)
+    with_field = bec_outputs(model, atoms_list, field=fields, stress=True)
     apt = plain["apt"].detach()
     structure = atoms_to_graph(atoms_list, model.cutoff)["atom_structure"]
     expected = plain["forces"] + torch.einsum("nab,nb->na", apt, fields[structure])
@@ -184,7 +169,7 @@ def test_scripted_bec_model_matches_eager(model):
 
 def test_calculator_born_charges_and_field(model):
     atoms = triclinic_water()
-    reference = run(model, [atoms], field=FIELD, stress=True)
+    reference = bec_outputs(model, [atoms], field=FIELD, stress=True)
     atoms.calc = LoremCalculator(model, electric_field=FIELD)
     np.testing.assert_allclose(atoms.get_forces(), reference["forces"].detach().numpy(), atol=1e-12)
     bec = atoms.calc.get_property("born_effective_charges", atoms)
@@ -229,7 +214,9 @@ def test_checkpoint_round_trips_the_kind(tmp_path, model):
     loaded = model_from_checkpoint(tmp_path / "bec.pt")
     assert isinstance(loaded, LoremBEC)
     atoms = cluster()
-    torch.testing.assert_close(run(loaded, [atoms])["apt"], run(model, [atoms])["apt"])
+    torch.testing.assert_close(
+        bec_outputs(loaded, [atoms])["apt"], bec_outputs(model, [atoms])["apt"]
+    )
 
 
 # -- parity with lorem-jax --

@@ -7,13 +7,16 @@ import re
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import molecule
 from conftest import evaluate, nacl, small_model, triclinic_water
 from lammps_run import (
+    cluster_in_box,
+    compare,
     pressure_from_stress,
     read_single_point,
     run,
     single_point_script,
+    water_box,
+    wrapped,
     write_data,
 )
 
@@ -42,44 +45,12 @@ def small_box():
     return atoms
 
 
-def cluster_in_box():
-    atoms = molecule("H2O") + molecule("H2O")
-    atoms.positions[3:] += [2.6, 0.3, 0.4]
-    atoms.rattle(0.03, seed=5)
-    atoms.positions += 8.0
-    atoms.set_cell([16.0, 17.0, 18.0])
-    return atoms
-
-
-def wrapped(atoms):
-    atoms = atoms.copy()
-    atoms.wrap()
-    return atoms
-
-
 CASES = {
     "orthorhombic": (lambda: wrapped(nacl(1)), "p p p", SPECIES),
     "triclinic": (lambda: wrapped(triclinic_water()), "p p p", SPECIES),
     "small_box": (small_box, "p p p", SPECIES),
     "non_periodic": (cluster_in_box, "f f f", SPECIES),
 }
-
-
-def compare(result, reference, periodic, tolerance):
-    scale = max(1.0, abs(float(reference["energy"])))
-    assert result["energy"] == pytest.approx(float(reference["energy"]), abs=tolerance * scale)
-    order = result["ids"] - 1
-    np.testing.assert_allclose(
-        result["forces"], reference["forces"].numpy()[order], atol=tolerance * scale
-    )
-    np.testing.assert_allclose(
-        result["energies"], reference["energies"].detach().numpy()[order], atol=tolerance * scale
-    )
-    if periodic:
-        expected = pressure_from_stress(reference["stress"][0].numpy())
-        np.testing.assert_allclose(
-            result["pressure"], expected, atol=tolerance * 1.6021765e6 * scale, rtol=1e-7
-        )
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -197,14 +168,6 @@ print "FINAL $(c_virial[1]:%.17g) $(c_virial[2]:%.17g) $(c_virial[3]:%.17g) $(c_
     np.testing.assert_allclose(
         virial_pressure, pressure_from_stress(reference["stress"][0].numpy()), rtol=1e-6, atol=1e-3
     )
-
-
-def water_box(repeat=(2, 2, 2), seed=7):
-    """Liquid-like water: the triclinic 4-molecule box repeated (24 atoms per repeat)."""
-    atoms = triclinic_water() * repeat
-    atoms.rattle(0.05, seed=seed)
-    atoms.wrap()
-    return atoms
 
 
 @pytest.mark.parametrize("lj_cutoff", [3.0, 8.0])

@@ -161,7 +161,7 @@ def test_every_consumer_refuses_what_the_contract_refuses(mp_exports, tmp_path):
 
 def test_slabs_are_refused_without_a_slab_export(mp_exports):
     """An export made without long_range slab refuses pbc (True, True, False) with the
-    contract's reason (tests/test_slab.py runs slab exports)."""
+    contract's reason (tests/long_range/test_slab.py runs slab exports)."""
     _, path = mp_exports["mp1_short_equivariant"]
     atoms = triclinic_water()
     atoms.pbc = [True, True, False]

@@ -7,9 +7,17 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import cluster, evaluate, nacl, small_model, triclinic_water
+from conftest import (
+    FIELD,
+    bec_outputs,
+    cluster,
+    evaluate,
+    nacl,
+    small_bec,
+    small_model,
+    triclinic_water,
+)
 from lorem_torch._core import LoremError, Model
-from test_bec import FIELD, run, small_bec
 
 from lorem_torch.export import evaluate_ranks, export_model, split_into_ranks
 
@@ -74,10 +82,14 @@ def pme_exports(tmp_path_factory):
 
 
 @pytest.mark.parametrize("layers", [0, 1])
-@pytest.mark.parametrize("grid", [(1, 1, 1), (2, 1, 1), (3, 1, 1), (2, 2, 1), (1, 1, 4)])
+@pytest.mark.parametrize(
+    "grid", [(1, 1, 1), (2, 1, 1), (3, 1, 1), (2, 2, 1), (1, 1, 4), (1, 3, 2), (2, 2, 2)]
+)
 def test_pme_over_ranks_equals_the_model(pme_exports, layers, grid):
-    """PME with the mesh owned in parts over 1-4 ranks (the distributed FFT of
-    cpp/src/mesh.cpp), with and without message passing, on a triclinic cell."""
+    """PME with the mesh owned in parts over 1-8 ranks (the distributed FFT of
+    cpp/src/mesh.cpp: pencils aligned with the domains where the grid leaves an axis
+    whole, a square process grid for 2 x 2 x 2), with and without message passing, on a
+    triclinic cell."""
     model, path = pme_exports[layers]
     atoms = triclinic_water() * (2, 1, 1)
     reference = evaluate(model, [atoms], stress=True)
@@ -141,8 +153,8 @@ def test_born_effective_charges_over_ranks(bec_exports, method, ranks):
     the field's forces Z* E, equal LoremBEC's batch evaluation."""
     model, paths = bec_exports
     atoms = triclinic_water() * (2, 1, 1)
-    plain = run(model.with_long_range(method), [atoms], stress=True)
-    with_field = run(model.with_long_range(method), [atoms], field=[FIELD], stress=True)
+    plain = bec_outputs(model.with_long_range(method), [atoms], stress=True)
+    with_field = bec_outputs(model.with_long_range(method), [atoms], field=[FIELD], stress=True)
     rank_of_atom = along_x(atoms, ranks)
     systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
     results = evaluate_ranks(paths[method], systems, atoms.cell.array, True, electric_field=FIELD)
@@ -189,3 +201,38 @@ def test_ranks_must_be_described_fully(pme_exports):
     # the runtime stays usable
     results = evaluate_ranks(cpp, [system], atoms.cell.array, True)
     assert np.isfinite(results[0].energy)
+
+
+def test_aligned_pencils_move_less_mesh():
+    """The remap plan (cpp/src/mesh.cpp): one rank sends nothing; on grids that leave an
+    axis whole the owned parts are the first pencils, so each rank sends less than with
+    x-, y-, z-pencils on a square process grid; on a 3-D grid both plans are the same."""
+    from lorem_torch._core import _pme_bytes_sent
+
+    mesh = (24, 24, 24)
+
+    def boxes(grid):
+        out = []
+        for k in range(grid[2]):
+            for j in range(grid[1]):
+                for i in range(grid[0]):
+                    index = (i, j, k)
+                    lo = tuple(index[a] * mesh[a] // grid[a] for a in range(3))
+                    hi = tuple((index[a] + 1) * mesh[a] // grid[a] for a in range(3))
+                    out.append((lo, hi))
+        return out
+
+    def with_margin(owned):
+        return [(tuple(x - 4 for x in lo), tuple(x + 1 for x in hi)) for lo, hi in owned]
+
+    owned = boxes((1, 1, 1))
+    assert _pme_bytes_sent(mesh, owned, with_margin(owned), 10) == [0.0]
+    for grid in ((2, 1, 1), (4, 1, 1), (2, 2, 1), (1, 2, 3)):
+        owned = boxes(grid)
+        aligned = _pme_bytes_sent(mesh, owned, with_margin(owned), 10, True)
+        square = _pme_bytes_sent(mesh, owned, with_margin(owned), 10, False)
+        assert max(aligned) < max(square), grid
+    owned = boxes((2, 2, 2))
+    assert _pme_bytes_sent(mesh, owned, with_margin(owned), 10, True) == _pme_bytes_sent(
+        mesh, owned, with_margin(owned), 10, False
+    )

@@ -9,13 +9,14 @@ import torch
 from ase import Atoms
 from conftest import evaluate, small_model, water_slab
 from slab_reference import direct_slab
+from slab_systems import LONG_CUTOFF, kspace_method, point_charge_slab, slab_potentials_of
 
 from lorem_torch import LoremCalculator
 from lorem_torch.data import atoms_to_graph, neighbor_list
 from lorem_torch.errors import UnsupportedPeriodicityError
 from lorem_torch.export import export_model, load_exported
 from lorem_torch.export.contract import CapabilityError
-from lorem_torch.long_range import PME, Ewald, long_range_settings
+from lorem_torch.long_range import Ewald, long_range_settings
 from lorem_torch.long_range.slab import slab_energy, slab_moments, slab_potentials
 
 # the reference's two radii: the second must agree with the first to CONVERGED (relative;
@@ -24,19 +25,6 @@ from lorem_torch.long_range.slab import slab_energy, slab_moments, slab_potentia
 RADII = (400.0, 800.0)
 CONVERGED = 1e-7
 CONVERGED_POTENTIALS = 3e-7
-# a real-space list this long leaves erfc(r / (sqrt(2) 1.25 A)) ~ 1e-21 behind: the
-# comparisons test the slab terms, not the model's 5 A truncation of the real space
-LONG_CUTOFF = 12.0
-
-
-def point_charge_slab(seed=0, num=8):
-    rng = np.random.default_rng(seed)
-    cell = np.array([[7.3, 0.0, 0.0], [1.1, 6.8, 0.0], [0.0, 0.0, 10.0]])
-    positions = np.zeros((num, 3))
-    positions[:, :2] = rng.uniform(0, 1, size=(num, 2)) @ cell[:2, :2]
-    positions[:, 2] = rng.uniform(3.0, 7.0, num)
-    charges = rng.normal(size=num)
-    return positions, charges - charges.mean(), cell
 
 
 def reference(positions, charges, cell):
@@ -60,29 +48,6 @@ def reference(positions, charges, cell):
             scale = np.abs(fv[:, c] - fv[0, c]).max()
             assert np.abs(diff).max() < CONVERGED_POTENTIALS * scale
     return fine_v, fine_f
-
-
-def kspace_method(name, smearing=1.25):
-    if name == "ewald":
-        return Ewald(smearing, 0.625, accuracy=None)  # the whole reference grid
-    return PME(smearing, accuracy=1e-9)
-
-
-def slab_potentials_of(method, positions, charges, cell, slab_factor, shift=0.0):
-    """Potentials [N, C] and E = sum q V by `method` (Ewald/PME forward, slab), and the
-    forces of fixed charges, over a LONG_CUTOFF list."""
-    shifted = positions + np.array([0.0, 0.0, shift])
-    nl = neighbor_list(shifted, cell, True, LONG_CUTOFF, slab=True)
-    r = torch.tensor(shifted, requires_grad=True)
-    q = torch.tensor(charges).reshape(len(positions), -1)
-    centers = torch.tensor(nl["centers"], dtype=torch.int64)
-    others = torch.tensor(nl["others"], dtype=torch.int64)
-    shifts = torch.tensor(nl["cell_shifts"], dtype=torch.float64) @ torch.tensor(cell)
-    distances = torch.linalg.norm(r[others] - r[centers] + shifts, dim=-1)
-    pot = method(r, q, torch.tensor(cell), centers, others, distances, slab_factor=slab_factor)
-    energy = (q * pot).sum(dim=0)
-    forces = [-torch.autograd.grad(e, r, retain_graph=True)[0].numpy() for e in energy]
-    return pot.detach().numpy(), energy.detach().numpy(), np.stack(forces, axis=-1)
 
 
 @pytest.mark.parametrize("name", ["ewald", "pme"])
@@ -441,9 +406,8 @@ def test_training_data_follow_the_setting(tmp_path):
 def test_born_effective_charge_models_run_slabs(tmp_path):
     """A LoremBEC with slab: BECModel's energy and forces are EnergyModel's, the APT keeps
     the acoustic sum rule, and its export and the C++ runtime agree."""
-    from conftest import cpp_evaluate
+    from conftest import cpp_evaluate, small_bec
     from lorem_torch._core import Model
-    from test_bec import small_bec
 
     from lorem_torch import EnergyModel
     from lorem_torch.models import BECModel

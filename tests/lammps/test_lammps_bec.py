@@ -5,11 +5,9 @@ calculator; per-atom Z* for dumps through `fix property/atom d2_bec 9`."""
 
 import numpy as np
 import pytest
-from conftest import RUNTIME_DEVICE, cluster, cpp_evaluate, small_model
-from lammps_run import read_single_point, run, single_point_script, write_data
+from conftest import RUNTIME_DEVICE, cluster, cpp_evaluate, small_bec, small_model
+from lammps_run import read_single_point, run, single_point_script, water_box, wrapped, write_data
 from lorem_torch._core import LoremError, Model
-from test_bec import small_bec
-from test_lammps import water_box, wrapped
 
 from lorem_torch import LoremCalculator
 from lorem_torch.export import export_model

@@ -5,8 +5,7 @@ field; exports written before `compute` existed answer alike through their old m
 import numpy as np
 import pytest
 import torch
-from conftest import cluster, small_model, triclinic_water
-from test_bec import FIELD, small_bec
+from conftest import FIELD, cluster, small_bec, small_model, triclinic_water
 
 from lorem_torch import keys
 from lorem_torch.data import atoms_to_graph

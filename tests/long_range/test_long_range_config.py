@@ -78,8 +78,7 @@ def test_trained_pme_model_is_exported_with_pme(trained_pme, tmp_path):
 
 
 def test_trained_pme_export_in_lammps(trained_pme, tmp_path):
-    from lammps_run import read_single_point, run, single_point_script, write_data
-    from test_lammps import wrapped
+    from lammps_run import read_single_point, run, single_point_script, wrapped, write_data
 
     export_model(trained_pme / "best.pt", tmp_path / "model.pt", "float64")
     atoms = wrapped(triclinic_water())

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-HEADER_DIR = Path(__file__).resolve().parents[1] / "lammps_plugin"
+HEADER_DIR = Path(__file__).resolve().parents[2] / "lammps_plugin"
 
 PROGRAM = r"""
 #include <iostream>

@@ -11,8 +11,17 @@ import pytest
 import torch
 from ase import Atoms
 from conftest import FIXTURES, evaluate, rewrite_metadata, small_model, triclinic_water
-from lammps_run import header, read_single_point, run, single_point_script, write_data
-from test_lammps import cluster_in_box, compare, water_box, wrapped
+from lammps_run import (
+    cluster_in_box,
+    compare,
+    header,
+    read_single_point,
+    run,
+    single_point_script,
+    water_box,
+    wrapped,
+    write_data,
+)
 
 from lorem_torch import from_jax_params
 from lorem_torch.export import export_model

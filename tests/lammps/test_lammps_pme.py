@@ -8,8 +8,17 @@ import re
 import numpy as np
 import pytest
 from conftest import nacl, small_model, triclinic_water
-from lammps_run import header, read_single_point, run, single_point_script, write_data
-from test_lammps import cluster_in_box, compare, water_box, wrapped
+from lammps_run import (
+    cluster_in_box,
+    compare,
+    header,
+    read_single_point,
+    run,
+    single_point_script,
+    water_box,
+    wrapped,
+    write_data,
+)
 
 from lorem_torch.export import export_model
 

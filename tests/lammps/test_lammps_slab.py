@@ -7,8 +7,7 @@ import re
 import numpy as np
 import pytest
 from conftest import evaluate, small_model, water_slab
-from lammps_run import header, read_single_point, run, single_point_script, write_data
-from test_lammps import compare
+from lammps_run import compare, header, read_single_point, run, single_point_script, write_data
 
 from lorem_torch.export import export_model
 
@@ -119,7 +118,7 @@ def test_point_charges_match_lammps_kspace_slab(tmp_path, net_charge):
     `kspace_modify slab 3.0` (coul/long, units lj: Coulomb prefactor 1), neutral and
     with a net charge (the same Ballenegger terms). LAMMPS refuses the Ewald slab
     correction in triclinic boxes: an orthogonal cell here."""
-    from test_slab import kspace_method, point_charge_slab, slab_potentials_of
+    from slab_systems import kspace_method, point_charge_slab, slab_potentials_of
 
     positions, charges, cell = point_charge_slab()
     cell[1, 0] = 0.0

@@ -6,7 +6,7 @@ message passing and an empty rank on 1, 2 and 4 ranks of that LAMMPS' MPI.
 Not in the default selection (marker site_lammps) and skipped unless
 LOREM_SITE_LAMMPS=PREFIX names the install:
     tools/build_lammps.sh SRC PREFIX
-    LOREM_SITE_LAMMPS=PREFIX .venv/bin/python -m pytest -m site_lammps tests/test_site_lammps.py
+    LOREM_SITE_LAMMPS=PREFIX .venv/bin/python -m pytest -m site_lammps tests/lammps/test_site_lammps.py
 The mpirun is the one on PATH outside this environment's bin (where the PyPI MPICH's
 is), or LOREM_SITE_MPIRUN."""
 
@@ -20,8 +20,15 @@ from pathlib import Path
 import lammps_run
 import pytest
 from conftest import ROOT, evaluate, nacl, small_model, triclinic_water
-from lammps_run import read_single_point, run, single_point_script, write_data
-from test_lammps import cluster_in_box, compare, wrapped
+from lammps_run import (
+    cluster_in_box,
+    compare,
+    read_single_point,
+    run,
+    single_point_script,
+    wrapped,
+    write_data,
+)
 
 from lorem_torch.export import export_model
 
