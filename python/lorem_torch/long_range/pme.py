@@ -1,6 +1,6 @@
 """Smooth particle-mesh Ewald (SPME) in stages, for C independent charge channels.
 
-The same conventions as ewald.py (DESIGN.md section 2): Coulomb with a prefactor,
+The same conventions as ewald.py (docs/design.md section 2): Coulomb with a prefactor,
 Gaussian smearing sigma, real space over the model's neighbour list, self and
 background terms, potentials with the overall factor 1/2 (terms.py holds the parts
 both methods share). Only the k-space sum differs: instead of the structure factors,

@@ -1,6 +1,6 @@
 """The parts of the Ewald split that every k-space method shares (one implementation each).
 
-Conventions (DESIGN.md section 2): Coulomb 1/r with a prefactor, Gaussian smearing
+Conventions (docs/design.md section 2): Coulomb 1/r with a prefactor, Gaussian smearing
 sigma; the real-space part erfc(r / (sqrt(2) sigma)) / r over a full neighbour list;
 the self term -q sqrt(2 / pi) / sigma; the neutralising background -2 pi sigma^2 Q / V;
 potentials carry the overall factor 1/2, so that the energy of a channel is
