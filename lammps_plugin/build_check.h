@@ -13,7 +13,33 @@ struct LammpsBuild {
   int bigint_bytes = 0;
   int tagint_bytes = 0;
   int imageint_bytes = 0;
+  // The MPI family: "Open MPI", "MPICH" (MPICH and its derivatives, which share its ABI:
+  // Intel MPI, MVAPICH, Cray MPICH) or "" (unknown: not compared). Built: from mpi.h;
+  // running: from MPI_Get_library_version, which resolves to the MPI the LAMMPS process
+  // loaded first.
+  std::string mpi;
+  std::string mpi_library;  // the running library's own first line, for the message
 };
+
+// The first line of an MPI library's version string, its runs of blanks made one space.
+inline std::string library_first_line(const std::string& text) {
+  std::string line;
+  for (char c : text.substr(0, text.find_first_of("\n,"))) {
+    const bool blank = c == ' ' || c == '\t' || c == '\r';
+    if (blank && (line.empty() || line.back() == ' ')) continue;
+    line += blank ? ' ' : c;
+  }
+  while (!line.empty() && line.back() == ' ') line.pop_back();
+  return line;
+}
+
+// The MPI family a library's version string names ("" when none is recognised).
+inline std::string mpi_family(const std::string& library_version) {
+  if (library_version.find("Open MPI") != std::string::npos) return "Open MPI";
+  for (const char* name : {"MPICH", "Intel(R) MPI", "MVAPICH"})
+    if (library_version.find(name) != std::string::npos) return "MPICH";
+  return "";
+}
 
 inline std::string integer_sizes_name(const LammpsBuild& build) {
   if (build.tagint_bytes == 4 && build.bigint_bytes == 8) return "smallbig";
@@ -36,10 +62,18 @@ inline std::string build_mismatch(const LammpsBuild& built, const LammpsBuild& r
     problem += "it was built for integer sizes " + integer_sizes_name(built) +
                ", this LAMMPS uses " + integer_sizes_name(running);
   }
+  if (!built.mpi.empty() && !running.mpi.empty() && built.mpi != running.mpi) {
+    if (!problem.empty()) problem += "; ";
+    problem += "it was built with " + built.mpi + ", this LAMMPS runs " + running.mpi +
+               (running.mpi_library.empty() ? "" : " (" + running.mpi_library + ")");
+  }
   if (problem.empty()) return problem;
   return "lorem plugin not loaded: " + problem +
-         ". Rebuild it against this LAMMPS (its headers, -DLOREM_LAMMPS_INTEGER_SIZES=" +
-         integer_sizes_name(running) + "; README, section 'LAMMPS builds')";
+         ". Rebuild it against this LAMMPS and its MPI (its headers, "
+         "-DLOREM_LAMMPS_INTEGER_SIZES=" +
+         integer_sizes_name(running) +
+         ", MPI_HOME of its MPI: tools/build_plugin.sh --lammps PREFIX picks both; README, "
+         "section 'LAMMPS builds')";
 }
 
 }  // namespace lorem_plugin

@@ -2,7 +2,9 @@
 // checking that the running LAMMPS is the one the plugin was compiled for.
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <string>
 
 #include "build_check.h"
 #include "lammps.h"
@@ -27,18 +29,31 @@ extern "C" void lammpsplugin_init(void* lmp, void* handle, void* regfunc) {
   built.bigint_bytes = sizeof(bigint);
   built.tagint_bytes = sizeof(tagint);
   built.imageint_bytes = sizeof(imageint);
+#if defined(OMPI_MAJOR_VERSION)
+  built.mpi = "Open MPI";
+#elif defined(MPICH_VERSION)
+  built.mpi = "MPICH";
+#endif
   lorem_plugin::LammpsBuild running;
+  {
+    // MPI_Get_library_version may be called before MPI_Init (MPI 3.0)
+    char library[MPI_MAX_LIBRARY_VERSION_STRING] = {0};
+    int length = 0;
+    MPI_Get_library_version(library, &length);
+    const std::string text(library, static_cast<size_t>(std::max(0, length)));
+    running.mpi = lorem_plugin::mpi_family(text);
+    running.mpi_library = lorem_plugin::library_first_line(text);
+  }
   running.version = lammps_version(lmp);
   running.bigint_bytes = lammps_extract_setting(lmp, "bigint");
   running.tagint_bytes = lammps_extract_setting(lmp, "tagint");
   running.imageint_bytes = lammps_extract_setting(lmp, "imageint");
   const std::string mismatch = lorem_plugin::build_mismatch(built, running);
   if (!mismatch.empty()) {
-    // not registered: `pair_style lorem` then stops as an unknown style, after this line
-    int rank = 0, initialized = 0;
-    MPI_Initialized(&initialized);
-    if (initialized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-    if (rank == 0) std::fprintf(stderr, "ERROR: %s\n", mismatch.c_str());
+    // not registered: `pair_style lorem` then stops as an unknown style, after this line.
+    // The rank from LAMMPS, not MPI: a plugin of another MPI must not pass its handles
+    if (lammps_extract_setting(lmp, "world_rank") == 0)
+      std::fprintf(stderr, "ERROR: %s\n", mismatch.c_str());
     return;
   }
 

