@@ -81,6 +81,21 @@ def owned_boxes(mesh, parts):
     ]
 
 
+def planned(mesh, ranks, length, margins, channels):
+    """(grid, bytes per rank aligned, the same on a square grid, one rank's share) of a
+    cubic box `length` A wide over `ranks` ranks, bricks = owned parts + margins."""
+    from lorem_torch._core import _pme_bytes_sent
+
+    grid = lammps_grid(ranks, (length, length, length))
+    owned = owned_boxes(mesh, domains(grid))
+    bricks = [
+        (tuple(x - margins[0] for x in lo), tuple(x + margins[1] for x in hi)) for lo, hi in owned
+    ]
+    aligned = _pme_bytes_sent(mesh, owned, bricks, channels, True)
+    square = _pme_bytes_sent(mesh, owned, bricks, channels, False)
+    return grid, aligned, square, np.prod(mesh) * channels * 8 / ranks
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--replicas", type=int, default=2, help="of the bundled 192-atom box")
@@ -171,18 +186,7 @@ def main(argv=None):
         total = ranks * args.atoms_per_rank
         length = (total / density) ** (1 / 3)
         big = [int(math.ceil(length / spacing[a])) for a in range(3)]
-        grid = lammps_grid(ranks, (length, length, length))
-        owned = owned_boxes(big, domains(grid))
-        bricks = [
-            (
-                tuple(lo[a] - margins[0] for a in range(3)),
-                tuple(hi[a] + margins[1] for a in range(3)),
-            )
-            for lo, hi in owned
-        ]
-        aligned = _pme_bytes_sent(big, owned, bricks, channels, True)
-        square = _pme_bytes_sent(big, owned, bricks, channels, False)
-        share = np.prod(big) * channels * 8 / ranks
+        grid, aligned, square, share = planned(big, ranks, length, margins, channels)
         print(
             f"{ranks:5d}  {total:11,d}  {'x'.join(map(str, big)):13s}  {'x'.join(map(str, grid)):8s}"
             f"  {max(aligned) / 1e6:9.1f} MB   {max(square) / 1e6:9.1f} MB"
@@ -203,18 +207,7 @@ def main(argv=None):
     )
     print("ranks  grid      aligned        square grid    share")
     for ranks in args.strong_ranks:
-        grid = lammps_grid(ranks, (length, length, length))
-        owned = owned_boxes(big, domains(grid))
-        bricks = [
-            (
-                tuple(lo[a] - margins[0] for a in range(3)),
-                tuple(hi[a] + margins[1] for a in range(3)),
-            )
-            for lo, hi in owned
-        ]
-        aligned = _pme_bytes_sent(big, owned, bricks, channels, True)
-        square = _pme_bytes_sent(big, owned, bricks, channels, False)
-        share = np.prod(big) * channels * 8 / ranks
+        grid, aligned, square, share = planned(big, ranks, length, margins, channels)
         print(
             f"{ranks:5d}  {'x'.join(map(str, grid)):8s}  {max(aligned) / 1e6:8.1f} MB    "
             f"{max(square) / 1e6:8.1f} MB    {share / 1e6:6.1f} MB"

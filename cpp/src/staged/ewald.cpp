@@ -40,12 +40,7 @@ class Ewald : public LongRangeMethod {
     auto through_sf =
         gradients({partial_sf}, {grad_sf},
                   {{"positions", in.positions}, {"strain", in.strain}, {"charges", q}});
-    result.grad_positions =
-        grads["positions"] + through_sf["positions"] + through_moments["positions"];
-    result.grad_strain = grads["strain"] + through_sf["strain"] + through_moments["strain"];
-    result.grad_charges = grads["charges"] +
-                          comm.reverse_ghosts(grads["ghost_charges"], in.n_local) +
-                          through_moments["charges"] + through_sf["charges"];
+    collect_periodic_gradients(result, grads, {&through_sf, &through_moments}, lr, comm);
     return result;
   }
 };

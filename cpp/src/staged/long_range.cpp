@@ -58,4 +58,18 @@ Gradients ChargeMoments::backward(const torch::Tensor& grad_total, Communicator&
       {{"positions", lr_.in.positions}, {"strain", lr_.in.strain}, {"charges", lr_.charges}});
 }
 
+void collect_periodic_gradients(LongRangeResult& result, const Gradients& own,
+                                const std::vector<const Gradients*>& through,
+                                const LongRangeInputs& lr, Communicator& comm) {
+  result.grad_positions = own["positions"];
+  result.grad_strain = own["strain"];
+  result.grad_charges = own["charges"] + comm.reverse_ghosts(own["ghost_charges"], lr.in.n_local);
+  for (const auto* part : through) {
+    if (part->has("positions"))
+      result.grad_positions = result.grad_positions + (*part)["positions"];
+    if (part->has("strain")) result.grad_strain = result.grad_strain + (*part)["strain"];
+    if (part->has("charges")) result.grad_charges = result.grad_charges + (*part)["charges"];
+  }
+}
+
 }  // namespace lorem::staged

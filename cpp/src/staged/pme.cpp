@@ -83,13 +83,8 @@ class Pme : public LongRangeMethod {
         gradients({charge_brick}, {gradient_brick.to(charge_brick.dtype())},
                   {{"positions", in.positions}, {"strain", in.strain}, {"charges", q}});
     auto through_moments = moments.backward(grads["moments"], comm);
-    result.grad_positions =
-        grads["positions"] + through_spread["positions"] + through_moments["positions"];
-    result.grad_strain = grads["strain"] + through_spread["strain"] + through_kernel["strain"] +
-                         through_moments["strain"];
-    result.grad_charges = grads["charges"] +
-                          comm.reverse_ghosts(grads["ghost_charges"], in.n_local) +
-                          through_moments["charges"] + through_spread["charges"];
+    collect_periodic_gradients(result, grads, {&through_spread, &through_kernel, &through_moments},
+                               lr, comm);
     return result;
   }
 };

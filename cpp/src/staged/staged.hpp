@@ -26,6 +26,7 @@ class Gradients {
   explicit Gradients(std::map<std::string, torch::Tensor> values) : values_(std::move(values)) {}
   // throws lorem::Error naming the leaf when it was not an input
   const torch::Tensor& operator[](const std::string& name) const;
+  bool has(const std::string& name) const { return values_.count(name) > 0; }
 
  private:
   std::map<std::string, torch::Tensor> values_;
@@ -145,6 +146,13 @@ class ChargeMoments {
   const LongRangeInputs& lr_;
   torch::Tensor partial_, total_;
 };
+
+// A periodic method's gradients: those to its own leaves (positions, strain, charges,
+// ghost_charges) plus those that came back through its parts summed over ranks (each
+// with some of positions, strain, charges); ghost charges' go back to their owners.
+void collect_periodic_gradients(LongRangeResult& result, const Gradients& own,
+                                const std::vector<const Gradients*>& through,
+                                const LongRangeInputs& lr, Communicator& comm);
 
 class LongRangeMethod {
  public:

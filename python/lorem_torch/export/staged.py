@@ -32,7 +32,7 @@ from .. import keys
 from ..long_range import direct_potentials as direct_sum
 from ..long_range import slab_moments, slab_potentials
 from ..models import Lorem, LoremBEC
-from ..models.outputs import BECModel, EnergyModel
+from ..models.outputs import output_model
 
 
 class ExportedLorem(torch.nn.Module):
@@ -41,7 +41,8 @@ class ExportedLorem(torch.nn.Module):
     def __init__(self, model: Lorem):
         super().__init__()
         self.model = model
-        self.energy_model = EnergyModel(model)
+        # EnergyModel, or BECModel for a LoremBEC (the same signature; APT too)
+        self.energy_model = output_model(model)
         # a plain attribute, not `model.long_range is None`: TorchScript folds that for a
         # short-range model and would type _pme() as returning None
         self.has_long_range: bool = model.long_range is not None
@@ -103,6 +104,7 @@ class ExportedLorem(torch.nn.Module):
             True,
             True,
             False,
+            None,
             slab,
         )
         return (
@@ -123,11 +125,9 @@ class ExportedLorem(torch.nn.Module):
     ) -> Dict[str, torch.Tensor]:
         """The eager model's outputs of a graph (keys.py names; lorem_torch.predict):
         energy, energies, forces, charges, potentials, and virial and stress with
-        compute_stress. A model without the Born-charge head refuses a field."""
-        if electric_field is not None:
-            raise ValueError(
-                "[lorem:field] an electric field needs a model with the Born-charge (APT) head"
-            )
+        compute_stress; with the Born-charge head (LoremBEC) apt [N, 3, 3] too, and
+        electric_field [S, 3] or [3] (V/A) adds Z*_i E to the forces; a model without the
+        head refuses a field."""
         out = self.energy_model(
             graph[keys.POSITIONS],
             graph[keys.ATOMIC_NUMBERS],
@@ -141,6 +141,7 @@ class ExportedLorem(torch.nn.Module):
             True,
             compute_stress,
             False,
+            electric_field,
             graph.get(keys.SLAB),
         )
         return {key: value.detach() for key, value in out.items()}
@@ -415,7 +416,6 @@ class ExportedLoremBEC(ExportedLorem):
     def __init__(self, model: LoremBEC):
         super().__init__(model)
         self.bec = model
-        self.bec_model = BECModel(model)
 
     @torch.jit.export
     def born_effective_charges(
@@ -432,7 +432,7 @@ class ExportedLoremBEC(ExportedLorem):
         slab: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """[N, 3, 3] Z* of a batch, acoustic sum rule applied per structure."""
-        out = self.bec_model(
+        out = self.energy_model(
             positions,
             atomic_numbers,
             cell,
@@ -449,33 +449,6 @@ class ExportedLoremBEC(ExportedLorem):
             slab,
         )
         return out["apt"].detach()
-
-    @torch.jit.export
-    def compute(
-        self,
-        graph: Dict[str, torch.Tensor],
-        compute_stress: bool,
-        electric_field: torch.Tensor | None = None,
-    ) -> Dict[str, torch.Tensor]:
-        """ExportedLorem.compute plus apt [N, 3, 3]; electric_field [S, 3] or [3] (V/A)
-        adds Z*_i E to the forces."""
-        out = self.bec_model(
-            graph[keys.POSITIONS],
-            graph[keys.ATOMIC_NUMBERS],
-            graph[keys.CELL],
-            graph[keys.PBC],
-            graph[keys.CENTERS],
-            graph[keys.OTHERS],
-            graph[keys.CELL_SHIFTS],
-            graph[keys.ATOM_STRUCTURE],
-            graph[keys.STRUCTURE_OFFSETS],
-            True,
-            compute_stress,
-            False,
-            electric_field,
-            graph.get(keys.SLAB),
-        )
-        return {key: value.detach() for key, value in out.items()}
 
     @torch.jit.export
     def stage_apt(self, stage: int, spherical: torch.Tensor) -> torch.Tensor:

@@ -92,8 +92,13 @@ class EnergyModel(torch.nn.Module):
         compute_forces: bool = True,
         compute_stress: bool = False,
         create_graph: bool = False,
+        electric_field: torch.Tensor | None = None,
         slab: torch.Tensor | None = None,
     ) -> Dict[str, torch.Tensor]:
+        if electric_field is not None:  # BECModel's signature, so that either can stand in
+            raise ValueError(
+                "[lorem:field] an electric field needs a model with the Born-charge (APT) head"
+            )
         positions, strain, strained_positions, strained_cell = strained_inputs(
             positions, cell, atom_structure, compute_forces, compute_stress
         )
