@@ -36,11 +36,14 @@ extern "C" void lammpsplugin_init(void* lmp, void* handle, void* regfunc) {
 #endif
   lorem_plugin::LammpsBuild running;
   {
-    // MPI_Get_library_version may be called before MPI_Init (MPI 3.0)
-    char library[MPI_MAX_LIBRARY_VERSION_STRING] = {0};
+    // MPI_Get_library_version may be called before MPI_Init (MPI 3.0). It is the running
+    // MPI's, whose MPI_MAX_LIBRARY_VERSION_STRING may exceed that of the mpi.h compiled
+    // here (MPICH 8192, Open MPI 256): a buffer for the largest, the length clamped.
+    static char library[65536];
     int length = 0;
     MPI_Get_library_version(library, &length);
-    const std::string text(library, static_cast<size_t>(std::max(0, length)));
+    length = std::clamp(length, 0, static_cast<int>(sizeof(library)) - 1);
+    const std::string text(library, static_cast<size_t>(length));
     running.mpi = lorem_plugin::mpi_family(text);
     running.mpi_library = lorem_plugin::library_first_line(text);
   }

@@ -138,6 +138,18 @@ std::optional<std::array<std::vector<std::pair<int64_t, int64_t>>, 3>> regular_g
   }
   if (intervals[0].size() * intervals[1].size() * intervals[2].size() != boxes.size())
     return std::nullopt;
+  // every combination of intervals exactly once
+  std::vector<std::array<int64_t, 3>> cells;
+  for (const auto& box : boxes) {
+    std::array<int64_t, 3> cell{};
+    for (int a = 0; a < 3; ++a)
+      cell[a] = std::find(intervals[a].begin(), intervals[a].end(),
+                          std::make_pair(box.lo[a], box.hi[a])) -
+                intervals[a].begin();
+    cells.push_back(cell);
+  }
+  std::sort(cells.begin(), cells.end());
+  if (std::adjacent_find(cells.begin(), cells.end()) != cells.end()) return std::nullopt;
   return intervals;
 }
 

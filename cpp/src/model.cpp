@@ -245,6 +245,8 @@ void check_distances(const System& system, double min_distance) {
 }  // namespace
 
 Result Model::compute(const System& system, Communicator& outer_comm, bool compute_virial) {
+  // per thread in libtorch: set where every call runs (ranks simulated as threads too)
+  torch::jit::setGraphExecutorOptimize(false);
   Timings timings;  // this call's; added to timings_ at the end (ranks may share a Model)
   TimedCommunicator comm(outer_comm, timings);
   const auto& contract = contract_;

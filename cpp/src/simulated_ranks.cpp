@@ -24,6 +24,7 @@ struct Shared {
   void barrier() {
     std::unique_lock<std::mutex> lock(mutex);
     if (failed) throw Released();
+    if (finished > 0) throw mismatch();
     const auto generation = this->generation;
     if (++arrived == ranks) {
       arrived = 0;
@@ -32,7 +33,24 @@ struct Shared {
     } else {
       condition.wait(lock, [&] { return this->generation != generation || failed; });
     }
+    if (mismatched) throw mismatch();
     if (failed) throw Released();
+  }
+  // A rank ended while others wait at a collective it will never call: they fail (the
+  // ranks disagree on the sequence of collectives, which MPI would leave hanging).
+  void finish() {
+    std::lock_guard<std::mutex> lock(mutex);
+    ++finished;
+    if (arrived > 0) {
+      failed = true;
+      mismatched = true;
+      condition.notify_all();
+    }
+  }
+  static Error mismatch() {
+    return Error(
+        "simulated ranks: a rank waits at a collective that another rank, which has ended, "
+        "never called (the ranks disagree on the sequence of collectives)");
   }
   void fail() {
     std::lock_guard<std::mutex> lock(mutex);
@@ -43,8 +61,10 @@ struct Shared {
   std::mutex mutex;
   std::condition_variable condition;
   int arrived = 0;
+  int finished = 0;
   int64_t generation = 0;
   bool failed = false;
+  bool mismatched = false;
   std::vector<torch::Tensor> tensors;
   std::vector<std::vector<torch::Tensor>> lists;
   std::vector<std::vector<int64_t>> ints;
@@ -190,6 +210,7 @@ void SimulatedRanks::run(const std::function<void(int, Communicator&)>& body) {
       RankCommunicator comm(shared, r, routes, ghosts_[r].rank.numel());
       try {
         body(r, comm);
+        shared.finish();
       } catch (const Released&) {
         released[r] = 1;
         errors[r] = std::current_exception();

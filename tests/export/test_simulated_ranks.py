@@ -236,3 +236,19 @@ def test_aligned_pencils_move_less_mesh():
     assert _pme_bytes_sent(mesh, owned, with_margin(owned), 10, True) == _pme_bytes_sent(
         mesh, owned, with_margin(owned), 10, False
     )
+
+
+def test_domains_must_tile_the_cell(pme_exports):
+    """Two ranks that both claim the whole cell (RankSystem's one-rank default) would add
+    their charges twice on the PME mesh: refused by name."""
+    _, path = pme_exports[0]
+    atoms = nacl(1)
+    systems = split_into_ranks(atoms, 5.0, along_x(atoms, 2))
+    for system in systems:
+        system.domain_lo, system.domain_hi = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    with pytest.raises(LoremError, match="domains of ranks 0 and 1 overlap"):
+        evaluate_ranks(path, systems, atoms.cell.array, True)
+    systems[1].domain_lo, systems[1].domain_hi = (0.5, 0.0, 0.0), (0.9, 1.0, 1.0)
+    systems[0].domain_hi = (0.5, 1.0, 1.0)
+    with pytest.raises(LoremError, match="leave part of the cell to no rank"):
+        evaluate_ranks(path, systems, atoms.cell.array, True)

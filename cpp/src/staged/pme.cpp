@@ -22,6 +22,27 @@ Box box_from(const std::vector<int64_t>& lo, const std::vector<int64_t>& shape) 
   return box;
 }
 
+// The ranks' owned parts must tile the mesh exactly: overlapping domains would add their
+// charges twice (remap sums), gaps would lose them.
+void require_tiling(const std::vector<Box>& owned_all, const Index3& mesh) {
+  int64_t volume = 0;
+  for (size_t r = 0; r < owned_all.size(); ++r) {
+    const Box& box = owned_all[r];
+    for (int a = 0; a < 3; ++a)
+      if (box.lo[a] < 0 || box.hi[a] > mesh[a] || box.lo[a] > box.hi[a])
+        throw Error("rank " + std::to_string(r) +
+                    "'s domain lies outside the cell: the ranks' domains (fractional, [0, 1) "
+                    "per axis) must tile the cell");
+    volume += box.volume();
+    for (size_t s = 0; s < r; ++s)
+      if (!intersect(box, owned_all[s]).empty())
+        throw Error("the domains of ranks " + std::to_string(s) + " and " + std::to_string(r) +
+                    " overlap: the ranks' domains must tile the cell");
+  }
+  if (volume != mesh[0] * mesh[1] * mesh[2])
+    throw Error("the ranks' domains leave part of the cell to no rank: they must tile it");
+}
+
 class Pme : public LongRangeMethod {
  public:
   LongRangeResult compute(const Context& ctx, const LongRangeInputs& lr, Communicator& comm,
@@ -37,6 +58,7 @@ class Pme : public LongRangeMethod {
       owned.hi[a] = static_cast<int64_t>(std::ceil(lr.system.domain_hi[a] * mesh[a]));
     }
     const auto owned_all = gather_boxes(comm, owned);
+    require_tiling(owned_all, mesh);
     auto brick_out =
         ctx.call("pme_brick", {in.local_positions().detach(), lr.kcell, mesh_list}).toTuple();
     const auto brick_lo = brick_out->elements()[0].toIntVector();
