@@ -197,9 +197,6 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
   }
   method_ = contract_.long_range_method;
   module_.eval();
-  // The profiling executor re-specialises the graph whenever the number of atoms or
-  // pairs changes, which in MD is every step: plain execution is far faster there.
-  torch::jit::setGraphExecutorOptimize(false);
 }
 
 void Model::set_long_range_method(const std::string& method) {
@@ -245,7 +242,9 @@ void check_distances(const System& system, double min_distance) {
 }  // namespace
 
 Result Model::compute(const System& system, Communicator& outer_comm, bool compute_virial) {
-  // per thread in libtorch: set where every call runs (ranks simulated as threads too)
+  // The profiling executor re-specialises the graph whenever the number of atoms or pairs
+  // changes, which in MD is every step: plain execution is far faster there. The setting
+  // is per thread in libtorch, so it is made where every call runs (simulated ranks too).
   torch::jit::setGraphExecutorOptimize(false);
   Timings timings;  // this call's; added to timings_ at the end (ranks may share a Model)
   TimedCommunicator comm(outer_comm, timings);

@@ -29,6 +29,21 @@ py::array_t<double> to_numpy(const torch::Tensor& tensor) {
   return out;
 }
 
+// What both compute bindings take alike: the cell's periodicity, the shared origin, Born
+// effective charges and a uniform field.
+void set_options(lorem::System& system, bool periodic, bool slab, std::array<double, 3> origin,
+                 const std::optional<std::array<double, 3>>& electric_field,
+                 bool born_effective_charges) {
+  system.periodic = periodic || slab;
+  system.slab = slab;
+  system.origin = origin;
+  system.want_born_effective_charges = born_effective_charges;
+  if (electric_field) {
+    system.apply_electric_field = true;
+    system.electric_field = *electric_field;
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -95,14 +110,7 @@ PYBIND11_MODULE(_core, m) {
             system.centers = to_tensor<int64_t>(centers, torch::kLong);
             system.others = to_tensor<int64_t>(others, torch::kLong);
             system.cell = to_tensor<double>(cell, torch::kFloat64);
-            system.periodic = periodic || slab;
-            system.slab = slab;
-            system.origin = origin;
-            system.want_born_effective_charges = born_effective_charges;
-            if (electric_field) {
-              system.apply_electric_field = true;
-              system.electric_field = *electric_field;
-            }
+            set_options(system, periodic, slab, origin, electric_field, born_effective_charges);
             auto owner = to_tensor<int64_t>(ghost_owner, torch::kLong);
             lorem::SingleProcess comm(owner);
             lorem::Result result;
@@ -153,16 +161,9 @@ PYBIND11_MODULE(_core, m) {
               system.centers = to_tensor<int64_t>(item("centers").cast<I>(), torch::kLong);
               system.others = to_tensor<int64_t>(item("others").cast<I>(), torch::kLong);
               system.cell = cell_tensor;
-              system.periodic = periodic || slab;
-              system.slab = slab;
-              system.origin = origin;
+              set_options(system, periodic, slab, origin, electric_field, born_effective_charges);
               system.domain_lo = item("domain_lo").cast<std::array<double, 3>>();
               system.domain_hi = item("domain_hi").cast<std::array<double, 3>>();
-              system.want_born_effective_charges = born_effective_charges;
-              if (electric_field) {
-                system.apply_electric_field = true;
-                system.electric_field = *electric_field;
-              }
               systems.push_back(system);
               owners.push_back({to_tensor<int64_t>(item("ghost_rank").cast<I>(), torch::kLong),
                                 to_tensor<int64_t>(item("ghost_index").cast<I>(), torch::kLong)});
