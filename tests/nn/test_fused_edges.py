@@ -17,7 +17,11 @@ from lorem_torch import EnergyModel, Lorem
 from lorem_torch.data import atoms_to_graph
 from lorem_torch.export import export_model, load_exported
 from lorem_torch.models import BECModel, LoremBEC
-from lorem_torch.nn.edge_ops import edges_to_nodes, edges_to_nodes_reference
+from lorem_torch.nn.edge_ops import (
+    edges_to_nodes,
+    edges_to_nodes_by_pair_type,
+    edges_to_nodes_reference,
+)
 
 MAX_DEGREE, CHANNELS = 2, 3
 
@@ -109,6 +113,44 @@ def test_operator_first_and_second_derivatives(num_edges):
         assert torch.autograd.gradgradcheck(function, inputs)
 
 
+@pytest.mark.parametrize("num_edges", [0, 11])
+def test_pair_type_operator_equals_plain_and_is_twice_differentiable(num_edges):
+    """edges_to_nodes_by_pair_type == edges_to_nodes of radial[p] @ table[pair_type[p]];
+    gradcheck and gradgradcheck in radial, table and harmonics (its backward recomputes
+    the coefficients)."""
+    num_nodes, num_types, num_radial = 4, 3, 5
+    _, harmonics, centers = random_edges(num_edges, num_nodes)
+    generator = torch.Generator().manual_seed(1)
+    radial = torch.randn(num_edges, num_radial, generator=generator, dtype=torch.float64)
+    table = torch.randn(num_types, num_radial, MAX_DEGREE + 1, CHANNELS, dtype=torch.float64)
+    # type 1 has no edge: its table rows get a zero gradient
+    pair_type = torch.tensor([0, 2] * (num_edges // 2 + 1), dtype=torch.long)[:num_edges]
+    coefficients = torch.einsum("pr,prlc->plc", radial, table[pair_type])
+    torch.testing.assert_close(
+        edges_to_nodes_by_pair_type(radial, table, pair_type, harmonics, centers, num_nodes),
+        edges_to_nodes_reference(coefficients, harmonics, centers, num_nodes),
+        rtol=0,
+        atol=1e-12,
+    )
+    inputs = (radial.requires_grad_(), table.requires_grad_(), harmonics.requires_grad_())
+
+    def summed(r, t, y):
+        return edges_to_nodes_by_pair_type(r, t, pair_type, y, centers, num_nodes)
+
+    assert torch.autograd.gradcheck(summed, inputs)
+    assert torch.autograd.gradgradcheck(summed, inputs)
+    if num_edges == 0:
+        # a rank with no atoms: no species present, an empty table
+        empty = edges_to_nodes_by_pair_type(
+            radial, table[:0], pair_type, harmonics, centers, num_nodes
+        )
+        assert empty.shape == (num_nodes, (MAX_DEGREE + 1) ** 2, CHANNELS)
+        assert not empty.any()
+    else:
+        with pytest.raises(RuntimeError, match=r"pair types must lie in \[0, 3\)"):
+            edges_to_nodes_by_pair_type(radial, table, pair_type + 3, harmonics, centers, num_nodes)
+
+
 def test_operator_refuses_bad_input():
     coefficients, harmonics, centers = random_edges(5, 3)
     with pytest.raises(RuntimeError, match="centre 3, outside the 3 atoms"):
@@ -139,6 +181,7 @@ VARIANTS = {
     "mp2_scalar": dict(num_message_passing=2, equivariant_message_passing=False),
     "mp2_equivariant_short_range": dict(num_message_passing=2, lr=False),
     "no_node_init": dict(initialize_node_features=False),
+    "pme": dict(long_range="pme"),
 }
 
 
@@ -147,7 +190,10 @@ def build(kind, dtype, options):
         torch.manual_seed(0)
         base = dict(num_features=16, num_radial=8, num_spherical_features=4, max_degree=4)
         return LoremBEC(**base, **options).to(dtype)
-    return small_model(dtype=dtype, **options)
+    options = dict(options)
+    method = options.pop("long_range", None)
+    model = small_model(dtype=dtype, **options)
+    return model if method is None else model.with_long_range(method)
 
 
 def outputs_and_force_loss_gradient(model, structures, kind):

@@ -441,6 +441,145 @@ Tensor harmonic_adjoint_autograd(const Tensor& node_grad, const Tensor& coeffici
   return HarmonicAdjoint::apply(node_grad, coefficients, centers);
 }
 
+// -- edges_to_nodes_by_pair_type: the coefficients from a species-pair table --
+//
+// The first block's coefficients are coef[p] = radial[p] @ table[pair_type[p]] (radial
+// [P, R], table [T, R, L+1, s]). This operator is edges_to_nodes of those coefficients,
+// but keeps radial, table and harmonics for its backward (which the model holds anyway)
+// instead of the [P, (L+1) s] coefficients: the backward recomputes them, one matrix
+// product per pair type, with differentiable operations, so that double backward works.
+
+// the edges grouped by pair type
+struct PairTypeOrder {
+  Tensor order;  // edges sorted by type
+  std::vector<int64_t> counts;
+};
+
+PairTypeOrder pair_type_order(const Tensor& pair_type, int64_t num_types) {
+  const char* op = "lorem::edges_to_nodes_by_pair_type";
+  TORCH_CHECK(pair_type.dim() == 1 && pair_type.scalar_type() == at::kLong, op,
+              ": pair_type must be [P] int64, got ", pair_type.sizes(), " ",
+              pair_type.scalar_type());
+  PairTypeOrder out;
+  const int64_t edges = pair_type.size(0);
+  if (edges > 0) {
+    const int64_t low = pair_type.min().item<int64_t>(), high = pair_type.max().item<int64_t>();
+    TORCH_CHECK(low >= 0 && high < num_types, op, ": pair types must lie in [0, ", num_types,
+                "), got [", low, ", ", high, "]");
+  }
+  out.order = at::argsort(pair_type);
+  const Tensor counts = at::bincount(pair_type, {}, num_types).to(at::kCPU);
+  out.counts.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + num_types);
+  return out;
+}
+
+// [P, K] = rows[p] @ matrices[pair_type[p]] for rows [P, R], matrices [T, R, K]: one
+// product per pair type over the edges of that type, gathered and written back type by
+// type, so that no sorted copy of all rows is made
+Tensor rows_by_type(const Tensor& rows, const Tensor& matrices, const PairTypeOrder& types) {
+  Tensor out = at::empty({rows.size(0), matrices.size(2)}, rows.options());
+  int64_t start = 0;
+  for (size_t t = 0; t < types.counts.size(); ++t) {
+    const int64_t n = types.counts[t];
+    if (n > 0) {
+      const Tensor edges = types.order.narrow(0, start, n);
+      out.index_copy_(0, edges, at::mm(rows.index_select(0, edges), matrices[t]));
+    }
+    start += n;
+  }
+  return out;
+}
+
+// [T, R, K] = sum over the edges p of type t of left[p]^T right[p]
+Tensor outer_by_type(const Tensor& left, const Tensor& right, const PairTypeOrder& types) {
+  std::vector<Tensor> pieces;
+  int64_t start = 0;
+  for (size_t t = 0; t < types.counts.size(); ++t) {
+    const int64_t n = types.counts[t];
+    if (n > 0) {
+      const Tensor edges = types.order.narrow(0, start, n);
+      pieces.push_back(at::mm(left.index_select(0, edges).t(), right.index_select(0, edges)));
+    } else {
+      pieces.push_back(at::zeros({left.size(1), right.size(1)}, left.options()));
+    }
+    start += n;
+  }
+  return at::stack(pieces, 0);
+}
+
+void check_pair_inputs(const Tensor& radial, const Tensor& table, const Tensor& harmonics,
+                       const Tensor& centers) {
+  const char* op = "lorem::edges_to_nodes_by_pair_type";
+  TORCH_CHECK(radial.dim() == 2, op, ": radial must be [P, R], got ", radial.sizes());
+  TORCH_CHECK(table.dim() == 4 && table.size(1) == radial.size(1), op,
+              ": table must be [T, R, L+1, s] with R = ", radial.size(1), ", got ", table.sizes());
+  check_floating(radial, table, op);
+  check_floating(radial, harmonics, op);
+  TORCH_CHECK(harmonics.dim() == 2 && harmonics.size(0) == radial.size(0), op,
+              ": harmonics must be [P, (L+1)^2] with P = ", radial.size(0), ", got ",
+              harmonics.sizes());
+  TORCH_CHECK(max_degree_of_components(harmonics.size(1), op) + 1 == table.size(2), op,
+              ": harmonics with ", harmonics.size(1), " components need a table of ",
+              max_degree_of_components(harmonics.size(1), op) + 1, " degrees, got ", table.size(2));
+  check_centers(centers, radial.size(0), op);
+}
+
+Tensor by_pair_type_forward(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
+                            const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
+  check_pair_inputs(radial, table, harmonics, centers);
+  const PairTypeOrder types = pair_type_order(pair_type, table.size(0));
+  const int64_t degrees = table.size(2), channels = table.size(3);
+  const Tensor coefficients =
+      rows_by_type(radial, table.reshape({table.size(0), table.size(1), degrees * channels}), types)
+          .view({radial.size(0), degrees, channels});
+  return call_edges_to_nodes(coefficients, harmonics, centers, num_nodes);
+}
+
+class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPairType> {
+ public:
+  static Tensor forward(AutogradContext* ctx, const Tensor& radial, const Tensor& table,
+                        const Tensor& pair_type, const Tensor& harmonics, const Tensor& centers,
+                        int64_t num_nodes) {
+    ctx->save_for_backward({radial, table, pair_type, harmonics, centers});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return by_pair_type_forward(radial, table, pair_type, harmonics, centers, num_nodes);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor& radial = saved[0];
+    const Tensor& table = saved[1];
+    const Tensor& harmonics = saved[3];
+    const Tensor& centers = saved[4];
+    const PairTypeOrder types = pair_type_order(saved[2], table.size(0));
+    const int64_t num_types = table.size(0), num_radial = table.size(1);
+    const int64_t degrees = table.size(2), channels = table.size(3), edges = radial.size(0);
+    const Tensor flat_table = table.reshape({num_types, num_radial, degrees * channels});
+    Tensor radial_grad, table_grad, harmonic_grad;
+    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
+      // dL/dcoef [P, L+1, s], then through coef = radial @ table[type]
+      const Tensor coefficient_grad = call_coefficient_adjoint(grads[0], harmonics, centers)
+                                          .reshape({edges, degrees * channels});
+      if (ctx->needs_input_grad(0))
+        radial_grad = rows_by_type(coefficient_grad, flat_table.transpose(1, 2), types);
+      if (ctx->needs_input_grad(1))
+        table_grad = outer_by_type(radial, coefficient_grad, types).view(table.sizes());
+    }
+    if (ctx->needs_input_grad(3)) {
+      // the coefficients, recomputed (differentiably: force training differentiates this)
+      const Tensor coefficients =
+          rows_by_type(radial, flat_table, types).view({edges, degrees, channels});
+      harmonic_grad = call_harmonic_adjoint(grads[0], coefficients, centers);
+    }
+    return {radial_grad, table_grad, Tensor(), harmonic_grad, Tensor(), Tensor()};
+  }
+};
+
+Tensor by_pair_type_autograd(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
+                             const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
+  return EdgesToNodesByPairType::apply(radial, table, pair_type, harmonics, centers, num_nodes);
+}
+
 }  // namespace
 
 // A fragment: other files may add operators to the lorem namespace.
@@ -454,6 +593,9 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
   m.def(
       "edges_to_nodes_harmonic_adjoint(Tensor node_grad, Tensor coefficients, Tensor centers) "
       "-> Tensor");
+  m.def(
+      "edges_to_nodes_by_pair_type(Tensor radial, Tensor table, Tensor pair_type, "
+      "Tensor harmonics, Tensor centers, int num_nodes) -> Tensor");
   m.def(
       "_edge_op_by_chunks(str name, Tensor first, Tensor second, Tensor centers, "
       "int num_nodes, int chunk_edges) -> Tensor");
@@ -470,10 +612,12 @@ TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
   m.impl("edges_to_nodes_coefficient_adjoint", coefficient_adjoint_composite);
   m.impl("edges_to_nodes_harmonic_adjoint", harmonic_adjoint_composite);
   m.impl("_edge_op_by_chunks", edge_op_by_chunks);
+  m.impl("edges_to_nodes_by_pair_type", by_pair_type_forward);
 }
 
 TORCH_LIBRARY_IMPL(lorem, Autograd, m) {
   m.impl("edges_to_nodes", edges_to_nodes_autograd);
   m.impl("edges_to_nodes_coefficient_adjoint", coefficient_adjoint_autograd);
   m.impl("edges_to_nodes_harmonic_adjoint", harmonic_adjoint_autograd);
+  m.impl("edges_to_nodes_by_pair_type", by_pair_type_autograd);
 }

@@ -36,6 +36,7 @@ from typing import List, Tuple
 
 import torch
 
+from .. import _core  # noqa: F401  (registers torch.ops.lorem.mesh_*)
 from ..vocabulary import DEFAULT_ACCURACY
 from .accuracy import PME_ORDERS, check_accuracy, pme_parameters
 from .bspline import spline_moduli, stencil_weights
@@ -137,6 +138,10 @@ class PME(torch.nn.Module):
         # the slow-mesh warning is given once per model
         self.cost_warning_seconds = COST_WARNING_SECONDS
         self.cost_warned = False
+        # spread and interpolate by the fused operators of cpp/src/ops/mesh_ops.cpp (no
+        # [N, p^3, C] stencil tables kept for the backward) or, as the reference, by
+        # index_add / index_select here; set by Lorem.use_fused_operators
+        self.fused_mesh: bool = True
 
     # -- sizes --
 
@@ -227,7 +232,6 @@ class PME(torch.nn.Module):
         floor = torch.floor(u.detach())
         weights = stencil_weights(u - floor, p)  # [N, 3, p]
         lo = torch.tensor(brick_lo, dtype=torch.int64, device=positions.device)
-        extent = torch.tensor(brick_shape, dtype=torch.int64, device=positions.device)
         start = floor.to(torch.int64) - (p - 1) - lo  # [N, 3] first stencil point in the brick
         t = torch.arange(p, device=positions.device)
         i0 = start[:, 0:1] + t  # [N, p] brick index along each axis
@@ -238,16 +242,8 @@ class PME(torch.nn.Module):
             i0 = torch.remainder(i0, mesh[0])
             i1 = torch.remainder(i1, mesh[1])
             i2 = torch.remainder(i2, mesh[2])
-        elif positions.shape[0] > 0:
-            outside = (start < 0) | (start + p > extent)
-            if bool(outside.any()):
-                raise ValueError(
-                    "PME: atoms reach mesh points outside the brick (lo "
-                    + str(brick_lo)
-                    + ", shape "
-                    + str(brick_shape)
-                    + "); compute the brick with brick_for"
-                )
+        else:
+            self._check_inside_brick(start, brick_lo, brick_shape)
         plane = i0[:, :, None] * brick_shape[1] + i1[:, None, :]  # [N, p, p]
         flat = plane[:, :, :, None] * brick_shape[2] + i2[:, None, None, :]  # [N, p, p, p]
         w = (
@@ -257,6 +253,40 @@ class PME(torch.nn.Module):
         )
         num = positions.shape[0]
         return flat.reshape(num, p * p * p), w.reshape(num, p * p * p)
+
+    def _check_inside_brick(
+        self, start: torch.Tensor, brick_lo: List[int], brick_shape: List[int]
+    ) -> None:
+        """Refuse atoms whose stencils, starting at brick index start [N, 3], leave the brick."""
+        if start.shape[0] == 0:
+            return
+        extent = torch.tensor(brick_shape, dtype=torch.int64, device=start.device)
+        outside = (start < 0) | (start + self.order > extent)
+        if bool(outside.any()):
+            raise ValueError(
+                "PME: atoms reach mesh points outside the brick (lo "
+                + str(brick_lo)
+                + ", shape "
+                + str(brick_shape)
+                + "); compute the brick with brick_for"
+            )
+
+    def _fused_coordinates(
+        self,
+        positions: torch.Tensor,
+        cell: torch.Tensor,
+        brick_lo: List[int],
+        brick_shape: List[int],
+        mesh: List[int],
+    ) -> torch.Tensor:
+        """[N, 3] mesh coordinates for the fused operators, after the brick check that
+        the plain path makes (so that both refuse alike, with a ValueError)."""
+        u = self.mesh_coordinates(positions, cell, mesh)
+        if not self.is_whole_mesh(brick_lo, brick_shape, mesh):
+            lo = torch.tensor(brick_lo, dtype=torch.int64, device=positions.device)
+            start = torch.floor(u.detach()).to(torch.int64) - (self.order - 1) - lo
+            self._check_inside_brick(start, brick_lo, brick_shape)
+        return u
 
     def is_whole_mesh(self, brick_lo: List[int], brick_shape: List[int], mesh: List[int]) -> bool:
         """Whether a brick is the whole periodic mesh (lo = 0, shape = mesh)."""
@@ -286,6 +316,11 @@ class PME(torch.nn.Module):
         -> [C, b0, b1, b2].
 
         Additive over disjoint sets of atoms (chunks, MPI ranks)."""
+        if self.fused_mesh:
+            u = self._fused_coordinates(positions, cell, brick_lo, brick_shape, mesh)
+            return torch.ops.lorem.mesh_spread(
+                charges, u, None, brick_lo, brick_shape, mesh, self.order
+            )
         channels = charges.shape[1]
         size = brick_shape[0] * brick_shape[1] * brick_shape[2]
         rows = torch.zeros(size, channels, dtype=charges.dtype, device=charges.device)
@@ -315,6 +350,11 @@ class PME(torch.nn.Module):
         """The mesh potentials [C, b0, b1, b2] of a brick at the given atoms -> [N, C]."""
         channels = potential_brick.shape[0]
         brick_shape = [potential_brick.shape[1], potential_brick.shape[2], potential_brick.shape[3]]
+        if self.fused_mesh:
+            u = self._fused_coordinates(positions, cell, brick_lo, brick_shape, mesh)
+            return torch.ops.lorem.mesh_interpolate(
+                potential_brick, u, None, brick_lo, mesh, self.order
+            )
         rows = potential_brick.permute(1, 2, 3, 0).reshape(-1, channels)
         order = self._spatial_order(positions, cell, mesh)
         positions = positions.index_select(0, order)

@@ -28,10 +28,10 @@ from ..long_range import (
 )
 from ..long_range.settings import prefer_pme
 from ..nn.constants import ConstantsModule
-from ..nn.edge_ops import edges_to_nodes
+from ..nn.edge_ops import edges_to_nodes_by_pair_type
 from ..nn.layers import MLP, DegreeWiseDense, Dense, TensorDense, TensorProduct, Update
 from ..nn.message_ops import equivariant_messages, sparse_coupling
-from ..nn.radial import BernsteinBasis, cosine_cutoff
+from ..nn.radial import BernsteinBasis, cosine_cutoff, radial_basis_with_cutoff
 from ..nn.radial_ops import radial_contraction
 from ..nn.spherical import SphericalHarmonics, degree_of_component, degree_wise_norm
 
@@ -42,6 +42,8 @@ FUSED_SWITCHES = (
     "fused_product",
     "fused_harmonics",
     "fused_radial",
+    "fused_mesh",
+    "fused_basis",
 )
 
 NUM_ELEMENTS = 100  # rows of the species embedding (atomic numbers 0..99), as lorem-jax
@@ -144,8 +146,12 @@ def products_by_pair_type(
         start += count
     if len(pieces) == 0:
         return radial.new_zeros(0, table.shape[2])
-    result_sorted = torch.cat(pieces, dim=0)
-    return torch.zeros_like(result_sorted).index_copy(0, order, result_sorted)
+    # back to edge order by a gather (its backward keeps only the indices; an index_copy
+    # into zeros would keep a [P, out] tensor)
+    inverse = torch.empty_like(order).index_copy_(
+        0, order, torch.arange(order.shape[0], device=order.device)
+    )
+    return torch.cat(pieces, dim=0).index_select(0, inverse)
 
 
 class ScalarMessagePassingStep(torch.nn.Module):
@@ -434,6 +440,8 @@ class Lorem(ConstantsModule):
         # the initial block's sums over neighbours by the fused operators (nn/edge_ops.py)
         # or, as the reference, per edge in plain PyTorch; set by use_fused_operators
         self.fused_edges: bool = True
+        # the radial basis times the cutoff as one operator (nn/radial.py), likewise
+        self.fused_basis: bool = True
 
         # -- optional message passing --
         steps: List[torch.nn.Module] = []
@@ -517,8 +525,10 @@ class Lorem(ConstantsModule):
         """The one switch between the fused C++ operators (default) and the plain
         PyTorch reference path, for every block that has one: the initial block's sums
         over neighbours (`fused_edges`), the equivariant messages (`fused_messages`),
-        every tensor product (`fused_product`), the edge harmonics (`fused_harmonics`)
-        and the per-edge radial MLP of message passing (`fused_radial`). Returns self."""
+        every tensor product (`fused_product`), the edge harmonics (`fused_harmonics`),
+        the per-edge radial MLP of message passing (`fused_radial`), the PME mesh's
+        spread and interpolation (`fused_mesh`) and the radial basis with its cutoff
+        (`fused_basis`). Returns self."""
         for module in self.modules():
             for switch in FUSED_SWITCHES:
                 if hasattr(module, switch):
@@ -549,7 +559,12 @@ class Lorem(ConstantsModule):
         spherical harmonics of the unit vectors [P, (L+1)**2]."""
         distances = torch.linalg.norm(pair_vectors, dim=-1)
         unit = pair_vectors / distances[:, None]
-        radial = self.radial(distances) * cosine_cutoff(distances, self.cutoff)[:, None]
+        if self.fused_basis:
+            radial = radial_basis_with_cutoff(
+                distances, self.radial.num, self.radial.limit, self.cutoff
+            )
+        else:
+            radial = self.radial(distances) * cosine_cutoff(distances, self.cutoff)[:, None]
         return radial, self.harmonics(unit)
 
     def initial_features(
@@ -650,13 +665,14 @@ class Lorem(ConstantsModule):
         summed = radial_sums.reshape(num_nodes, num_pair_types * num_radial) @ table.reshape(
             num_pair_types * num_radial, self.num_features
         )
-        # spherical_coefficients is bias-free, so it maps the table row by row
-        coefficients = products_by_pair_type(radial, pair_type, self.spherical_coefficients(table))
-        spherical = edges_to_nodes(
-            coefficients.reshape(-1, self.max_degree + 1, self.spherical_features),
-            harmonics,
-            centers,
-            num_nodes,
+        # spherical_coefficients is bias-free, so it maps the table row by row; the
+        # operator forms radial[p] @ table[pair_type[p]] edge by edge and keeps radial,
+        # not the [P, (L+1) * s] coefficients, for its backward
+        coefficient_table = self.spherical_coefficients(table).reshape(
+            num_pair_types, num_radial, self.max_degree + 1, self.spherical_features
+        )
+        spherical = edges_to_nodes_by_pair_type(
+            radial, coefficient_table, pair_type, harmonics, centers, num_nodes
         )
         return summed, spherical
 

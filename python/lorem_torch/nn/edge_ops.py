@@ -23,6 +23,25 @@ def edges_to_nodes(
     return torch.ops.lorem.edges_to_nodes(coefficients, harmonics, centers, num_nodes)
 
 
+def edges_to_nodes_by_pair_type(
+    radial: torch.Tensor,
+    table: torch.Tensor,
+    pair_type: torch.Tensor,
+    harmonics: torch.Tensor,
+    centers: torch.Tensor,
+    num_nodes: int,
+) -> torch.Tensor:
+    """edges_to_nodes of the coefficients radial[p] @ table[pair_type[p]].
+
+    radial [P, R], table [T, R, L+1, s], pair_type [P] int64 in [0, T) ->
+    [num_nodes, (L+1)**2, s]; the backward recomputes the coefficients (one matrix product
+    per pair type) instead of keeping them; twice differentiable.
+    """
+    return torch.ops.lorem.edges_to_nodes_by_pair_type(
+        radial, table, pair_type, harmonics, centers, num_nodes
+    )
+
+
 def edges_to_nodes_reference(
     coefficients: torch.Tensor, harmonics: torch.Tensor, centers: torch.Tensor, num_nodes: int
 ) -> torch.Tensor:

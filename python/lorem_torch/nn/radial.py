@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from .. import _core  # noqa: F401  (registers torch.ops.lorem.radial_basis)
 from .constants import ConstantsModule
 
 
@@ -11,6 +12,15 @@ def cosine_cutoff(r: torch.Tensor, cutoff: float) -> torch.Tensor:
     """[P] -> [P]: 0.5 cos(pi r / cutoff) + 0.5 below the cutoff, 0 beyond."""
     x = r / cutoff
     return torch.where(x < 1, 0.5 * torch.cos(math.pi * x) + 0.5, torch.zeros_like(x))
+
+
+def radial_basis_with_cutoff(
+    distances: torch.Tensor, num: int, limit: float, cutoff: float
+) -> torch.Tensor:
+    """[P] -> [P, num]: BernsteinBasis(num, limit)(r) * cosine_cutoff(r, cutoff)[:, None] as
+    one operator (cpp/src/ops/basis_ops.cpp) that keeps only the distances for its
+    backward, twice differentiable."""
+    return torch.ops.lorem.radial_basis(distances, num, limit, cutoff)
 
 
 class BernsteinBasis(ConstantsModule):

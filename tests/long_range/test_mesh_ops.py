@@ -1,0 +1,160 @@
+"""The fused PME mesh operators (cpp/src/ops/mesh_ops.cpp) against the plain PyTorch
+path of long_range/pme.py, against their own chunked torch-op kernel, and their first and
+second derivatives; PME with and without them, in float64 and float32."""
+
+import pytest
+import torch
+
+from lorem_torch.long_range import PME
+
+CELL = [[7.0, 0.3, 0.1], [0.2, 8.0, 0.4], [0.1, -0.3, 6.5]]
+
+
+def setup(num_atoms=30, channels=3, order=6, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    cell = torch.tensor(CELL, dtype=dtype)
+    positions = (torch.rand(num_atoms, 3, dtype=dtype) @ cell).requires_grad_()
+    charges = torch.randn(num_atoms, channels, dtype=dtype, requires_grad=True)
+    pme = PME(smearing=1.0, spacing=0.6, order=order, channels=channels)
+    return pme, cell, positions, charges
+
+
+def plain(pme: PME) -> PME:
+    copy = PME(pme.smearing, spacing=pme.spacing, order=pme.order, channels=pme.channels)
+    copy.fused_mesh = False
+    return copy
+
+
+def bricks(pme, positions, cell, mesh):
+    """The whole periodic mesh, and the brick these atoms touch (not wrapped)."""
+    lo, shape = pme.brick_of_atoms(positions, cell, mesh)
+    return [([0, 0, 0], mesh), (lo, shape)]
+
+
+@pytest.mark.parametrize("order", [4, 6, 8, 10])
+@pytest.mark.parametrize("num_atoms", [0, 1, 30])
+def test_spread_and_interpolate_equal_plain_torch(order, num_atoms):
+    pme, cell, positions, charges = setup(num_atoms=num_atoms, order=order)
+    reference = plain(pme)
+    mesh = pme.mesh_shape(cell)
+    for lo, shape in bricks(pme, positions, cell, mesh):
+        fused_brick = pme.spread(positions, charges, cell, lo, shape, mesh)
+        plain_brick = reference.spread(positions, charges, cell, lo, shape, mesh)
+        assert fused_brick.shape == plain_brick.shape
+        torch.testing.assert_close(fused_brick, plain_brick, rtol=0, atol=1e-14)
+        potential = torch.randn_like(plain_brick)
+        torch.testing.assert_close(
+            pme.interpolate(positions, potential, cell, lo, mesh),
+            reference.interpolate(positions, potential, cell, lo, mesh),
+            rtol=0,
+            atol=1e-13,
+        )
+
+
+@pytest.mark.parametrize("directional", [False, True])
+@pytest.mark.parametrize("chunk_atoms", [1, 7, 1000])
+def test_cpu_kernels_equal_the_chunked_kernel(directional, chunk_atoms):
+    pme, cell, positions, charges = setup(num_atoms=25)
+    mesh = pme.mesh_shape(cell)
+    u = pme.mesh_coordinates(positions, cell, mesh).detach()
+    q = charges.detach()
+    h = torch.randn(25, 3, dtype=torch.float64) if directional else None
+    for lo, shape in bricks(pme, positions, cell, mesh):
+        brick = torch.randn(3, *shape, dtype=torch.float64)
+        cases = {
+            "spread": (torch.ops.lorem.mesh_spread(q, u, h, lo, shape, mesh, 6), q, None),
+            "interpolate": (
+                torch.ops.lorem.mesh_interpolate(brick, u, h, lo, mesh, 6),
+                brick,
+                None,
+            ),
+            "gradient": (torch.ops.lorem.mesh_gradient(brick, q, u, h, lo, mesh, 6), brick, q),
+        }
+        for name, (fused, first, second) in cases.items():
+            chunked = torch.ops.lorem._mesh_op_by_chunks(
+                name, first, second, u, h, lo, shape, mesh, 6, chunk_atoms
+            )
+            torch.testing.assert_close(fused, chunked, rtol=0, atol=1e-12, msg=name)
+
+
+def test_operators_first_and_second_derivatives():
+    """gradcheck and gradgradcheck (float64) of the three operators on a whole mesh and a
+    brick: the backward of each is made of the others, the second derivatives of the
+    directional forms."""
+    pme, cell, positions, charges = setup(num_atoms=4, channels=2, order=4)
+    mesh = pme.mesh_shape(cell)
+    u = pme.mesh_coordinates(positions, cell, mesh).detach().requires_grad_()
+    q = charges.detach().requires_grad_()
+    for lo, shape in bricks(pme, positions, cell, mesh):
+        brick = torch.randn(2, *shape, dtype=torch.float64, requires_grad=True)
+        functions = [
+            lambda q, u: torch.ops.lorem.mesh_spread(q, u, None, lo, shape, mesh, 4),
+            lambda b, u: torch.ops.lorem.mesh_interpolate(b, u, None, lo, mesh, 4),
+        ]
+        for function, inputs in zip(functions, [(q, u), (brick, u)], strict=True):
+            assert torch.autograd.gradcheck(function, inputs)
+            assert torch.autograd.gradgradcheck(function, inputs)
+        # the gradient itself (forces), once more differentiable (force training)
+        gradient = lambda b, q, u: torch.ops.lorem.mesh_gradient(b, q, u, None, lo, mesh, 4)  # noqa: E731
+        assert torch.autograd.gradcheck(gradient, (brick, q, u))
+
+
+def test_pme_forces_virial_and_force_training_equal_plain_torch():
+    """k-space potentials, their derivatives in positions, cell and charges, and the
+    derivative of a loss on those derivatives, fused against plain."""
+    pme, cell, positions, charges = setup(num_atoms=30)
+    cell = cell.clone().requires_grad_()
+    results = []
+    for module in (pme, plain(pme)):
+        potentials = module.kspace_potentials(positions, charges, cell)
+        energy = (potentials * charges).sum()
+        forces, virial, charge_grad = torch.autograd.grad(
+            energy, [positions, cell, charges], create_graph=True
+        )
+        loss = (forces**2).sum() + (virial**2).sum() + (charge_grad**2).sum()
+        second = torch.autograd.grad(loss, [positions, cell, charges])
+        results.append([potentials, forces, virial, charge_grad, *second])
+    for fused, reference in zip(*results, strict=True):
+        scale = float(reference.abs().max())
+        torch.testing.assert_close(fused, reference, rtol=0, atol=1e-12 * scale)
+
+
+def test_float32_moves_at_round_off_only():
+    pme, cell, positions, charges = setup(num_atoms=200, dtype=torch.float32)
+    fused = pme.kspace_potentials(positions, charges, cell)
+    forces = torch.autograd.grad((fused * charges).sum(), positions)[0]
+    reference_module = plain(pme)
+    reference = reference_module.kspace_potentials(positions, charges, cell)
+    reference_forces = torch.autograd.grad((reference * charges).sum(), positions)[0]
+    torch.testing.assert_close(fused, reference, rtol=0, atol=1e-5 * float(reference.abs().max()))
+    torch.testing.assert_close(
+        forces, reference_forces, rtol=0, atol=1e-5 * float(reference_forces.abs().max())
+    )
+
+
+def test_refusals_name_the_problem():
+    pme, cell, positions, charges = setup(num_atoms=10, order=6)
+    mesh = pme.mesh_shape(cell)
+    lo, shape = pme.brick_of_atoms(positions, cell, mesh)
+    moved = [lo[0] + 1, lo[1], lo[2]]
+    # the same ValueError as the plain path, from PME; a RuntimeError from the operator
+    with pytest.raises(ValueError, match="outside the brick"):
+        pme.spread(positions, charges, cell, moved, shape, mesh)
+    u = pme.mesh_coordinates(positions, cell, mesh)
+    with pytest.raises(RuntimeError, match="outside the brick"):
+        torch.ops.lorem.mesh_spread(charges, u, None, moved, shape, mesh, 6)
+    with pytest.raises(RuntimeError, match="PME order must be 4, 6, 8 or 10"):
+        torch.ops.lorem.mesh_spread(charges, u, None, lo, shape, mesh, 5)
+    bad = u.detach().clone()
+    bad[3, 1] = float("nan")
+    with pytest.raises(RuntimeError, match="atom 3 are not finite"):
+        torch.ops.lorem.mesh_spread(charges, bad, None, [0, 0, 0], mesh, mesh, 6)
+    with pytest.raises(RuntimeError, match=r"charges must be \[10, C\]"):
+        torch.ops.lorem.mesh_spread(charges[:5], u, None, lo, shape, mesh, 6)
+    # a third derivative is refused by name, not silently zero
+    brick = torch.randn(3, *mesh, dtype=torch.float64, requires_grad=True)
+    potentials = torch.ops.lorem.mesh_interpolate(brick, u, None, [0, 0, 0], mesh, 6)
+    (forces,) = torch.autograd.grad((potentials * charges).sum(), positions, create_graph=True)
+    (second,) = torch.autograd.grad((forces**2).sum(), positions, create_graph=True)
+    with pytest.raises(RuntimeError, match="third derivative of the PME mesh operators"):
+        torch.autograd.grad(second.sum(), positions)
