@@ -149,6 +149,12 @@ def test_refusals_name_the_problem():
     bad[3, 1] = float("nan")
     with pytest.raises(RuntimeError, match="atom 3 are not finite"):
         torch.ops.lorem.mesh_spread(charges, bad, None, [0, 0, 0], mesh, mesh, 6)
+    # the torch-op kernel (CUDA) refuses alike, on a whole mesh and on a brick
+    for brick_lo, brick_shape in (([0, 0, 0], mesh), (lo, shape)):
+        with pytest.raises(RuntimeError, match="not finite"):
+            torch.ops.lorem._mesh_op_by_chunks(
+                "spread", charges.detach(), None, bad, None, brick_lo, brick_shape, mesh, 6, 4
+            )
     with pytest.raises(RuntimeError, match=r"charges must be \[10, C\]"):
         torch.ops.lorem.mesh_spread(charges[:5], u, None, lo, shape, mesh, 6)
     # a third derivative is refused by name, not silently zero

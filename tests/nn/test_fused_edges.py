@@ -155,6 +155,8 @@ def test_pair_type_operator_equals_plain_and_is_twice_differentiable(num_edges):
         assert empty.shape == (num_nodes, (MAX_DEGREE + 1) ** 2, CHANNELS)
         assert not empty.any()
     else:
+        with pytest.raises(RuntimeError, match=r"pair_type must be \[P\] with P = 11"):
+            edges_to_nodes_by_pair_type(radial, table, pair_type[:5], harmonics, centers, num_nodes)
         with pytest.raises(RuntimeError, match=r"pair types must lie in \[0, 3\)"):
             edges_to_nodes_by_pair_type(radial, table, pair_type + 3, harmonics, centers, num_nodes)
 

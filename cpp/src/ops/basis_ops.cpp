@@ -30,9 +30,6 @@ namespace {
 
 using at::Tensor;
 
-// the most radial functions the CPU kernel's per-edge buffers hold
-constexpr int64_t kMaxRadial = 256;
-
 // which derivatives a kernel needs
 enum Kind : int64_t { kValues = 0, kVjp = 1, kJvp = 2, kHvp = 3 };
 
@@ -42,8 +39,7 @@ struct Basis {
 };
 
 Basis make_basis(int64_t num, double limit, double cutoff, const char* op) {
-  TORCH_CHECK(num >= 2 && num <= kMaxRadial, op, ": num_radial must be in [2, ", kMaxRadial,
-              "], got ", num);
+  TORCH_CHECK(num >= 2, op, ": num_radial must be at least 2, got ", num);
   TORCH_CHECK(limit > 0 && cutoff > 0, op, ": limit and cutoff must be positive, got ", limit,
               " and ", cutoff);
   return {num, limit, cutoff};
@@ -73,7 +69,7 @@ double margin() {
 // f_k, f_k' and f_k'' of one distance (the derivatives only when asked for)
 template <typename scalar_t>
 void basis_of(scalar_t r, const Basis& basis, const double* binomial, int derivatives, double* f,
-              double* df, double* ddf) {
+              double* df, double* ddf, double* x_power, double* y_power) {
   const int64_t degree = basis.num - 1;
   const double x = double(r) / basis.limit;
   const double eps = margin<scalar_t>();
@@ -97,7 +93,6 @@ void basis_of(scalar_t r, const Basis& basis, const double* binomial, int deriva
   }
   // binom(n, k) x^k (1 - x)^(n - k) from running powers (equal to the log-space form
   // of nn/radial.py to round-off, without 2 (R - 1) logarithms and R exponentials)
-  double x_power[kMaxRadial], y_power[kMaxRadial];
   x_power[0] = y_power[0] = 1.0;
   for (int64_t k = 1; k <= degree; ++k) {
     x_power[k] = x_power[k - 1] * x;
@@ -148,10 +143,10 @@ Tensor radial_cpu(int64_t kind, const Tensor& distances, const Tensor& gradient,
     const scalar_t* d_data = d.defined() ? d.data_ptr<scalar_t>() : nullptr;
     scalar_t* out_data = out.data_ptr<scalar_t>();
     at::parallel_for(0, edges, 1024, [&](int64_t begin, int64_t end) {
-      std::vector<double> f(num), df(num), ddf(num);
+      std::vector<double> f(num), df(num), ddf(num), x_power(num), y_power(num);
       for (int64_t p = begin; p < end; ++p) {
         basis_of<scalar_t>(r_data[p], basis, binomial.data(), derivatives, f.data(), df.data(),
-                           ddf.data());
+                           ddf.data(), x_power.data(), y_power.data());
         if (kind == kValues) {
           for (int64_t k = 0; k < num; ++k) out_data[p * num + k] = scalar_t(f[k]);
         } else if (kind == kJvp) {

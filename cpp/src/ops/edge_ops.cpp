@@ -525,9 +525,19 @@ void check_pair_inputs(const Tensor& radial, const Tensor& table, const Tensor& 
   check_centers(centers, radial.size(0), op);
 }
 
+void check_pair_type(const Tensor& pair_type, const Tensor& radial) {
+  const char* op = "lorem::edges_to_nodes_by_pair_type";
+  TORCH_CHECK(pair_type.dim() == 1 && pair_type.size(0) == radial.size(0), op,
+              ": pair_type must be [P] with P = ", radial.size(0), " edges, got ",
+              pair_type.sizes());
+  TORCH_CHECK(pair_type.device() == radial.device(), op, ": pair_type on ", pair_type.device(),
+              ", radial on ", radial.device());
+}
+
 Tensor by_pair_type_forward(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
                             const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
   check_pair_inputs(radial, table, harmonics, centers);
+  check_pair_type(pair_type, radial);
   const PairTypeOrder types = pair_type_order(pair_type, table.size(0));
   const int64_t degrees = table.size(2), channels = table.size(3);
   const Tensor coefficients =

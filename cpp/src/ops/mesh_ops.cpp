@@ -182,7 +182,8 @@ Stencils<scalar_t> make_stencils(const Tensor& coordinates, const Brick& brick, 
       int64_t cell[3];
       for (int a = 0; a < 3; ++a) {
         const scalar_t value = u_data[i * 3 + a];
-        if (!std::isfinite(static_cast<double>(value))) {
+        // non-finite, or too far out for an integer mesh index (|u| < 2^52 mesh points)
+        if (!(std::abs(static_cast<double>(value)) < 4.5e15)) {
           bad[i] = 1;
           cell[a] = 0;
           continue;
@@ -196,7 +197,7 @@ Stencils<scalar_t> make_stencils(const Tensor& coordinates, const Brick& brick, 
           const int64_t first = ((start % n) + n) % n;
           for (int64_t t = 0; t < p; ++t) index[t] = (first + t) % n;
         } else {
-          if (start < 0 || start + p > brick.shape[a]) bad[i] = 2;
+          if ((start < 0 || start + p > brick.shape[a]) && bad[i] == 0) bad[i] = 2;
           for (int64_t t = 0; t < p; ++t)
             index[t] = std::min(std::max<int64_t>(start + t, 0), brick.shape[a] - 1);
         }
@@ -208,7 +209,8 @@ Stencils<scalar_t> make_stencils(const Tensor& coordinates, const Brick& brick, 
     }
   });
   for (int64_t i = 0; i < atoms; ++i) {
-    TORCH_CHECK(bad[i] != 1, op, ": mesh coordinates of atom ", i, " are not finite");
+    TORCH_CHECK(bad[i] != 1, op, ": mesh coordinates of atom ", i,
+                " are not finite (or beyond 4.5e15 mesh points)");
     TORCH_CHECK(bad[i] != 2, "PME: atoms reach mesh points outside the brick (lo ",
                 list_string(brick.lo), ", shape ", list_string(brick.shape),
                 "); compute the brick with brick_for");
@@ -474,6 +476,8 @@ struct ChunkStencils {
 
 ChunkStencils chunk_stencils(const Tensor& u, const Brick& brick) {
   const int64_t p = brick.order, n = u.size(0);
+  TORCH_CHECK((at::abs(u) < 4.5e15).all().item<bool>(),
+              "lorem::mesh_*: mesh coordinates are not finite (or beyond 4.5e15 mesh points)");
   const Tensor floor = at::floor(u);
   auto tables = spline_tables(u - floor, p);
   const auto long_options = u.options().dtype(at::kLong);
