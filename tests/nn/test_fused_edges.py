@@ -139,13 +139,13 @@ def test_pair_type_operator_equals_plain_and_is_twice_differentiable(num_edges):
 
     assert torch.autograd.gradcheck(summed, inputs)
     assert torch.autograd.gradgradcheck(summed, inputs)
-    # the backward's two paths: edge by edge (no graph wanted, forces in MD) and the
-    # differentiable recomputation (create_graph, force training)
+    # the backward without a graph (forces in MD) and with one (force training): the same
+    # numbers
     node_grad = torch.randn(num_nodes, (MAX_DEGREE + 1) ** 2, CHANNELS, dtype=torch.float64)
     output = summed(*inputs)
-    by_edge = torch.autograd.grad(output, inputs, node_grad, retain_graph=True)
+    without_graph = torch.autograd.grad(output, inputs, node_grad, retain_graph=True)
     with_graph = torch.autograd.grad(output, inputs, node_grad, create_graph=True)
-    for a, b in zip(by_edge, with_graph, strict=True):
+    for a, b in zip(without_graph, with_graph, strict=True):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-12)
     if num_edges == 0:
         # a rank with no atoms: no species present, an empty table

@@ -446,9 +446,9 @@ Tensor harmonic_adjoint_autograd(const Tensor& node_grad, const Tensor& coeffici
 // The first block's coefficients are coef[p] = radial[p] @ table[pair_type[p]] (radial
 // [P, R], table [T, R, L+1, s]). This operator is edges_to_nodes of those coefficients,
 // but keeps radial, table and harmonics for its backward (which the model holds anyway)
-// instead of the [P, (L+1) s] coefficients. The backward recomputes them: edge by edge on
-// CPU when no graph of it is wanted, otherwise one matrix product per pair type with
-// differentiable operations, so that double backward (force training) works.
+// instead of the [P, (L+1) s] coefficients. The backward recomputes them block by block
+// over the edges of each pair type, with differentiable operations, so that double
+// backward (force training) works.
 
 // the edges grouped by pair type
 struct PairTypeOrder {
@@ -491,23 +491,6 @@ Tensor rows_by_type(const Tensor& rows, const Tensor& matrices, const PairTypeOr
   return out;
 }
 
-// [T, R, K] = sum over the edges p of type t of left[p]^T right[p]
-Tensor outer_by_type(const Tensor& left, const Tensor& right, const PairTypeOrder& types) {
-  std::vector<Tensor> pieces;
-  int64_t start = 0;
-  for (size_t t = 0; t < types.counts.size(); ++t) {
-    const int64_t n = types.counts[t];
-    if (n > 0) {
-      const Tensor edges = types.order.narrow(0, start, n);
-      pieces.push_back(at::mm(left.index_select(0, edges).t(), right.index_select(0, edges)));
-    } else {
-      pieces.push_back(at::zeros({left.size(1), right.size(1)}, left.options()));
-    }
-    start += n;
-  }
-  return at::stack(pieces, 0);
-}
-
 void check_pair_inputs(const Tensor& radial, const Tensor& table, const Tensor& harmonics,
                        const Tensor& centers) {
   const char* op = "lorem::edges_to_nodes_by_pair_type";
@@ -546,114 +529,8 @@ Tensor by_pair_type_forward(const Tensor& radial, const Tensor& table, const Ten
   return call_edges_to_nodes(coefficients, harmonics, centers, num_nodes);
 }
 
-// The first-order backward on CPU, edge by edge, with nothing of size [P, (L+1) s]: per
-// edge the coefficient adjoint adj[l, c] = sum_{m of degree l} G[i, m, c] Y[p, m] and the
-// coefficients radial[p] @ table[t] live in small buffers. Used when no graph of the
-// backward is asked for (forces in MD); force training (create_graph) takes the
-// differentiable path below, which the tests hold equal to this one.
-struct PairTypeGrads {
-  Tensor radial, table, harmonics;
-};
-
-PairTypeGrads pair_type_backward_cpu(const Tensor& radial_in, const Tensor& table_in,
-                                     const Tensor& pair_type_in, const Tensor& harmonics_in,
-                                     const Tensor& centers_in, const Tensor& node_grad_in,
-                                     bool need_radial, bool need_table, bool need_harmonics) {
-  const char* op = "lorem::edges_to_nodes_by_pair_type";
-  const Tensor radial = radial_in.contiguous(), table = table_in.contiguous();
-  const Tensor pair_type = pair_type_in.contiguous(), y = harmonics_in.contiguous();
-  const Tensor centers = centers_in.contiguous(), grad = node_grad_in.contiguous();
-  const int64_t edges = radial.size(0), num_radial = radial.size(1);
-  const int64_t degrees = table.size(2), channels = table.size(3), width = degrees * channels;
-  const int64_t components = y.size(1), num_nodes = grad.size(0);
-  check_node_grad(grad, radial, components, channels, op);
-  check_centers_in_range(centers, num_nodes, op);
-  PairTypeGrads out;
-  if (need_radial) out.radial = at::empty_like(radial);
-  if (need_harmonics) out.harmonics = at::empty_like(y);
-  const int threads = at::get_num_threads();
-  std::vector<Tensor> table_parts;
-  if (need_table)
-    for (int k = 0; k < threads; ++k) table_parts.push_back(at::zeros_like(table));
-  // table[t] as [K, R], for the radial gradient
-  const Tensor transposed =
-      need_radial ? table.reshape({table.size(0), num_radial, width}).transpose(1, 2).contiguous()
-                  : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(radial.scalar_type(), "lorem_pair_type_backward", [&] {
-    const scalar_t* transposed_data = need_radial ? transposed.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* r_data = radial.data_ptr<scalar_t>();
-    const scalar_t* t_data = table.data_ptr<scalar_t>();
-    const scalar_t* y_data = y.data_ptr<scalar_t>();
-    const scalar_t* g_data = grad.data_ptr<scalar_t>();
-    const int64_t* type = pair_type.data_ptr<int64_t>();
-    const int64_t* center = centers.data_ptr<int64_t>();
-    scalar_t* radial_out = need_radial ? out.radial.data_ptr<scalar_t>() : nullptr;
-    scalar_t* harmonics_out = need_harmonics ? out.harmonics.data_ptr<scalar_t>() : nullptr;
-    std::vector<scalar_t*> table_out;
-    for (Tensor& part : table_parts) table_out.push_back(part.data_ptr<scalar_t>());
-    at::parallel_for(0, edges, 256, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> adjoint(width), coefficients(width);
-      scalar_t* table_sum = need_table ? table_out[at::get_thread_num()] : nullptr;
-      for (int64_t p = begin; p < end; ++p) {
-        const int64_t t = type[p];
-        const scalar_t* node = g_data + center[p] * components * channels;
-        const scalar_t* edge_y = y_data + p * components;
-        const scalar_t* rows = t_data + t * num_radial * width;  // table[t] [R, K]
-        const scalar_t* edge_r = r_data + p * num_radial;
-        if (need_radial || need_table) {
-          std::fill(adjoint.begin(), adjoint.end(), scalar_t(0));
-          for (int64_t l = 0; l < degrees; ++l) {
-            scalar_t* a_l = adjoint.data() + l * channels;
-            for (int64_t m = l * l; m < (l + 1) * (l + 1); ++m) {
-              const scalar_t y_m = edge_y[m];
-              const scalar_t* g_m = node + m * channels;
-              for (int64_t c = 0; c < channels; ++c) a_l[c] += g_m[c] * y_m;
-            }
-          }
-          if (need_radial) {
-            // radial_grad[r] = sum_k table[t, r, k] adj[k], over the transposed table so that
-            // the inner loop runs along r without a reduction (it vectorises)
-            scalar_t* out_r = radial_out + p * num_radial;
-            std::fill(out_r, out_r + num_radial, scalar_t(0));
-            const scalar_t* columns = transposed_data + t * width * num_radial;
-            for (int64_t k = 0; k < width; ++k) {
-              const scalar_t a_k = adjoint[k];
-              const scalar_t* column = columns + k * num_radial;
-              for (int64_t r = 0; r < num_radial; ++r) out_r[r] += column[r] * a_k;
-            }
-          }
-          for (int64_t r = 0; need_table && r < num_radial; ++r) {
-            scalar_t* sum_row = table_sum + (t * num_radial + r) * width;
-            const scalar_t r_value = edge_r[r];
-            for (int64_t k = 0; k < width; ++k) sum_row[k] += r_value * adjoint[k];
-          }
-        }
-        if (need_harmonics) {
-          std::fill(coefficients.begin(), coefficients.end(), scalar_t(0));
-          for (int64_t r = 0; r < num_radial; ++r) {
-            const scalar_t* row = rows + r * width;
-            const scalar_t r_value = edge_r[r];
-            for (int64_t k = 0; k < width; ++k) coefficients[k] += r_value * row[k];
-          }
-          for (int64_t l = 0; l < degrees; ++l) {
-            const scalar_t* c_l = coefficients.data() + l * channels;
-            for (int64_t m = l * l; m < (l + 1) * (l + 1); ++m) {
-              const scalar_t* g_m = node + m * channels;
-              scalar_t total = 0;
-              for (int64_t c = 0; c < channels; ++c) total += g_m[c] * c_l[c];
-              harmonics_out[p * components + m] = total;
-            }
-          }
-        }
-      }
-    });
-  });
-  if (need_table) {
-    out.table = table_parts[0];
-    for (size_t k = 1; k < table_parts.size(); ++k) out.table.add_(table_parts[k]);
-  }
-  return out;
-}
+// edges per block of the backward: its temporaries are [block, R + 2 (L+1) s + (L+1)^2]
+constexpr int64_t kPairTypeBlock = 16384;
 
 class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPairType> {
  public:
@@ -665,39 +542,55 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
     return by_pair_type_forward(radial, table, pair_type, harmonics, centers, num_nodes);
   }
 
+  // Block by block over the edges of each pair type: the coefficient adjoint and the
+  // recomputed coefficients of at most kPairTypeBlock edges at a time, their products with
+  // the type's table as matrix products, written back into the edge-ordered gradients. All
+  // of it is differentiable (force training differentiates this backward).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const Tensor& radial = saved[0];
     const Tensor& table = saved[1];
     const Tensor& harmonics = saved[3];
     const Tensor& centers = saved[4];
-    if (!at::GradMode::is_enabled() && radial.device().is_cpu() && !grads[0].requires_grad()) {
-      // no graph of this backward is wanted: the edge-by-edge kernel
-      PairTypeGrads g = pair_type_backward_cpu(radial, table, saved[2], harmonics, centers,
-                                               grads[0], ctx->needs_input_grad(0),
-                                               ctx->needs_input_grad(1), ctx->needs_input_grad(3));
-      return {g.radial, g.table, Tensor(), g.harmonics, Tensor(), Tensor()};
-    }
+    const Tensor& node_grad = grads[0];
     const PairTypeOrder types = pair_type_order(saved[2], table.size(0));
     const int64_t num_types = table.size(0), num_radial = table.size(1);
-    const int64_t degrees = table.size(2), channels = table.size(3), edges = radial.size(0);
-    const Tensor flat_table = table.reshape({num_types, num_radial, degrees * channels});
-    Tensor radial_grad, table_grad, harmonic_grad;
-    if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
-      // dL/dcoef [P, L+1, s], then through coef = radial @ table[type]
-      const Tensor coefficient_grad = call_coefficient_adjoint(grads[0], harmonics, centers)
-                                          .reshape({edges, degrees * channels});
-      if (ctx->needs_input_grad(0))
-        radial_grad = rows_by_type(coefficient_grad, flat_table.transpose(1, 2), types);
-      if (ctx->needs_input_grad(1))
-        table_grad = outer_by_type(radial, coefficient_grad, types).view(table.sizes());
+    const int64_t degrees = table.size(2), channels = table.size(3), width = degrees * channels;
+    const Tensor flat_table = table.reshape({num_types, num_radial, width});
+    const bool need_radial = ctx->needs_input_grad(0), need_table = ctx->needs_input_grad(1);
+    const bool need_harmonics = ctx->needs_input_grad(3);
+    Tensor radial_grad = need_radial ? at::zeros_like(radial) : Tensor();
+    Tensor harmonic_grad = need_harmonics ? at::zeros_like(harmonics) : Tensor();
+    std::vector<Tensor> table_grads;
+    int64_t start = 0;
+    for (int64_t t = 0; t < num_types; ++t) {
+      Tensor table_grad_t = at::zeros({num_radial, width}, table.options());
+      for (int64_t offset = 0; offset < types.counts[t]; offset += kPairTypeBlock) {
+        const int64_t n = std::min(kPairTypeBlock, types.counts[t] - offset);
+        const Tensor edges = types.order.narrow(0, start + offset, n);
+        const Tensor block_harmonics = harmonics.index_select(0, edges);
+        const Tensor block_centers = centers.index_select(0, edges);
+        const Tensor block_radial = radial.index_select(0, edges);
+        if (need_radial || need_table) {
+          const Tensor adjoint = call_coefficient_adjoint(node_grad, block_harmonics, block_centers)
+                                     .reshape({n, width});
+          if (need_radial) radial_grad.index_copy_(0, edges, at::mm(adjoint, flat_table[t].t()));
+          if (need_table) table_grad_t = table_grad_t + at::mm(block_radial.t(), adjoint);
+        }
+        if (need_harmonics) {
+          const Tensor coefficients =
+              at::mm(block_radial, flat_table[t]).view({n, degrees, channels});
+          harmonic_grad.index_copy_(0, edges,
+                                    call_harmonic_adjoint(node_grad, coefficients, block_centers));
+        }
+      }
+      table_grads.push_back(table_grad_t);
+      start += types.counts[t];
     }
-    if (ctx->needs_input_grad(3)) {
-      // the coefficients, recomputed (differentiably: force training differentiates this)
-      const Tensor coefficients =
-          rows_by_type(radial, flat_table, types).view({edges, degrees, channels});
-      harmonic_grad = call_harmonic_adjoint(grads[0], coefficients, centers);
-    }
+    Tensor table_grad;
+    if (need_table)
+      table_grad =
+          num_types > 0 ? at::stack(table_grads, 0).view(table.sizes()) : at::zeros_like(table);
     return {radial_grad, table_grad, Tensor(), harmonic_grad, Tensor(), Tensor()};
   }
 };

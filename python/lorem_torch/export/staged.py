@@ -164,7 +164,9 @@ class ExportedLorem(torch.nn.Module):
         strain: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         deformed = positions @ (torch.eye(3, dtype=strain.dtype, device=strain.device) + strain)
-        return self.model.edge_basis(deformed[others] - deformed[centers])
+        return self.model.edge_basis(
+            deformed.index_select(0, others) - deformed.index_select(0, centers)
+        )
 
     @torch.jit.export
     def initial_features(

@@ -887,9 +887,11 @@ def batch_pair_vectors(
     atom_structure: torch.Tensor,
 ) -> torch.Tensor:
     """[P, 3] r_j - r_i + shift @ cell of the pairs i <- j of a batch (keys.py inputs)."""
-    pair_structure = atom_structure[centers]
+    # gathers by index_select: their backward is index_add (an advanced-indexing gather's
+    # is an accumulating index_put, several times slower on CPU for [P, 3, 3])
+    pair_structure = atom_structure.index_select(0, centers)
     return (
-        positions[others]
-        - positions[centers]
-        + torch.einsum("pa,pab->pb", cell_shifts, cell[pair_structure])
+        positions.index_select(0, others)
+        - positions.index_select(0, centers)
+        + torch.einsum("pa,pab->pb", cell_shifts, cell.index_select(0, pair_structure))
     )

@@ -33,7 +33,9 @@ def strained_inputs(
         positions = positions.detach().requires_grad_(True)
     identity = torch.eye(3, dtype=positions.dtype, device=positions.device)
     deformation = identity[None] + strain
-    strained_positions = torch.bmm(positions[:, None, :], deformation[atom_structure]).squeeze(1)
+    strained_positions = torch.bmm(
+        positions[:, None, :], deformation.index_select(0, atom_structure)
+    ).squeeze(1)
     strained_cell = torch.bmm(cell, deformation)
     return positions, strain, strained_positions, strained_cell
 
