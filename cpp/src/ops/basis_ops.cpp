@@ -199,58 +199,39 @@ Tensor radial_composite(int64_t kind, const Tensor& r, const Tensor& gradient,
   return (gradient * ddf).sum(1) * direction;
 }
 
-// -- operator kernels --
+// -- operator kernels: the checks, then the CPU loops or the torch operations --
 
-Tensor basis_cpu(const Tensor& r, int64_t num, double limit, double cutoff) {
-  const char* op = "lorem::radial_basis";
+using RadialKernel = Tensor (*)(int64_t, const Tensor&, const Tensor&, const Tensor&, const Basis&);
+
+constexpr const char* kOpNames[4] = {"lorem::radial_basis", "lorem::radial_basis_vjp",
+                                     "lorem::radial_basis_jvp", "lorem::radial_basis_hvp"};
+
+template <RadialKernel kernel>
+Tensor checked(int64_t kind, const Tensor& r, const Tensor& g, const Tensor& d, int64_t num,
+               double limit, double cutoff) {
+  const char* op = kOpNames[kind];
   check_distances(r, op);
-  return radial_cpu(kValues, r, Tensor(), Tensor(), make_basis(num, limit, cutoff, op));
-}
-Tensor vjp_cpu(const Tensor& r, const Tensor& g, int64_t num, double limit, double cutoff) {
-  const char* op = "lorem::radial_basis_vjp";
-  check_distances(r, op);
-  check_like(g, r, num, "gradient", op);
-  return radial_cpu(kVjp, r, g, Tensor(), make_basis(num, limit, cutoff, op));
-}
-Tensor jvp_cpu(const Tensor& r, const Tensor& d, int64_t num, double limit, double cutoff) {
-  const char* op = "lorem::radial_basis_jvp";
-  check_distances(r, op);
-  check_like(d, r, -1, "direction", op);
-  return radial_cpu(kJvp, r, Tensor(), d, make_basis(num, limit, cutoff, op));
-}
-Tensor hvp_cpu(const Tensor& r, const Tensor& g, const Tensor& d, int64_t num, double limit,
-               double cutoff) {
-  const char* op = "lorem::radial_basis_hvp";
-  check_distances(r, op);
-  check_like(g, r, num, "gradient", op);
-  check_like(d, r, -1, "direction", op);
-  return radial_cpu(kHvp, r, g, d, make_basis(num, limit, cutoff, op));
+  if (kind == kVjp || kind == kHvp) check_like(g, r, num, "gradient", op);
+  if (kind == kJvp || kind == kHvp) check_like(d, r, -1, "direction", op);
+  return kernel(kind, r, g, d, make_basis(num, limit, cutoff, op));
 }
 
-Tensor basis_any(const Tensor& r, int64_t num, double limit, double cutoff) {
-  const char* op = "lorem::radial_basis";
-  check_distances(r, op);
-  return radial_composite(kValues, r, Tensor(), Tensor(), make_basis(num, limit, cutoff, op));
+template <RadialKernel kernel>
+Tensor basis_op(const Tensor& r, int64_t num, double limit, double cutoff) {
+  return checked<kernel>(kValues, r, Tensor(), Tensor(), num, limit, cutoff);
 }
-Tensor vjp_any(const Tensor& r, const Tensor& g, int64_t num, double limit, double cutoff) {
-  const char* op = "lorem::radial_basis_vjp";
-  check_distances(r, op);
-  check_like(g, r, num, "gradient", op);
-  return radial_composite(kVjp, r, g, Tensor(), make_basis(num, limit, cutoff, op));
+template <RadialKernel kernel>
+Tensor vjp_op(const Tensor& r, const Tensor& g, int64_t num, double limit, double cutoff) {
+  return checked<kernel>(kVjp, r, g, Tensor(), num, limit, cutoff);
 }
-Tensor jvp_any(const Tensor& r, const Tensor& d, int64_t num, double limit, double cutoff) {
-  const char* op = "lorem::radial_basis_jvp";
-  check_distances(r, op);
-  check_like(d, r, -1, "direction", op);
-  return radial_composite(kJvp, r, Tensor(), d, make_basis(num, limit, cutoff, op));
+template <RadialKernel kernel>
+Tensor jvp_op(const Tensor& r, const Tensor& d, int64_t num, double limit, double cutoff) {
+  return checked<kernel>(kJvp, r, Tensor(), d, num, limit, cutoff);
 }
-Tensor hvp_any(const Tensor& r, const Tensor& g, const Tensor& d, int64_t num, double limit,
-               double cutoff) {
-  const char* op = "lorem::radial_basis_hvp";
-  check_distances(r, op);
-  check_like(g, r, num, "gradient", op);
-  check_like(d, r, -1, "direction", op);
-  return radial_composite(kHvp, r, g, d, make_basis(num, limit, cutoff, op));
+template <RadialKernel kernel>
+Tensor hvp_op(const Tensor& r, const Tensor& g, const Tensor& d, int64_t num, double limit,
+              double cutoff) {
+  return checked<kernel>(kHvp, r, g, d, num, limit, cutoff);
 }
 
 // the composite kernel on any device, for the tests (kind 0..3: values, vjp, jvp, hvp)
@@ -269,20 +250,20 @@ c10::TypedOperatorHandle<Signature> find(const char* name) {
 }
 
 Tensor call_basis(const Tensor& r, int64_t num, double limit, double cutoff) {
-  static auto op = find<decltype(basis_cpu)>("lorem::radial_basis");
+  static auto op = find<decltype(basis_op<radial_cpu>)>("lorem::radial_basis");
   return op.call(r, num, limit, cutoff);
 }
 Tensor call_vjp(const Tensor& r, const Tensor& g, int64_t num, double limit, double cutoff) {
-  static auto op = find<decltype(vjp_cpu)>("lorem::radial_basis_vjp");
+  static auto op = find<decltype(vjp_op<radial_cpu>)>("lorem::radial_basis_vjp");
   return op.call(r, g, num, limit, cutoff);
 }
 Tensor call_jvp(const Tensor& r, const Tensor& d, int64_t num, double limit, double cutoff) {
-  static auto op = find<decltype(jvp_cpu)>("lorem::radial_basis_jvp");
+  static auto op = find<decltype(jvp_op<radial_cpu>)>("lorem::radial_basis_jvp");
   return op.call(r, d, num, limit, cutoff);
 }
 Tensor call_hvp(const Tensor& r, const Tensor& g, const Tensor& d, int64_t num, double limit,
                 double cutoff) {
-  static auto op = find<decltype(hvp_cpu)>("lorem::radial_basis_hvp");
+  static auto op = find<decltype(hvp_op<radial_cpu>)>("lorem::radial_basis_hvp");
   return op.call(r, g, d, num, limit, cutoff);
 }
 
@@ -410,17 +391,17 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
 }
 
 TORCH_LIBRARY_IMPL(lorem, CPU, m) {
-  m.impl("radial_basis", basis_cpu);
-  m.impl("radial_basis_vjp", vjp_cpu);
-  m.impl("radial_basis_jvp", jvp_cpu);
-  m.impl("radial_basis_hvp", hvp_cpu);
+  m.impl("radial_basis", basis_op<radial_cpu>);
+  m.impl("radial_basis_vjp", vjp_op<radial_cpu>);
+  m.impl("radial_basis_jvp", jvp_op<radial_cpu>);
+  m.impl("radial_basis_hvp", hvp_op<radial_cpu>);
 }
 
 TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
-  m.impl("radial_basis", basis_any);
-  m.impl("radial_basis_vjp", vjp_any);
-  m.impl("radial_basis_jvp", jvp_any);
-  m.impl("radial_basis_hvp", hvp_any);
+  m.impl("radial_basis", basis_op<radial_composite>);
+  m.impl("radial_basis_vjp", vjp_op<radial_composite>);
+  m.impl("radial_basis_jvp", jvp_op<radial_composite>);
+  m.impl("radial_basis_hvp", hvp_op<radial_composite>);
   m.impl("_radial_basis_composite", composite_by_kind);
 }
 

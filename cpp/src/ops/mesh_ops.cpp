@@ -718,14 +718,25 @@ void refuse_third_derivative(const char* op) {
               "Lorem.use_fused_operators(False) for higher derivatives");
 }
 
-void save_geometry(AutogradContext* ctx, at::IntArrayRef lo, at::IntArrayRef mesh, int64_t order) {
+// What every backward needs: the brick's geometry, and whether the forward was a
+// directional (second-derivative) form, whose own backward is refused.
+void save_geometry(AutogradContext* ctx, const OptionalTensor& directions, at::IntArrayRef lo,
+                   at::IntArrayRef mesh, int64_t order) {
+  ctx->saved_data["directional"] = has(directions);
   ctx->saved_data["lo"] = lo.vec();
   ctx->saved_data["mesh"] = mesh.vec();
   ctx->saved_data["order"] = order;
 }
 
-std::vector<int64_t> saved_list(AutogradContext* ctx, const char* key) {
-  return ctx->saved_data[key].toIntVector();
+struct SavedGeometry {
+  std::vector<int64_t> lo, mesh;
+  int64_t order;
+};
+
+SavedGeometry saved_geometry(AutogradContext* ctx, const char* op) {
+  if (ctx->saved_data["directional"].toBool()) refuse_third_derivative(op);
+  return {ctx->saved_data["lo"].toIntVector(), ctx->saved_data["mesh"].toIntVector(),
+          ctx->saved_data["order"].toInt()};
 }
 
 class MeshSpread : public torch::autograd::Function<MeshSpread> {
@@ -733,18 +744,15 @@ class MeshSpread : public torch::autograd::Function<MeshSpread> {
   static Tensor forward(AutogradContext* ctx, const Tensor& charges, const Tensor& coordinates,
                         const OptionalTensor& directions, at::IntArrayRef lo, at::IntArrayRef shape,
                         at::IntArrayRef mesh, int64_t order) {
-    ctx->saved_data["directional"] = has(directions);
     ctx->save_for_backward({charges, coordinates});
-    save_geometry(ctx, lo, mesh, order);
+    save_geometry(ctx, directions, lo, mesh, order);
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_spread(charges, coordinates, directions, lo, shape, mesh, order);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (ctx->saved_data["directional"].toBool()) refuse_third_derivative("lorem::mesh_spread");
+    const auto [lo, mesh, order] = saved_geometry(ctx, "lorem::mesh_spread");
     const auto saved = ctx->get_saved_variables();
-    const auto lo = saved_list(ctx, "lo"), mesh = saved_list(ctx, "mesh");
-    const int64_t order = ctx->saved_data["order"].toInt();
     const Tensor& charges = saved[0];
     const Tensor& coordinates = saved[1];
     Tensor charge_grad, coordinate_grad;
@@ -762,18 +770,15 @@ class MeshInterpolate : public torch::autograd::Function<MeshInterpolate> {
   static Tensor forward(AutogradContext* ctx, const Tensor& brick, const Tensor& coordinates,
                         const OptionalTensor& directions, at::IntArrayRef lo, at::IntArrayRef mesh,
                         int64_t order) {
-    ctx->saved_data["directional"] = has(directions);
     ctx->save_for_backward({brick, coordinates});
-    save_geometry(ctx, lo, mesh, order);
+    save_geometry(ctx, directions, lo, mesh, order);
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_interpolate(brick, coordinates, directions, lo, mesh, order);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (ctx->saved_data["directional"].toBool()) refuse_third_derivative("lorem::mesh_interpolate");
+    const auto [lo, mesh, order] = saved_geometry(ctx, "lorem::mesh_interpolate");
     const auto saved = ctx->get_saved_variables();
-    const auto lo = saved_list(ctx, "lo"), mesh = saved_list(ctx, "mesh");
-    const int64_t order = ctx->saved_data["order"].toInt();
     const Tensor& brick = saved[0];
     const Tensor& coordinates = saved[1];
     Tensor brick_grad, coordinate_grad;
@@ -791,18 +796,15 @@ class MeshGradient : public torch::autograd::Function<MeshGradient> {
   static Tensor forward(AutogradContext* ctx, const Tensor& brick, const Tensor& charges,
                         const Tensor& coordinates, const OptionalTensor& directions,
                         at::IntArrayRef lo, at::IntArrayRef mesh, int64_t order) {
-    ctx->saved_data["directional"] = has(directions);
     ctx->save_for_backward({brick, charges, coordinates});
-    save_geometry(ctx, lo, mesh, order);
+    save_geometry(ctx, directions, lo, mesh, order);
     at::AutoDispatchBelowADInplaceOrView guard;
     return call_gradient(brick, charges, coordinates, directions, lo, mesh, order);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    if (ctx->saved_data["directional"].toBool()) refuse_third_derivative("lorem::mesh_gradient");
+    const auto [lo, mesh, order] = saved_geometry(ctx, "lorem::mesh_gradient");
     const auto saved = ctx->get_saved_variables();
-    const auto lo = saved_list(ctx, "lo"), mesh = saved_list(ctx, "mesh");
-    const int64_t order = ctx->saved_data["order"].toInt();
     const Tensor& brick = saved[0];
     const Tensor& charges = saved[1];
     const Tensor& coordinates = saved[2];
