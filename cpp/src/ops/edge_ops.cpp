@@ -517,16 +517,28 @@ void check_pair_type(const Tensor& pair_type, const Tensor& radial) {
               ", radial on ", radial.device());
 }
 
-Tensor by_pair_type_forward(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
-                            const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
-  check_pair_inputs(radial, table, harmonics, centers);
-  check_pair_type(pair_type, radial);
-  const PairTypeOrder types = pair_type_order(pair_type, table.size(0));
+Tensor by_pair_type_sum(const Tensor& radial, const Tensor& table, const PairTypeOrder& types,
+                        const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
   const int64_t degrees = table.size(2), channels = table.size(3);
   const Tensor coefficients =
       rows_by_type(radial, table.reshape({table.size(0), table.size(1), degrees * channels}), types)
           .view({radial.size(0), degrees, channels});
   return call_edges_to_nodes(coefficients, harmonics, centers, num_nodes);
+}
+
+// the checked inputs grouped by pair type
+PairTypeOrder checked_pair_types(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
+                                 const Tensor& harmonics, const Tensor& centers) {
+  check_pair_inputs(radial, table, harmonics, centers);
+  check_pair_type(pair_type, radial);
+  return pair_type_order(pair_type, table.size(0));
+}
+
+Tensor by_pair_type_forward(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
+                            const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
+  return by_pair_type_sum(radial, table,
+                          checked_pair_types(radial, table, pair_type, harmonics, centers),
+                          harmonics, centers, num_nodes);
 }
 
 // edges per block of the backward: its temporaries are [block, R + 2 (L+1) s + (L+1)^2]
@@ -537,9 +549,12 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
   static Tensor forward(AutogradContext* ctx, const Tensor& radial, const Tensor& table,
                         const Tensor& pair_type, const Tensor& harmonics, const Tensor& centers,
                         int64_t num_nodes) {
-    ctx->save_for_backward({radial, table, pair_type, harmonics, centers});
+    const PairTypeOrder types = checked_pair_types(radial, table, pair_type, harmonics, centers);
+    // the grouping is kept for the backward rather than sorted again
+    ctx->save_for_backward({radial, table, types.order, harmonics, centers});
+    ctx->saved_data["counts"] = types.counts;
     at::AutoDispatchBelowADInplaceOrView guard;
-    return by_pair_type_forward(radial, table, pair_type, harmonics, centers, num_nodes);
+    return by_pair_type_sum(radial, table, types, harmonics, centers, num_nodes);
   }
 
   // Block by block over the edges of each pair type: the coefficient adjoint and the
@@ -553,7 +568,7 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
     const Tensor& harmonics = saved[3];
     const Tensor& centers = saved[4];
     const Tensor& node_grad = grads[0];
-    const PairTypeOrder types = pair_type_order(saved[2], table.size(0));
+    const PairTypeOrder types{saved[2], ctx->saved_data["counts"].toIntVector()};
     const int64_t num_types = table.size(0), num_radial = table.size(1);
     const int64_t degrees = table.size(2), channels = table.size(3), width = degrees * channels;
     const Tensor flat_table = table.reshape({num_types, num_radial, width});

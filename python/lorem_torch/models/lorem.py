@@ -666,8 +666,8 @@ class Lorem(ConstantsModule):
             num_pair_types * num_radial, self.num_features
         )
         # spherical_coefficients is bias-free, so it maps the table row by row; the
-        # operator forms radial[p] @ table[pair_type[p]] edge by edge and keeps radial,
-        # not the [P, (L+1) * s] coefficients, for its backward
+        # operator forms radial[p] @ table[pair_type[p]] one pair type at a time and keeps
+        # radial, not the [P, (L+1) * s] coefficients, for its backward
         coefficient_table = self.spherical_coefficients(table).reshape(
             num_pair_types, num_radial, self.max_degree + 1, self.spherical_features
         )

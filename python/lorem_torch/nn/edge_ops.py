@@ -34,8 +34,8 @@ def edges_to_nodes_by_pair_type(
     """edges_to_nodes of the coefficients radial[p] @ table[pair_type[p]].
 
     radial [P, R], table [T, R, L+1, s], pair_type [P] int64 in [0, T) ->
-    [num_nodes, (L+1)**2, s]; the backward recomputes the coefficients (one matrix product
-    per pair type) instead of keeping them; twice differentiable.
+    [num_nodes, (L+1)**2, s]; the backward recomputes the coefficients (matrix products
+    over blocks of one pair type's edges) instead of keeping them; twice differentiable.
     """
     return torch.ops.lorem.edges_to_nodes_by_pair_type(
         radial, table, pair_type, harmonics, centers, num_nodes
