@@ -12,9 +12,12 @@
    one system of 12,288 atoms over 1 to 64 ranks (strong scaling).
 
     .venv/bin/python benchmarks/bench_mesh_traffic.py [--replicas 2] [--ranks 1 2 4 8]
+        [--dtype float64|float32]
 
-Figures in float64 bytes (as the runtime counts them); time per evaluation is that of
-threads sharing this machine's cores, not of MPI ranks on their own cores.
+Bytes as the runtime counts them: the mesh in the model's dtype (--dtype, the export's;
+a float32 model's mesh moves half the bytes), per-atom values and sums as float64. Time
+per evaluation is that of threads sharing this machine's cores, not of MPI ranks on
+their own cores.
 """
 
 import argparse
@@ -81,7 +84,7 @@ def owned_boxes(mesh, parts):
     ]
 
 
-def planned(mesh, ranks, length, margins, channels):
+def planned(mesh, ranks, length, margins, channels, value_bytes):
     """(grid, bytes per rank aligned, the same on a square grid, one rank's share) of a
     cubic box `length` A wide over `ranks` ranks, bricks = owned parts + margins."""
     from lorem_torch._core import _pme_bytes_sent
@@ -91,9 +94,9 @@ def planned(mesh, ranks, length, margins, channels):
     bricks = [
         (tuple(x - margins[0] for x in lo), tuple(x + margins[1] for x in hi)) for lo, hi in owned
     ]
-    aligned = _pme_bytes_sent(mesh, owned, bricks, channels, True)
-    square = _pme_bytes_sent(mesh, owned, bricks, channels, False)
-    return grid, aligned, square, np.prod(mesh) * channels * 8 / ranks
+    aligned = _pme_bytes_sent(mesh, owned, bricks, channels, True, value_bytes)
+    square = _pme_bytes_sent(mesh, owned, bricks, channels, False, value_bytes)
+    return grid, aligned, square, np.prod(mesh) * channels * value_bytes / ranks
 
 
 def main(argv=None):
@@ -104,6 +107,9 @@ def main(argv=None):
     parser.add_argument("--atoms-per-rank", type=int, default=100_000)
     parser.add_argument("--strong-atoms", type=int, default=12_288)
     parser.add_argument("--strong-ranks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64])
+    parser.add_argument(
+        "--dtype", choices=["float64", "float32"], default="float64", help="of the export"
+    )
     args = parser.parse_args(argv)
 
     from lorem_torch._core import Model, _pme_bytes_sent
@@ -117,7 +123,8 @@ def main(argv=None):
     model = Lorem(num_features=16, num_spherical_features=4, num_radial=8).to(torch.float64)
     model = model.with_long_range("pme")
     folder = Path(tempfile.mkdtemp())
-    export_model(model, folder / "pme.pt", "float64")
+    export_model(model, folder / "pme.pt", args.dtype)
+    value_bytes = 4 if args.dtype == "float32" else 8
     module, metadata = load_exported(folder / "pme.pt")
     channels = int(metadata["contract"]["num_charges"])
     cpp = Model(str(folder / "pme.pt"))
@@ -130,7 +137,7 @@ def main(argv=None):
     mesh = module.pme_mesh(cell)
     print(
         f"water, {len(atoms)} atoms, cell {lengths[0]:.2f} A, PME mesh {mesh} x {channels} "
-        f"channels ({np.prod(mesh) * channels * 8 / 1e6:.1f} MB as float64)"
+        f"channels ({np.prod(mesh) * channels * value_bytes / 1e6:.1f} MB as {args.dtype})"
     )
     print(
         "ranks  grid     bytes/rank sent (max, all collectives)  mesh part, aligned  "
@@ -164,8 +171,8 @@ def main(argv=None):
                 margins,
                 [max(olo[a] - lo[a] for a in range(3)), max(hi[a] - ohi[a] for a in range(3))],
             )
-        aligned = _pme_bytes_sent(mesh, owned, bricks, channels, True)
-        square = _pme_bytes_sent(mesh, owned, bricks, channels, False)
+        aligned = _pme_bytes_sent(mesh, owned, bricks, channels, True, value_bytes)
+        square = _pme_bytes_sent(mesh, owned, bricks, channels, False, value_bytes)
         sent = max(r.bytes_sent for r in results)
         print(
             f"{ranks:5d}  {'x'.join(map(str, grid)):7s}  {sent / 1e6:14.2f} MB"
@@ -179,21 +186,21 @@ def main(argv=None):
     print(
         f"\nprojected mesh traffic (plan only; water density {density:.4f} atoms/A^3, mesh "
         f"spacing {spacing.mean():.3f} A, brick margins {margins[0]} below and {margins[1]} "
-        f"above the owned part, {channels} channels, float64; per rank per evaluation):"
+        f"above the owned part, {channels} channels, {args.dtype}; per rank per evaluation):"
     )
     print("ranks  atoms        mesh           grid      aligned (max)  square grid (max)  share")
     for ranks in args.project:
         total = ranks * args.atoms_per_rank
         length = (total / density) ** (1 / 3)
         big = [int(math.ceil(length / spacing[a])) for a in range(3)]
-        grid, aligned, square, share = planned(big, ranks, length, margins, channels)
+        grid, aligned, square, share = planned(big, ranks, length, margins, channels, value_bytes)
         print(
             f"{ranks:5d}  {total:11,d}  {'x'.join(map(str, big)):13s}  {'x'.join(map(str, grid)):8s}"
             f"  {max(aligned) / 1e6:9.1f} MB   {max(square) / 1e6:9.1f} MB"
             f"      {share / 1e6:6.1f} MB"
         )
     print(
-        "share: one rank's 1/P of the mesh (all channels, float64): the transforms move up to"
+        f"share: one rank's 1/P of the mesh (all channels, {args.dtype}): the transforms move up to"
         " about twelve shares per rank and evaluation, the bricks' halos the rest."
     )
 
@@ -207,7 +214,7 @@ def main(argv=None):
     )
     print("ranks  grid      aligned        square grid    share")
     for ranks in args.strong_ranks:
-        grid, aligned, square, share = planned(big, ranks, length, margins, channels)
+        grid, aligned, square, share = planned(big, ranks, length, margins, channels, value_bytes)
         print(
             f"{ranks:5d}  {'x'.join(map(str, grid)):8s}  {max(aligned) / 1e6:8.1f} MB    "
             f"{max(square) / 1e6:8.1f} MB    {share / 1e6:6.1f} MB"

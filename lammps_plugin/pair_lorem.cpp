@@ -22,11 +22,11 @@
 #include "element_masses.h"
 #include "error.h"
 #include "force.h"
+#include "lorem/model.hpp"
 #include "lorem/vocabulary.hpp"
 #include "memory.h"
 #include "neigh_list.h"
 #include "neighbor.h"
-#include "platform.h"
 #include "update.h"
 
 using namespace LAMMPS_NS;
@@ -115,13 +115,20 @@ class LammpsCommunicator : public lorem::Communicator {
 
   std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) override {
     const int ranks = size(), me = rank();
+    // the mesh travels in its own dtype, the model's: a float32 model sends half the bytes
+    // of float64, with the same values (the ranks' models agree on it)
+    const auto dtype = sends[me].scalar_type();
+    if (dtype != torch::kFloat32 && dtype != torch::kFloat64)
+      throw lorem::Error(std::string("internal: all_to_all of ") + c10::toString(dtype) +
+                         " values (float32 or float64 only)");
+    const MPI_Datatype type = dtype == torch::kFloat32 ? MPI_FLOAT : MPI_DOUBLE;
     std::vector<torch::Tensor> buffers(ranks), received(ranks);
     std::vector<long long> send_counts(ranks), receive_counts(ranks);
-    // this rank's own piece stays where it is (on the GPU, in the model's dtype): on one
-    // rank a remap of the whole mesh is then no copy at all
+    // this rank's own piece stays where it is (on the GPU): on one rank a remap of the
+    // whole mesh is then no copy at all
     for (int r = 0; r < ranks; ++r) {
       send_counts[r] = sends[r].numel();
-      if (r != me) buffers[r] = sends[r].to(torch::kCPU, torch::kFloat64).contiguous();
+      if (r != me) buffers[r] = sends[r].to(torch::kCPU, dtype).contiguous();
     }
     MPI_Alltoall(send_counts.data(), 1, MPI_LONG_LONG, receive_counts.data(), 1, MPI_LONG_LONG,
                  world_);
@@ -129,16 +136,16 @@ class LammpsCommunicator : public lorem::Communicator {
     std::vector<MPI_Request> requests;
     for (int r = 0; r < ranks; ++r) {
       if (r == me || receive_counts[r] == 0) continue;
-      received[r] = torch::empty({receive_counts[r]}, torch::kFloat64);
+      received[r] = torch::empty({receive_counts[r]}, torch::TensorOptions().dtype(dtype));
       requests.emplace_back();
-      MPI_Irecv(received[r].data_ptr<double>(), static_cast<int>(receive_counts[r]), MPI_DOUBLE, r,
-                kMeshTag, world_, &requests.back());
+      MPI_Irecv(received[r].data_ptr(), static_cast<int>(receive_counts[r]), type, r, kMeshTag,
+                world_, &requests.back());
     }
     for (int r = 0; r < ranks; ++r) {
       if (r == me || send_counts[r] == 0) continue;
       requests.emplace_back();
-      MPI_Isend(buffers[r].data_ptr<double>(), static_cast<int>(send_counts[r]), MPI_DOUBLE, r,
-                kMeshTag, world_, &requests.back());
+      MPI_Isend(buffers[r].data_ptr(), static_cast<int>(send_counts[r]), type, r, kMeshTag, world_,
+                &requests.back());
     }
     MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
     received[me] = sends[me];
@@ -261,21 +268,21 @@ void PairLorem::settings(int narg, char** arg) {
   }
 }
 
-torch::Device PairLorem::choose_device() const {
+std::string PairLorem::choose_device() const {
   const bool have_cuda = torch::cuda::is_available();
-  if (device_request_ == "cpu" || (device_request_ == "auto" && !have_cuda)) return torch::kCPU;
+  if (device_request_ == "cpu" || (device_request_ == "auto" && !have_cuda)) return "cpu";
   if (!have_cuda) {
     error->all(FLERR, "pair_style lorem: device {} requested but CUDA is not available",
                device_request_);
   }
-  if (device_request_.rfind("cuda:", 0) == 0) return torch::Device(device_request_);
+  if (device_request_.rfind("cuda:", 0) == 0) return device_request_;
   // one GPU per rank: node-local rank modulo the visible devices
   MPI_Comm node;
   MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
   int local_rank = 0;
   MPI_Comm_rank(node, &local_rank);
   MPI_Comm_free(&node);
-  return torch::Device(torch::kCUDA, local_rank % static_cast<int>(torch::cuda::device_count()));
+  return "cuda:" + std::to_string(local_rank % static_cast<int>(torch::cuda::device_count()));
 }
 
 void PairLorem::coeff(int narg, char** arg) {
@@ -292,7 +299,7 @@ void PairLorem::coeff(int narg, char** arg) {
   }
   const auto device = choose_device();
   try {
-    model_ = std::make_unique<lorem::Model>(arg[2], device.str());
+    model_ = std::make_unique<lorem::Model>(arg[2], device);
   } catch (const std::exception& e) {
     error->all(FLERR, "pair_style lorem: {}", e.what());
   }
@@ -461,7 +468,7 @@ double PairLorem::init_one(int, int) { return cutoff_; }
 
 void PairLorem::compute(int eflag, int vflag) {
   ev_init(eflag, vflag);
-  const double compute_start = platform::walltime();
+  const double compute_start = MPI_Wtime();
 
   double** x = atom->x;
   double** f = atom->f;
@@ -571,13 +578,13 @@ void PairLorem::compute(int eflag, int vflag) {
 
   LammpsCommunicator communicator(this, comm, atom, world, locals, ghosts);
   lorem::Result result;
-  const double model_start = platform::walltime();
+  const double model_start = MPI_Wtime();
   try {
     result = model_->compute(system, communicator, vflag_global != 0);
   } catch (const std::exception& e) {
     error->one(FLERR, "pair_style lorem: {}", e.what());
   }
-  const double model_end = platform::walltime();
+  const double model_end = MPI_Wtime();
 
   const double* forces = result.forces.data_ptr<double>();
   for (int64_t k = 0; k < n_model; ++k) {
@@ -609,7 +616,7 @@ void PairLorem::compute(int eflag, int vflag) {
     virial[5] -= energy_unit_ * 0.5 * (w[1][2] + w[2][1]);
   }
   if (vflag_atom) refuse_per_atom_virial();
-  host_seconds_ += (model_start - compute_start) + (platform::walltime() - model_end);
+  host_seconds_ += (model_start - compute_start) + (MPI_Wtime() - model_end);
 }
 
 // The end of every run (LAMMPS' Finish, after the loop time, before its MPI task timing
@@ -619,13 +626,15 @@ void PairLorem::compute(int eflag, int vflag) {
 void PairLorem::finish() {
   if (!model_) return;
   const auto& t = model_->timings();
-  const int64_t calls = t.calls - reported_.calls;
+  if (!reported_) reported_ = std::make_unique<lorem::Timings>();
+  const lorem::Timings& before = *reported_;
+  const int64_t calls = t.calls - before.calls;
   // seconds since the last table, one entry per stage
   const std::array<double, 6> mine{
-      t.short_range - reported_.short_range, t.communication - reported_.communication,
-      t.long_range - reported_.long_range,   t.backward - reported_.backward,
-      t.transfers - reported_.transfers,     host_seconds_ - reported_host_};
-  reported_ = t;
+      t.short_range - before.short_range, t.communication - before.communication,
+      t.long_range - before.long_range,   t.backward - before.backward,
+      t.transfers - before.transfers,     host_seconds_ - reported_host_};
+  *reported_ = t;
   reported_host_ = host_seconds_;
   if (!timers_) return;
   int64_t most_calls = 0;

@@ -1,14 +1,33 @@
 // pair_style lorem: LOREM machine-learning potentials (lorem-torch exports) with
 // their learned long range exact across MPI ranks.
-#pragma once
+//
+// One header for both builds: the plugin (lorem_plugin.cpp registers the style) and
+// LAMMPS with lorem-torch built in (in_tree.cmake), whose style_pair.h includes this
+// file twice, once with PAIR_CLASS for the style table, so no #pragma once. It names no
+// torch or lorem type beyond declarations: LAMMPS' own force.cpp and lammps.cpp include
+// it, compiled with LAMMPS' C++ standard and without torch's headers.
+
+#ifdef PAIR_CLASS
+// clang-format off
+PairStyle(lorem,PairLorem);
+// clang-format on
+#else
+
+#ifndef LMP_PAIR_LOREM_H
+#define LMP_PAIR_LOREM_H
 
 #include <array>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "lorem/model.hpp"
 #include "pair.h"
+
+namespace lorem {
+class Model;
+struct Timings;
+}  // namespace lorem
 
 namespace LAMMPS_NS {
 
@@ -38,7 +57,7 @@ class PairLorem : public Pair {
   void check_geometry(double closest_squared, int i, int j);
   void check_masses();
   void refuse_per_atom_virial();
-  torch::Device choose_device() const;
+  std::string choose_device() const;  // "cpu", "cuda:N"
 
   std::unique_ptr<lorem::Model> model_;
   std::string device_request_ = "auto";
@@ -52,7 +71,7 @@ class PairLorem : public Pair {
   bool per_atom_virial_warned_ = false;
   // the per-stage timing table at the end of each run (pair_style lorem ... timers off)
   bool timers_ = true;
-  lorem::Timings reported_;     // the model's totals when the last table was printed
+  std::unique_ptr<lorem::Timings> reported_;  // the model's totals at the last table
   double host_seconds_ = 0.0;   // the plugin's own work in compute(): lists, packing, forces
   double reported_host_ = 0.0;  // host_seconds_ then
   double cutoff_ = 0.0;
@@ -60,3 +79,6 @@ class PairLorem : public Pair {
 };
 
 }  // namespace LAMMPS_NS
+
+#endif  // LMP_PAIR_LOREM_H
+#endif  // PAIR_CLASS

@@ -3,7 +3,11 @@
 # MPI (Debian's Open MPI here), a shared liblammps plus the lmp binary, and the
 # packages lorem-torch needs (PLUGIN for `plugin load`, KSPACE, MOLECULE, EXTRA-PAIR).
 #
-#   tools/build_lammps.sh SRC PREFIX
+#   tools/build_lammps.sh [--with-lorem] SRC PREFIX
+#
+# --with-lorem: pair_style lorem built into LAMMPS (lammps_plugin/ml-lorem.cmake), for
+# sites without PLUGIN, with the lorem-torch of the Python on PATH (or LOREM_PYTHON);
+# add -DPKG_PLUGIN=off to EXTRA_CMAKE_ARGS for a LAMMPS that has no plugin loader at all.
 #
 # SRC: a LAMMPS source tree (the folder holding cmake/ and src/). PREFIX: the install
 # prefix; afterwards PREFIX/bin/lmp, PREFIX/lib/liblammps.so, PREFIX/include/lammps and
@@ -12,8 +16,15 @@
 # MPI_HOME (an MPI other than the one on PATH), LAMMPS_SIZES (default smallbig),
 # EXTRA_CMAKE_ARGS (more -D options, e.g. -DPKG_GPU=on), CC/CXX.
 set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+lorem_args=()
+if [ "${1:-}" = "--with-lorem" ]; then
+  shift
+  python="${LOREM_PYTHON:-$(command -v python3 || command -v python)}"
+  lorem_args=(-C "$ROOT/lammps_plugin/ml-lorem.cmake" "-DLOREM_PYTHON=$python")
+fi
 if [ $# -ne 2 ]; then
-  echo "usage: $0 LAMMPS_SOURCE_TREE INSTALL_PREFIX" >&2
+  echo "usage: $0 [--with-lorem] LAMMPS_SOURCE_TREE INSTALL_PREFIX" >&2
   exit 2
 fi
 SRC="$(cd "$1" && pwd)"
@@ -33,7 +44,7 @@ mpi_args=()
 if [ -n "${MPI_HOME:-}" ]; then mpi_args+=("-DMPI_HOME=$MPI_HOME"); fi
 # shellcheck disable=SC2206
 extra=(${EXTRA_CMAKE_ARGS:-})
-cmake -S "$SRC/cmake" -B "$BUILD_DIR" \
+cmake "${lorem_args[@]}" -S "$SRC/cmake" -B "$BUILD_DIR" \
   -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_INSTALL_PREFIX="$PREFIX" \
   -DCMAKE_INSTALL_LIBDIR=lib \

@@ -232,7 +232,7 @@ int64_t remap_values_sent(const std::vector<Box>& from_all, const std::vector<Bo
 
 std::vector<double> pme_bytes_sent(const Index3& mesh, const std::vector<Box>& owned_all,
                                    const std::vector<Box>& brick_all, int64_t channels,
-                                   bool align_with_domains) {
+                                   bool align_with_domains, int64_t value_bytes) {
   const auto plan = pencil_plan(mesh, owned_all, align_with_domains);
   const int64_t complex_pairs = (channels + 1) / 2;
   std::vector<double> bytes(owned_all.size(), 0.0);
@@ -249,7 +249,7 @@ std::vector<double> pme_bytes_sent(const Index3& mesh, const std::vector<Box>& o
                 static_cast<double>(remap_values_sent(*chain[step], *chain[step + 1], mesh, r) +
                                     remap_values_sent(*chain[step + 1], *chain[step], mesh, r));
     }
-    bytes[r] = 2.0 * 8.0 * values;  // two convolutions per evaluation, float64
+    bytes[r] = 2.0 * static_cast<double>(value_bytes) * values;  // two convolutions
   }
   return bytes;
 }

@@ -44,7 +44,8 @@ class TimedCommunicator : public Communicator {
   std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) override {
     const double start = now();
     for (int r = 0; r < static_cast<int>(sends.size()); ++r)
-      if (r != inner_.rank()) timings_.bytes += 8.0 * static_cast<double>(sends[r].numel());
+      if (r != inner_.rank())  // the mesh travels in its own dtype (the model's)
+        timings_.bytes += static_cast<double>(sends[r].element_size() * sends[r].numel());
     auto out = inner_.all_to_all(sends);
     seconds += now() - start;
     return out;

@@ -216,7 +216,7 @@ PYBIND11_MODULE(_core, m) {
       [](std::array<int64_t, 3> mesh,
          const std::vector<std::pair<std::array<int64_t, 3>, std::array<int64_t, 3>>>& owned,
          const std::vector<std::pair<std::array<int64_t, 3>, std::array<int64_t, 3>>>& bricks,
-         int64_t channels, bool align_with_domains) {
+         int64_t channels, bool align_with_domains, int64_t value_bytes) {
         auto boxes = [](const auto& pairs) {
           std::vector<lorem::Box> out;
           for (const auto& [lo, hi] : pairs) out.push_back(lorem::Box{lo, hi});
@@ -224,12 +224,15 @@ PYBIND11_MODULE(_core, m) {
         };
         if (owned.size() != bricks.size())
           throw lorem::Error("_pme_bytes_sent: one owned box and one brick per rank");
+        if (value_bytes != 4 && value_bytes != 8)
+          throw lorem::Error("_pme_bytes_sent: value_bytes is 4 (float32) or 8 (float64)");
         return lorem::pme_bytes_sent(mesh, boxes(owned), boxes(bricks), channels,
-                                     align_with_domains);
+                                     align_with_domains, value_bytes);
       },
       py::arg("mesh"), py::arg("owned"), py::arg("bricks"), py::arg("channels"),
-      py::arg("align_with_domains") = true,
-      "Bytes (float64) each rank sends in the mesh remaps of one PME evaluation.");
+      py::arg("align_with_domains") = true, py::arg("value_bytes") = 8,
+      "Bytes each rank sends in the mesh remaps of one PME evaluation (value_bytes 8: a "
+      "float64 model, 4: float32).");
 
   // For tests of the distributed-mesh machinery in one process: a brick of charges
   // (indices from brick_lo, may overhang the mesh) folded onto the periodic mesh,

@@ -94,17 +94,20 @@ def pair_lines(
     model: str | Path,
     elements: Sequence[str],
     options: str | Mapping[str, Any] = "",
-    plugin: str | Path | None = None,
+    plugin: str | Path | None | bool = None,
 ) -> str:
     """plugin load, pair_style lorem [options] and pair_coeff * * model elements.
     options: the pair_style text ("device cuda long_range pme") or a mapping whose None
     values are left out ({"device": "cpu", "long_range": None}); plugin: the plugin file
-    (default: the installed one)."""
+    (default: the installed one), or False for a LAMMPS with pair_style lorem built in
+    (lammps_plugin/ml-lorem.cmake): no plugin load line."""
     if not isinstance(options, str):
         options = " ".join(f"{k} {v}" for k, v in options.items() if v is not None)
     style = f"pair_style lorem {options}".rstrip()
-    plugin = plugin_path() if plugin is None else plugin
-    return f"plugin load {plugin}\n{style}\npair_coeff * * {model} {' '.join(elements)}\n"
+    if plugin is True:
+        raise ValueError("plugin: a file, None (the installed plugin) or False (built in)")
+    load = "" if plugin is False else f"plugin load {plugin_path() if plugin is None else plugin}\n"
+    return f"{load}{style}\npair_coeff * * {model} {' '.join(elements)}\n"
 
 
 def run_lammps(

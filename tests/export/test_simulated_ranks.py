@@ -4,6 +4,7 @@ collectives over shared memory), against the whole eager model in float64: PME, 
 passing with PME, Born effective charges and a field, empty ranks, every method."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -236,6 +237,49 @@ def test_aligned_pencils_move_less_mesh():
     assert _pme_bytes_sent(mesh, owned, with_margin(owned), 10, True) == _pme_bytes_sent(
         mesh, owned, with_margin(owned), 10, False
     )
+
+
+def test_float32_models_send_the_mesh_in_float32(pme_exports, tmp_path):
+    """The mesh travels in the model's dtype: the same PME model exported in float32 and
+    float64, over the same 2 ranks, sends the same per-atom values and sums, and a mesh
+    half as many bytes, so the float64 run's extra bytes are the float32 run's mesh part,
+    which the plan gives (value_bytes 4) and which is most of its traffic."""
+    from lorem_torch._core import _pme_bytes_sent
+
+    model, path64 = pme_exports[0]
+    path32 = tmp_path / "pme32.pt"
+    export_model(model, path32, "float32")
+    atoms = triclinic_water() * (2, 1, 1)
+    rank_of_atom = along_x(atoms, 2)
+    sent = {}
+    for name, path in (("float64", path64), ("float32", path32)):
+        systems = grid_domains(split_into_ranks(atoms, model.cutoff, rank_of_atom), (2, 1, 1))
+        results = evaluate_ranks(Model(str(path)), systems, atoms.cell.array, True)
+        sent[name] = np.array([r.bytes_sent for r in results])
+    mesh_part32 = sent["float64"] - sent["float32"]
+    assert (mesh_part32 > 0.5 * sent["float32"]).all(), sent
+    # the plan of the same owned parts and bricks, from the export's own mesh functions
+    import torch
+
+    from lorem_torch.export import load_exported
+
+    module, metadata = load_exported(path64)
+    cell = torch.tensor(atoms.cell.array)
+    mesh = tuple(int(n) for n in module.pme_mesh(cell))
+    owned, bricks = [], []
+    for system in grid_domains(split_into_ranks(atoms, model.cutoff, rank_of_atom), (2, 1, 1)):
+        lo = tuple(math.ceil(f * n) for f, n in zip(system.domain_lo, mesh, strict=True))
+        hi = tuple(math.ceil(f * n) for f, n in zip(system.domain_hi, mesh, strict=True))
+        owned.append((lo, hi))
+        start, shape = module.pme_brick(system.positions[: system.n_local], cell, mesh)
+        bricks.append(
+            (tuple(int(x) for x in start), tuple(int(start[a] + shape[a]) for a in range(3)))
+        )
+    channels = int(metadata["contract"]["num_charges"])
+    plan32 = _pme_bytes_sent(mesh, owned, bricks, channels, True, 4)
+    plan64 = _pme_bytes_sent(mesh, owned, bricks, channels, True, 8)
+    np.testing.assert_allclose(plan64, 2 * np.array(plan32))
+    np.testing.assert_allclose(mesh_part32, plan32, rtol=1e-12)
 
 
 def test_domains_must_tile_the_cell(pme_exports):

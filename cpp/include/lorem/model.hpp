@@ -73,7 +73,8 @@ struct Timings {
   double backward = 0.0;       // the autograd passes
   double communication = 0.0;  // inside the Communicator
   double transfers = 0.0;      // inputs to the model's device and results back to the host
-  double bytes = 0.0;          // sent by this rank through the Communicator (as float64)
+  double bytes = 0.0;          // sent by this rank through the Communicator (per-atom values
+                               // and sums as float64, the PME mesh in the model's dtype)
   int64_t calls = 0;
 };
 

@@ -37,7 +37,8 @@ class RankResult:
     forces: torch.Tensor  # [n_local, 3] (ghost contributions already returned)
     virial: torch.Tensor  # [3, 3] this rank's share
     born_effective_charges: torch.Tensor | None = None  # [n_local, 3, 3] when computed
-    bytes_sent: float = 0.0  # through the collectives in this evaluation (as float64)
+    # through the collectives: per-atom values and sums as float64, the mesh in the model's dtype
+    bytes_sent: float = 0.0
 
 
 def evaluate_ranks(
