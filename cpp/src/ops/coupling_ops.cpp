@@ -30,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "channel_lanes.hpp"
 #include "multilinear_form.hpp"
 
 namespace lorem {
@@ -220,10 +221,43 @@ struct CpuKernel {
 
   int64_t channels() const { return kFixed ? kChannels : S; }
 
+  // per_atom() for atoms [begin, end), the channel count fixed (kFixed)
+  LOREM_VECTOR_CLONES void per_atom_fixed(int64_t begin, int64_t end, scalar_t* out) const {
+    using L = Lanes<scalar_t, kLocal>;
+    using V = typename L::Vector;
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* a_row = A + n * stride_a;
+      const scalar_t* b_row = B + n * stride_b;
+      scalar_t* o = out + n * stride_out;
+      for (const Run& run : runs) {
+        V acc0{}, acc1{};  // two chains: consecutive entries do not wait on each other
+        int32_t k = run.begin;
+        for (; k + 1 < run.end; k += 2) {
+          const Step& e0 = steps[k];
+          const Step& e1 = steps[k + 1];
+          acc0 += L::load(rows.data() + e0.row * kLocal) * L::load(a_row + e0.a * kLocal) *
+                  L::load(b_row + e0.b * kLocal);
+          acc1 += L::load(rows.data() + e1.row * kLocal) * L::load(a_row + e1.a * kLocal) *
+                  L::load(b_row + e1.b * kLocal);
+        }
+        if (k < run.end) {
+          const Step& e = steps[k];
+          acc0 += L::load(rows.data() + e.row * kLocal) * L::load(a_row + e.a * kLocal) *
+                  L::load(b_row + e.b * kLocal);
+        }
+        L::store(o + run.key * kLocal, acc0 + acc1);
+      }
+    }
+  }
+
   // out[n, key, c] = sum over the key's run of rows[e, c] A[n, a_e, c] B[n, b_e, c]
   void per_atom(scalar_t* out) const {
     const int64_t s = channels();
     at::parallel_for(0, p.num_atoms, 8, [&](int64_t begin, int64_t end) {
+      if constexpr (kFixed) {
+        per_atom_fixed(begin, end, out);
+        return;
+      }
       std::vector<scalar_t> scratch(2 * s);
       scalar_t local[2 * kLocal];
       scalar_t* acc = kFixed ? local : scratch.data();
@@ -263,6 +297,27 @@ struct CpuKernel {
     });
   }
 
+  // weights() for atoms [begin, end) into this thread's partial sums, kFixed
+  LOREM_VECTOR_CLONES void weights_fixed(int64_t begin, int64_t end, const scalar_t* G,
+                                         int64_t stride_g, scalar_t* mine) const {
+    using L = Lanes<scalar_t, kLocal>;
+    using V = typename L::Vector;
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* a_row = A + n * stride_a;
+      const scalar_t* b_row = B + n * stride_b;
+      const scalar_t* g_row = G + n * stride_g;
+      for (const Run& run : runs) {
+        V acc{};
+        for (int32_t k = run.begin; k < run.end; ++k) {
+          const Step& e = steps[k];
+          acc += rows[e.row] * L::load(a_row + e.a * kLocal) * L::load(b_row + e.b * kLocal) *
+                 L::load(g_row + e.g * kLocal);
+        }
+        L::add_to(mine + run.key * kLocal, acc);
+      }
+    }
+  }
+
   // weights: out[path, c] = sum_n sum_{e in path} cg x1[n, m1, c] x2[n, m2, c] G[n, m3, c];
   // here A = input1, B = input2, and the gradient is read at the run's m3 per step
   void weights(scalar_t* out) const {
@@ -274,6 +329,10 @@ struct CpuKernel {
     std::vector<scalar_t> partial(threads * size, scalar_t(0));
     at::parallel_for(0, p.num_atoms, 8, [&](int64_t begin, int64_t end) {
       scalar_t* mine = partial.data() + at::get_thread_num() * size;
+      if constexpr (kFixed) {
+        weights_fixed(begin, end, G, stride_g, mine);
+        return;
+      }
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* a_row = A + n * stride_a;
         const scalar_t* b_row = B + n * stride_b;

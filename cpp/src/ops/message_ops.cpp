@@ -34,6 +34,7 @@
 #include <optional>
 #include <vector>
 
+#include "channel_lanes.hpp"
 #include "multilinear_form.hpp"
 
 namespace lorem {
@@ -201,27 +202,34 @@ void check_range(const Tensor& index, int64_t num_atoms, const char* name) {
 }
 
 // The entries as the CPU kernel walks them, for one target: sorted by the component (or
-// path) they write to, so that a run of entries sums into registers and is written once;
-// and each tagged with a "pair": a (path, component) whose channel product is formed once
-// per edge into a table (aw[path] x[m2] for messages and harmonics, aw[path] G[m3] for
-// features), so that an entry then costs one multiply-add per channel.
+// path) they write to, so that a run of entries sums into registers and is written once,
+// and within a run by path, so that the per-edge channel factor of a path,
+// aw[path, c] = a[edge, l1(path), c] W[path, c], multiplies a segment's partial sum once.
+// An entry then costs one multiply-add per channel on rows that stay in the L1 cache (the
+// sending atom's features x[j] or the centre's gradient G[i], 49 x s values each, and aw,
+// paths x s): no per-edge table of (path, component) products, which for L = 6 outgrows it.
 struct Step {
-  int32_t m1, pair, other, path;  // other: the component of the second channel factor
+  int32_t m1, in, other, path;  // in: the component of the channel row read per entry
   double coupling;
 };
 
 struct Run {
-  int32_t key, begin, end;
+  int32_t key, begin, end;             // steps [begin, end)
+  int32_t first_segment, end_segment;  // segments [first_segment, end_segment)
+};
+
+struct Segment {
+  int32_t path, begin, end;  // steps of one path within a run
 };
 
 struct Schedule {
   std::vector<Step> steps;
   std::vector<Run> runs;
-  std::vector<std::pair<int32_t, int32_t>> pairs;  // (path, component)
+  std::vector<Segment> segments;
 };
 
 Schedule schedule_for(const std::vector<Entry>& entries, const double* coupling, int64_t target) {
-  // what an entry writes to, the component of its pair, and its other channel factor
+  // what an entry writes to, the component of the row it reads, and the other one
   auto key = [target](const Entry& e) {
     switch (target) {
       case kHarmonics:
@@ -234,31 +242,29 @@ Schedule schedule_for(const std::vector<Entry>& entries, const double* coupling,
         return e.path;
     }
   };
-  auto pair_component = [target](const Entry& e) { return target == kFeatures ? e.m3 : e.m2; };
+  auto in_component = [target](const Entry& e) { return target == kFeatures ? e.m3 : e.m2; };
   std::vector<int32_t> order(entries.size());
   for (size_t k = 0; k < order.size(); ++k) order[k] = static_cast<int32_t>(k);
   std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
     const Entry &a = entries[x], &b = entries[y];
     if (key(a) != key(b)) return key(a) < key(b);
     if (a.path != b.path) return a.path < b.path;
-    return pair_component(a) < pair_component(b);
+    return in_component(a) < in_component(b);
   });
   Schedule out;
-  std::map<std::pair<int32_t, int32_t>, int32_t> pair_index;
   for (int32_t k : order) {
     const Entry& e = entries[k];
-    const auto pair = std::make_pair(e.path, pair_component(e));
-    auto found = pair_index.find(pair);
-    if (found == pair_index.end()) {
-      found = pair_index.emplace(pair, static_cast<int32_t>(out.pairs.size())).first;
-      out.pairs.push_back(pair);
-    }
     const int32_t position = static_cast<int32_t>(out.steps.size());
-    if (out.runs.empty() || out.runs.back().key != key(e))
-      out.runs.push_back(Run{key(e), position, position});
+    const int32_t segment = static_cast<int32_t>(out.segments.size());
+    const bool new_run = out.runs.empty() || out.runs.back().key != key(e);
+    if (new_run) out.runs.push_back(Run{key(e), position, position, segment, segment});
+    if (new_run || out.segments.back().path != e.path)
+      out.segments.push_back(Segment{e.path, position, position});
+    out.segments.back().end = position + 1;
     out.runs.back().end = position + 1;
+    out.runs.back().end_segment = static_cast<int32_t>(out.segments.size());
     out.steps.push_back(
-        Step{e.m1, found->second, target == kFeatures ? e.m2 : e.m3, e.path, coupling[k]});
+        Step{e.m1, in_component(e), target == kFeatures ? e.m2 : e.m3, e.path, coupling[k]});
   }
   return out;
 }
@@ -268,13 +274,13 @@ Schedule schedule_for(const std::vector<Entry>& entries, const double* coupling,
 template <typename scalar_t, int kChannels>
 struct CpuKernel {
   struct TypedStep {
-    int32_t m1, pair, other, path;
+    int32_t m1, in_row, other_row, path;  // in_row, other_row: component x channels
     scalar_t coupling;
   };
   const Problem& p;
   std::vector<TypedStep> steps;
   std::vector<Run> runs;
-  std::vector<std::pair<int32_t, int32_t>> pairs;
+  std::vector<Segment> segments;
   const scalar_t *Y, *a, *W, *x, *G;
   const int64_t *centers, *others;
   int64_t M, D, num_paths;
@@ -286,10 +292,11 @@ struct CpuKernel {
     const Tensor coupling = problem.coupling.to(at::kDouble).cpu();
     Schedule schedule = schedule_for(entries, coupling.data_ptr<double>(), problem.target);
     for (const Step& step : schedule.steps)
-      steps.push_back(TypedStep{step.m1, step.pair, step.other, step.path,
+      steps.push_back(TypedStep{step.m1, static_cast<int32_t>(step.in * S),
+                                static_cast<int32_t>(step.other * S), step.path,
                                 static_cast<scalar_t>(step.coupling)});
     runs = std::move(schedule.runs);
-    pairs = std::move(schedule.pairs);
+    segments = std::move(schedule.segments);
     auto data = [&](int64_t k) -> const scalar_t* {
       return problem.factors[k].defined() ? problem.factors[k].data_ptr<scalar_t>() : nullptr;
     };
@@ -311,52 +318,119 @@ struct CpuKernel {
   static constexpr int kLocal = kFixed ? kChannels : 1;
   int64_t channels() const { return kFixed ? kChannels : S; }
 
-  // table[pair, c] = a[edge, l1(path), c] W[path, c] in[component, c]
-  void pair_table(int64_t edge, const scalar_t* in, scalar_t* table) const {
+  // aw[path, c] = a[edge, l1(path), c] W[path, c]
+  void path_factors(int64_t edge, scalar_t* aw) const {
     const int64_t s = channels();
     const scalar_t* a_edge = a + edge * D * s;
-    for (size_t q = 0; q < pairs.size(); ++q) {
-      const auto [path, component] = pairs[q];
+    for (int64_t path = 0; path < num_paths; ++path) {
       const scalar_t* a_row = a_edge + path_degree[path] * s;
       const scalar_t* w_row = W + path * s;
-      const scalar_t* v = in + component * s;
-      scalar_t* t = table + q * s;
-      for (int64_t c = 0; c < s; ++c) t[c] = a_row[c] * w_row[c] * v[c];
+      for (int64_t c = 0; c < s; ++c) aw[path * s + c] = a_row[c] * w_row[c];
     }
   }
 
-  // out[key, c] += sum_{steps of the key's run} cg Y[m1] table[pair, c], for one edge
-  void couple(const scalar_t* y, const scalar_t* table, scalar_t* out, scalar_t* scratch) const {
-    const int64_t s = channels();
-    scalar_t local[2 * kLocal];  // two accumulators: consecutive steps do not wait on each other
-    scalar_t* acc = kFixed ? local : scratch;
+  // couple() with the channel count fixed (kFixed)
+  LOREM_VECTOR_CLONES void couple_fixed(const scalar_t* y, const scalar_t* aw, const scalar_t* in,
+                                        scalar_t* out) const {
+    using L = Lanes<scalar_t, kLocal>;
+    using V = typename L::Vector;
     for (const Run& run : runs) {
-      std::fill(acc, acc + 2 * s, scalar_t(0));
+      V acc{};
+      for (int32_t q = run.first_segment; q < run.end_segment; ++q) {
+        const Segment& segment = segments[q];
+        V part0{}, part1{};  // two chains: consecutive steps do not wait on each other
+        int32_t n = segment.begin;
+        for (; n + 1 < segment.end; n += 2) {
+          const TypedStep& e0 = steps[n];
+          const TypedStep& e1 = steps[n + 1];
+          part0 += (e0.coupling * y[e0.m1]) * L::load(in + e0.in_row);
+          part1 += (e1.coupling * y[e1.m1]) * L::load(in + e1.in_row);
+        }
+        if (n < segment.end) {
+          const TypedStep& e = steps[n];
+          part0 += (e.coupling * y[e.m1]) * L::load(in + e.in_row);
+        }
+        acc += L::load(aw + segment.path * kLocal) * (part0 + part1);
+      }
+      L::add_to(out + run.key * kLocal, acc);
+    }
+  }
+
+  // out[key, c] += sum_{segments of the key's run} aw[path, c] sum_{steps} cg Y[m1] in[in, c],
+  // for one edge (in: x[j] for messages, G[i] for features)
+  void couple(const scalar_t* y, const scalar_t* aw, const scalar_t* in, scalar_t* out,
+              scalar_t* scratch) const {
+    if constexpr (kFixed) {
+      couple_fixed(y, aw, in, out);
+      return;
+    }
+    const int64_t s = channels();
+    scalar_t local[3 * kLocal];  // the run's sum; a segment's two partial sums
+    scalar_t* acc = kFixed ? local : scratch;
+    scalar_t* part = acc + s;
+    for (const Run& run : runs) {
+      std::fill(acc, acc + s, scalar_t(0));
+      for (int32_t q = run.first_segment; q < run.end_segment; ++q) {
+        const Segment& segment = segments[q];
+        std::fill(part, part + 2 * s, scalar_t(0));
+        int32_t n = segment.begin;
+        for (; n + 1 < segment.end; n += 2) {  // two chains: steps do not wait on each other
+          const TypedStep& e0 = steps[n];
+          const TypedStep& e1 = steps[n + 1];
+          const scalar_t f0 = e0.coupling * y[e0.m1], f1 = e1.coupling * y[e1.m1];
+          const scalar_t* v0 = in + e0.in_row;
+          const scalar_t* v1 = in + e1.in_row;
+          for (int64_t c = 0; c < s; ++c) {
+            part[c] += f0 * v0[c];
+            part[s + c] += f1 * v1[c];
+          }
+        }
+        if (n < segment.end) {
+          const TypedStep& e = steps[n];
+          const scalar_t f = e.coupling * y[e.m1];
+          const scalar_t* v = in + e.in_row;
+          for (int64_t c = 0; c < s; ++c) part[c] += f * v[c];
+        }
+        const scalar_t* w = aw + segment.path * s;
+        for (int64_t c = 0; c < s; ++c) acc[c] += w[c] * (part[c] + part[s + c]);
+      }
+      scalar_t* o = out + run.key * s;
+      for (int64_t c = 0; c < s; ++c) o[c] += acc[c];
+    }
+  }
+
+  // path_sums() with the channel count fixed (kFixed)
+  LOREM_VECTOR_CLONES void path_sums_fixed(int64_t edge, scalar_t* out) const {
+    using L = Lanes<scalar_t, kLocal>;
+    using V = typename L::Vector;
+    const scalar_t* y = Y + edge * M;
+    const scalar_t* x_row = x + others[edge] * M * kLocal;
+    const scalar_t* g_row = G + centers[edge] * M * kLocal;
+    for (const Run& run : runs) {
+      V part0{}, part1{};
       int32_t n = run.begin;
       for (; n + 1 < run.end; n += 2) {
         const TypedStep& e0 = steps[n];
         const TypedStep& e1 = steps[n + 1];
-        const scalar_t f0 = e0.coupling * y[e0.m1], f1 = e1.coupling * y[e1.m1];
-        const scalar_t* t0 = table + e0.pair * s;
-        const scalar_t* t1 = table + e1.pair * s;
-        for (int64_t c = 0; c < s; ++c) {
-          acc[c] += f0 * t0[c];
-          acc[s + c] += f1 * t1[c];
-        }
+        part0 +=
+            (e0.coupling * y[e0.m1]) * L::load(x_row + e0.in_row) * L::load(g_row + e0.other_row);
+        part1 +=
+            (e1.coupling * y[e1.m1]) * L::load(x_row + e1.in_row) * L::load(g_row + e1.other_row);
       }
       if (n < run.end) {
         const TypedStep& e = steps[n];
-        const scalar_t f = e.coupling * y[e.m1];
-        const scalar_t* t = table + e.pair * s;
-        for (int64_t c = 0; c < s; ++c) acc[c] += f * t[c];
+        part0 += (e.coupling * y[e.m1]) * L::load(x_row + e.in_row) * L::load(g_row + e.other_row);
       }
-      scalar_t* o = out + run.key * s;
-      for (int64_t c = 0; c < s; ++c) o[c] += acc[c] + acc[s + c];
+      L::store(out + run.key * kLocal, part0 + part1);
     }
   }
 
   // acc[path, c] = sum_{e in path} cg Y[m1] x[m2, c] G[m3, c] for one edge (runs by path)
   void path_sums(int64_t edge, scalar_t* out, scalar_t* scratch) const {
+    if constexpr (kFixed) {
+      path_sums_fixed(edge, out);
+      return;
+    }
     const int64_t s = channels();
     scalar_t local[kLocal];
     scalar_t* acc = kFixed ? local : scratch;
@@ -368,8 +442,8 @@ struct CpuKernel {
       for (int32_t n = run.begin; n < run.end; ++n) {
         const TypedStep& e = steps[n];
         const scalar_t f = e.coupling * y[e.m1];
-        const scalar_t* xv = x_row + pairs[e.pair].second * s;
-        const scalar_t* gv = g_row + e.other * s;
+        const scalar_t* xv = x_row + e.in_row;
+        const scalar_t* gv = g_row + e.other_row;
         for (int64_t c = 0; c < s; ++c) acc[c] += f * xv[c] * gv[c];
       }
       std::copy(acc, acc + s, out + run.key * s);
@@ -389,39 +463,79 @@ struct CpuKernel {
     else
       check_range(p.centers, p.num_centers, "centers");
     at::parallel_for(0, num_atoms, 1, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> table(pairs.size() * s), scratch(2 * s);
+      std::vector<scalar_t> aw(num_paths * s), scratch(3 * s);
       for (int64_t atom = begin; atom < end; ++atom) {
         scalar_t* out_row = out + atom * M * s;
         for (int64_t k = g.offsets[atom]; k < g.offsets[atom + 1]; ++k) {
           const int64_t edge = g.order[k];
           const scalar_t* in = to_centers ? x + others[edge] * M * s : G + centers[edge] * M * s;
-          pair_table(edge, in, table.data());
-          couple(Y + edge * M, table.data(), out_row, scratch.data());
+          path_factors(edge, aw.data());
+          couple(Y + edge * M, aw.data(), in, out_row, scratch.data());
         }
       }
     });
   }
 
-  // harmonics: out[p, m1] += cg sum_c table[(path, m2), c] G[i, m3, c] (runs by m1)
+  // harmonics of one edge, the channel count fixed (kFixed)
+  LOREM_VECTOR_CLONES void harmonics_edge_fixed(const scalar_t* x_row, const scalar_t* g_row,
+                                                const scalar_t* aw, scalar_t* o) const {
+    using L = Lanes<scalar_t, kLocal>;
+    using V = typename L::Vector;
+    for (const Run& run : runs) {
+      V total{};
+      for (int32_t q = run.first_segment; q < run.end_segment; ++q) {
+        const Segment& segment = segments[q];
+        V part0{}, part1{};
+        int32_t n = segment.begin;
+        for (; n + 1 < segment.end; n += 2) {
+          const TypedStep& e0 = steps[n];
+          const TypedStep& e1 = steps[n + 1];
+          part0 += e0.coupling * L::load(x_row + e0.in_row) * L::load(g_row + e0.other_row);
+          part1 += e1.coupling * L::load(x_row + e1.in_row) * L::load(g_row + e1.other_row);
+        }
+        if (n < segment.end) {
+          const TypedStep& e = steps[n];
+          part0 += e.coupling * L::load(x_row + e.in_row) * L::load(g_row + e.other_row);
+        }
+        total += L::load(aw + segment.path * kLocal) * (part0 + part1);
+      }
+      o[run.key] += L::sum(total);
+    }
+  }
+
+  // harmonics: out[p, m1] += sum_c sum_{segments} aw[path, c] sum_{steps} cg x[j, m2, c]
+  // G[i, m3, c] (runs by m1)
   void harmonics(scalar_t* out) const {
     const int64_t s = channels();
     check_range(p.centers, p.num_centers, "centers");
     check_range(p.others, p.num_sources, "others");
     at::parallel_for(0, p.num_edges, 16, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> table(pairs.size() * s), scratch(s);
-      scalar_t local[kLocal];
+      std::vector<scalar_t> aw(num_paths * s), scratch(2 * s);
+      scalar_t local[2 * kLocal];
       scalar_t* acc = kFixed ? local : scratch.data();
+      scalar_t* part = acc + s;
       for (int64_t edge = begin; edge < end; ++edge) {
-        pair_table(edge, x + others[edge] * M * s, table.data());
+        path_factors(edge, aw.data());
+        const scalar_t* x_row = x + others[edge] * M * s;
         const scalar_t* g_row = G + centers[edge] * M * s;
         scalar_t* o = out + edge * M;
+        if constexpr (kFixed) {
+          harmonics_edge_fixed(x_row, g_row, aw.data(), o);
+          continue;
+        }
         for (const Run& run : runs) {
           std::fill(acc, acc + s, scalar_t(0));
-          for (int32_t n = run.begin; n < run.end; ++n) {
-            const TypedStep& e = steps[n];
-            const scalar_t* t = table.data() + e.pair * s;
-            const scalar_t* gv = g_row + e.other * s;
-            for (int64_t c = 0; c < s; ++c) acc[c] += e.coupling * t[c] * gv[c];
+          for (int32_t q = run.first_segment; q < run.end_segment; ++q) {
+            const Segment& segment = segments[q];
+            std::fill(part, part + s, scalar_t(0));
+            for (int32_t n = segment.begin; n < segment.end; ++n) {
+              const TypedStep& e = steps[n];
+              const scalar_t* xv = x_row + e.in_row;
+              const scalar_t* gv = g_row + e.other_row;
+              for (int64_t c = 0; c < s; ++c) part[c] += e.coupling * xv[c] * gv[c];
+            }
+            const scalar_t* w = aw.data() + segment.path * s;
+            for (int64_t c = 0; c < s; ++c) acc[c] += w[c] * part[c];
           }
           scalar_t sum = 0;
           for (int64_t c = 0; c < s; ++c) sum += acc[c];
