@@ -5,11 +5,12 @@
 #   cmake -C <lorem-torch>/lammps_plugin/ml-lorem.cmake -D LOREM_PYTHON=<python> \
 #         [LAMMPS' usual options] <lammps>/cmake
 #
-# No LAMMPS file is patched or copied. At the end of LAMMPS' configuration (a deferred
-# call, once its targets and generated style headers exist) this adds pair_lorem.cpp to
-# the lammps target, pair_lorem.h to the styles style_pair.h lists, ML-LOREM to the
-# packages `lmp -h` prints, and links the lorem-torch runtime and torch of the Python
-# environment LOREM_PYTHON (the one every node runs lorem-torch from).
+# No LAMMPS file is patched or copied. Right away, pair_lorem.h joins the pair styles
+# that LAMMPS' style_pair.h will list; at the end of LAMMPS' configuration (a deferred
+# call, once its targets exist) pair_lorem.cpp joins the lammps target, ML-LOREM the
+# packages `lmp -h` prints, and the lorem-torch runtime and torch of the Python
+# environment LOREM_PYTHON (the one every node runs lorem-torch from; python3 on PATH
+# when unset) are linked.
 if(CMAKE_VERSION VERSION_LESS 3.19)
   message(FATAL_ERROR "ML-LOREM needs CMake 3.19 or newer (cmake_language(DEFER)), "
     "this is ${CMAKE_VERSION}")
@@ -34,9 +35,12 @@ function(lorem_build_into_lammps)
     message(FATAL_ERROR "ML-LOREM: no LAMMPS version in ${LAMMPS_SOURCE_DIR}/version.h")
   endif()
   lorem_check_lammps_version(${version})
-  set(Python_EXECUTABLE "${LOREM_PYTHON}")
-  if(NOT Python_EXECUTABLE)
-    find_program(Python_EXECUTABLE NAMES python3 python)
+  if(LOREM_PYTHON)
+    set(Python_EXECUTABLE "${LOREM_PYTHON}")
+  else()
+    find_program(LOREM_PYTHON_ON_PATH NAMES python3 python)
+    set(Python_EXECUTABLE "${LOREM_PYTHON_ON_PATH}")
+    message(STATUS "ML-LOREM: LOREM_PYTHON unset, using ${Python_EXECUTABLE} from PATH")
   endif()
   include("${LOREM_IN_TREE_DIR}/lorem_runtime.cmake")
 
@@ -60,10 +64,9 @@ function(lorem_build_into_lammps)
     endif()
   endforeach()
 
-  # the style table: LAMMPS' force.cpp and lammps.cpp include style_pair.h by file name
+  # the style table (pair_lorem.h joined it when this file was included): LAMMPS'
+  # force.cpp and lammps.cpp include style_pair.h by file name
   target_include_directories(lammps PRIVATE "${LOREM_IN_TREE_DIR}")
-  AddStyleHeader("${LOREM_IN_TREE_DIR}/pair_lorem.h" PAIR)
-  GenerateStyleHeader("${LAMMPS_STYLE_HEADERS_DIR}" PAIR pair)
   set(installed "${LAMMPS_STYLE_HEADERS_DIR}/lmpinstalledpkgs.h")
   file(READ "${installed}" packages)
   if(NOT packages MATCHES "\"ML-LOREM\"")
@@ -75,5 +78,9 @@ function(lorem_build_into_lammps)
 endfunction()
 
 if(PKG_ML-LOREM)
+  # into the list of pair-style headers that LAMMPS' own GenerateStyleHeaders writes to
+  # style_pair.h (StyleHeaderUtils.cmake's AddStyleHeader, which only appends), so that a
+  # re-configure writes the same file and recompiles nothing
+  set_property(GLOBAL APPEND PROPERTY PAIR "${LOREM_IN_TREE_DIR}/pair_lorem.h")
   cmake_language(DEFER CALL lorem_build_into_lammps)
 endif()

@@ -24,20 +24,32 @@ function(lorem_lammps_version_from_header header_dir out)
   set(${out} "${version}" PARENT_SCOPE)
 endfunction()
 
-# Stops the configuration for a LAMMPS older than the tested range (unless
-# LOREM_ALLOW_UNTESTED_LAMMPS), warns for a newer one.
-function(lorem_check_lammps_version version)
+# Sets `out` to one line naming the problem when `version` is older than the tested
+# range (and LOREM_ALLOW_UNTESTED_LAMMPS is off), else to ""; warns for a newer one.
+function(lorem_lammps_version_problem version out)
   set(range "${LOREM_LAMMPS_OLDEST} to ${LOREM_LAMMPS_NEWEST}")
+  set(problem "")
   if(version LESS LOREM_LAMMPS_OLDEST)
     if(NOT LOREM_ALLOW_UNTESTED_LAMMPS)
-      message(FATAL_ERROR "pair_style lorem supports LAMMPS ${range}; this LAMMPS is "
+      string(CONCAT problem "pair_style lorem supports LAMMPS ${range}; this LAMMPS is "
         "${version}. Use a newer LAMMPS, or configure with -DLOREM_ALLOW_UNTESTED_LAMMPS=on to "
         "try (older interfaces may not compile; nothing older was tested)")
+    else()
+      message(WARNING "LAMMPS ${version} is older than the tested range (${range}): "
+        "built because LOREM_ALLOW_UNTESTED_LAMMPS is on; run the site_lammps tests against it")
     endif()
-    message(WARNING "LAMMPS ${version} is older than the tested range (${range}): "
-      "built because LOREM_ALLOW_UNTESTED_LAMMPS is on; run the site_lammps tests against it")
   elseif(version GREATER LOREM_LAMMPS_NEWEST)
     message(WARNING "LAMMPS ${version} is newer than the tested range (${range}): "
       "run the site_lammps tests against it (README, On a cluster)")
+  endif()
+  set(${out} "${problem}" PARENT_SCOPE)
+endfunction()
+
+# Stops the configuration for a LAMMPS older than the tested range (unless
+# LOREM_ALLOW_UNTESTED_LAMMPS), warns for a newer one.
+function(lorem_check_lammps_version version)
+  lorem_lammps_version_problem(${version} problem)
+  if(problem)
+    message(FATAL_ERROR "${problem}")
   endif()
 endfunction()

@@ -22,6 +22,9 @@ list(APPEND CMAKE_PREFIX_PATH "${LOREM_TORCH_PREFIX}")
 if(NOT MKL_INCLUDE_DIR)
   set(MKL_INCLUDE_DIR "")
 endif()
+# this environment's torch on every configure, not one cached from an earlier Python
+set(Torch_DIR "${LOREM_TORCH_PREFIX}/Torch" CACHE PATH "torch's CMake config (of LOREM_PYTHON)"
+  FORCE)
 find_package(Torch REQUIRED)
 get_filename_component(LOREM_TORCH_LIB_DIR "${TORCH_LIBRARY}" DIRECTORY)
 # the folder of lorem_torch._core: liblorem_runtime.so and include/ lie next to it
@@ -34,9 +37,11 @@ if(LOREM_PYTHON_FAILED)
   message(FATAL_ERROR "${Python_EXECUTABLE} has no lorem_torch: pip install lorem-torch into "
     "that environment, or name the Python that has it (${LOREM_PYTHON_ERROR})")
 endif()
-find_library(LOREM_RUNTIME_LIBRARY lorem_runtime PATHS "${LOREM_RUNTIME_DIR}" NO_DEFAULT_PATH)
-find_path(LOREM_RUNTIME_INCLUDE lorem/model.hpp PATHS "${LOREM_RUNTIME_DIR}/include" NO_DEFAULT_PATH)
-if(NOT LOREM_RUNTIME_LIBRARY OR NOT LOREM_RUNTIME_INCLUDE)
+# the files themselves, not cached find_library results: another Python on a re-configure
+# must not keep the first one's library
+set(LOREM_RUNTIME_LIBRARY "${LOREM_RUNTIME_DIR}/liblorem_runtime.so")
+set(LOREM_RUNTIME_INCLUDE "${LOREM_RUNTIME_DIR}/include")
+if(NOT EXISTS "${LOREM_RUNTIME_LIBRARY}" OR NOT EXISTS "${LOREM_RUNTIME_INCLUDE}/lorem/model.hpp")
   message(FATAL_ERROR "lorem_torch's runtime (liblorem_runtime.so, include/lorem) is not in "
     "${LOREM_RUNTIME_DIR}: pip install lorem-torch into the environment of ${Python_EXECUTABLE}")
 endif()

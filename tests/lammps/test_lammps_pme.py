@@ -39,6 +39,8 @@ def pme_files(tmp_path_factory):
     for name, model in models.items():
         files[name] = (model, folder / f"{name}.pt")
         export_model(model, files[name][1], "float64")
+    files["pme_float32"] = (models["pme"], folder / "pme_float32.pt")
+    export_model(models["pme"], files["pme_float32"][1], "float32")
     return files
 
 
@@ -67,6 +69,37 @@ def test_pme_matches_python(pme_files, tmp_path, ranks, grid):
     _, output = run(tmp_path, single_point_script("system.data", path, SPECIES, extra=grid), ranks)
     assert "long range pme" in output
     compare(read_single_point(tmp_path, output), reference, True, 1e-8)
+
+
+@pytest.mark.parametrize("ranks, grid", [(1, ""), (2, ""), (4, "processors 2 2 1")])
+def test_float32_pme_across_ranks(pme_files, tmp_path, ranks, grid):
+    """A float32 export's mesh crosses ranks in float32 (half the bytes of float64):
+    the same numbers as Python's float64 model to float32 round-off on 1, 2, 4 ranks."""
+    model, path = pme_files["pme_float32"]
+    atoms = wrapped(nacl(2, rattle=0.1))
+    reference = python_reference(model, atoms, "pme")
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    _, output = run(tmp_path, single_point_script("system.data", path, SPECIES, extra=grid), ranks)
+    assert "long range pme" in output
+    compare(read_single_point(tmp_path, output), reference, True, 1e-4)
+
+
+def test_float32_mesh_sends_half_the_bytes(pme_files, tmp_path, monkeypatch):
+    """The runtime's counter (LOREM_TIMING) on 2 ranks: the same model exported in
+    float32 sends about half the bytes of its float64 export, the mesh being most of it."""
+    monkeypatch.setenv("LOREM_TIMING", "1")
+    atoms = wrapped(nacl(2, rattle=0.1))
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    sent = {}
+    for name in ("pme", "pme_float32"):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_data(atoms, folder / "system.data", SPECIES)
+        _, output = run(folder, single_point_script("system.data", pme_files[name][1], SPECIES), 2)
+        found = re.search(r"([0-9.e+]+) bytes sent per call", output)
+        assert found, output[-2000:]
+        sent[name] = float(found.group(1))
+    assert 0.45 * sent["pme"] < sent["pme_float32"] < 0.75 * sent["pme"], sent
 
 
 @pytest.mark.parametrize("ranks", [1, 3])

@@ -19,17 +19,25 @@ namespace lorem {
 // accumulators of the hot loops then live in registers. Accumulating into a small array
 // through a pointer instead went through memory on every step (store-to-load forwarding
 // in the dependency chain), about three times slower on the default model's 8 channels.
+//
+// Every member is always inlined: a vector passed or returned by value crosses a call
+// with the calling convention of the caller's instruction set, so an out-of-line copy
+// (compiled for the baseline) called from the x86-64-v3 clone would exchange it wrongly;
+// unoptimised builds (-O0) did, and gave zeros.
+#define LOREM_LANES_INLINE inline __attribute__((always_inline))
 template <typename scalar_t, int kLanes>
 struct Lanes {
   typedef scalar_t Vector __attribute__((vector_size(sizeof(scalar_t) * kLanes)));
-  static Vector load(const scalar_t* from) {
+  static LOREM_LANES_INLINE Vector load(const scalar_t* from) {
     Vector v;
     std::memcpy(&v, from, sizeof(Vector));
     return v;
   }
-  static void add_to(scalar_t* to, Vector v) { store(to, load(to) + v); }
-  static void store(scalar_t* to, Vector v) { std::memcpy(to, &v, sizeof(Vector)); }
-  static scalar_t sum(Vector v) {
+  static LOREM_LANES_INLINE void store(scalar_t* to, Vector v) {
+    std::memcpy(to, &v, sizeof(Vector));
+  }
+  static LOREM_LANES_INLINE void add_to(scalar_t* to, Vector v) { store(to, load(to) + v); }
+  static LOREM_LANES_INLINE scalar_t sum(Vector v) {
     scalar_t total = 0;
     for (int c = 0; c < kLanes; ++c) total += v[c];
     return total;
