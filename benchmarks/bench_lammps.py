@@ -69,6 +69,7 @@ def lammps_run(
     write_data(atoms, folder / "water.data", ["O", "H"])
     script = f"""units metal
 atom_style atomic
+atom_modify map yes
 read_data water.data
 {pair_lines(model_file, ["O", "H"], {"device": device, "long_range": long_range})}
 velocity all create 300 1 mom yes rot no

@@ -175,8 +175,24 @@ class LammpsCommunicator : public lorem::Communicator {
     MPI_Comm_size(world_, &ranks);
     return ranks;
   }
+  // the model's ghosts whose owner is another rank: none on one rank; else from LAMMPS'
+  // atom map (atom_modify map), which points a tag at the owned atom when this rank has
+  // it, so a periodic image of one's own atom maps below nlocal; unknown without a map
+  int64_t ghosts_from_other_ranks() const override {
+    if (size() == 1) return 0;
+    if (atom_->map_style == Atom::MAP_NONE) return -1;
+    if (remote_ghosts_ < 0) {
+      remote_ghosts_ = 0;
+      for (int g : ghosts_) {
+        const int owner = atom_->map(atom_->tag[g]);
+        if (owner < 0 || owner >= atom_->nlocal) ++remote_ghosts_;
+      }
+    }
+    return remote_ghosts_;
+  }
 
  private:
+  mutable int64_t remote_ghosts_ = -1;  // counted once per evaluation (the communicator's life)
   static constexpr int kMeshTag = 0x10e3;
   void prepare(int width) {
     if (width > pair_->comm_forward || width > pair_->comm_reverse) {

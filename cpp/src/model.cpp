@@ -26,20 +26,24 @@ double now() {
 class TimedCommunicator : public Communicator {
  public:
   TimedCommunicator(Communicator& inner, Timings& timings) : inner_(inner), timings_(timings) {}
-  // ghost values received stand for those sent (every ghost is some rank's send)
+  // ghost values received from other ranks stand for those sent (every ghost another
+  // rank owns is that rank's send); one's own periodic images move nothing
   torch::Tensor forward_ghosts(const torch::Tensor& values) override {
     auto out = timed(0, [&] { return inner_.forward_ghosts(values); });
-    timings_.bytes += 8.0 * static_cast<double>(out.numel());
+    timings_.bytes += 8.0 * static_cast<double>(remote_ghost_values(out));
     return out;
   }
   torch::Tensor reverse_ghosts(const torch::Tensor& values, int64_t n_local) override {
-    return timed(values.numel(), [&] { return inner_.reverse_ghosts(values, n_local); });
+    return timed(remote_ghost_values(values),
+                 [&] { return inner_.reverse_ghosts(values, n_local); });
   }
+  // one rank sums and gathers with nobody
   torch::Tensor all_reduce_sum(const torch::Tensor& values) override {
-    return timed(values.numel(), [&] { return inner_.all_reduce_sum(values); });
+    return timed(size() > 1 ? values.numel() : 0, [&] { return inner_.all_reduce_sum(values); });
   }
   torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) override {
-    return timed(rows.numel(), [&] { return inner_.all_gather_rows(rows, offset); });
+    return timed(size() > 1 ? rows.numel() : 0,
+                 [&] { return inner_.all_gather_rows(rows, offset); });
   }
   std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) override {
     const double start = now();
@@ -58,9 +62,17 @@ class TimedCommunicator : public Communicator {
   }
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
+  int64_t ghosts_from_other_ranks() const override { return inner_.ghosts_from_other_ranks(); }
   double seconds = 0.0;
 
  private:
+  // the values of a [n_ghost, W] tensor that belong to ghosts of other ranks
+  int64_t remote_ghost_values(const torch::Tensor& ghost_values) const {
+    const int64_t remote = inner_.ghosts_from_other_ranks();
+    if (remote < 0 || ghost_values.dim() == 0 || ghost_values.size(0) == 0)
+      return ghost_values.numel();
+    return remote * (ghost_values.numel() / ghost_values.size(0));
+  }
   template <typename F>
   torch::Tensor timed(int64_t count, F&& call) {
     const double start = now();

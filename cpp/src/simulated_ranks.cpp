@@ -154,6 +154,12 @@ class RankCommunicator : public Communicator {
 
   int rank() const override { return rank_; }
   int size() const override { return shared_.ranks; }
+  int64_t ghosts_from_other_ranks() const override {
+    int64_t remote = 0;
+    for (int owner = 0; owner < shared_.ranks; ++owner)
+      if (owner != rank_) remote += routes_[owner][rank_].ghost_rows.numel();
+    return remote;
+  }
 
  private:
   // put ours in the slot, compute from all slots once every rank has, leave them intact

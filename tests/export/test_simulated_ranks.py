@@ -239,6 +239,24 @@ def test_aligned_pencils_move_less_mesh():
     )
 
 
+def test_one_rank_sends_nothing(pme_exports):
+    """The byte counter counts what crosses ranks: one rank's ghosts are periodic images
+    of its own atoms and its sums have no one to go to, so it sends 0 bytes; with two
+    ranks the ghosts owned by the other rank and the mesh remaps count."""
+    model, path = pme_exports[1]
+    atoms = triclinic_water() * (2, 1, 1)
+    for ranks in (1, 2):
+        rank_of_atom = along_x(atoms, ranks)
+        systems = grid_domains(split_into_ranks(atoms, model.cutoff, rank_of_atom), (ranks, 1, 1))
+        assert len(systems[0].ghost_rank) > 0  # periodic images even on one rank
+        results = evaluate_ranks(Model(str(path)), systems, atoms.cell.array, True)
+        sent = [r.bytes_sent for r in results]
+        if ranks == 1:
+            assert sent == [0.0]
+        else:
+            assert min(sent) > 0.0
+
+
 def test_float32_models_send_the_mesh_in_float32(pme_exports, tmp_path):
     """The mesh travels in the model's dtype: the same PME model exported in float32 and
     float64, over the same 2 ranks, sends the same per-atom values and sums, and a mesh

@@ -100,6 +100,9 @@ def test_float32_mesh_sends_half_the_bytes(pme_files, tmp_path, monkeypatch):
         assert found, output[-2000:]
         sent[name] = float(found.group(1))
     assert 0.45 * sent["pme"] < sent["pme_float32"] < 0.75 * sent["pme"], sent
+    # one rank: its ghosts are its own periodic images, nothing crosses a rank
+    _, output = run(tmp_path, single_point_script("system.data", pme_files["pme"][1], SPECIES), 1)
+    assert re.search(r"\b0 bytes sent per call", output), output[-2000:]
 
 
 @pytest.mark.parametrize("ranks", [1, 3])

@@ -108,6 +108,10 @@ class Communicator {
   virtual std::vector<int64_t> all_gather_ints(const std::vector<int64_t>& values) = 0;
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  // How many of this rank's ghosts another rank owns: the ghost exchanges move only
+  // theirs (a periodic image of one's own atom is a copy in place). -1: unknown, and
+  // the byte counters then count every ghost.
+  virtual int64_t ghosts_from_other_ranks() const { return -1; }
 };
 
 // One process holding the whole system: ghosts are periodic images of local atoms.
@@ -121,6 +125,7 @@ class SingleProcess : public Communicator {
   std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) override {
     return sends;
   }
+  int64_t ghosts_from_other_ranks() const override { return 0; }
   std::vector<int64_t> all_gather_ints(const std::vector<int64_t>& values) override {
     return values;
   }
