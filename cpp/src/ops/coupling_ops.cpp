@@ -259,8 +259,7 @@ struct CpuKernel {
         return;
       }
       std::vector<scalar_t> scratch(2 * s);
-      scalar_t local[2 * kLocal];
-      scalar_t* acc = kFixed ? local : scratch.data();
+      scalar_t* acc = scratch.data();
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* a_row = A + n * stride_a;
         const scalar_t* b_row = B + n * stride_b;

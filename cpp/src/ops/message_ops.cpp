@@ -364,8 +364,7 @@ struct CpuKernel {
       return;
     }
     const int64_t s = channels();
-    scalar_t local[3 * kLocal];  // the run's sum; a segment's two partial sums
-    scalar_t* acc = kFixed ? local : scratch;
+    scalar_t* acc = scratch;  // [3 s]: the run's sum; a segment's two partial sums
     scalar_t* part = acc + s;
     for (const Run& run : runs) {
       std::fill(acc, acc + s, scalar_t(0));
@@ -431,8 +430,7 @@ struct CpuKernel {
       return;
     }
     const int64_t s = channels();
-    scalar_t local[kLocal];
-    scalar_t* acc = kFixed ? local : scratch;
+    scalar_t* acc = scratch;  // [s]
     const scalar_t* y = Y + edge * M;
     const scalar_t* x_row = x + others[edge] * M * s;
     const scalar_t* g_row = G + centers[edge] * M * s;
@@ -510,8 +508,7 @@ struct CpuKernel {
     check_range(p.others, p.num_sources, "others");
     at::parallel_for(0, p.num_edges, 16, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> aw(num_paths * s), scratch(2 * s);
-      scalar_t local[2 * kLocal];
-      scalar_t* acc = kFixed ? local : scratch.data();
+      scalar_t* acc = scratch.data();
       scalar_t* part = acc + s;
       for (int64_t edge = begin; edge < end; ++edge) {
         path_factors(edge, aw.data());

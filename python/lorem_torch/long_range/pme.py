@@ -231,8 +231,7 @@ class PME(torch.nn.Module):
         u = self.mesh_coordinates(positions, cell, mesh)
         floor = torch.floor(u.detach())
         weights = stencil_weights(u - floor, p)  # [N, 3, p]
-        lo = torch.tensor(brick_lo, dtype=torch.int64, device=positions.device)
-        start = floor.to(torch.int64) - (p - 1) - lo  # [N, 3] first stencil point in the brick
+        start = self._stencil_start(floor, brick_lo)
         t = torch.arange(p, device=positions.device)
         i0 = start[:, 0:1] + t  # [N, p] brick index along each axis
         i1 = start[:, 1:2] + t
@@ -253,6 +252,11 @@ class PME(torch.nn.Module):
         )
         num = positions.shape[0]
         return flat.reshape(num, p * p * p), w.reshape(num, p * p * p)
+
+    def _stencil_start(self, floor: torch.Tensor, brick_lo: List[int]) -> torch.Tensor:
+        """[N, 3] brick index of each atom's first stencil point, from floor(u) [N, 3]."""
+        lo = torch.tensor(brick_lo, dtype=torch.int64, device=floor.device)
+        return floor.to(torch.int64) - (self.order - 1) - lo
 
     def _check_inside_brick(
         self, start: torch.Tensor, brick_lo: List[int], brick_shape: List[int]
@@ -283,8 +287,7 @@ class PME(torch.nn.Module):
         the plain path makes (so that both refuse alike, with a ValueError)."""
         u = self.mesh_coordinates(positions, cell, mesh)
         if not self.is_whole_mesh(brick_lo, brick_shape, mesh):
-            lo = torch.tensor(brick_lo, dtype=torch.int64, device=positions.device)
-            start = torch.floor(u.detach()).to(torch.int64) - (self.order - 1) - lo
+            start = self._stencil_start(torch.floor(u.detach()), brick_lo)
             self._check_inside_brick(start, brick_lo, brick_shape)
         return u
 
