@@ -1,27 +1,31 @@
-"""The mesh traffic of distributed PME per rank and evaluation (issue 19, item 6).
+"""The traffic of distributed PME per rank and evaluation (issue 19, item 6).
+
+The mesh is owned in slabs (x-pencils beyond a slab per mesh plane), and every atom
+visits the ranks that hold its B-spline stencil (cpp/src/mesh.cpp): what crosses ranks
+is the FFT's transposes and a few values per visit, no mesh halo.
 
 1. Measured: a water box evaluated by the C++ runtime over 1, 2, 4 and 8 ranks simulated
-   in one process (the code LAMMPS runs; processor grids as LAMMPS picks them: the grid
-   with the least sub-domain surface), with the bytes every rank sent through its
-   Communicator (all collectives: mesh remaps, ghost charges, sums) and, from the remap
-   plan of the same owned parts and bricks, the mesh part alone, with the pencils
-   aligned with the domains (now) and on a square process grid (before).
-2. Projected: the mesh part per rank for 64 and 512 ranks of 100,000 atoms each, from
-   the same plan code: the mesh spacing and the bricks' stencil margins as measured in 1,
-   the processor grid LAMMPS would pick, a cubic box of water at the same density; and
-   one system of 12,288 atoms over 1 to 64 ranks (strong scaling).
+   in one process (the code LAMMPS runs; atoms on processor grids as LAMMPS picks them:
+   the grid with the least sub-domain surface), with the bytes every rank sent through
+   its Communicator (all collectives: transposes, visits, ghost charges, sums) and the
+   plan of the same run (`_pme_bytes_sent` with the visits of these atoms): its mesh
+   part and its visits part.
+2. Projected: per rank for 64 and 512 ranks of 100,000 atoms each, and one system of
+   12,288 atoms over 1 to 64 ranks (strong scaling), from the same plan: the mesh spacing
+   measured in 1, a cubic box of water at the same density, every visit counted as one
+   to another rank, and an atom's visits along a split axis the expected number of
+   blocks of thickness t that its (order + 2)-point window meets, min(p, 1 + (order + 1) / t).
 
     .venv/bin/python benchmarks/bench_mesh_traffic.py [--replicas 2] [--ranks 1 2 4 8]
         [--dtype float64|float32]
 
-Bytes as the runtime counts them: the mesh in the model's dtype (--dtype, the export's;
-a float32 model's mesh moves half the bytes), per-atom values and sums as float64. Time
-per evaluation is that of threads sharing this machine's cores, not of MPI ranks on
+Bytes as the runtime counts them: the mesh and the visiting atoms in the model's dtype
+(--dtype, the export's: float32 moves half the bytes), ghost values and sums as float64.
+Time per evaluation is that of threads sharing this machine's cores, not of MPI ranks on
 their own cores.
 """
 
 import argparse
-import itertools
 import math
 import sys
 import tempfile
@@ -53,20 +57,6 @@ def lammps_grid(ranks: int, lengths) -> tuple:
     return best
 
 
-def domains(grid):
-    """[(lo, hi)] fractional sub-domains in rank order (x fastest, as LAMMPS numbers them)."""
-    out = []
-    for k, j, i in itertools.product(range(grid[2]), range(grid[1]), range(grid[0])):
-        index = (i, j, k)
-        out.append(
-            (
-                tuple(index[a] / grid[a] for a in range(3)),
-                tuple((index[a] + 1) / grid[a] for a in range(3)),
-            )
-        )
-    return out
-
-
 def empty_rank():
     from lorem_torch.export import RankSystem
 
@@ -74,29 +64,30 @@ def empty_rank():
     return RankSystem(torch.zeros((0, 3), dtype=torch.float64), none, 0, none, none, none, none)
 
 
-def owned_boxes(mesh, parts):
-    return [
-        (
-            tuple(math.ceil(lo[a] * mesh[a]) for a in range(3)),
-            tuple(math.ceil(hi[a] * mesh[a]) for a in range(3)),
+def planned(mesh, ranks, atoms_per_rank, order, channels, value_bytes):
+    """(mesh part, visits part) in bytes per rank, max over ranks, of `ranks` ranks with
+    atoms_per_rank atoms each, uniformly placed (the module docstring's expectation)."""
+    from lorem_torch._core import _pme_bytes_sent, _pme_owned_layout
+
+    layout = _pme_owned_layout(mesh, ranks, order)
+    parts = (
+        len({tuple(lo[1:2]) for lo, _ in layout}),
+        len({tuple(lo[2:3]) for lo, _ in layout}),
+    )
+    expected = 1.0
+    for axis, p in zip((1, 2), parts, strict=True):
+        thickness = mesh[axis] / p
+        expected *= min(p, 1 + (order + 1) / thickness) if p > 1 else 1.0
+    visits = int(round(atoms_per_rank * expected)) if ranks > 1 else 0
+    mesh_part = max(
+        _pme_bytes_sent(mesh, ranks, order, channels, [0] * ranks, [0] * ranks, value_bytes)
+    )
+    total = max(
+        _pme_bytes_sent(
+            mesh, ranks, order, channels, [visits] * ranks, [visits] * ranks, value_bytes
         )
-        for lo, hi in parts
-    ]
-
-
-def planned(mesh, ranks, length, margins, channels, value_bytes):
-    """(grid, bytes per rank aligned, the same on a square grid, one rank's share) of a
-    cubic box `length` A wide over `ranks` ranks, bricks = owned parts + margins."""
-    from lorem_torch._core import _pme_bytes_sent
-
-    grid = lammps_grid(ranks, (length, length, length))
-    owned = owned_boxes(mesh, domains(grid))
-    bricks = [
-        (tuple(x - margins[0] for x in lo), tuple(x + margins[1] for x in hi)) for lo, hi in owned
-    ]
-    aligned = _pme_bytes_sent(mesh, owned, bricks, channels, True, value_bytes)
-    square = _pme_bytes_sent(mesh, owned, bricks, channels, False, value_bytes)
-    return grid, aligned, square, np.prod(mesh) * channels * value_bytes / ranks
+    )
+    return mesh_part, total - mesh_part
 
 
 def main(argv=None):
@@ -112,7 +103,7 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
 
-    from lorem_torch._core import Model, _pme_bytes_sent
+    from lorem_torch._core import Model, _pme_bytes_sent, _pme_visits
 
     from lorem_torch import Lorem
     from lorem_torch.export import evaluate_ranks, export_model, load_exported, split_into_ranks
@@ -125,6 +116,7 @@ def main(argv=None):
     folder = Path(tempfile.mkdtemp())
     export_model(model, folder / "pme.pt", args.dtype)
     value_bytes = 4 if args.dtype == "float32" else 8
+    dtype = np.float32 if args.dtype == "float32" else np.float64
     module, metadata = load_exported(folder / "pme.pt")
     channels = int(metadata["contract"]["num_charges"])
     cpp = Model(str(folder / "pme.pt"))
@@ -135,73 +127,67 @@ def main(argv=None):
     cell = torch.tensor(atoms.cell.array)
     lengths = atoms.cell.lengths()
     mesh = module.pme_mesh(cell)
+    order = int(module.pme_brick(torch.zeros(1, 3, dtype=torch.float64), cell, mesh)[1][0])
+    inverse = np.linalg.inv(atoms.cell.array.astype(dtype).astype(np.float64))
     print(
         f"water, {len(atoms)} atoms, cell {lengths[0]:.2f} A, PME mesh {mesh} x {channels} "
-        f"channels ({np.prod(mesh) * channels * value_bytes / 1e6:.1f} MB as {args.dtype})"
+        f"channels ({np.prod(mesh) * channels * value_bytes / 1e6:.1f} MB as {args.dtype}), "
+        f"B-spline order {order}"
     )
     print(
-        "ranks  grid     bytes/rank sent (max, all collectives)  mesh part, aligned  "
-        "mesh part, square grid  s/evaluation"
+        "ranks  atoms' grid  sent/rank (max, all collectives)  plan: mesh part  visits part"
+        "  visits/atom  s/evaluation"
     )
-    margins = np.zeros(2, dtype=int)  # the bricks' stencil margins below and above
     for ranks in args.ranks:
         grid = lammps_grid(ranks, lengths)
-        parts = domains(grid)
         fractional = atoms.get_scaled_positions(wrap=True)
         index = np.minimum((fractional * grid).astype(int), np.array(grid) - 1)
         rank_of_atom = index[:, 0] + grid[0] * (index[:, 1] + grid[1] * index[:, 2])
         systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
         while len(systems) < ranks:  # trailing ranks without atoms
             systems.append(empty_rank())
-        for system, (lo, hi) in zip(systems, parts, strict=True):
-            system.domain_lo, system.domain_hi = lo, hi
         start = time.perf_counter()
         results = evaluate_ranks(cpp, systems, atoms.cell.array, True)
         seconds = time.perf_counter() - start
-        owned = owned_boxes(mesh, parts)
-        bricks = []
-        for system, (olo, ohi) in zip(systems, owned, strict=True):
-            if system.n_local == 0:
-                bricks.append(((0, 0, 0), (0, 0, 0)))
-                continue
-            lo, shape = module.pme_brick(system.positions[: system.n_local], cell, mesh)
-            hi = tuple(lo[a] + shape[a] for a in range(3))
-            bricks.append((tuple(lo), hi))
-            margins = np.maximum(
-                margins,
-                [max(olo[a] - lo[a] for a in range(3)), max(hi[a] - ohi[a] for a in range(3))],
-            )
-        aligned = _pme_bytes_sent(mesh, owned, bricks, channels, True, value_bytes)
-        square = _pme_bytes_sent(mesh, owned, bricks, channels, False, value_bytes)
-        sent = max(r.bytes_sent for r in results)
+        counts = []
+        for system in systems:
+            local = np.asarray(system.positions[: system.n_local]).astype(dtype)
+            u = local.astype(np.float64) @ inverse * np.array(mesh)
+            counts.append(_pme_visits(u.reshape(-1, 3), mesh, ranks, order))
+        visits_out = [sum(c for d, c in enumerate(row) if d != r) for r, row in enumerate(counts)]
+        visits_in = [sum(row[d] for r, row in enumerate(counts) if r != d) for d in range(ranks)]
+        mesh_part = _pme_bytes_sent(
+            mesh, ranks, order, channels, [0] * ranks, [0] * ranks, value_bytes
+        )
+        plan = _pme_bytes_sent(mesh, ranks, order, channels, visits_out, visits_in, value_bytes)
+        worst = int(np.argmax([r.bytes_sent for r in results]))
         print(
-            f"{ranks:5d}  {'x'.join(map(str, grid)):7s}  {sent / 1e6:14.2f} MB"
-            f"{'':26s}{max(aligned) / 1e6:8.2f} MB{'':10s}{max(square) / 1e6:8.2f} MB"
-            f"{'':10s}{seconds:6.2f}"
+            f"{ranks:5d}  {'x'.join(map(str, grid)):11s}  {results[worst].bytes_sent / 1e6:14.2f} MB"
+            f"{'':18s}{mesh_part[worst] / 1e6:8.2f} MB  {(plan[worst] - mesh_part[worst]) / 1e6:8.2f} MB"
+            f"  {sum(sum(row) for row in counts) / len(atoms):11.2f}  {seconds:12.2f}"
         )
 
     # projection: the same plan, a cubic water box of ranks x atoms-per-rank atoms
     density = len(atoms) / atoms.get_volume()
     spacing = np.array(lengths) / np.array(mesh)
     print(
-        f"\nprojected mesh traffic (plan only; water density {density:.4f} atoms/A^3, mesh "
-        f"spacing {spacing.mean():.3f} A, brick margins {margins[0]} below and {margins[1]} "
-        f"above the owned part, {channels} channels, {args.dtype}; per rank per evaluation):"
+        f"\nprojected (plan only; water density {density:.4f} atoms/A^3, mesh spacing "
+        f"{spacing.mean():.3f} A, {channels} channels, {args.dtype}; per rank per evaluation):"
     )
-    print("ranks  atoms        mesh           grid      aligned (max)  square grid (max)  share")
+    print("ranks  atoms        mesh             mesh part    visits part  total        share")
     for ranks in args.project:
         total = ranks * args.atoms_per_rank
         length = (total / density) ** (1 / 3)
         big = [int(math.ceil(length / spacing[a])) for a in range(3)]
-        grid, aligned, square, share = planned(big, ranks, length, margins, channels, value_bytes)
+        mesh_part, visits = planned(big, ranks, args.atoms_per_rank, order, channels, value_bytes)
+        share = np.prod(big) * channels * value_bytes / ranks
         print(
-            f"{ranks:5d}  {total:11,d}  {'x'.join(map(str, big)):13s}  {'x'.join(map(str, grid)):8s}"
-            f"  {max(aligned) / 1e6:9.1f} MB   {max(square) / 1e6:9.1f} MB"
-            f"      {share / 1e6:6.1f} MB"
+            f"{ranks:5d}  {total:11,d}  {'x'.join(map(str, big)):15s}  {mesh_part / 1e6:8.1f} MB"
+            f"  {visits / 1e6:8.1f} MB  {(mesh_part + visits) / 1e6:8.1f} MB  {share / 1e6:6.1f} MB"
         )
     print(
-        f"share: one rank's 1/P of the mesh (all channels, {args.dtype}): the transforms move up to"
-        " about twelve shares per rank and evaluation, the bricks' halos the rest."
+        f"share: one rank's 1/P of the mesh (all channels, {args.dtype}); the mesh part is "
+        "the two convolutions' transposes, 4 (1 - 1/P) shares with slabs."
     )
 
     # strong scaling: one system (the issue's 12,288 waters' box) over more ranks
@@ -209,15 +195,16 @@ def main(argv=None):
     length = (total / density) ** (1 / 3)
     big = [int(math.ceil(length / spacing[a])) for a in range(3)]
     print(
-        f"\nfixed system ({total:,d} atoms, mesh {'x'.join(map(str, big))}): mesh traffic per "
-        "rank and evaluation from the plan, max over ranks"
+        f"\nfixed system ({total:,d} atoms, mesh {'x'.join(map(str, big))}): per rank and "
+        "evaluation from the plan, max over ranks"
     )
-    print("ranks  grid      aligned        square grid    share")
+    print("ranks  mesh part    visits part  total        share")
     for ranks in args.strong_ranks:
-        grid, aligned, square, share = planned(big, ranks, length, margins, channels, value_bytes)
+        mesh_part, visits = planned(big, ranks, total / ranks, order, channels, value_bytes)
+        share = np.prod(big) * channels * value_bytes / ranks
         print(
-            f"{ranks:5d}  {'x'.join(map(str, grid)):8s}  {max(aligned) / 1e6:8.1f} MB    "
-            f"{max(square) / 1e6:8.1f} MB    {share / 1e6:6.1f} MB"
+            f"{ranks:5d}  {mesh_part / 1e6:8.1f} MB  {visits / 1e6:8.1f} MB  "
+            f"{(mesh_part + visits) / 1e6:8.1f} MB  {share / 1e6:6.1f} MB"
         )
     return 0
 

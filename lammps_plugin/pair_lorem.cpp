@@ -572,16 +572,6 @@ void PairLorem::compute(int eflag, int vflag) {
     system.origin = {domain->boxlo[0] + 0.5 * (h[0] + h[5] + h[4]),
                      domain->boxlo[1] + 0.5 * (h[1] + h[3]), domain->boxlo[2] + 0.5 * h[2]};
   }
-  // this rank's domain in fractional coordinates: it owns that part of a PME mesh
-  for (int a = 0; a < 3; ++a) {
-    if (domain->triclinic) {
-      system.domain_lo[a] = domain->sublo_lamda[a];
-      system.domain_hi[a] = domain->subhi_lamda[a];
-    } else {
-      system.domain_lo[a] = (domain->sublo[a] - domain->boxlo[a]) / domain->prd[a];
-      system.domain_hi[a] = (domain->subhi[a] - domain->boxlo[a]) / domain->prd[a];
-    }
-  }
 
   // per-atom Born effective charges go to the custom array "bec" when the input defines
   // it (fix property/atom d2_bec 9), in the order xx xy xz yx yy yz zx zy zz

@@ -230,28 +230,152 @@ int64_t remap_values_sent(const std::vector<Box>& from_all, const std::vector<Bo
   return values;
 }
 
-std::vector<double> pme_bytes_sent(const Index3& mesh, const std::vector<Box>& owned_all,
-                                   const std::vector<Box>& brick_all, int64_t channels,
-                                   bool align_with_domains, int64_t value_bytes) {
-  const auto plan = pencil_plan(mesh, owned_all, align_with_domains);
+std::vector<double> pme_bytes_sent(const Index3& mesh, int64_t ranks, int64_t order,
+                                   int64_t channels, const std::vector<int64_t>& visits_out,
+                                   const std::vector<int64_t>& visits_in, int64_t value_bytes) {
+  if (static_cast<int64_t>(visits_out.size()) != ranks ||
+      static_cast<int64_t>(visits_in.size()) != ranks)
+    throw Error("pme_bytes_sent: one count of visits out and in per rank");
+  const auto layout = owned_mesh_layout(mesh, ranks, order);
+  const auto plan = pencil_plan(mesh, layout.owned);
   const int64_t complex_pairs = (channels + 1) / 2;
-  std::vector<double> bytes(owned_all.size(), 0.0);
-  for (int r = 0; r < static_cast<int>(owned_all.size()); ++r) {
-    // one convolution: brick -> owned (real channels), owned -> three pencils and back
-    // (complex pairs), owned -> brick; every remap's reverse moves as many values
-    double values = static_cast<double>(remap_values_sent(brick_all, owned_all, mesh, r) +
-                                        remap_values_sent(owned_all, brick_all, mesh, r)) *
-                    static_cast<double>(channels);
-    const std::array<const std::vector<Box>*, 4> chain{&owned_all, &plan.layouts[0],
+  std::vector<double> bytes(ranks, 0.0);
+  for (int r = 0; r < static_cast<int>(ranks); ++r) {
+    // one convolution: owned -> three pencils and back (complex pairs); the owned parts
+    // are the first pencils, so the first step moves nothing
+    double values = 0.0;
+    const std::array<const std::vector<Box>*, 4> chain{&layout.owned, &plan.layouts[0],
                                                        &plan.layouts[1], &plan.layouts[2]};
     for (int step = 0; step < 3; ++step) {
       values += 2.0 * static_cast<double>(complex_pairs) *
                 static_cast<double>(remap_values_sent(*chain[step], *chain[step + 1], mesh, r) +
                                     remap_values_sent(*chain[step + 1], *chain[step], mesh, r));
     }
-    bytes[r] = 2.0 * static_cast<double>(value_bytes) * values;  // two convolutions
+    values *= 2.0;  // two convolutions
+    // the visiting atoms: positions and charges there, partial potentials back; their
+    // gradients there, gradients of positions and charges back
+    const auto per_visit = static_cast<double>(3 + 2 * channels);
+    values += per_visit * static_cast<double>(visits_out[r] + visits_in[r]);
+    bytes[r] = static_cast<double>(value_bytes) * values;
   }
   return bytes;
+}
+
+torch::Tensor fold(const torch::Tensor& data, const Box& from, const Box& to,
+                   const Index3& period) {
+  auto out = torch::zeros(shape_with(data, to.shape()), data.options());
+  for_each_overlap(from, to, period, [&](const Box& overlap, const Index3& offset) {
+    Index3 source, target;
+    for (int a = 0; a < 3; ++a) {
+      source[a] = overlap.lo[a] - offset[a] - from.lo[a];
+      target[a] = overlap.lo[a] - to.lo[a];
+    }
+    window(out, target, overlap.shape()).add_(window(data, source, overlap.shape()));
+  });
+  return out;
+}
+
+torch::Tensor unfold(const torch::Tensor& data, const Box& to, const Box& from,
+                     const Index3& period) {
+  auto out = torch::zeros(shape_with(data, from.shape()), data.options());
+  for_each_overlap(from, to, period, [&](const Box& overlap, const Index3& offset) {
+    Index3 source, target;
+    for (int a = 0; a < 3; ++a) {
+      source[a] = overlap.lo[a] - to.lo[a];
+      target[a] = overlap.lo[a] - offset[a] - from.lo[a];
+    }
+    window(out, target, overlap.shape()).copy_(window(data, source, overlap.shape()));
+  });
+  return out;
+}
+
+MeshLayout owned_mesh_layout(const Index3& mesh, int64_t ranks, int64_t order) {
+  MeshLayout layout;
+  const bool slabs = ranks <= mesh[1] && ranks <= mesh[2];
+  if (slabs && mesh[2] >= ranks * order) {
+    layout.p1 = 1, layout.p2 = ranks;
+  } else {
+    // x-pencils: the square-most p1 x p2 whose blocks and transposes are not empty
+    // (axis 0 split p1 ways and axis 1 p2 ways in the FFT's later steps)
+    int64_t best = 0;
+    for (int64_t d = 1; d <= ranks; ++d) {
+      if (ranks % d != 0) continue;
+      const int64_t e = ranks / d;
+      if (d > mesh[1] || d > mesh[0] || e > mesh[2] || e > mesh[1]) continue;
+      if (best == 0 || std::max(d, e) < std::max(best, ranks / best)) best = d;
+    }
+    if (best == 0 && slabs) best = 1;  // thin slabs rather than nothing
+    if (best == 0)
+      throw Error("PME over " + std::to_string(ranks) + " ranks needs more mesh points than " +
+                  std::to_string(mesh[0]) + " x " + std::to_string(mesh[1]) + " x " +
+                  std::to_string(mesh[2]) +
+                  " (every rank holds a non-empty pencil): use fewer ranks, a larger system, "
+                  "or long_range ewald");
+    layout.p1 = best, layout.p2 = ranks / best;
+  }
+  for (int64_t r = 0; r < ranks; ++r) {
+    const auto [lo1, hi1] = block(mesh[1], layout.p1, r / layout.p2);
+    const auto [lo2, hi2] = block(mesh[2], layout.p2, r % layout.p2);
+    layout.owned.push_back(Box{{0, lo1, lo2}, {mesh[0], hi1, hi2}});
+  }
+  return layout;
+}
+
+int64_t MeshVisits::total() const {
+  int64_t count = 0;
+  for (const auto& list : atoms) count += static_cast<int64_t>(list.size());
+  return count;
+}
+
+MeshVisits mesh_visits(const torch::Tensor& mesh_coordinates, const Index3& mesh,
+                       const MeshLayout& layout, int64_t order) {
+  const auto ranks = static_cast<int64_t>(layout.owned.size());
+  MeshVisits visits;
+  visits.atoms.resize(ranks);
+  visits.shifts.resize(ranks);
+  // the block of each mesh index along the split axes
+  const std::array<int64_t, 3> parts{1, layout.p1, layout.p2};
+  std::array<std::vector<int64_t>, 3> block_of;
+  for (int a = 1; a < 3; ++a) {
+    block_of[a].resize(mesh[a]);
+    for (int64_t j = 0; j < parts[a]; ++j) {
+      const auto [lo, hi] = block(mesh[a], parts[a], j);
+      for (int64_t m = lo; m < hi; ++m) block_of[a][m] = j;
+    }
+  }
+  const auto u = mesh_coordinates.to(torch::kFloat64).contiguous();
+  const auto n = u.size(0);
+  const double* data = u.data_ptr<double>();
+  // (block, cells shifted) pairs of one atom along one axis
+  std::array<std::vector<std::pair<int64_t, int64_t>>, 3> entries;
+  for (int64_t i = 0; i < n; ++i) {
+    for (int a = 0; a < 3; ++a) {
+      const double value = data[3 * i + a];
+      if (!std::isfinite(value))
+        throw Error("PME: atom " + std::to_string(i) + " has a non-finite position");
+      const auto first = static_cast<int64_t>(std::floor(value));
+      entries[a].clear();
+      if (parts[a] == 1) {  // one block: the image that holds floor(u)
+        entries[a].emplace_back(0, floor_div(first, mesh[a]));
+        continue;
+      }
+      for (int64_t index = first - order; index <= first + 1; ++index) {
+        const int64_t cells = floor_div(index, mesh[a]);
+        const int64_t j = block_of[a][index - cells * mesh[a]];
+        bool seen = false;
+        for (const auto& entry : entries[a]) seen = seen || entry.first == j;
+        if (!seen) entries[a].emplace_back(j, cells);
+      }
+    }
+    for (const auto& [j1, cells1] : entries[1])
+      for (const auto& [j2, cells2] : entries[2]) {
+        const int64_t rank = j1 * layout.p2 + j2;
+        visits.atoms[rank].push_back(i);
+        visits.shifts[rank].insert(visits.shifts[rank].end(),
+                                   {entries[0][0].second, cells1, cells2});
+      }
+  }
+  return visits;
 }
 
 MeshFFT::MeshFFT(Communicator& comm, const Index3& mesh, const std::vector<Box>& owned_all)

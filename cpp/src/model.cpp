@@ -398,7 +398,11 @@ std::unique_ptr<staged::LongRangeMethod> Model::long_range_method_for(const Syst
                                                  torch::TensorOptions().dtype(torch::kFloat64)));
     pme = module_.get_method("prefer_pme")({kcell, atoms.item<double>()}).toBool();
   }
-  return pme ? staged::make_pme() : staged::make_ewald();
+  // exports before pme_interpolate and pme_combine: the same algorithm through pme_potentials
+  const bool split = contract_.lists_method("pme_interpolate") &&
+                     contract_.lists_method("pme_combine") &&
+                     module_.find_method("pme_interpolate") && module_.find_method("pme_combine");
+  return pme ? staged::make_pme(split) : staged::make_ewald();
 }
 
 void Model::add_timings(const Timings& call) {

@@ -162,8 +162,6 @@ PYBIND11_MODULE(_core, m) {
               system.others = to_tensor<int64_t>(item("others").cast<I>(), torch::kLong);
               system.cell = cell_tensor;
               set_options(system, periodic, slab, origin, electric_field, born_effective_charges);
-              system.domain_lo = item("domain_lo").cast<std::array<double, 3>>();
-              system.domain_hi = item("domain_hi").cast<std::array<double, 3>>();
               systems.push_back(system);
               owners.push_back({to_tensor<int64_t>(item("ghost_rank").cast<I>(), torch::kLong),
                                 to_tensor<int64_t>(item("ghost_index").cast<I>(), torch::kLong)});
@@ -204,8 +202,8 @@ PYBIND11_MODULE(_core, m) {
           "Evaluate a system split over ranks, simulated in one process (one thread per "
           "rank, the collectives of the MPI runtime over shared memory). ranks: one dict per "
           "rank with positions [n_all, 3] (local atoms first), atomic_numbers, n_local, "
-          "centers, others, ghost_rank and ghost_index (the owner of each ghost), domain_lo "
-          "and domain_hi (the rank's fractional share of the cell). Returns one dict per "
+          "centers, others, ghost_rank and ghost_index (the owner of each ghost). Returns one dict "
+          "per "
           "rank: energy, energies, forces on its local atoms (ghost contributions "
           "returned), virial share, born_effective_charges when computed.");
 
@@ -213,26 +211,43 @@ PYBIND11_MODULE(_core, m) {
   // bench_mesh_traffic.py): boxes as ((lo0, lo1, lo2), (hi0, hi1, hi2)) per rank.
   m.def(
       "_pme_bytes_sent",
-      [](std::array<int64_t, 3> mesh,
-         const std::vector<std::pair<std::array<int64_t, 3>, std::array<int64_t, 3>>>& owned,
-         const std::vector<std::pair<std::array<int64_t, 3>, std::array<int64_t, 3>>>& bricks,
-         int64_t channels, bool align_with_domains, int64_t value_bytes) {
-        auto boxes = [](const auto& pairs) {
-          std::vector<lorem::Box> out;
-          for (const auto& [lo, hi] : pairs) out.push_back(lorem::Box{lo, hi});
-          return out;
-        };
-        if (owned.size() != bricks.size())
-          throw lorem::Error("_pme_bytes_sent: one owned box and one brick per rank");
+      [](std::array<int64_t, 3> mesh, int64_t ranks, int64_t order, int64_t channels,
+         const std::vector<int64_t>& visits_out, const std::vector<int64_t>& visits_in,
+         int64_t value_bytes) {
         if (value_bytes != 4 && value_bytes != 8)
           throw lorem::Error("_pme_bytes_sent: value_bytes is 4 (float32) or 8 (float64)");
-        return lorem::pme_bytes_sent(mesh, boxes(owned), boxes(bricks), channels,
-                                     align_with_domains, value_bytes);
+        return lorem::pme_bytes_sent(mesh, ranks, order, channels, visits_out, visits_in,
+                                     value_bytes);
       },
-      py::arg("mesh"), py::arg("owned"), py::arg("bricks"), py::arg("channels"),
-      py::arg("align_with_domains") = true, py::arg("value_bytes") = 8,
-      "Bytes each rank sends in the mesh remaps of one PME evaluation (value_bytes 8: a "
-      "float64 model, 4: float32).");
+      py::arg("mesh"), py::arg("ranks"), py::arg("order"), py::arg("channels"),
+      py::arg("visits_out"), py::arg("visits_in"), py::arg("value_bytes") = 8,
+      "Bytes each rank sends in one PME evaluation: the FFT transposes from the plan and "
+      "the atoms' visits to other ranks (value_bytes 8: a float64 model, 4: float32).");
+
+  m.def(
+      "_pme_owned_layout",
+      [](std::array<int64_t, 3> mesh, int64_t ranks, int64_t order) {
+        const auto layout = lorem::owned_mesh_layout(mesh, ranks, order);
+        std::vector<std::pair<std::array<int64_t, 3>, std::array<int64_t, 3>>> boxes;
+        for (const auto& box : layout.owned) boxes.emplace_back(box.lo, box.hi);
+        return boxes;
+      },
+      py::arg("mesh"), py::arg("ranks"), py::arg("order"),
+      "Every rank's owned part of the PME mesh as (lo, hi) index triples.");
+
+  m.def(
+      "_pme_visits",
+      [](py::array_t<double, py::array::c_style | py::array::forcecast> mesh_coordinates,
+         std::array<int64_t, 3> mesh, int64_t ranks, int64_t order) {
+        auto u = to_tensor<double>(mesh_coordinates, torch::kFloat64);
+        const auto visits = lorem::mesh_visits(u.view({-1, 3}), mesh,
+                                               lorem::owned_mesh_layout(mesh, ranks, order), order);
+        std::vector<int64_t> counts;
+        for (const auto& list : visits.atoms) counts.push_back(static_cast<int64_t>(list.size()));
+        return counts;
+      },
+      py::arg("mesh_coordinates"), py::arg("mesh"), py::arg("ranks"), py::arg("order"),
+      "How many of these atoms (mesh coordinates [n, 3]) visit each rank's part of the mesh.");
 
   // For tests of the distributed-mesh machinery in one process: a brick of charges
   // (indices from brick_lo, may overhang the mesh) folded onto the periodic mesh,

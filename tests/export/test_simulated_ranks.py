@@ -4,7 +4,6 @@ collectives over shared memory), against the whole eager model in float64: PME, 
 passing with PME, Born effective charges and a field, empty ranks, every method."""
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -32,16 +31,6 @@ def along_x(atoms, ranks):
     else:
         fractional = np.argsort(np.argsort(atoms.positions[:, 0])) / len(atoms)
     return np.minimum((fractional * ranks).astype(int), ranks - 1)
-
-
-def grid_domains(systems, shape):
-    """Give the ranks domains on a processor grid (shape: ranks per axis), so that the PME
-    mesh is owned in blocks split along several axes; any tiling gives the same numbers."""
-    for rank, system in enumerate(systems):
-        index = np.unravel_index(rank, shape)
-        system.domain_lo = tuple(i / n for i, n in zip(index, shape, strict=True))
-        system.domain_hi = tuple((i + 1) / n for i, n in zip(index, shape, strict=True))
-    return systems
 
 
 def gather(results, rank_of_atom, key):
@@ -84,19 +73,20 @@ def pme_exports(tmp_path_factory):
 
 @pytest.mark.parametrize("layers", [0, 1])
 @pytest.mark.parametrize(
-    "grid", [(1, 1, 1), (2, 1, 1), (3, 1, 1), (2, 2, 1), (1, 1, 4), (1, 3, 2), (2, 2, 2)]
+    "grid",
+    [(1, 1, 1), (2, 1, 1), (3, 1, 1), (2, 2, 1), (1, 1, 4), (1, 3, 2), (2, 2, 2), (4, 4, 1)],
 )
 def test_pme_over_ranks_equals_the_model(pme_exports, layers, grid):
-    """PME with the mesh owned in parts over 1-8 ranks (the distributed FFT of
-    cpp/src/mesh.cpp: pencils aligned with the domains where the grid leaves an axis
-    whole, a square process grid for 2 x 2 x 2), with and without message passing, on a
-    triclinic cell."""
+    """PME with the mesh owned in parts over 1-16 ranks (cpp/src/mesh.cpp; the mesh
+    [21, 24, 12] with stencils of 8: slabs on 1 and 2 ranks, x-pencils beyond, 4 x 4 on
+    16), every atom visiting the ranks that hold its stencil, with and without message
+    passing, on a triclinic cell."""
     model, path = pme_exports[layers]
     atoms = triclinic_water() * (2, 1, 1)
     reference = evaluate(model, [atoms], stress=True)
     ranks = int(np.prod(grid))
     rank_of_atom = along_x(atoms, ranks)
-    systems = grid_domains(split_into_ranks(atoms, model.cutoff, rank_of_atom), grid)
+    systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
     cpp = Model(str(path))
     assert cpp.long_range_method == "pme"
     results = evaluate_ranks(cpp, systems, atoms.cell.array, True)
@@ -113,7 +103,6 @@ def test_empty_ranks_take_part(pme_exports, method):
     systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)  # ranks 0, 1 (empty), 2
     systems.append(dataclasses.replace(systems[1]))  # rank 3: no atoms, no ghosts
     assert [s.n_local > 0 for s in systems] == [True, False, True, False]
-    systems = grid_domains(systems, (2, 2, 1))
     cpp = Model(str(path))
     cpp.long_range_method = method
     reference = evaluate(model.with_long_range(method), [atoms], stress=True)
@@ -204,39 +193,47 @@ def test_ranks_must_be_described_fully(pme_exports):
     assert np.isfinite(results[0].energy)
 
 
-def test_aligned_pencils_move_less_mesh():
-    """The remap plan (cpp/src/mesh.cpp): one rank sends nothing; on grids that leave an
-    axis whole the owned parts are the first pencils, so each rank sends less than with
-    x-, y-, z-pencils on a square process grid; on a 3-D grid both plans are the same."""
-    from lorem_torch._core import _pme_bytes_sent
+def test_mesh_layout_and_its_traffic():
+    """The owned layout (cpp/src/mesh.cpp): slabs while they are a stencil thick, x-pencils
+    beyond, always a tiling of the mesh into non-empty parts; too many ranks for the mesh
+    are refused by name. The plan's mesh part is the FFT's transposes, each way and twice
+    (two convolutions), of a rank's share less what it keeps within each transpose's
+    group: 8 x (C / 2 complex pairs) x (N^3 / P) x ((1 - 1/p1) + (1 - 1/p2)) values, so it
+    falls as 1/P up to that factor; each visit adds 3 + 2C values each way."""
+    from lorem_torch._core import _pme_bytes_sent, _pme_owned_layout
 
-    mesh = (24, 24, 24)
+    def tiles(mesh, boxes):
+        hits = np.zeros(mesh, dtype=int)
+        for lo, hi in boxes:
+            assert all(h > low for low, h in zip(lo, hi, strict=True)), (lo, hi)
+            hits[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] += 1
+        return (hits == 1).all()
 
-    def boxes(grid):
-        out = []
-        for k in range(grid[2]):
-            for j in range(grid[1]):
-                for i in range(grid[0]):
-                    index = (i, j, k)
-                    lo = tuple(index[a] * mesh[a] // grid[a] for a in range(3))
-                    hi = tuple((index[a] + 1) * mesh[a] // grid[a] for a in range(3))
-                    out.append((lo, hi))
-        return out
+    def grid(boxes):
+        return len({lo[1] for lo, _ in boxes}), len({lo[2] for lo, _ in boxes})
 
-    def with_margin(owned):
-        return [(tuple(x - 4 for x in lo), tuple(x + 1 for x in hi)) for lo, hi in owned]
+    mesh, order = (24, 24, 24), 8
+    for ranks in (1, 2, 3):  # slabs along axis 2, at least 8 planes thick
+        boxes = _pme_owned_layout(mesh, ranks, order)
+        assert tiles(mesh, boxes) and grid(boxes) == (1, ranks)
+    for ranks, expected in ((4, (2, 2)), (8, (2, 4)), (36, (6, 6)), (576, (24, 24))):
+        boxes = _pme_owned_layout(mesh, ranks, order)  # x-pencils, axis 0 whole
+        assert tiles(mesh, boxes) and grid(boxes) == expected
+        assert all(lo[0] == 0 and hi[0] == 24 for lo, hi in boxes)
+    assert grid(_pme_owned_layout((24, 24, 24), 23, order)) == (1, 23)  # prime: thin slabs
+    with pytest.raises(LoremError, match="PME over 577 ranks needs more mesh points"):
+        _pme_owned_layout(mesh, 577, order)
 
-    owned = boxes((1, 1, 1))
-    assert _pme_bytes_sent(mesh, owned, with_margin(owned), 10) == [0.0]
-    for grid in ((2, 1, 1), (4, 1, 1), (2, 2, 1), (1, 2, 3)):
-        owned = boxes(grid)
-        aligned = _pme_bytes_sent(mesh, owned, with_margin(owned), 10, True)
-        square = _pme_bytes_sent(mesh, owned, with_margin(owned), 10, False)
-        assert max(aligned) < max(square), grid
-    owned = boxes((2, 2, 2))
-    assert _pme_bytes_sent(mesh, owned, with_margin(owned), 10, True) == _pme_bytes_sent(
-        mesh, owned, with_margin(owned), 10, False
-    )
+    channels, pairs = 10, 5
+    assert _pme_bytes_sent(mesh, 1, order, channels, [0], [0]) == [0.0]
+    for ranks in (2, 3, 4, 8):
+        p1, p2 = grid(_pme_owned_layout(mesh, ranks, order))
+        share = 24**3 / ranks
+        mesh_part = 8 * pairs * share * ((1 - 1 / p1) + (1 - 1 / p2)) * 8  # float64
+        sent = _pme_bytes_sent(mesh, ranks, order, channels, [0] * ranks, [0] * ranks)
+        np.testing.assert_allclose(sent, mesh_part)
+        visits = _pme_bytes_sent(mesh, ranks, order, channels, [3] * ranks, [2] * ranks, 4)
+        np.testing.assert_allclose(visits, mesh_part / 2 + 5 * (3 + 2 * channels) * 4)
 
 
 def test_one_rank_sends_nothing(pme_exports):
@@ -247,7 +244,7 @@ def test_one_rank_sends_nothing(pme_exports):
     atoms = triclinic_water() * (2, 1, 1)
     for ranks in (1, 2):
         rank_of_atom = along_x(atoms, ranks)
-        systems = grid_domains(split_into_ranks(atoms, model.cutoff, rank_of_atom), (ranks, 1, 1))
+        systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
         assert len(systems[0].ghost_rank) > 0  # periodic images even on one rank
         results = evaluate_ranks(Model(str(path)), systems, atoms.cell.array, True)
         sent = [r.bytes_sent for r in results]
@@ -258,59 +255,86 @@ def test_one_rank_sends_nothing(pme_exports):
 
 
 def test_float32_models_send_the_mesh_in_float32(pme_exports, tmp_path):
-    """The mesh travels in the model's dtype: the same PME model exported in float32 and
-    float64, over the same 2 ranks, sends the same per-atom values and sums, and a mesh
-    half as many bytes, so the float64 run's extra bytes are the float32 run's mesh part,
-    which the plan gives (value_bytes 4) and which is most of its traffic."""
-    from lorem_torch._core import _pme_bytes_sent
+    """The mesh and the visiting atoms travel in the model's dtype: the same PME model
+    exported in float32 and float64, over the same 2 ranks, sends the same ghost values
+    and sums, so the float64 run's extra bytes are what the plan counts for the float64
+    mesh and visits less the float32 ones (the visits from the atoms' mesh coordinates
+    in each dtype, as the runtime computes them)."""
+    import torch
+    from lorem_torch._core import _pme_bytes_sent, _pme_visits
+
+    from lorem_torch.export import load_exported
 
     model, path64 = pme_exports[0]
     path32 = tmp_path / "pme32.pt"
     export_model(model, path32, "float32")
     atoms = triclinic_water() * (2, 1, 1)
     rank_of_atom = along_x(atoms, 2)
-    sent = {}
-    for name, path in (("float64", path64), ("float32", path32)):
-        systems = grid_domains(split_into_ranks(atoms, model.cutoff, rank_of_atom), (2, 1, 1))
-        results = evaluate_ranks(Model(str(path)), systems, atoms.cell.array, True)
-        sent[name] = np.array([r.bytes_sent for r in results])
-    mesh_part32 = sent["float64"] - sent["float32"]
-    assert (mesh_part32 > 0.5 * sent["float32"]).all(), sent
-    # the plan of the same owned parts and bricks, from the export's own mesh functions
-    import torch
-
-    from lorem_torch.export import load_exported
-
     module, metadata = load_exported(path64)
     cell = torch.tensor(atoms.cell.array)
     mesh = tuple(int(n) for n in module.pme_mesh(cell))
-    owned, bricks = [], []
-    for system in grid_domains(split_into_ranks(atoms, model.cutoff, rank_of_atom), (2, 1, 1)):
-        lo = tuple(math.ceil(f * n) for f, n in zip(system.domain_lo, mesh, strict=True))
-        hi = tuple(math.ceil(f * n) for f, n in zip(system.domain_hi, mesh, strict=True))
-        owned.append((lo, hi))
-        start, shape = module.pme_brick(system.positions[: system.n_local], cell, mesh)
-        bricks.append(
-            (tuple(int(x) for x in start), tuple(int(start[a] + shape[a]) for a in range(3)))
-        )
+    order = int(module.pme_brick(torch.zeros(1, 3, dtype=torch.float64), cell, list(mesh))[1][0])
     channels = int(metadata["contract"]["num_charges"])
-    plan32 = _pme_bytes_sent(mesh, owned, bricks, channels, True, 4)
-    plan64 = _pme_bytes_sent(mesh, owned, bricks, channels, True, 8)
-    np.testing.assert_allclose(plan64, 2 * np.array(plan32))
-    np.testing.assert_allclose(mesh_part32, plan32, rtol=1e-12)
+    sent, plan = {}, {}
+    for name, path, dtype in (
+        ("float64", path64, np.float64),
+        ("float32", path32, np.float32),
+    ):
+        systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
+        results = evaluate_ranks(Model(str(path)), systems, atoms.cell.array, True)
+        sent[name] = np.array([r.bytes_sent for r in results])
+        inverse = np.linalg.inv(atoms.cell.array.astype(dtype).astype(np.float64))
+        counts = []
+        for system in systems:
+            local = np.asarray(system.positions[: system.n_local]).astype(dtype)
+            counts.append(_pme_visits(local.astype(np.float64) @ inverse * mesh, mesh, 2, order))
+        visits_out = [sum(c for d, c in enumerate(row) if d != r) for r, row in enumerate(counts)]
+        visits_in = [sum(row[d] for r, row in enumerate(counts) if r != d) for d in range(2)]
+        assert min(visits_out) > 0 and min(visits_in) > 0
+        plan[name] = np.array(
+            _pme_bytes_sent(mesh, 2, order, channels, visits_out, visits_in, dtype().itemsize)
+        )
+    np.testing.assert_allclose(
+        sent["float64"] - sent["float32"], plan["float64"] - plan["float32"], rtol=1e-12
+    )
+    assert (plan["float32"] > 0.5 * sent["float32"]).all(), (plan, sent)
 
 
-def test_domains_must_tile_the_cell(pme_exports):
-    """Two ranks that both claim the whole cell (RankSystem's one-rank default) would add
-    their charges twice on the PME mesh: refused by name."""
-    _, path = pme_exports[0]
-    atoms = nacl(1)
-    systems = split_into_ranks(atoms, 5.0, along_x(atoms, 2))
-    for system in systems:
-        system.domain_lo, system.domain_hi = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    with pytest.raises(LoremError, match="domains of ranks 0 and 1 overlap"):
-        evaluate_ranks(path, systems, atoms.cell.array, True)
-    systems[1].domain_lo, systems[1].domain_hi = (0.5, 0.0, 0.0), (0.9, 1.0, 1.0)
-    systems[0].domain_hi = (0.5, 1.0, 1.0)
-    with pytest.raises(LoremError, match="leave part of the cell to no rank"):
-        evaluate_ranks(path, systems, atoms.cell.array, True)
+def test_pme_needs_no_domains(pme_exports):
+    """The atoms visit the mesh by their positions, so PME does not depend on which rank
+    holds which atom (no domains: LAMMPS' tiled decompositions and load balancing work
+    alike): atoms dealt to 3 ranks at random give the model's numbers."""
+    model, path = pme_exports[1]
+    atoms = nacl(1) * (2, 1, 1)
+    reference = evaluate(model, [atoms], stress=True)
+    rank_of_atom = np.random.default_rng(7).permutation(np.arange(len(atoms)) % 3)
+    systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
+    results = evaluate_ranks(Model(str(path)), systems, atoms.cell.array, True)
+    assert_matches(results, rank_of_atom, reference)
+
+
+def test_exports_before_the_split_pme_methods(pme_exports, tmp_path):
+    """An export whose contract lists pme_potentials but not pme_interpolate and
+    pme_combine (made before them) runs the same algorithm through pme_potentials and
+    gives the same numbers on 1 and 3 ranks."""
+    from conftest import rewrite_metadata
+
+    model, path = pme_exports[1]
+    older = tmp_path / "older.pt"
+
+    def drop_split_methods(metadata):
+        methods = metadata["contract"]["methods"]
+        metadata["contract"]["methods"] = [
+            m for m in methods if m not in ("pme_interpolate", "pme_combine")
+        ]
+        assert len(metadata["contract"]["methods"]) == len(methods) - 2
+        return metadata
+
+    rewrite_metadata(path, older, drop_split_methods)
+    atoms = triclinic_water() * (2, 1, 1)
+    reference = evaluate(model, [atoms], stress=True)
+    for ranks in (1, 3):
+        rank_of_atom = along_x(atoms, ranks)
+        systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
+        results = evaluate_ranks(Model(str(older)), systems, atoms.cell.array, True)
+        assert_matches(results, rank_of_atom, reference)

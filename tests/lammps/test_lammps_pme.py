@@ -81,6 +81,21 @@ def test_pme_matches_python(pme_files, tmp_path, export, tolerance, ranks, grid)
     compare(read_single_point(tmp_path, output), reference, True, tolerance)
 
 
+def test_pme_with_tiled_domains(pme_files, tmp_path):
+    """The atoms visit the mesh by their positions, so LAMMPS' tiled decompositions
+    (comm_style tiled, domains cut by recursive bisection) run PME as a grid does."""
+    model, path = pme_files["pme"]
+    atoms = wrapped(nacl(2, rattle=0.1))
+    reference = python_reference(model, atoms, "pme")
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    script = single_point_script(
+        "system.data", path, SPECIES, extra="comm_style tiled", before_run="balance 1.0 rcb"
+    )
+    _, output = run(tmp_path, script, 3)
+    assert "long range pme" in output
+    compare(read_single_point(tmp_path, output), reference, True, 1e-8)
+
+
 def test_float32_mesh_sends_half_the_bytes(pme_files, tmp_path, monkeypatch):
     """The runtime's counter (LOREM_TIMING) on 2 ranks: the same model exported in
     float32 sends about half the bytes of its float64 export, the mesh being most of it."""

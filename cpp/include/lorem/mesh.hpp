@@ -1,11 +1,14 @@
 // A periodic mesh spread over ranks (particle-mesh Ewald across MPI ranks).
 //
-// Every rank holds boxes of mesh indices: a brick around its atoms (charges spread,
-// potentials interpolated; indices may lie outside [0, N): periodic images), the part
-// of the mesh it owns (a tiling of [0, N)^3 that follows the engine's domains), and
-// pencils for the 3-D FFT. `remap` moves data between any two such layouts with one
-// all-to-all of the overlapping pieces (periodic images included), so that no rank
-// ever holds more than its share of the mesh, and no message grows with the whole mesh.
+// Every rank owns a part of the mesh (slabs, or x-pencils when there are more ranks
+// than a slab layout allows; `owned_mesh_layout`, independent of the engine's domains)
+// and the atoms visit the ranks that hold their B-spline stencils (`mesh_visits`): a
+// rank spreads the charges of the atoms that visit it onto a brick around them (indices
+// may lie outside [0, N): periodic images), folds the brick onto its part, and after the
+// convolution interpolates its part at the same atoms; the partial potentials go back to
+// the atoms' owners, who sum them. So no mesh halo crosses ranks: what crosses is a few
+// values per visiting atom and the FFT's transposes (`remap`: one all-to-all of the
+// overlapping pieces), which fall as 1/P, and no rank holds more than its share.
 #pragma once
 
 #include <torch/torch.h>
@@ -34,6 +37,40 @@ std::pair<int64_t, int64_t> block(int64_t n, int64_t parts, int64_t index);
 // Every rank's box (one all-gather of six integers per rank).
 std::vector<Box> gather_boxes(Communicator& comm, const Box& mine);
 
+// The sum of the periodic images of `data` [C, from box] that fall in box `to`: [C, to box]
+// (this rank alone; a brick onto the rank's own part of the mesh).
+torch::Tensor fold(const torch::Tensor& data, const Box& from, const Box& to, const Index3& period);
+// The adjoint of fold: values [C, to box] at every index of box `from` whose periodic
+// image lies in `to`, zeros elsewhere: [C, from box].
+torch::Tensor unfold(const torch::Tensor& data, const Box& to, const Box& from,
+                     const Index3& period);
+
+// The owned parts of a mesh over `ranks`: slabs along axis 2 (p1 = 1, p2 = ranks) while
+// they are at least a stencil (`order` planes) thick (the 3-D FFT then needs one
+// transpose each way), else a p1 x p2 grid of x-pencils as square as the mesh allows
+// (two transposes, but thin slabs would make every atom visit many ranks and every
+// rank's brick many times its part), else thin slabs; rank r = j1 * p2 + j2 owns block j1
+// of axis 1 and block j2 of axis 2, all of axis 0.
+struct MeshLayout {
+  int64_t p1 = 1, p2 = 1;
+  std::vector<Box> owned;
+};
+MeshLayout owned_mesh_layout(const Index3& mesh, int64_t ranks, int64_t order);
+
+// The ranks each atom visits: every rank holding a point of its stencil (mesh
+// coordinates u = N s, the `order` points floor(u) - order + 1 .. floor(u) per axis, one
+// more each side against rounding), each once, with the lattice shift (in cells, per
+// axis) that brings the stencil next to that rank's part, so that the bricks of the
+// visiting atoms stay compact.
+struct MeshVisits {
+  std::vector<std::vector<int64_t>> atoms;   // [rank]: local atom indices
+  std::vector<std::vector<int64_t>> shifts;  // [rank]: three integers per atom
+  int64_t total() const;
+};
+// mesh_coordinates: [n, 3] float64 on the CPU
+MeshVisits mesh_visits(const torch::Tensor& mesh_coordinates, const Index3& mesh,
+                       const MeshLayout& layout, int64_t order);
+
 // Move `data` [lead, b0, b1, b2, trailing...] laid out on from_all[rank] to the layout
 // to_all: returns [lead, t0, t1, t2, trailing...] on to_all[rank], where every target
 // index receives the sum of all source values at the same mesh point modulo `period`.
@@ -55,12 +92,14 @@ PencilPlan pencil_plan(const Index3& mesh, const std::vector<Box>& owned_all,
 // to_all (remap's own plan, no data).
 int64_t remap_values_sent(const std::vector<Box>& from_all, const std::vector<Box>& to_all,
                           const Index3& period, int rank);
-// Bytes every rank sends in the mesh remaps of one PME evaluation (the potentials'
-// convolution and the gradients'), from the owned parts and the bricks; value_bytes: 8
-// for a float64 model, 4 for float32 (the mesh travels in the model's dtype).
-std::vector<double> pme_bytes_sent(const Index3& mesh, const std::vector<Box>& owned_all,
-                                   const std::vector<Box>& brick_all, int64_t channels,
-                                   bool align_with_domains = true, int64_t value_bytes = 8);
+// Bytes every rank sends in one PME evaluation: the transposes of the two convolutions
+// (the potentials' and the gradients') from the plan, and per visit of an atom to
+// another rank 3 + C values there and C back in the forward pass, C there and 3 + C back
+// in the backward (visits_out[r]: rank r's atoms' visits to other ranks; visits_in[r]:
+// other ranks' atoms' visits to r); value_bytes: 8 for a float64 model, 4 for float32.
+std::vector<double> pme_bytes_sent(const Index3& mesh, int64_t ranks, int64_t order,
+                                   int64_t channels, const std::vector<int64_t>& visits_out,
+                                   const std::vector<int64_t>& visits_in, int64_t value_bytes = 8);
 
 // The 3-D FFT of a real multi-channel mesh distributed over ranks, with pencils: the
 // mesh goes from the owned layout to pencils along each axis in turn, transformed along

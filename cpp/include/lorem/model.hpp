@@ -54,10 +54,6 @@ struct System {
   // dtype, so that float32 models keep their precision far from zero. Every rank
   // must use the same point (the energy is translation invariant).
   std::array<double, 3> origin{0.0, 0.0, 0.0};
-  // This rank's share of the cell in fractional coordinates, [lo, hi) per axis (the
-  // engine's domain; ranks tile [0, 1)^3): it owns that part of a PME mesh.
-  std::array<double, 3> domain_lo{0.0, 0.0, 0.0};
-  std::array<double, 3> domain_hi{1.0, 1.0, 1.0};
   // Born effective charges (models whose contract grants "electric_field"): computed
   // when wanted or when a uniform field (V/Angstrom) is applied, which adds the forces
   // F_i = Z*_i E to the local atoms (energy and virial unchanged, as lorem-jax).

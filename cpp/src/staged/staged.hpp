@@ -161,9 +161,10 @@ class LongRangeMethod {
                                   Readout& readout) = 0;
 };
 
-std::unique_ptr<LongRangeMethod> make_ewald();       // long_range/ewald.cpp
-std::unique_ptr<LongRangeMethod> make_pme();         // long_range/pme.cpp
-std::unique_ptr<LongRangeMethod> make_direct_sum();  // long_range/direct_sum.cpp
+std::unique_ptr<LongRangeMethod> make_ewald();  // long_range/ewald.cpp
+// split_methods: the export has pme_interpolate and pme_combine (else pme_potentials does both)
+std::unique_ptr<LongRangeMethod> make_pme(bool split_methods);  // long_range/pme.cpp
+std::unique_ptr<LongRangeMethod> make_direct_sum();             // long_range/direct_sum.cpp
 
 // ---- Born effective charges: no part of the energy, no backward pass
 

@@ -24,10 +24,6 @@ class RankSystem:
     ghost_rank: torch.Tensor  # [n_all - n_local] owner rank of each ghost
     ghost_index: torch.Tensor  # [n_all - n_local] local index on the owner
     global_offset: int = 0  # position of this rank's local atoms in the global order
-    # this rank's share of the cell in fractional coordinates, [lo, hi) per axis; the
-    # ranks' shares tile [0, 1)^3 (the part of a PME mesh the rank owns)
-    domain_lo: tuple = (0.0, 0.0, 0.0)
-    domain_hi: tuple = (1.0, 1.0, 1.0)
 
 
 @dataclass
@@ -68,8 +64,6 @@ def evaluate_ranks(
             "others": s.others.numpy(),
             "ghost_rank": s.ghost_rank.numpy(),
             "ghost_index": s.ghost_index.numpy(),
-            "domain_lo": tuple(float(x) for x in s.domain_lo),
-            "domain_hi": tuple(float(x) for x in s.domain_hi),
         }
         for s in systems
     ]
@@ -152,8 +146,6 @@ def split_into_ranks(
                 ghost_rank=torch.tensor(ghost_rank, dtype=torch.int64),
                 ghost_index=torch.tensor(ghost_index, dtype=torch.int64),
                 global_offset=offset,
-                domain_lo=(r / ranks, 0.0, 0.0),
-                domain_hi=((r + 1) / ranks, 1.0, 1.0),
             )
         )
         offset += len(mine)

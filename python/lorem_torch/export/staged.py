@@ -16,8 +16,10 @@ collectives are docs/design.md section 4, run by the C++ runtime, cpp/src/staged
   structure_factors  -> partial S(k) [C, K, 2] of local atoms   (sum over ranks)
   potentials         -> potentials of local atoms from S, Q and pairs with ghosts
   direct_potentials  -> non-periodic: potentials from all atoms (all-gathered)
-  pme_mesh, pme_brick, pme_spread, pme_kernel, pme_potentials
-                     -> the same with a mesh spread over ranks (section 4.1)
+  pme_mesh, pme_brick, pme_spread, pme_kernel, pme_interpolate, pme_combine
+                     -> the same with a mesh spread over ranks (section 4.1; the atoms
+                        visit the ranks that hold their mesh points); pme_potentials is
+                        pme_combine(pme_interpolate) in one call
   readout            -> long-range energies of local atoms
   stage_apt, long_range_apt -> a LoremBEC's Born effective charges (section 4.2)
 A 2D slab (an export with slab) runs the periodic stages over slab_cell(cell), sums
@@ -357,6 +359,50 @@ class ExportedLorem(torch.nn.Module):
         return self._pme().kernel(cell @ deformation, mesh, ranges)
 
     @torch.jit.export
+    def pme_interpolate(
+        self,
+        positions: torch.Tensor,
+        potential_brick: torch.Tensor,
+        brick_lo: List[int],
+        mesh: List[int],
+        cell: torch.Tensor,
+        strain: torch.Tensor,
+    ) -> torch.Tensor:
+        """The k-space part [n, C] at these atoms (any rank's, positions as given) from a
+        brick of the potential mesh around them. Linear in the brick: a brick holding only
+        this rank's part of the mesh gives this rank's share, summed over ranks by the
+        caller (the atoms visit the ranks that hold their mesh points)."""
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        return self._pme().interpolate(
+            positions @ deformation, potential_brick, cell @ deformation, brick_lo, mesh
+        )
+
+    @torch.jit.export
+    def pme_combine(
+        self,
+        positions: torch.Tensor,
+        charges_all: torch.Tensor,
+        kspace: torch.Tensor,
+        total_charge: torch.Tensor,
+        cell: torch.Tensor,
+        strain: torch.Tensor,
+        centers: torch.Tensor,
+        others: torch.Tensor,
+        n_local: int,
+    ) -> torch.Tensor:
+        """Potentials [n_local, C] of the local atoms from their k-space part [n_local, C]
+        (pme_interpolate, summed over ranks), plus real space over pairs with local and
+        ghost charges, self and background terms."""
+        pme = self._pme()
+        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
+        deformed = positions @ deformation
+        distances = torch.linalg.norm(deformed[others] - deformed[centers], dim=-1)
+        real_space = pme.real_space_potentials(charges_all, n_local, centers, others, distances)
+        return pme.potentials(
+            kspace, charges_all[:n_local], total_charge, cell @ deformation, real_space
+        )
+
+    @torch.jit.export
     def pme_potentials(
         self,
         positions: torch.Tensor,
@@ -371,18 +417,13 @@ class ExportedLorem(torch.nn.Module):
         others: torch.Tensor,
         n_local: int,
     ) -> torch.Tensor:
-        """Potentials [n_local, C] of the local atoms: the mesh potentials of their brick
-        interpolated, plus real space over pairs with local and ghost charges, self and
-        background terms."""
-        pme = self._pme()
-        deformation = torch.eye(3, dtype=strain.dtype, device=strain.device) + strain
-        deformed = positions @ deformation
-        deformed_cell = cell @ deformation
-        distances = torch.linalg.norm(deformed[others] - deformed[centers], dim=-1)
-        real_space = pme.real_space_potentials(charges_all, n_local, centers, others, distances)
-        kspace = pme.interpolate(deformed[:n_local], potential_brick, deformed_cell, brick_lo, mesh)
-        return pme.potentials(
-            kspace, charges_all[:n_local], total_charge, deformed_cell, real_space
+        """pme_combine of pme_interpolate from a brick around the local atoms (one
+        call; what runtimes before pme_combine called)."""
+        kspace = self.pme_interpolate(
+            positions[:n_local], potential_brick, brick_lo, mesh, cell, strain
+        )
+        return self.pme_combine(
+            positions, charges_all, kspace, total_charge, cell, strain, centers, others, n_local
         )
 
     @torch.jit.export
