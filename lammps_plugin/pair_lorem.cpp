@@ -115,8 +115,8 @@ class LammpsCommunicator : public lorem::Communicator {
 
   std::vector<torch::Tensor> all_to_all(const std::vector<torch::Tensor>& sends) override {
     const int ranks = size(), me = rank();
-    // the mesh travels in its own dtype, the model's: a float32 model sends half the bytes
-    // of float64, with the same values (the ranks' models agree on it)
+    // the mesh and the atoms visiting it travel in the model's dtype: a float32 model
+    // sends half the bytes of float64, with the same values (the ranks' models agree on it)
     const auto dtype = sends[me].scalar_type();
     if (dtype != torch::kFloat32 && dtype != torch::kFloat64)
       throw lorem::Error(std::string("internal: all_to_all of ") + c10::toString(dtype) +

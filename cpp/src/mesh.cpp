@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
+#include <tuple>
 
 namespace lorem {
 
@@ -232,11 +233,12 @@ int64_t remap_values_sent(const std::vector<Box>& from_all, const std::vector<Bo
 
 std::vector<double> pme_bytes_sent(const Index3& mesh, int64_t ranks, int64_t order,
                                    int64_t channels, const std::vector<int64_t>& visits_out,
-                                   const std::vector<int64_t>& visits_in, int64_t value_bytes) {
+                                   const std::vector<int64_t>& visits_in, int64_t value_bytes,
+                                   int whole_axis) {
   if (static_cast<int64_t>(visits_out.size()) != ranks ||
       static_cast<int64_t>(visits_in.size()) != ranks)
     throw Error("pme_bytes_sent: one count of visits out and in per rank");
-  const auto layout = owned_mesh_layout(mesh, ranks, order);
+  const auto layout = owned_mesh_layout(mesh, ranks, order, whole_axis);
   const auto plan = pencil_plan(mesh, layout.owned);
   const int64_t complex_pairs = (channels + 1) / 2;
   std::vector<double> bytes(ranks, 0.0);
@@ -289,34 +291,38 @@ torch::Tensor unfold(const torch::Tensor& data, const Box& to, const Box& from,
   return out;
 }
 
-MeshLayout owned_mesh_layout(const Index3& mesh, int64_t ranks, int64_t order) {
+MeshLayout owned_mesh_layout(const Index3& mesh, int64_t ranks, int64_t order, int whole_axis) {
+  if (whole_axis < 0 || whole_axis > 2) throw Error("owned_mesh_layout: whole_axis is 0, 1 or 2");
   MeshLayout layout;
-  const bool slabs = ranks <= mesh[1] && ranks <= mesh[2];
-  if (slabs && mesh[2] >= ranks * order) {
-    layout.p1 = 1, layout.p2 = ranks;
+  layout.whole_axis = whole_axis;
+  const int w = whole_axis, s1 = (w + 1) % 3, s2 = (w + 2) % 3;
+  // the FFT's later steps split axis w p_s1 ways and axis s1 p_s2 ways (pencil_plan)
+  auto fits = [&](int64_t d, int64_t e) {
+    return d <= mesh[s1] && d <= mesh[w] && e <= mesh[s2] && e <= mesh[s1];
+  };
+  int64_t p_s1 = 0;
+  if (fits(1, ranks) && mesh[s2] >= ranks * order) {
+    p_s1 = 1;  // slabs a stencil thick or more
   } else {
-    // x-pencils: the square-most p1 x p2 whose blocks and transposes are not empty
-    // (axis 0 split p1 ways and axis 1 p2 ways in the FFT's later steps)
-    int64_t best = 0;
+    // pencils: the square-most grid whose blocks and transposes are not empty
     for (int64_t d = 1; d <= ranks; ++d) {
-      if (ranks % d != 0) continue;
-      const int64_t e = ranks / d;
-      if (d > mesh[1] || d > mesh[0] || e > mesh[2] || e > mesh[1]) continue;
-      if (best == 0 || std::max(d, e) < std::max(best, ranks / best)) best = d;
+      if (ranks % d != 0 || !fits(d, ranks / d)) continue;
+      if (p_s1 == 0 || std::max(d, ranks / d) < std::max(p_s1, ranks / p_s1)) p_s1 = d;
     }
-    if (best == 0 && slabs) best = 1;  // thin slabs rather than nothing
-    if (best == 0)
-      throw Error("PME over " + std::to_string(ranks) + " ranks needs more mesh points than " +
-                  std::to_string(mesh[0]) + " x " + std::to_string(mesh[1]) + " x " +
-                  std::to_string(mesh[2]) +
-                  " (every rank holds a non-empty pencil): use fewer ranks, a larger system, "
-                  "or long_range ewald");
-    layout.p1 = best, layout.p2 = ranks / best;
   }
+  if (p_s1 == 0)
+    throw Error("PME over " + std::to_string(ranks) + " ranks needs more mesh points than " +
+                std::to_string(mesh[0]) + " x " + std::to_string(mesh[1]) + " x " +
+                std::to_string(mesh[2]) +
+                " (every rank holds a non-empty pencil): use fewer ranks, a larger system, "
+                "or long_range ewald");
+  layout.parts[s1] = p_s1;
+  layout.parts[s2] = ranks / p_s1;
   for (int64_t r = 0; r < ranks; ++r) {
-    const auto [lo1, hi1] = block(mesh[1], layout.p1, r / layout.p2);
-    const auto [lo2, hi2] = block(mesh[2], layout.p2, r % layout.p2);
-    layout.owned.push_back(Box{{0, lo1, lo2}, {mesh[0], hi1, hi2}});
+    Box box{{0, 0, 0}, mesh};
+    std::tie(box.lo[s1], box.hi[s1]) = block(mesh[s1], layout.parts[s1], r / layout.parts[s2]);
+    std::tie(box.lo[s2], box.hi[s2]) = block(mesh[s2], layout.parts[s2], r % layout.parts[s2]);
+    layout.owned.push_back(box);
   }
   return layout;
 }
@@ -330,13 +336,15 @@ int64_t MeshVisits::total() const {
 MeshVisits mesh_visits(const torch::Tensor& mesh_coordinates, const Index3& mesh,
                        const MeshLayout& layout, int64_t order) {
   const auto ranks = static_cast<int64_t>(layout.owned.size());
+  const int w = layout.whole_axis, s1 = (w + 1) % 3, s2 = (w + 2) % 3;
   MeshVisits visits;
   visits.atoms.resize(ranks);
   visits.shifts.resize(ranks);
   // the block of each mesh index along the split axes
-  const std::array<int64_t, 3> parts{1, layout.p1, layout.p2};
+  const auto& parts = layout.parts;
   std::array<std::vector<int64_t>, 3> block_of;
-  for (int a = 1; a < 3; ++a) {
+  for (int a = 0; a < 3; ++a) {
+    if (parts[a] == 1) continue;
     block_of[a].resize(mesh[a]);
     for (int64_t j = 0; j < parts[a]; ++j) {
       const auto [lo, hi] = block(mesh[a], parts[a], j);
@@ -346,33 +354,45 @@ MeshVisits mesh_visits(const torch::Tensor& mesh_coordinates, const Index3& mesh
   const auto u = mesh_coordinates.to(torch::kFloat64).contiguous();
   const auto n = u.size(0);
   const double* data = u.data_ptr<double>();
-  // (block, cells shifted) pairs of one atom along one axis
+  // (block, cells shifted) pairs of one atom along each axis
   std::array<std::vector<std::pair<int64_t, int64_t>>, 3> entries;
+  auto add = [&](int a, int64_t index) {
+    const int64_t cells = floor_div(index, mesh[a]);
+    const int64_t j = block_of[a][index - cells * mesh[a]];
+    for (const auto& entry : entries[a])
+      if (entry.first == j) return;
+    entries[a].emplace_back(j, cells);
+  };
   for (int64_t i = 0; i < n; ++i) {
     for (int a = 0; a < 3; ++a) {
       const double value = data[3 * i + a];
-      if (!std::isfinite(value))
-        throw Error("PME: atom " + std::to_string(i) + " has a non-finite position");
+      // NaN, or so far from the cell that floor(u) is no exact integer
+      if (!(std::abs(value) < 4.5e15))
+        throw Error("PME: atom " + std::to_string(i) +
+                    " has a non-finite position or one too far outside the cell (mesh "
+                    "coordinate " +
+                    std::to_string(value) + ")");
       const auto first = static_cast<int64_t>(std::floor(value));
       entries[a].clear();
       if (parts[a] == 1) {  // one block: the image that holds floor(u)
         entries[a].emplace_back(0, floor_div(first, mesh[a]));
         continue;
       }
-      for (int64_t index = first - order; index <= first + 1; ++index) {
-        const int64_t cells = floor_div(index, mesh[a]);
-        const int64_t j = block_of[a][index - cells * mesh[a]];
-        bool seen = false;
-        for (const auto& entry : entries[a]) seen = seen || entry.first == j;
-        if (!seen) entries[a].emplace_back(j, cells);
-      }
+      // the stencil's own points first, so that a block's image is one the stencil
+      // reaches (compact bricks), then one more each side against rounding
+      for (int64_t index = first - order + 1; index <= first; ++index) add(a, index);
+      add(a, first - order);
+      add(a, first + 1);
     }
-    for (const auto& [j1, cells1] : entries[1])
-      for (const auto& [j2, cells2] : entries[2]) {
-        const int64_t rank = j1 * layout.p2 + j2;
+    for (const auto& [j1, cells1] : entries[s1])
+      for (const auto& [j2, cells2] : entries[s2]) {
+        Index3 cells{};
+        cells[w] = entries[w][0].second;
+        cells[s1] = cells1;
+        cells[s2] = cells2;
+        const int64_t rank = j1 * parts[s2] + j2;
         visits.atoms[rank].push_back(i);
-        visits.shifts[rank].insert(visits.shifts[rank].end(),
-                                   {entries[0][0].second, cells1, cells2});
+        visits.shifts[rank].insert(visits.shifts[rank].end(), cells.begin(), cells.end());
       }
   }
   return visits;

@@ -213,40 +213,42 @@ PYBIND11_MODULE(_core, m) {
       "_pme_bytes_sent",
       [](std::array<int64_t, 3> mesh, int64_t ranks, int64_t order, int64_t channels,
          const std::vector<int64_t>& visits_out, const std::vector<int64_t>& visits_in,
-         int64_t value_bytes) {
+         int64_t value_bytes, int whole_axis) {
         if (value_bytes != 4 && value_bytes != 8)
           throw lorem::Error("_pme_bytes_sent: value_bytes is 4 (float32) or 8 (float64)");
         return lorem::pme_bytes_sent(mesh, ranks, order, channels, visits_out, visits_in,
-                                     value_bytes);
+                                     value_bytes, whole_axis);
       },
       py::arg("mesh"), py::arg("ranks"), py::arg("order"), py::arg("channels"),
       py::arg("visits_out"), py::arg("visits_in"), py::arg("value_bytes") = 8,
+      py::arg("whole_axis") = 0,
       "Bytes each rank sends in one PME evaluation: the FFT transposes from the plan and "
       "the atoms' visits to other ranks (value_bytes 8: a float64 model, 4: float32).");
 
   m.def(
       "_pme_owned_layout",
-      [](std::array<int64_t, 3> mesh, int64_t ranks, int64_t order) {
-        const auto layout = lorem::owned_mesh_layout(mesh, ranks, order);
+      [](std::array<int64_t, 3> mesh, int64_t ranks, int64_t order, int whole_axis) {
+        const auto layout = lorem::owned_mesh_layout(mesh, ranks, order, whole_axis);
         std::vector<std::pair<std::array<int64_t, 3>, std::array<int64_t, 3>>> boxes;
         for (const auto& box : layout.owned) boxes.emplace_back(box.lo, box.hi);
         return boxes;
       },
-      py::arg("mesh"), py::arg("ranks"), py::arg("order"),
+      py::arg("mesh"), py::arg("ranks"), py::arg("order"), py::arg("whole_axis") = 0,
       "Every rank's owned part of the PME mesh as (lo, hi) index triples.");
 
   m.def(
       "_pme_visits",
       [](py::array_t<double, py::array::c_style | py::array::forcecast> mesh_coordinates,
-         std::array<int64_t, 3> mesh, int64_t ranks, int64_t order) {
+         std::array<int64_t, 3> mesh, int64_t ranks, int64_t order, int whole_axis) {
         auto u = to_tensor<double>(mesh_coordinates, torch::kFloat64);
-        const auto visits = lorem::mesh_visits(u.view({-1, 3}), mesh,
-                                               lorem::owned_mesh_layout(mesh, ranks, order), order);
+        const auto visits = lorem::mesh_visits(
+            u.view({-1, 3}), mesh, lorem::owned_mesh_layout(mesh, ranks, order, whole_axis), order);
         std::vector<int64_t> counts;
         for (const auto& list : visits.atoms) counts.push_back(static_cast<int64_t>(list.size()));
         return counts;
       },
       py::arg("mesh_coordinates"), py::arg("mesh"), py::arg("ranks"), py::arg("order"),
+      py::arg("whole_axis") = 0,
       "How many of these atoms (mesh coordinates [n, 3]) visit each rank's part of the mesh.");
 
   // For tests of the distributed-mesh machinery in one process: a brick of charges

@@ -78,8 +78,8 @@ def pme_exports(tmp_path_factory):
 )
 def test_pme_over_ranks_equals_the_model(pme_exports, layers, grid):
     """PME with the mesh owned in parts over 1-16 ranks (cpp/src/mesh.cpp; the mesh
-    [21, 24, 12] with stencils of 8: slabs on 1 and 2 ranks, x-pencils beyond, 4 x 4 on
-    16), every atom visiting the ranks that hold its stencil, with and without message
+    [21, 24, 12] with stencils of 8: thin slabs on 2 and 3 ranks, x-pencils beyond, 4 x 4
+    on 16), every atom visiting the ranks that hold its stencil, with and without message
     passing, on a triclinic cell."""
     model, path = pme_exports[layers]
     atoms = triclinic_water() * (2, 1, 1)
@@ -234,6 +234,58 @@ def test_mesh_layout_and_its_traffic():
         np.testing.assert_allclose(sent, mesh_part)
         visits = _pme_bytes_sent(mesh, ranks, order, channels, [3] * ranks, [2] * ranks, 4)
         np.testing.assert_allclose(visits, mesh_part / 2 + 5 * (3 + 2 * channels) * 4)
+
+
+@pytest.mark.parametrize("whole_axis", [0, 2])
+@pytest.mark.parametrize("ranks", [1, 2, 3, 4, 6, 16])
+def test_every_stencil_point_is_visited_once(ranks, whole_axis):
+    """mesh_visits: an atom visits every rank that holds a point of its stencil (the
+    order points floor(u) - order + 1 .. floor(u) per axis, periodic), each once, and no
+    rank beyond those its stencil reaches with one more point each side; atoms far
+    outside the cell and on integer mesh coordinates included."""
+    from lorem_torch._core import _pme_owned_layout, _pme_visits
+
+    mesh, order = (10, 12, 14), 4
+    boxes = _pme_owned_layout(mesh, ranks, order, whole_axis)
+
+    def owners(u, margin):
+        found = set()
+        first = np.floor(u).astype(int)
+        axes = [
+            np.arange(f - order + 1 - margin, f + 1 + margin) % n
+            for f, n in zip(first, mesh, strict=True)
+        ]
+        for rank, (lo, hi) in enumerate(boxes):
+            inside = [((ax >= lo[a]) & (ax < hi[a])).any() for a, ax in enumerate(axes)]
+            if all(inside):
+                found.add(rank)
+        return found
+
+    rng = np.random.default_rng(ranks + 10 * whole_axis)
+    points = rng.uniform(-3, 4, size=(300, 3)) * np.array(mesh)
+    points[:20] = np.round(points[:20])  # on mesh points
+    for u in points:
+        counts = _pme_visits(u.reshape(1, 3), mesh, ranks, order, whole_axis)
+        assert set(counts) <= {0, 1}, counts
+        visited = {r for r, c in enumerate(counts) if c}
+        assert owners(u, 0) <= visited <= owners(u, 1), (u, visited)
+
+
+def test_pme_over_thick_slabs_equals_the_model(pme_exports):
+    """A cell tall enough along z for slabs a stencil thick (mesh [21, 24, 36], order 8:
+    slabs up to 4 ranks), so that atoms visit one or two ranks, not all."""
+    from lorem_torch._core import _pme_owned_layout
+
+    model, path = pme_exports[0]
+    atoms = triclinic_water() * (2, 1, 3)
+    reference = evaluate(model, [atoms], stress=True)
+    for ranks in (2, 4):
+        boxes = _pme_owned_layout((21, 24, 36), ranks, 8)
+        assert all(lo[:2] == [0, 0] and hi[:2] == [21, 24] for lo, hi in boxes)
+        rank_of_atom = along_x(atoms, ranks)
+        systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
+        results = evaluate_ranks(Model(str(path)), systems, atoms.cell.array, True)
+        assert_matches(results, rank_of_atom, reference)
 
 
 def test_one_rank_sends_nothing(pme_exports):

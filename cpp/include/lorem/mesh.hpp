@@ -45,17 +45,21 @@ torch::Tensor fold(const torch::Tensor& data, const Box& from, const Box& to, co
 torch::Tensor unfold(const torch::Tensor& data, const Box& to, const Box& from,
                      const Index3& period);
 
-// The owned parts of a mesh over `ranks`: slabs along axis 2 (p1 = 1, p2 = ranks) while
-// they are at least a stencil (`order` planes) thick (the 3-D FFT then needs one
-// transpose each way), else a p1 x p2 grid of x-pencils as square as the mesh allows
-// (two transposes, but thin slabs would make every atom visit many ranks and every
-// rank's brick many times its part), else thin slabs; rank r = j1 * p2 + j2 owns block j1
-// of axis 1 and block j2 of axis 2, all of axis 0.
+// The owned parts of a mesh over `ranks`, all of axis w (`whole_axis`) and blocks of the
+// other two, s1 = w + 1 and s2 = w + 2 (mod 3): slabs (p_s1 = 1, p_s2 = ranks) while they
+// are at least a stencil (`order` planes) thick (the 3-D FFT then needs one transpose
+// each way), else a p_s1 x p_s2 grid of pencils as square as the mesh allows (two
+// transposes, but thin slabs would make every atom visit many ranks and every rank's
+// brick many times its part), else thin slabs (a prime rank count above N / order); rank
+// r = j1 * p_s2 + j2 owns block j1 of axis s1 and block j2 of axis s2. w = 0 for a
+// periodic cell; w = 2 for a 2D slab, whose atoms fill only the lowest third of the
+// extended cell's z, so that the blocks split x and y and every rank gets atoms.
 struct MeshLayout {
-  int64_t p1 = 1, p2 = 1;
+  int whole_axis = 0;
+  std::array<int64_t, 3> parts{1, 1, 1};  // blocks per axis
   std::vector<Box> owned;
 };
-MeshLayout owned_mesh_layout(const Index3& mesh, int64_t ranks, int64_t order);
+MeshLayout owned_mesh_layout(const Index3& mesh, int64_t ranks, int64_t order, int whole_axis = 0);
 
 // The ranks each atom visits: every rank holding a point of its stencil (mesh
 // coordinates u = N s, the `order` points floor(u) - order + 1 .. floor(u) per axis, one
@@ -99,7 +103,8 @@ int64_t remap_values_sent(const std::vector<Box>& from_all, const std::vector<Bo
 // other ranks' atoms' visits to r); value_bytes: 8 for a float64 model, 4 for float32.
 std::vector<double> pme_bytes_sent(const Index3& mesh, int64_t ranks, int64_t order,
                                    int64_t channels, const std::vector<int64_t>& visits_out,
-                                   const std::vector<int64_t>& visits_in, int64_t value_bytes = 8);
+                                   const std::vector<int64_t>& visits_in, int64_t value_bytes = 8,
+                                   int whole_axis = 0);
 
 // The 3-D FFT of a real multi-channel mesh distributed over ranks, with pencils: the
 // mesh goes from the owned layout to pencils along each axis in turn, transformed along

@@ -88,7 +88,8 @@ class Pme : public LongRangeMethod {
     const auto mesh_list = ctx.call("pme_mesh", {lr.kcell}).toIntVector();
     const Index3 mesh{mesh_list[0], mesh_list[1], mesh_list[2]};
     const int64_t order = stencil_order(ctx, lr, mesh_list);
-    const auto layout = owned_mesh_layout(mesh, comm.size(), order);
+    // a 2D slab's atoms fill the lowest third of the extended cell's z: blocks of x and y
+    const auto layout = owned_mesh_layout(mesh, comm.size(), order, lr.system.slab ? 2 : 0);
     const Box& owned = layout.owned[comm.rank()];
     // where each local atom's stencil lies, and so which ranks it visits
     const auto sizes = torch::tensor({mesh[0], mesh[1], mesh[2]}, torch::kFloat64);
