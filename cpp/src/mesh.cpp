@@ -263,31 +263,39 @@ std::vector<double> pme_bytes_sent(const Index3& mesh, int64_t ranks, int64_t or
   return bytes;
 }
 
+namespace {
+// Calls visit(start in from's data, start in to's data, shape) for every periodic image
+// of box `from` that overlaps box `to` (fold sums pieces one way, unfold copies back).
+template <typename Visit>
+void for_each_piece(const Box& from, const Box& to, const Index3& period, Visit&& visit) {
+  for_each_overlap(from, to, period, [&](const Box& overlap, const Index3& offset) {
+    Index3 in_from, in_to;
+    for (int a = 0; a < 3; ++a) {
+      in_from[a] = overlap.lo[a] - offset[a] - from.lo[a];
+      in_to[a] = overlap.lo[a] - to.lo[a];
+    }
+    visit(in_from, in_to, overlap.shape());
+  });
+}
+}  // namespace
+
 torch::Tensor fold(const torch::Tensor& data, const Box& from, const Box& to,
                    const Index3& period) {
   auto out = torch::zeros(shape_with(data, to.shape()), data.options());
-  for_each_overlap(from, to, period, [&](const Box& overlap, const Index3& offset) {
-    Index3 source, target;
-    for (int a = 0; a < 3; ++a) {
-      source[a] = overlap.lo[a] - offset[a] - from.lo[a];
-      target[a] = overlap.lo[a] - to.lo[a];
-    }
-    window(out, target, overlap.shape()).add_(window(data, source, overlap.shape()));
-  });
+  for_each_piece(from, to, period,
+                 [&](const Index3& in_from, const Index3& in_to, const Index3& shape) {
+                   window(out, in_to, shape).add_(window(data, in_from, shape));
+                 });
   return out;
 }
 
 torch::Tensor unfold(const torch::Tensor& data, const Box& to, const Box& from,
                      const Index3& period) {
   auto out = torch::zeros(shape_with(data, from.shape()), data.options());
-  for_each_overlap(from, to, period, [&](const Box& overlap, const Index3& offset) {
-    Index3 source, target;
-    for (int a = 0; a < 3; ++a) {
-      source[a] = overlap.lo[a] - to.lo[a];
-      target[a] = overlap.lo[a] - offset[a] - from.lo[a];
-    }
-    window(out, target, overlap.shape()).copy_(window(data, source, overlap.shape()));
-  });
+  for_each_piece(from, to, period,
+                 [&](const Index3& in_from, const Index3& in_to, const Index3& shape) {
+                   window(out, in_from, shape).copy_(window(data, in_to, shape));
+                 });
   return out;
 }
 
