@@ -636,32 +636,45 @@ void PairLorem::finish() {
   const lorem::Timings& before = *reported_;
   const int64_t calls = t.calls - before.calls;
   // seconds since the last table, one entry per stage
-  const std::array<double, 6> mine{
-      t.short_range - before.short_range, t.communication - before.communication,
-      t.long_range - before.long_range,   t.backward - before.backward,
-      t.transfers - before.transfers,     host_seconds_ - reported_host_};
+  // the six stages, then PME's parts (within them)
+  const std::array<double, 9> mine{t.short_range - before.short_range,
+                                   t.communication - before.communication,
+                                   t.long_range - before.long_range,
+                                   t.backward - before.backward,
+                                   t.transfers - before.transfers,
+                                   host_seconds_ - reported_host_,
+                                   t.pme_spread - before.pme_spread,
+                                   t.pme_convolution - before.pme_convolution,
+                                   t.pme_interpolation - before.pme_interpolation};
   *reported_ = t;
   reported_host_ = host_seconds_;
   if (!timers_) return;
   int64_t most_calls = 0;
   MPI_Allreduce(&calls, &most_calls, 1, MPI_INT64_T, MPI_MAX, world);
   if (most_calls == 0) return;
-  std::array<double, 6> low{}, sum{}, high{};
-  MPI_Allreduce(mine.data(), low.data(), 6, MPI_DOUBLE, MPI_MIN, world);
-  MPI_Allreduce(mine.data(), sum.data(), 6, MPI_DOUBLE, MPI_SUM, world);
-  MPI_Allreduce(mine.data(), high.data(), 6, MPI_DOUBLE, MPI_MAX, world);
+  constexpr int kRows = static_cast<int>(mine.size());
+  std::array<double, kRows> low{}, sum{}, high{};
+  MPI_Allreduce(mine.data(), low.data(), kRows, MPI_DOUBLE, MPI_MIN, world);
+  MPI_Allreduce(mine.data(), sum.data(), kRows, MPI_DOUBLE, MPI_SUM, world);
+  MPI_Allreduce(mine.data(), high.data(), kRows, MPI_DOUBLE, MPI_MAX, world);
   if (comm->me != 0) return;
-  static const char* names[6] = {"short range", "communication", "k-space",
-                                 "backward",    "host<->device", "plugin (host)"};
+  static const char* names[kRows] = {"short range", "communication", "k-space",
+                                     "backward",    "host<->device", "plugin (host)",
+                                     "  spread",    "  convolution", "  interpolation"};
   double total = 0.0;
-  for (int k = 0; k < 6; ++k) total += sum[k];
+  for (int k = 0; k < 6; ++k) total += sum[k];  // the stages, not PME's parts again
   std::string table = fmt::format(
       "\npair_style lorem timings ({} evaluations, seconds per rank; pair_style lorem ... "
       "timers off to leave out):\n"
       "Stage          |  min time  |  avg time  |  max time  | %total\n"
       "---------------------------------------------------------------\n",
       most_calls);
-  for (int k = 0; k < 6; ++k) {
+  const bool pme = sum[6] + sum[7] + sum[8] > 0.0;
+  for (int k = 0; k < (pme ? kRows : 6); ++k) {
+    if (k == 6)
+      table +=
+          "PME's parts (forward and backward, their communication included; within the rows "
+          "above):\n";
     const double average = sum[k] / comm->nprocs;
     table += fmt::format("{:<15}| {:<10.4g} | {:<10.4g} | {:<10.4g} | {:6.2f}\n", names[k], low[k],
                          average, high[k], total > 0.0 ? 100.0 * sum[k] / total : 0.0);

@@ -263,7 +263,8 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
   TimedCommunicator comm(outer_comm, timings);
   const auto& contract = contract_;
   const staged::Context ctx{module_, torch::TensorOptions().dtype(contract.dtype).device(device_),
-                            torch::TensorOptions().dtype(torch::kLong).device(device_), device_};
+                            torch::TensorOptions().dtype(torch::kLong).device(device_), device_,
+                            &timings};
   const int64_t n_all = system.positions.size(0);
   const int64_t n_local = system.n_local;
   if (system.positions.dim() != 2 || system.positions.size(1) != 3) {
@@ -414,6 +415,9 @@ void Model::add_timings(const Timings& call) {
   timings_.transfers += call.transfers;
   timings_.bytes += call.bytes;
   timings_.calls += call.calls;
+  timings_.pme_spread += call.pme_spread;
+  timings_.pme_convolution += call.pme_convolution;
+  timings_.pme_interpolation += call.pme_interpolation;
 }
 
 }  // namespace lorem

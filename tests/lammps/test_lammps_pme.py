@@ -96,6 +96,28 @@ def test_pme_with_tiled_domains(pme_files, tmp_path):
     compare(read_single_point(tmp_path, output), reference, True, 1e-8)
 
 
+def test_timing_table_has_pme_parts(pme_files, tmp_path):
+    """The table at the end of a run splits PME's spread, convolution and interpolation
+    (forward and backward, communication included), which lie within the k-space,
+    backward and communication rows."""
+    _, path = pme_files["pme"]
+    write_data(wrapped(nacl(2, rattle=0.1)), tmp_path / "system.data", SPECIES)
+    script = single_point_script("system.data", path, SPECIES) + "run 2\n"
+    _, output = run(tmp_path, script, 2)
+    table = output[output.rindex("pair_style lorem timings (3 evaluations") :]
+    rows = {}
+    for line in table.splitlines()[3:13]:
+        if "|" in line:
+            name, *values = [part.strip() for part in line.split("|")]
+            rows[name] = [float(v) for v in values]
+    assert "PME's parts" in table, table[:1500]
+    parts = ["spread", "convolution", "interpolation"]
+    assert all(rows[name][1] > 0.0 for name in parts), rows
+    within = sum(rows[name][1] for name in ("communication", "k-space", "backward"))
+    assert sum(rows[name][1] for name in parts) <= within * 1.05 + 1e-3, rows
+    assert re.search(r"(?m)^host<->device", table)
+
+
 def test_float32_mesh_sends_half_the_bytes(pme_files, tmp_path, monkeypatch):
     """The runtime's counter (LOREM_TIMING) on 2 ranks: the same model exported in
     float32 sends about half the bytes of its float64 export, the mesh being most of it."""

@@ -72,6 +72,11 @@ struct Timings {
   double bytes = 0.0;          // sent by this rank through the Communicator (per-atom values
                                // and sums as float64, the PME mesh in the model's dtype)
   int64_t calls = 0;
+  // PME's parts, forward and backward, their communication included (so also inside
+  // long_range, backward and communication above): the atoms' visits and the spread of
+  // their charges, the mesh convolutions (FFTs and transposes), the interpolation and
+  // the shares going back to the owners
+  double pme_spread = 0.0, pme_convolution = 0.0, pme_interpolation = 0.0;
 };
 
 struct Result {

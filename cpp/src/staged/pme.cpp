@@ -6,6 +6,7 @@
 // charges. What crosses ranks is a few values per visit and the FFT's transposes.
 #include <torch/torch.h>
 
+#include <chrono>
 #include <cmath>
 
 #include "lorem/mesh.hpp"
@@ -77,6 +78,27 @@ class VisitExchange {
   std::vector<int64_t> counts_out_, counts_in_;
 };
 
+// The wall time of one of PME's parts (the device waited for at both ends), added to
+// the call's Timings by stop().
+class PartClock {
+ public:
+  PartClock(const Context& ctx, double Timings::* slot) : ctx_(ctx), slot_(slot) {
+    ctx_.sync();
+    start_ = std::chrono::steady_clock::now();
+  }
+  void stop() {
+    ctx_.sync();
+    if (ctx_.timings)
+      ctx_.timings->*slot_ +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  }
+
+ private:
+  const Context& ctx_;
+  double Timings::* slot_;
+  std::chrono::steady_clock::time_point start_;
+};
+
 class Pme : public LongRangeMethod {
  public:
   explicit Pme(bool split_methods) : split_methods_(split_methods) {}
@@ -92,6 +114,7 @@ class Pme : public LongRangeMethod {
     const auto layout = owned_mesh_layout(mesh, comm.size(), order, lr.system.slab ? 2 : 0);
     const Box& owned = layout.owned[comm.rank()];
     // where each local atom's stencil lies, and so which ranks it visits
+    PartClock spread_clock(ctx, &Timings::pme_spread);
     const auto sizes = torch::tensor({mesh[0], mesh[1], mesh[2]}, torch::kFloat64);
     const auto cell64 = lr.kcell.detach().to(torch::kCPU, torch::kFloat64);
     const auto coordinates =
@@ -121,6 +144,7 @@ class Pme : public LongRangeMethod {
     const Box brick = box_from(brick_lo, brick_shape);
     auto charge_brick = ctx.tensor("pme_spread", {visiting_positions, visiting_charges, lr.kcell,
                                                   in.strain, brick_lo, brick_shape, mesh_list});
+    spread_clock.stop();
     MeshFFT fft(comm, mesh, layout.owned);
     const auto& box = fft.spectrum_box();
     const std::vector<std::vector<int64_t>> ranges{
@@ -129,16 +153,21 @@ class Pme : public LongRangeMethod {
     // the mesh operator is real and symmetric: a brick -> its part of the mesh ->
     // the convolution of the whole mesh, this part of it, on the brick
     auto convolve = [&](const torch::Tensor& brick_values, torch::Tensor& spectrum) {
+      PartClock clock(ctx, &Timings::pme_convolution);
       spectrum = fft.forward(fold(brick_values, brick, owned, mesh), layout.owned);
       auto convolved = fft.inverse(spectrum * kernel.detach(), layout.owned, channels);
-      return unfold(convolved, owned, brick, mesh);
+      auto out = unfold(convolved, owned, brick, mesh);
+      clock.stop();
+      return out;
     };
     torch::Tensor charge_spectrum, gradient_spectrum;
     auto potential_brick = leaf(convolve(charge_brick.detach(), charge_spectrum));
     // this rank's share of the visiting atoms' k-space potentials, summed by their owners
+    PartClock interpolation_clock(ctx, &Timings::pme_interpolation);
     auto visiting_kspace =
         interpolate(ctx, lr, visiting_positions, potential_brick, brick_lo, mesh_list);
     auto kspace = leaf(exchange.to_owners(visiting_kspace.detach(), in.n_local));
+    interpolation_clock.stop();
     ChargeMoments moments(ctx, lr);
     moments.sum(comm);
     auto ghost_q = leaf(comm.forward_ghosts(q.detach()));
@@ -155,6 +184,7 @@ class Pme : public LongRangeMethod {
     // backward: dE/d(k-space potentials) to the ranks the atoms visited, through their
     // interpolation to the potential mesh, the same convolution (dE/d(charge mesh)) and
     // their spread to the visiting atoms; those gradients back to the owners
+    PartClock interpolation_back_clock(ctx, &Timings::pme_interpolation);
     auto grad_visiting_kspace =
         exchange.to_visited(grads["kspace"].index_select(0, exchange.atoms()));
     auto through_interpolation =
@@ -162,11 +192,13 @@ class Pme : public LongRangeMethod {
                   {{"positions", visiting_positions},
                    {"strain", in.strain},
                    {"potential_brick", potential_brick}});
+    interpolation_back_clock.stop();
     auto gradient_brick = convolve(through_interpolation["potential_brick"], gradient_spectrum);
     // the kernel depends on the cell (strain): dE/dG(m) = Re(rho^(m) conj(a^(m)))
     auto weights = torch::real(charge_spectrum * torch::conj(gradient_spectrum)).sum(0);
     auto through_kernel = gradients({(kernel * weights.to(kernel.dtype())).sum()},
                                     {torch::ones({}, ctx.options)}, {{"strain", in.strain}});
+    PartClock spread_back_clock(ctx, &Timings::pme_spread);
     auto through_spread = gradients(
         {charge_brick}, {gradient_brick.to(charge_brick.dtype())},
         {{"positions", visiting_positions}, {"strain", in.strain}, {"charges", visiting_charges}});
@@ -175,6 +207,7 @@ class Pme : public LongRangeMethod {
                     through_spread["charges"]},
                    1),
         in.n_local);
+    spread_back_clock.stop();
     const auto n_ghost = in.positions.size(0) - in.n_local;
     Gradients through_visits(
         {{"positions",

@@ -44,6 +44,7 @@ struct Context {
   torch::TensorOptions options;        // the model's dtype, on its device
   torch::TensorOptions index_options;  // int64 on its device
   torch::Device device;
+  Timings* timings = nullptr;  // this call's (the long-range methods add their parts)
   c10::IValue call(const std::string& method, std::vector<c10::IValue> inputs) const {
     return module.get_method(method)(std::move(inputs));
   }
