@@ -660,7 +660,7 @@ void PairLorem::finish() {
   if (comm->me != 0) return;
   static const char* names[kRows] = {"short range", "communication", "k-space",
                                      "backward",    "host<->device", "plugin (host)",
-                                     "  spread",    "  convolution", "  interpolation"};
+                                     "  spread",    "  convolve",    "  interpolate"};
   double total = 0.0;
   for (int k = 0; k < 6; ++k) total += sum[k];  // the stages, not PME's parts again
   std::string table = fmt::format(

@@ -111,7 +111,7 @@ def test_timing_table_has_pme_parts(pme_files, tmp_path):
             name, *values = [part.strip() for part in line.split("|")]
             rows[name] = [float(v) for v in values]
     assert "PME's parts" in table, table[:1500]
-    parts = ["spread", "convolution", "interpolation"]
+    parts = ["spread", "convolve", "interpolate"]
     assert all(rows[name][1] > 0.0 for name in parts), rows
     within = sum(rows[name][1] for name in ("communication", "k-space", "backward"))
     assert sum(rows[name][1] for name in parts) <= within * 1.05 + 1e-3, rows
