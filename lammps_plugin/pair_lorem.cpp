@@ -313,6 +313,15 @@ void PairLorem::coeff(int narg, char** arg) {
   if (std::strcmp(arg[0], "*") != 0 || std::strcmp(arg[1], "*") != 0) {
     error->all(FLERR, "pair_style lorem takes pair_coeff * * MODEL.pt ELEMENT...");
   }
+  // this pair style was compiled against one lorem-torch, the runtime library loaded may
+  // come from another (a built-in LAMMPS not rebuilt after an upgrade)
+  if (!(lorem::header_interface() == lorem::runtime_interface())) {
+    error->all(FLERR,
+               "pair_style lorem was built against the lorem-torch runtime interface {}, but "
+               "the runtime library loaded has {}: rebuild LAMMPS (tools/build_lammps.sh "
+               "--with-lorem) or the plugin with the lorem-torch installed now",
+               lorem::header_interface().describe(), lorem::runtime_interface().describe());
+  }
   const auto device = choose_device();
   try {
     model_ = std::make_unique<lorem::Model>(arg[2], device);

@@ -406,6 +406,14 @@ std::unique_ptr<staged::LongRangeMethod> Model::long_range_method_for(const Syst
   return pme ? staged::make_pme(split) : staged::make_ewald();
 }
 
+RuntimeInterface runtime_interface() { return header_interface(); }
+
+std::string RuntimeInterface::describe() const {
+  return "version " + std::to_string(version) + " (System " + std::to_string(system) +
+         ", Timings " + std::to_string(timings) + ", Result " + std::to_string(result) +
+         ", Model " + std::to_string(model) + " bytes)";
+}
+
 void Model::add_timings(const Timings& call) {
   std::lock_guard<std::mutex> lock(timings_mutex_);
   timings_.short_range += call.short_range;

@@ -172,6 +172,29 @@ class Model {
   std::mutex timings_mutex_;
 };
 
+// The runtime's interface as code compiled against this header sees it: a version that
+// changes with the classes above, and their sizes. A LAMMPS with pair_style lorem built
+// in, or a plugin built against an installed lorem-torch, compares its own view
+// (header_interface(), inlined where it is compiled) with the loaded library's
+// (runtime_interface()) and stops with both named, instead of reading memory that
+// another lorem-torch laid out otherwise.
+constexpr int64_t kRuntimeInterfaceVersion = 20261207;
+struct RuntimeInterface {
+  int64_t version = 0;
+  int64_t system = 0, timings = 0, result = 0, model = 0;  // sizeof of each
+  bool operator==(const RuntimeInterface& other) const {
+    return version == other.version && system == other.system && timings == other.timings &&
+           result == other.result && model == other.model;
+  }
+  std::string describe() const;  // "version V (System S, Timings T, Result R, Model M bytes)"
+};
+inline RuntimeInterface header_interface() {
+  return {kRuntimeInterfaceVersion, static_cast<int64_t>(sizeof(System)),
+          static_cast<int64_t>(sizeof(Timings)), static_cast<int64_t>(sizeof(Result)),
+          static_cast<int64_t>(sizeof(Model))};
+}
+RuntimeInterface runtime_interface();  // the library's own header_interface()
+
 // Fold ghost forces [n_all, 3] onto their owners (single process).
 torch::Tensor fold_ghost_forces(const torch::Tensor& forces, int64_t n_local,
                                 const torch::Tensor& ghost_owner);
