@@ -210,6 +210,17 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
   }
   method_ = contract_.long_range_method;
   module_.eval();
+  if (std::find(contract_.long_range_methods.begin(), contract_.long_range_methods.end(),
+                vocabulary::kPme) != contract_.long_range_methods.end()) {
+    pme_split_methods_ =
+        contract_.lists_method("pme_interpolate") && contract_.lists_method("pme_combine") &&
+        module_.find_method("pme_interpolate") && module_.find_method("pme_combine");
+    // the order is the width of one atom's brick, whatever the cell and mesh
+    const auto options = torch::TensorOptions().dtype(contract_.dtype).device(device_);
+    const auto one_atom = module_.get_method("pme_brick")(
+        {torch::zeros({1, 3}, options), torch::eye(3, options), std::vector<int64_t>{1, 1, 1}});
+    pme_order_ = one_atom.toTuple()->elements()[1].toIntVector()[0];
+  }
 }
 
 void Model::set_long_range_method(const std::string& method) {
@@ -399,11 +410,7 @@ std::unique_ptr<staged::LongRangeMethod> Model::long_range_method_for(const Syst
                                                  torch::TensorOptions().dtype(torch::kFloat64)));
     pme = module_.get_method("prefer_pme")({kcell, atoms.item<double>()}).toBool();
   }
-  // exports before pme_interpolate and pme_combine: the same algorithm through pme_potentials
-  const bool split = contract_.lists_method("pme_interpolate") &&
-                     contract_.lists_method("pme_combine") &&
-                     module_.find_method("pme_interpolate") && module_.find_method("pme_combine");
-  return pme ? staged::make_pme(split) : staged::make_ewald();
+  return pme ? staged::make_pme(pme_order_, pme_split_methods_) : staged::make_ewald();
 }
 
 RuntimeInterface runtime_interface() { return header_interface(); }

@@ -167,6 +167,10 @@ class Model {
   Contract contract_;
   std::string metadata_json_;
   std::string method_;
+  // PME (when the contract lists it), read once from the export: its B-spline order, and
+  // whether it has pme_interpolate and pme_combine (else pme_potentials does both)
+  int64_t pme_order_ = 0;
+  bool pme_split_methods_ = false;
   torch::Device device_;
   Timings timings_;
   std::mutex timings_mutex_;

@@ -101,7 +101,7 @@ class PartClock {
 
 class Pme : public LongRangeMethod {
  public:
-  explicit Pme(bool split_methods) : split_methods_(split_methods) {}
+  Pme(int64_t order, bool split_methods) : order_(order), split_methods_(split_methods) {}
   LongRangeResult compute(const Context& ctx, const LongRangeInputs& lr, Communicator& comm,
                           Readout& readout) override {
     const auto& in = lr.in;
@@ -109,7 +109,7 @@ class Pme : public LongRangeMethod {
     const auto channels = q.size(1);
     const auto mesh_list = ctx.call("pme_mesh", {lr.kcell}).toIntVector();
     const Index3 mesh{mesh_list[0], mesh_list[1], mesh_list[2]};
-    const int64_t order = stencil_order(ctx, lr, mesh_list);
+    const int64_t order = order_;
     // a 2D slab's atoms fill the lowest third of the extended cell's z: blocks of x and y
     const auto layout = owned_mesh_layout(mesh, comm.size(), order, lr.system.slab ? 2 : 0);
     const Box& owned = layout.owned[comm.rank()];
@@ -221,13 +221,7 @@ class Pme : public LongRangeMethod {
   }
 
  private:
-  // The B-spline order: the width of one atom's brick.
-  static int64_t stencil_order(const Context& ctx, const LongRangeInputs& lr,
-                               const std::vector<int64_t>& mesh) {
-    auto one = ctx.call("pme_brick", {torch::zeros({1, 3}, ctx.options), lr.kcell, mesh}).toTuple();
-    return one->elements()[1].toIntVector()[0];
-  }
-
+  int64_t order_;  // the B-spline order
   // Exports before pme_interpolate and pme_combine have pme_potentials alone, which is
   // linear in its k-space part: with no charges, pairs or total charge it gives
   // prefactor / 2 times the interpolated potentials, and with a brick of zeros the rest.
@@ -269,8 +263,8 @@ class Pme : public LongRangeMethod {
 
 }  // namespace
 
-std::unique_ptr<LongRangeMethod> make_pme(bool split_methods) {
-  return std::make_unique<Pme>(split_methods);
+std::unique_ptr<LongRangeMethod> make_pme(int64_t order, bool split_methods) {
+  return std::make_unique<Pme>(order, split_methods);
 }
 
 }  // namespace lorem::staged

@@ -163,9 +163,10 @@ class LongRangeMethod {
 };
 
 std::unique_ptr<LongRangeMethod> make_ewald();  // long_range/ewald.cpp
-// split_methods: the export has pme_interpolate and pme_combine (else pme_potentials does both)
-std::unique_ptr<LongRangeMethod> make_pme(bool split_methods);  // long_range/pme.cpp
-std::unique_ptr<LongRangeMethod> make_direct_sum();             // long_range/direct_sum.cpp
+// order: the B-spline order; split_methods: the export has pme_interpolate and pme_combine
+// (else pme_potentials does both)
+std::unique_ptr<LongRangeMethod> make_pme(int64_t order, bool split_methods);  // pme.cpp
+std::unique_ptr<LongRangeMethod> make_direct_sum();  // long_range/direct_sum.cpp
 
 // ---- Born effective charges: no part of the energy, no backward pass
 
