@@ -94,3 +94,42 @@ def test_float32_and_bad_input():
     with pytest.raises(RuntimeError, match="gradient must be"):
         torch.ops.lorem.harmonics_vjp(u, torch.zeros(100, 9, dtype=torch.float64), terms, k, M)
     assert torch.ops.lorem.harmonics(u[:0], terms, k, M).shape == (0, M)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("count", [1, 3, 4, 5, 8, 9, 17, 1001])
+def test_cpu_lanes_equal_the_torch_op_kernel_at_every_block_size(dtype, count):
+    """The CPU kernel takes the edges in blocks of one vector register (8 float32 or 4
+    float64 edges, the last block partly empty) and the blocks in parallel: every count,
+    on two threads, against the torch-op kernel."""
+    terms, k = harmonic_polynomials(6)
+    u = (1.3 * vectors(count, seed=count)).to(dtype)  # off the sphere: every monomial counts
+    generator = torch.Generator().manual_seed(count)
+    G = torch.randn(count, M, dtype=torch.float64, generator=generator).to(dtype)
+    D = torch.randn(count, 3, dtype=torch.float64, generator=generator).to(dtype)
+    k = k.to(dtype)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        lanes = [
+            torch.ops.lorem.harmonics(u, terms, k, M),
+            torch.ops.lorem.harmonics_vjp(u, G, terms, k, M),
+            torch.ops.lorem.harmonics_jvp(u, D, terms, k, M),
+            torch.ops.lorem.harmonics_hvp(u, G, D, terms, k, M),
+        ]
+    finally:
+        torch.set_num_threads(threads)
+    for kind, result in enumerate(lanes):
+        # float32 against the float64 reference of the same inputs
+        reference = torch.ops.lorem.harmonics_chunked(
+            kind,
+            u.double(),
+            G.double() if kind in (1, 3) else None,
+            D.double() if kind in (2, 3) else None,
+            terms,
+            k.double(),
+            M,
+        )
+        scale = float(reference.abs().max())
+        tolerance = (1e-5 if dtype == torch.float32 else 1e-13) * scale
+        torch.testing.assert_close(result.double(), reference, rtol=0, atol=tolerance)

@@ -86,3 +86,39 @@ def test_refusals():
     (second,) = torch.autograd.grad(first.sum(), r, create_graph=True)
     with pytest.raises(RuntimeError, match="third derivatives of the radial basis"):
         torch.autograd.grad(second.sum(), r)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("count", [1, 3, 4, 5, 9, 1001])
+def test_cpu_lanes_equal_the_torch_op_kernel_at_every_block_size(dtype, count):
+    """The CPU kernel takes four distances at a time (the last block partly empty), the
+    blocks in parallel, and a block with a distance at the basis' ends edge by edge:
+    every count, with and without such a distance, on two threads."""
+    generator = torch.Generator().manual_seed(count)
+    r = (0.1 + 5.5 * torch.rand(count, dtype=torch.float64, generator=generator)).to(dtype)
+    g = torch.randn(count, NUM, dtype=torch.float64, generator=generator).to(dtype)
+    d = torch.randn(count, dtype=torch.float64, generator=generator).to(dtype)
+    ops = torch.ops.lorem
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for with_end in (False, True):
+            if with_end:
+                r = r.clone()
+                r[count // 2] = 0.0  # this block takes the edge-by-edge path
+            lanes = [
+                ops.radial_basis(r, NUM, CUTOFF, CUTOFF),
+                ops.radial_basis_vjp(r, g, NUM, CUTOFF, CUTOFF),
+                ops.radial_basis_jvp(r, d, NUM, CUTOFF, CUTOFF),
+                ops.radial_basis_hvp(r, g, d, NUM, CUTOFF, CUTOFF),
+            ]
+            for kind, value in enumerate(lanes):
+                # float32 against the float64 reference of the same inputs
+                reference = ops._radial_basis_composite(
+                    kind, r.double(), g.double(), d.double(), NUM, CUTOFF, CUTOFF
+                )
+                scale = float(reference.abs().max())
+                tolerance = (1e-5 if dtype == torch.float32 else 1e-12) * scale
+                torch.testing.assert_close(value.double(), reference, rtol=0, atol=tolerance)
+    finally:
+        torch.set_num_threads(threads)

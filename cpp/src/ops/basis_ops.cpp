@@ -15,16 +15,21 @@
 // keeps about ten [P, R] temporaries for its backward, these keep the [P] distances. Third
 // derivatives are refused by name.
 //
-// Kernels: CPU (edges in parallel); CompositeExplicitAutograd (the same formulas in torch
-// operations: CUDA, and the tests' reference through lorem::_radial_basis_composite).
+// Kernels: CPU (blocks of 4 edges in parallel, one per vector lane);
+// CompositeExplicitAutograd (the same formulas in torch operations: CUDA, and the tests'
+// reference through lorem::_radial_basis_composite).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <string>
 #include <vector>
+
+#include "channel_lanes.hpp"
 
 namespace {
 
@@ -124,6 +129,175 @@ std::vector<double> log_binomials(int64_t num) {
   return out;
 }
 
+// The CPU kernel, kLanes distances at a time (one per lane of a vector of doubles,
+// channel_lanes.hpp; the basis is evaluated in double for every dtype, as before). The
+// derivatives come from the Bernstein polynomials of lower degree n - 1 and n - 2,
+//   B'_k = n (B^{n-1}_{k-1} - B^{n-1}_k) / limit,
+//   B''_k = n (n - 1) (B^{n-2}_{k-2} - 2 B^{n-2}_{k-1} + B^{n-2}_k) / limit^2,
+// from the same powers of x and 1 - x, so no lane divides (the per-edge form of basis_of
+// divided by x and 1 - x once per function). A block with a distance outside
+// (eps, 1 - eps) of the basis takes basis_of edge by edge.
+template <typename scalar_t>
+class RadialLanes {
+ public:
+  static constexpr int kLanes = 4;  // doubles: one AVX2 register
+
+  RadialLanes(int64_t kind, const Basis& basis, const scalar_t* r, const scalar_t* g,
+              const scalar_t* d, scalar_t* out, int64_t edges)
+      : kind_(kind),
+        basis_(basis),
+        n_(basis.num - 1),
+        r_(r),
+        g_(g),
+        d_(d),
+        out_(out),
+        edges_(edges) {
+    binomial_ = log_binomials(basis.num);
+    for (double& value : binomial_) value = std::exp(value);
+    // binom(n - 1, j) and binom(n - 2, j) (empty below degree 1 and 2)
+    lower_[0] = n_ >= 1 ? log_binomials(n_) : std::vector<double>();
+    lower_[1] = n_ >= 2 ? log_binomials(n_ - 1) : std::vector<double>();
+    for (auto& list : lower_)
+      for (double& value : list) value = std::exp(value);
+  }
+
+  void run() const {
+    const int64_t blocks = (edges_ + kLanes - 1) / kLanes;
+    at::parallel_for(0, blocks, 64, [this](int64_t begin, int64_t end) {
+      std::vector<double> scratch(scratch_size());
+      blocks_range(begin, end, scratch.data());
+    });
+  }
+
+ private:
+  using L = lorem::Lanes<double, kLanes>;
+  using V = typename L::Vector;
+
+  // row k of a power table (always inlined: no vector crosses a call, channel_lanes.hpp)
+  static LOREM_LANES_INLINE V power(const double* table, int64_t k) {
+    return L::load(table + k * kLanes);
+  }
+
+  bool per_function() const { return kind_ == kValues || kind_ == kJvp; }
+
+  // per thread: x^k and (1 - x)^k [n + 1][kLanes], the block's gradient [num][kLanes],
+  // its outputs [num][kLanes], and basis_of's work space (5 x num)
+  int64_t scratch_size() const { return kLanes * (2 * (n_ + 1) + 2 * basis_.num) + 5 * basis_.num; }
+
+  // one edge by basis_of (the blocks with a distance at the basis' ends)
+  void edge(int64_t p, double* work) const {
+    const int64_t num = basis_.num;
+    double *f = work, *df = f + num, *ddf = df + num, *xp = ddf + num, *yp = xp + num;
+    const int derivatives = kind_ == kValues ? 0 : (kind_ == kHvp ? 2 : 1);
+    basis_of<scalar_t>(r_[p], basis_, binomial_.data(), derivatives, f, df, ddf, xp, yp);
+    if (kind_ == kValues) {
+      for (int64_t k = 0; k < num; ++k) out_[p * num + k] = scalar_t(f[k]);
+    } else if (kind_ == kJvp) {
+      for (int64_t k = 0; k < num; ++k) out_[p * num + k] = scalar_t(double(d_[p]) * df[k]);
+    } else {
+      const double* derivative = kind_ == kVjp ? df : ddf;
+      double total = 0;
+      for (int64_t k = 0; k < num; ++k) total += double(g_[p * num + k]) * derivative[k];
+      out_[p] = scalar_t(kind_ == kHvp ? total * double(d_[p]) : total);
+    }
+  }
+
+  LOREM_VECTOR_CLONES void blocks_range(int64_t begin, int64_t end, double* scratch) const {
+    const int64_t num = basis_.num;
+    double* xp = scratch;                 // [n + 1][kLanes]
+    double* yp = xp + (n_ + 1) * kLanes;  // [n + 1][kLanes]
+    double* g = yp + (n_ + 1) * kLanes;   // [num][kLanes]
+    double* o = g + num * kLanes;         // [num][kLanes]
+    double* work = o + num * kLanes;      // basis_of's
+    const double eps = margin<scalar_t>(), w = M_PI / basis_.cutoff;
+    const double inv_l = 1.0 / basis_.limit;
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t first = block * kLanes;
+      const int64_t lanes = std::min<int64_t>(kLanes, edges_ - first);
+      alignas(32) double x[kLanes], c[kLanes], dc[kLanes], ddc[kLanes], dd[kLanes];
+      bool inside = true;
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const double r = l < lanes ? double(r_[first + l]) : 0.5 * basis_.limit;
+        x[l] = r * inv_l;
+        inside = inside && x[l] >= eps && x[l] <= 1 - eps;
+        c[l] = dc[l] = ddc[l] = 0;
+        if (r / basis_.cutoff < 1) {
+          const double cosine = std::cos(w * r), sine = std::sin(w * r);
+          c[l] = 0.5 * cosine + 0.5;
+          dc[l] = -0.5 * w * sine;
+          ddc[l] = -0.5 * w * w * cosine;
+        }
+        dd[l] = (d_ && l < lanes) ? double(d_[first + l]) : 0.0;
+      }
+      if (!inside) {
+        for (int64_t p = first; p < first + lanes; ++p) edge(p, work);
+        continue;
+      }
+      if (g_)
+        for (int64_t k = 0; k < num; ++k)
+          for (int64_t l = 0; l < kLanes; ++l)
+            g[k * kLanes + l] = l < lanes ? double(g_[(first + l) * num + k]) : 0.0;
+      const V vx = L::load(x);
+      V xk = V{} + 1.0, yk = V{} + 1.0;
+      for (int64_t k = 0; k <= n_; ++k) {
+        L::store(xp + k * kLanes, xk);
+        L::store(yp + k * kLanes, yk);
+        xk *= vx;
+        yk *= 1.0 - vx;
+      }
+      const V vc = L::load(c), vdc = L::load(dc), vddc = L::load(ddc), vd = L::load(dd);
+      V total{};
+      for (int64_t k = 0; k <= n_; ++k) {
+        const V b = binomial_[k] * power(xp, k) * power(yp, n_ - k);
+        if (kind_ == kValues) {
+          L::store(o + k * kLanes, b * vc);
+          continue;
+        }
+        // B^{n-1}_{k-1} - B^{n-1}_k, zero outside 0..n-1
+        V first_difference{};
+        if (k >= 1) first_difference += lower_[0][k - 1] * power(xp, k - 1) * power(yp, n_ - k);
+        if (k <= n_ - 1) first_difference -= lower_[0][k] * power(xp, k) * power(yp, n_ - 1 - k);
+        const V db = (double(n_) * inv_l) * first_difference;
+        const V df = db * vc + b * vdc;
+        if (kind_ == kJvp) {
+          L::store(o + k * kLanes, vd * df);
+        } else if (kind_ == kVjp) {
+          total += L::load(g + k * kLanes) * df;
+        } else {  // kHvp
+          V second_difference{};
+          if (k >= 2) second_difference += lower_[1][k - 2] * power(xp, k - 2) * power(yp, n_ - k);
+          if (k >= 1 && k <= n_ - 1)
+            second_difference -= 2.0 * lower_[1][k - 1] * power(xp, k - 1) * power(yp, n_ - 1 - k);
+          if (k <= n_ - 2) second_difference += lower_[1][k] * power(xp, k) * power(yp, n_ - 2 - k);
+          const V ddb = (double(n_) * double(n_ - 1) * inv_l * inv_l) * second_difference;
+          total += L::load(g + k * kLanes) * (ddb * vc + 2.0 * db * vdc + b * vddc);
+        }
+      }
+      if (per_function()) {
+        for (int64_t l = 0; l < lanes; ++l)
+          for (int64_t k = 0; k < num; ++k)
+            out_[(first + l) * num + k] = scalar_t(o[k * kLanes + l]);
+      } else {
+        if (kind_ == kHvp) total *= vd;
+        alignas(32) double sums[kLanes];
+        L::store(sums, total);
+        for (int64_t l = 0; l < lanes; ++l) out_[first + l] = scalar_t(sums[l]);
+      }
+    }
+  }
+
+  int64_t kind_;
+  Basis basis_;
+  int64_t n_;  // the degree, num - 1
+  const scalar_t* r_;
+  const scalar_t* g_;
+  const scalar_t* d_;
+  scalar_t* out_;
+  int64_t edges_;
+  std::vector<double> binomial_;
+  std::array<std::vector<double>, 2> lower_;
+};
+
 // One kernel for the four operators: out [P, R] (values, jvp) or [P] (vjp, hvp)
 Tensor radial_cpu(int64_t kind, const Tensor& distances, const Tensor& gradient,
                   const Tensor& direction, const Basis& basis) {
@@ -134,31 +308,11 @@ Tensor radial_cpu(int64_t kind, const Tensor& distances, const Tensor& gradient,
   const bool per_function = kind == kValues || kind == kJvp;
   Tensor out =
       per_function ? at::empty({edges, num}, r.options()) : at::empty({edges}, r.options());
-  std::vector<double> binomial = log_binomials(num);
-  for (double& value : binomial) value = std::exp(value);
-  const int derivatives = kind == kValues ? 0 : (kind == kHvp ? 2 : 1);
   AT_DISPATCH_FLOATING_TYPES(r.scalar_type(), "lorem_radial_basis", [&] {
-    const scalar_t* r_data = r.data_ptr<scalar_t>();
-    const scalar_t* g_data = g.defined() ? g.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* d_data = d.defined() ? d.data_ptr<scalar_t>() : nullptr;
-    scalar_t* out_data = out.data_ptr<scalar_t>();
-    at::parallel_for(0, edges, 1024, [&](int64_t begin, int64_t end) {
-      std::vector<double> f(num), df(num), ddf(num), x_power(num), y_power(num);
-      for (int64_t p = begin; p < end; ++p) {
-        basis_of<scalar_t>(r_data[p], basis, binomial.data(), derivatives, f.data(), df.data(),
-                           ddf.data(), x_power.data(), y_power.data());
-        if (kind == kValues) {
-          for (int64_t k = 0; k < num; ++k) out_data[p * num + k] = scalar_t(f[k]);
-        } else if (kind == kJvp) {
-          for (int64_t k = 0; k < num; ++k) out_data[p * num + k] = scalar_t(d_data[p] * df[k]);
-        } else {
-          const double* derivative = kind == kVjp ? df.data() : ddf.data();
-          double total = 0;
-          for (int64_t k = 0; k < num; ++k) total += double(g_data[p * num + k]) * derivative[k];
-          out_data[p] = scalar_t(kind == kHvp ? total * double(d_data[p]) : total);
-        }
-      }
-    });
+    RadialLanes<scalar_t>(
+        kind, basis, r.data_ptr<scalar_t>(), g.defined() ? g.data_ptr<scalar_t>() : nullptr,
+        d.defined() ? d.data_ptr<scalar_t>() : nullptr, out.data_ptr<scalar_t>(), edges)
+        .run();
   });
   return out;
 }

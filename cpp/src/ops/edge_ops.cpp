@@ -574,8 +574,16 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
     const Tensor flat_table = table.reshape({num_types, num_radial, width});
     const bool need_radial = ctx->needs_input_grad(0), need_table = ctx->needs_input_grad(1);
     const bool need_harmonics = ctx->needs_input_grad(3);
-    Tensor radial_grad = need_radial ? at::zeros_like(radial) : Tensor();
-    Tensor harmonic_grad = need_harmonics ? at::zeros_like(harmonics) : Tensor();
+    // the blocks below write every edge's row once when the types' counts cover all
+    // edges (they are the bincount of pair_type), so no zeros need writing first
+    int64_t covered = 0;
+    for (int64_t count : types.counts) covered += count;
+    const bool every_edge = covered == radial.size(0);
+    auto gradient_like = [every_edge](const Tensor& t) {
+      return every_edge ? at::empty_like(t) : at::zeros_like(t);
+    };
+    Tensor radial_grad = need_radial ? gradient_like(radial) : Tensor();
+    Tensor harmonic_grad = need_harmonics ? gradient_like(harmonics) : Tensor();
     std::vector<Tensor> table_grads;
     int64_t start = 0;
     for (int64_t t = 0; t < num_types; ++t) {

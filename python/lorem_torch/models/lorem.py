@@ -889,9 +889,12 @@ def batch_pair_vectors(
     """[P, 3] r_j - r_i + shift @ cell of the pairs i <- j of a batch (keys.py inputs)."""
     # gathers by index_select: their backward is index_add (an advanced-indexing gather's
     # is an accumulating index_put, several times slower on CPU for [P, 3, 3])
+    differences = positions.index_select(0, others) - positions.index_select(0, centers)
+    if cell.shape[0] == 1:
+        # one structure (MD, the calculator): one [P, 3] x [3, 3] product, without the
+        # [P, 3, 3] per-pair cells and their scattered backward
+        return differences + cell_shifts @ cell[0]
     pair_structure = atom_structure.index_select(0, centers)
-    return (
-        positions.index_select(0, others)
-        - positions.index_select(0, centers)
-        + torch.einsum("pa,pab->pb", cell_shifts, cell.index_select(0, pair_structure))
+    return differences + torch.einsum(
+        "pa,pab->pb", cell_shifts, cell.index_select(0, pair_structure)
     )
