@@ -41,6 +41,16 @@ constexpr int kExchangeChunk = 64;
 
 constexpr double kEvToKcalPerMol = 23.060547830619029;
 
+// An MPI count: MPI's counts are int, so a message of more values would be cut short
+// (or wrap to a small count, silently) and is refused by name instead.
+int mpi_count(int64_t values, const char* what) {
+  if (values < 0 || values > static_cast<int64_t>(std::numeric_limits<int>::max()))
+    throw lorem::Error(std::string("pair_style lorem: one ") + what + " message of " +
+                       std::to_string(values) +
+                       " values exceeds MPI's count limit (2^31 - 1): run on more ranks");
+  return static_cast<int>(values);
+}
+
 // The Communicator of the staged long range, on LAMMPS' world and ghost atoms.
 class LammpsCommunicator : public lorem::Communicator {
  public:
@@ -90,7 +100,7 @@ class LammpsCommunicator : public lorem::Communicator {
 
   torch::Tensor all_reduce_sum(const torch::Tensor& values) override {
     auto buffer = values.to(torch::kCPU, torch::kFloat64).contiguous().clone();
-    MPI_Allreduce(MPI_IN_PLACE, buffer.data_ptr<double>(), static_cast<int>(buffer.numel()),
+    MPI_Allreduce(MPI_IN_PLACE, buffer.data_ptr<double>(), mpi_count(buffer.numel(), "all-reduce"),
                   MPI_DOUBLE, MPI_SUM, world_);
     return buffer.to(values.options());
   }
@@ -101,11 +111,13 @@ class LammpsCommunicator : public lorem::Communicator {
     MPI_Comm_rank(world_, &me);
     const int width = static_cast<int>(rows.size(1));
     auto buffer = rows.to(torch::kCPU, torch::kFloat64).contiguous();
-    int count = static_cast<int>(buffer.numel());
+    int count = mpi_count(buffer.numel(), "all-gather");
     std::vector<int> counts(nprocs), displacements(nprocs, 0);
     MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, world_);
+    int64_t gathered = 0;
+    for (int p = 0; p < nprocs; ++p) gathered += counts[p];
+    const int total = mpi_count(gathered, "all-gather (total)");  // the offsets fit in int
     for (int p = 1; p < nprocs; ++p) displacements[p] = displacements[p - 1] + counts[p - 1];
-    const int total = displacements[nprocs - 1] + counts[nprocs - 1];
     auto out = torch::empty({total / std::max(width, 1), width}, torch::kFloat64);
     MPI_Allgatherv(buffer.data_ptr<double>(), count, MPI_DOUBLE, out.data_ptr<double>(),
                    counts.data(), displacements.data(), MPI_DOUBLE, world_);
@@ -138,13 +150,13 @@ class LammpsCommunicator : public lorem::Communicator {
       if (r == me || receive_counts[r] == 0) continue;
       received[r] = torch::empty({receive_counts[r]}, torch::TensorOptions().dtype(dtype));
       requests.emplace_back();
-      MPI_Irecv(received[r].data_ptr(), static_cast<int>(receive_counts[r]), type, r, kMeshTag,
+      MPI_Irecv(received[r].data_ptr(), mpi_count(receive_counts[r], "mesh"), type, r, kMeshTag,
                 world_, &requests.back());
     }
     for (int r = 0; r < ranks; ++r) {
       if (r == me || send_counts[r] == 0) continue;
       requests.emplace_back();
-      MPI_Isend(buffers[r].data_ptr(), static_cast<int>(send_counts[r]), type, r, kMeshTag, world_,
+      MPI_Isend(buffers[r].data_ptr(), mpi_count(send_counts[r], "mesh"), type, r, kMeshTag, world_,
                 &requests.back());
     }
     MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);

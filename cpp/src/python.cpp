@@ -4,6 +4,7 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <string>
 
 #include "lorem/mesh.hpp"
 #include "lorem/model.hpp"
@@ -206,6 +207,37 @@ PYBIND11_MODULE(_core, m) {
           "per "
           "rank: energy, energies, forces on its local atoms (ghost contributions "
           "returned), virial share, born_effective_charges when computed.");
+
+  // The simulated ranks' own check, for the tests: each rank calls the named
+  // collectives in order on small tensors; ranks that disagree fail by name.
+  m.def(
+      "_simulated_collectives",
+      [](const std::vector<std::vector<std::string>>& calls) {
+        std::vector<lorem::GhostOwners> owners(
+            calls.size(), {torch::zeros({0}, torch::kLong), torch::zeros({0}, torch::kLong)});
+        lorem::SimulatedRanks simulated(owners);
+        py::gil_scoped_release release;
+        simulated.run([&](int r, lorem::Communicator& comm) {
+          const auto values = torch::full({2, 3}, double(r + 1), torch::kFloat64);
+          for (const auto& name : calls[r]) {
+            if (name == "all_reduce_sum") {
+              comm.all_reduce_sum(values);
+            } else if (name == "all_to_all") {
+              comm.all_to_all(std::vector<torch::Tensor>(calls.size(), values.flatten()));
+            } else if (name == "all_gather_ints") {
+              comm.all_gather_ints({r});
+            } else if (name == "forward_ghosts") {
+              comm.forward_ghosts(values);
+            } else {
+              throw lorem::Error("_simulated_collectives: unknown collective " + name);
+            }
+          }
+        });
+      },
+      py::arg("calls"),
+      "Run the simulated ranks, rank r calling the collectives calls[r] in order "
+      "(all_reduce_sum, all_to_all, all_gather_ints, forward_ghosts); raises when they "
+      "disagree.");
 
   // The mesh traffic of one PME evaluation from its plan alone (benchmarks/
   // bench_mesh_traffic.py): boxes as ((lo0, lo1, lo2), (hi0, hi1, hi2)) per rank.

@@ -5,6 +5,7 @@
 #include "lorem/simulated_ranks.hpp"
 
 #include <condition_variable>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -20,19 +21,32 @@ class Released : public Error {
 };
 
 struct Shared {
-  explicit Shared(int ranks) : ranks(ranks), tensors(ranks), lists(ranks), ints(ranks) {}
-  void barrier() {
+  explicit Shared(int ranks)
+      : ranks(ranks), tensors(ranks), lists(ranks), ints(ranks), kinds(ranks, "") {}
+  // Every rank arrives at the same kind of collective (`kind`, the Communicator method),
+  // as MPI requires: ranks at different kinds would read each other's stale slots here
+  // and go on with wrong numbers, where MPI would hang, so they fail, named.
+  void barrier(int rank, const char* kind) {
     std::unique_lock<std::mutex> lock(mutex);
     if (failed) throw Released();
     if (finished > 0) throw mismatch();
+    kinds[rank] = kind;
     const auto generation = this->generation;
     if (++arrived == ranks) {
+      for (int r = 1; r < ranks; ++r)
+        if (std::strcmp(kinds[r], kinds[0]) != 0 && kind_error.empty()) {
+          kind_error = std::string("simulated ranks: rank 0 called ") + kinds[0] + " while rank " +
+                       std::to_string(r) + " called " + kinds[r] +
+                       " (the ranks disagree on the sequence of collectives)";
+          failed = true;
+        }
       arrived = 0;
       ++this->generation;
       condition.notify_all();
     } else {
       condition.wait(lock, [&] { return this->generation != generation || failed; });
     }
+    if (!kind_error.empty()) throw Error(kind_error);
     if (mismatched) throw mismatch();
     if (failed) throw Released();
   }
@@ -68,6 +82,8 @@ struct Shared {
   std::vector<torch::Tensor> tensors;
   std::vector<std::vector<torch::Tensor>> lists;
   std::vector<std::vector<int64_t>> ints;
+  std::vector<const char*> kinds;  // the collective each rank waits at (string literals)
+  std::string kind_error;          // set once, when the ranks' kinds differ
 };
 
 // Which rows of another rank's values a rank needs, and where they go: for every pair
@@ -84,7 +100,7 @@ class RankCommunicator : public Communicator {
       : shared_(shared), rank_(rank), routes_(routes), n_ghost_(n_ghost) {}
 
   torch::Tensor forward_ghosts(const torch::Tensor& local_values) override {
-    auto out = exchange(local_values, [&] {
+    auto out = exchange("forward_ghosts", local_values, [&] {
       auto shape = local_values.sizes().vec();
       shape[0] = n_ghost_;
       auto ghosts = torch::zeros(shape, local_values.options());
@@ -101,7 +117,7 @@ class RankCommunicator : public Communicator {
   }
 
   torch::Tensor reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) override {
-    return exchange(ghost_values, [&] {
+    return exchange("reverse_ghosts", ghost_values, [&] {
       auto shape = ghost_values.sizes().vec();
       shape[0] = n_local;
       auto local = torch::zeros(shape, ghost_values.options());
@@ -117,7 +133,7 @@ class RankCommunicator : public Communicator {
   }
 
   torch::Tensor all_reduce_sum(const torch::Tensor& values) override {
-    return exchange(values, [&] {
+    return exchange("all_reduce_sum", values, [&] {
       auto total = shared_.tensors[0].clone();
       for (int r = 1; r < shared_.ranks; ++r) total += shared_.tensors[r];
       return total;
@@ -125,7 +141,7 @@ class RankCommunicator : public Communicator {
   }
 
   torch::Tensor all_gather_rows(const torch::Tensor& rows, int64_t& offset) override {
-    return exchange(rows, [&] {
+    return exchange("all_gather_rows", rows, [&] {
       offset = 0;
       for (int r = 0; r < rank_; ++r) offset += shared_.tensors[r].size(0);
       return torch::cat(shared_.tensors);
@@ -136,19 +152,19 @@ class RankCommunicator : public Communicator {
     if (static_cast<int>(sends.size()) != shared_.ranks)
       throw Error("all_to_all needs one message per rank");
     shared_.lists[rank_] = sends;
-    shared_.barrier();
+    shared_.barrier(rank_, "all_to_all");
     std::vector<torch::Tensor> received;
     for (int r = 0; r < shared_.ranks; ++r) received.push_back(shared_.lists[r][rank_].clone());
-    shared_.barrier();
+    shared_.barrier(rank_, "all_to_all");
     return received;
   }
 
   std::vector<int64_t> all_gather_ints(const std::vector<int64_t>& values) override {
     shared_.ints[rank_] = values;
-    shared_.barrier();
+    shared_.barrier(rank_, "all_gather_ints");
     std::vector<int64_t> out;
     for (const auto& theirs : shared_.ints) out.insert(out.end(), theirs.begin(), theirs.end());
-    shared_.barrier();
+    shared_.barrier(rank_, "all_gather_ints");
     return out;
   }
 
@@ -165,11 +181,11 @@ class RankCommunicator : public Communicator {
   // put ours in the slot, compute from all slots once every rank has, leave them intact
   // until every rank is done reading
   template <typename F>
-  torch::Tensor exchange(const torch::Tensor& mine, F&& combine) {
+  torch::Tensor exchange(const char* kind, const torch::Tensor& mine, F&& combine) {
     shared_.tensors[rank_] = mine;
-    shared_.barrier();
+    shared_.barrier(rank_, kind);
     auto out = combine();
-    shared_.barrier();
+    shared_.barrier(rank_, kind);
     return out;
   }
 

@@ -390,3 +390,19 @@ def test_exports_before_the_split_pme_methods(pme_exports, tmp_path):
         systems = split_into_ranks(atoms, model.cutoff, rank_of_atom)
         results = evaluate_ranks(Model(str(older)), systems, atoms.cell.array, True)
         assert_matches(results, rank_of_atom, reference)
+
+
+def test_simulated_ranks_refuse_ranks_that_disagree_on_the_collectives():
+    """MPI would hang where ranks call different collectives; the simulated ranks must
+    fail, naming them, rather than read each other's stale slots and go on."""
+    from lorem_torch import _core
+
+    _core._simulated_collectives([["all_reduce_sum", "all_to_all"]] * 3)  # agreeing: runs
+    with pytest.raises(LoremError, match="rank 0 called all_reduce_sum while rank 1 called"):
+        _core._simulated_collectives([["all_reduce_sum"], ["all_to_all"], ["all_reduce_sum"]])
+    with pytest.raises(LoremError, match="called all_gather_ints while rank 2 called forward"):
+        _core._simulated_collectives(
+            [["all_to_all", "all_gather_ints"]] * 2 + [["all_to_all", "forward_ghosts"]]
+        )
+    with pytest.raises(LoremError, match="another rank, which has ended, never called"):
+        _core._simulated_collectives([["all_reduce_sum"], []])

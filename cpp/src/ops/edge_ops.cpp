@@ -567,7 +567,8 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
     const Tensor& table = saved[1];
     const Tensor& harmonics = saved[3];
     const Tensor& centers = saved[4];
-    const Tensor& node_grad = grads[0];
+    // contiguous once here, not once per block inside the adjoint kernels
+    const Tensor node_grad = grads[0].contiguous();
     const PairTypeOrder types{saved[2], ctx->saved_data["counts"].toIntVector()};
     const int64_t num_types = table.size(0), num_radial = table.size(1);
     const int64_t degrees = table.size(2), channels = table.size(3), width = degrees * channels;
