@@ -113,11 +113,21 @@ def test_operator_first_and_second_derivatives(num_edges):
         assert torch.autograd.gradgradcheck(function, inputs)
 
 
+def blocked_by_pair_type(radial, table, pair_type, harmonics, centers, num_nodes):
+    """The operator's blocked path (sorted by pair type, what CUDA runs) on any device."""
+    return torch.ops.lorem._edges_to_nodes_by_pair_type_blocks(
+        radial, table, pair_type, harmonics, centers, num_nodes
+    )
+
+
+@pytest.mark.parametrize("path", ["edge by edge", "blocks"])
 @pytest.mark.parametrize("num_edges", [0, 11])
-def test_pair_type_operator_equals_plain_and_is_twice_differentiable(num_edges):
+def test_pair_type_operator_equals_plain_and_is_twice_differentiable(num_edges, path):
     """edges_to_nodes_by_pair_type == edges_to_nodes of radial[p] @ table[pair_type[p]];
     gradcheck and gradgradcheck in radial, table and harmonics (its backward recomputes
-    the coefficients)."""
+    the coefficients). On CPU the operator goes edge by edge (lorem::pair_form); the
+    blocked path, which other devices take, is tested here too."""
+    operator = edges_to_nodes_by_pair_type if path == "edge by edge" else blocked_by_pair_type
     num_nodes, num_types, num_radial = 4, 3, 5
     _, harmonics, centers = random_edges(num_edges, num_nodes)
     generator = torch.Generator().manual_seed(1)
@@ -127,7 +137,7 @@ def test_pair_type_operator_equals_plain_and_is_twice_differentiable(num_edges):
     pair_type = torch.tensor([0, 2] * (num_edges // 2 + 1), dtype=torch.long)[:num_edges]
     coefficients = torch.einsum("pr,prlc->plc", radial, table[pair_type])
     torch.testing.assert_close(
-        edges_to_nodes_by_pair_type(radial, table, pair_type, harmonics, centers, num_nodes),
+        operator(radial, table, pair_type, harmonics, centers, num_nodes),
         edges_to_nodes_reference(coefficients, harmonics, centers, num_nodes),
         rtol=0,
         atol=1e-12,
@@ -135,7 +145,7 @@ def test_pair_type_operator_equals_plain_and_is_twice_differentiable(num_edges):
     inputs = (radial.requires_grad_(), table.requires_grad_(), harmonics.requires_grad_())
 
     def summed(r, t, y):
-        return edges_to_nodes_by_pair_type(r, t, pair_type, y, centers, num_nodes)
+        return operator(r, t, pair_type, y, centers, num_nodes)
 
     assert torch.autograd.gradcheck(summed, inputs)
     assert torch.autograd.gradgradcheck(summed, inputs)
@@ -149,16 +159,102 @@ def test_pair_type_operator_equals_plain_and_is_twice_differentiable(num_edges):
         torch.testing.assert_close(a, b.detach(), rtol=0, atol=1e-12)
     if num_edges == 0:
         # a rank with no atoms: no species present, an empty table
-        empty = edges_to_nodes_by_pair_type(
-            radial, table[:0], pair_type, harmonics, centers, num_nodes
-        )
+        empty = operator(radial, table[:0], pair_type, harmonics, centers, num_nodes)
         assert empty.shape == (num_nodes, (MAX_DEGREE + 1) ** 2, CHANNELS)
         assert not empty.any()
     else:
         with pytest.raises(RuntimeError, match=r"pair_type must be \[P\] with P = 11"):
-            edges_to_nodes_by_pair_type(radial, table, pair_type[:5], harmonics, centers, num_nodes)
+            operator(radial, table, pair_type[:5], harmonics, centers, num_nodes)
         with pytest.raises(RuntimeError, match=r"pair types must lie in \[0, 3\)"):
-            edges_to_nodes_by_pair_type(radial, table, pair_type + 3, harmonics, centers, num_nodes)
+            operator(radial, table, pair_type + 3, harmonics, centers, num_nodes)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("channels", [8, 3])
+def test_pair_type_edge_by_edge_equals_blocks_at_scale(dtype, channels):
+    """The CPU edge-by-edge operator (lorem::pair_form) == the blocked path on a few
+    thousand edges of four pair types, L = 6: the node sum and, for a random node
+    gradient, the gradients in radial, table and harmonics, on two threads."""
+    num_nodes, num_edges, num_types, num_radial, degrees = 150, 3000, 4, 8, 7
+    generator = torch.Generator().manual_seed(7)
+
+    def random(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64).to(dtype)
+
+    radial = random(num_edges, num_radial).requires_grad_()
+    table = random(num_types, num_radial, degrees, channels).requires_grad_()
+    harmonics = random(num_edges, degrees**2).requires_grad_()
+    centers = torch.randint(0, num_nodes - 3, (num_edges,), generator=generator)
+    pair_type = torch.randint(0, num_types, (num_edges,), generator=generator)
+    node_grad = random(num_nodes, degrees**2, channels)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        results = []
+        for operator in (edges_to_nodes_by_pair_type, blocked_by_pair_type):
+            out = operator(radial, table, pair_type, harmonics, centers, num_nodes)
+            grads = torch.autograd.grad(out, (radial, table, harmonics), node_grad)
+            results.append((out.detach(),) + grads)
+    finally:
+        torch.set_num_threads(threads)
+    relative = 1e-12 if dtype == torch.float64 else 2e-5
+    for fused, blocked in zip(*results, strict=True):
+        scale = float(blocked.abs().max())
+        torch.testing.assert_close(fused, blocked, rtol=0, atol=relative * scale)
+    assert not results[0][0][-3:].any()  # atoms without edges get nothing
+
+
+@pytest.mark.parametrize("channels", [2, 8])
+def test_pair_form_is_closed_under_differentiation(channels):
+    """lorem::pair_form's derivatives are pair_form again (multilinear_form.hpp): every
+    target against autograd of the plain form, and gradgradcheck of the adjoints in all
+    four factors, the node gradient included (force training differentiates it); with
+    whole vectors of channels (8) and without (2)."""
+    num_nodes, num_edges, num_types, num_radial, degrees = 5, 13, 3, 4, 3
+    generator = torch.Generator().manual_seed(3)
+
+    def random(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    radial, table = random(num_edges, num_radial), random(num_types, num_radial, degrees, channels)
+    harmonics, node_grad = random(num_edges, degrees**2), random(num_nodes, degrees**2, channels)
+    centers = torch.randint(0, num_nodes, (num_edges,), generator=generator)
+    pair_type = torch.randint(0, num_types, (num_edges,), generator=generator)
+    degree = torch.sqrt(torch.arange(degrees**2, dtype=torch.float64)).floor().long()
+
+    def plain(r, t, y, g):
+        coefficients = torch.einsum("pr,prlc->plc", r, t[pair_type])[:, degree, :]
+        return (coefficients * y[:, :, None] * g[centers]).sum()
+
+    factors = [radial, table, harmonics, node_grad]
+    leaves = [f.clone().requires_grad_() for f in factors]
+    expected = torch.autograd.grad(plain(*leaves), leaves)
+    for target in range(4):
+        args = [None if k == target else factors[k] for k in range(4)]
+        result = torch.ops.lorem.pair_form(
+            target, list(factors[target].shape), *args, pair_type, centers
+        )
+        torch.testing.assert_close(result, expected[target], rtol=0, atol=1e-12)
+
+    def adjoints(r, t, y, g):
+        return tuple(torch.ops.lorem.pair_form_adjoints(r, t, y, g, pair_type, centers, [True] * 3))
+
+    inputs = tuple(f.clone().requires_grad_() for f in factors)
+    assert torch.autograd.gradcheck(adjoints, inputs)
+    assert torch.autograd.gradgradcheck(adjoints, inputs)
+    with pytest.raises(RuntimeError, match="has centre 5, outside the 5 atoms"):
+        torch.ops.lorem.pair_form(
+            3,
+            [num_nodes, degrees**2, channels],
+            radial,
+            table,
+            harmonics,
+            None,
+            pair_type,
+            centers + 5 - centers.max(),
+        )
+    with pytest.raises(RuntimeError, match="the target's slot \\(radial\\) must be None"):
+        torch.ops.lorem.pair_form(0, [1], radial, table, harmonics, None, pair_type, centers)
 
 
 def test_operator_refuses_bad_input():

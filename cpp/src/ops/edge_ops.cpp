@@ -19,6 +19,8 @@
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <array>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -456,18 +458,19 @@ struct PairTypeOrder {
   std::vector<int64_t> counts;
 };
 
+void check_pair_type_range(const Tensor& pair_type, int64_t num_types) {
+  TORCH_CHECK(pair_type.dim() == 1 && pair_type.scalar_type() == at::kLong,
+              "lorem::edges_to_nodes_by_pair_type: pair_type must be [P] int64, got ",
+              pair_type.sizes(), " ", pair_type.scalar_type());
+  if (pair_type.size(0) == 0) return;
+  const int64_t low = pair_type.min().item<int64_t>(), high = pair_type.max().item<int64_t>();
+  TORCH_CHECK(low >= 0 && high < num_types, "lorem::edges_to_nodes_by_pair_type: pair types ",
+              "must lie in [0, ", num_types, "), got [", low, ", ", high, "]");
+}
+
 PairTypeOrder pair_type_order(const Tensor& pair_type, int64_t num_types) {
-  const char* op = "lorem::edges_to_nodes_by_pair_type";
-  TORCH_CHECK(pair_type.dim() == 1 && pair_type.scalar_type() == at::kLong, op,
-              ": pair_type must be [P] int64, got ", pair_type.sizes(), " ",
-              pair_type.scalar_type());
   PairTypeOrder out;
-  const int64_t edges = pair_type.size(0);
-  if (edges > 0) {
-    const int64_t low = pair_type.min().item<int64_t>(), high = pair_type.max().item<int64_t>();
-    TORCH_CHECK(low >= 0 && high < num_types, op, ": pair types must lie in [0, ", num_types,
-                "), got [", low, ", ", high, "]");
-  }
+  check_pair_type_range(pair_type, num_types);
   out.order = at::argsort(pair_type);
   const Tensor counts = at::bincount(pair_type, {}, num_types).to(at::kCPU);
   out.counts.assign(counts.data_ptr<int64_t>(), counts.data_ptr<int64_t>() + num_types);
@@ -534,21 +537,54 @@ PairTypeOrder checked_pair_types(const Tensor& radial, const Tensor& table, cons
   return pair_type_order(pair_type, table.size(0));
 }
 
-Tensor by_pair_type_forward(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
-                            const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
-  return by_pair_type_sum(radial, table,
-                          checked_pair_types(radial, table, pair_type, harmonics, centers),
-                          harmonics, centers, num_nodes);
-}
-
 // edges per block of the backward: its temporaries are [block, R + 2 (L+1) s + (L+1)^2]
 constexpr int64_t kPairTypeBlock = 16384;
+
+// On CPU the operator is lorem::pair_form (pair_form_ops.cpp): edge by edge, with no
+// grouping by pair type; the blocked path below serves other devices (and the tests, through
+// lorem::_edges_to_nodes_by_pair_type_blocks).
+bool edge_by_edge(const Tensor& radial, const Tensor& table, const Tensor& harmonics, bool blocks) {
+  return !blocks && radial.is_cpu() && table.is_cpu() && harmonics.is_cpu();
+}
+
+Tensor call_pair_form_nodes(const Tensor& radial, const Tensor& table, const Tensor& harmonics,
+                            const Tensor& pair_type, const Tensor& centers, int64_t num_nodes) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("lorem::pair_form", "")
+                       .typed<Tensor(int64_t, at::IntArrayRef, const std::optional<Tensor>&,
+                                     const std::optional<Tensor>&, const std::optional<Tensor>&,
+                                     const std::optional<Tensor>&, const Tensor&, const Tensor&)>();
+  const std::vector<int64_t> shape = {num_nodes, harmonics.size(1), table.size(3)};
+  return op.call(3, shape, radial, table, harmonics, std::nullopt, pair_type, centers);
+}
+
+std::vector<Tensor> call_pair_form_adjoints(const Tensor& radial, const Tensor& table,
+                                            const Tensor& harmonics, const Tensor& node_grad,
+                                            const Tensor& pair_type, const Tensor& centers,
+                                            std::array<bool, 3> needed) {
+  static auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("lorem::pair_form_adjoints", "")
+          .typed<std::vector<Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                     const Tensor&, const Tensor&, std::array<bool, 3>)>();
+  return op.call(radial, table, harmonics, node_grad, pair_type, centers, needed);
+}
 
 class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPairType> {
  public:
   static Tensor forward(AutogradContext* ctx, const Tensor& radial, const Tensor& table,
                         const Tensor& pair_type, const Tensor& harmonics, const Tensor& centers,
-                        int64_t num_nodes) {
+                        int64_t num_nodes, bool blocks) {
+    if (edge_by_edge(radial, table, harmonics, blocks)) {
+      check_pair_inputs(radial, table, harmonics, centers);
+      check_pair_type(pair_type, radial);
+      check_pair_type_range(pair_type, table.size(0));
+      ctx->save_for_backward({radial, table, pair_type, harmonics, centers});
+      ctx->saved_data["edge_by_edge"] = true;
+      at::AutoDispatchBelowADInplaceOrView guard;
+      return call_pair_form_nodes(radial, table, harmonics, pair_type, centers, num_nodes);
+    }
+    ctx->saved_data["edge_by_edge"] = false;
     const PairTypeOrder types = checked_pair_types(radial, table, pair_type, harmonics, centers);
     // the grouping is kept for the backward rather than sorted again
     ctx->save_for_backward({radial, table, types.order, harmonics, centers});
@@ -567,6 +603,21 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
     const Tensor& table = saved[1];
     const Tensor& harmonics = saved[3];
     const Tensor& centers = saved[4];
+    if (ctx->saved_data["edge_by_edge"].toBool()) {
+      // one pass over the edges, differentiable again (pair_form's autograd)
+      const std::array<bool, 3> needed = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                          ctx->needs_input_grad(3)};
+      if (!grads[0].defined() || !(needed[0] || needed[1] || needed[2])) return variable_list(7);
+      auto d =
+          call_pair_form_adjoints(radial, table, harmonics, grads[0], saved[2], centers, needed);
+      return {needed[0] ? d[0] : Tensor(),
+              needed[1] ? d[1] : Tensor(),
+              Tensor(),
+              needed[2] ? d[2] : Tensor(),
+              Tensor(),
+              Tensor(),
+              Tensor()};
+    }
     // contiguous once here, not once per block inside the adjoint kernels
     const Tensor node_grad = grads[0].contiguous();
     const PairTypeOrder types{saved[2], ctx->saved_data["counts"].toIntVector()};
@@ -615,13 +666,41 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
     if (need_table)
       table_grad =
           num_types > 0 ? at::stack(table_grads, 0).view(table.sizes()) : at::zeros_like(table);
-    return {radial_grad, table_grad, Tensor(), harmonic_grad, Tensor(), Tensor()};
+    return {radial_grad, table_grad, Tensor(), harmonic_grad, Tensor(), Tensor(), Tensor()};
   }
 };
 
 Tensor by_pair_type_autograd(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
                              const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
-  return EdgesToNodesByPairType::apply(radial, table, pair_type, harmonics, centers, num_nodes);
+  return EdgesToNodesByPairType::apply(radial, table, pair_type, harmonics, centers, num_nodes,
+                                       false);
+}
+
+// the blocked path on any device: the reference of the edge-by-edge one, for the tests
+Tensor by_pair_type_blocks_autograd(const Tensor& radial, const Tensor& table,
+                                    const Tensor& pair_type, const Tensor& harmonics,
+                                    const Tensor& centers, int64_t num_nodes) {
+  return EdgesToNodesByPairType::apply(radial, table, pair_type, harmonics, centers, num_nodes,
+                                       true);
+}
+
+Tensor by_pair_type_blocks_forward(const Tensor& radial, const Tensor& table,
+                                   const Tensor& pair_type, const Tensor& harmonics,
+                                   const Tensor& centers, int64_t num_nodes) {
+  return by_pair_type_sum(radial, table,
+                          checked_pair_types(radial, table, pair_type, harmonics, centers),
+                          harmonics, centers, num_nodes);
+}
+
+Tensor by_pair_type_dispatch(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
+                             const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
+  if (edge_by_edge(radial, table, harmonics, false)) {
+    check_pair_inputs(radial, table, harmonics, centers);
+    check_pair_type(pair_type, radial);
+    check_pair_type_range(pair_type, table.size(0));
+    return call_pair_form_nodes(radial, table, harmonics, pair_type, centers, num_nodes);
+  }
+  return by_pair_type_blocks_forward(radial, table, pair_type, harmonics, centers, num_nodes);
 }
 
 }  // namespace
@@ -641,6 +720,9 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
       "edges_to_nodes_by_pair_type(Tensor radial, Tensor table, Tensor pair_type, "
       "Tensor harmonics, Tensor centers, int num_nodes) -> Tensor");
   m.def(
+      "_edges_to_nodes_by_pair_type_blocks(Tensor radial, Tensor table, Tensor pair_type, "
+      "Tensor harmonics, Tensor centers, int num_nodes) -> Tensor");
+  m.def(
       "_edge_op_by_chunks(str name, Tensor first, Tensor second, Tensor centers, "
       "int num_nodes, int chunk_edges) -> Tensor");
 }
@@ -656,7 +738,8 @@ TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
   m.impl("edges_to_nodes_coefficient_adjoint", coefficient_adjoint_composite);
   m.impl("edges_to_nodes_harmonic_adjoint", harmonic_adjoint_composite);
   m.impl("_edge_op_by_chunks", edge_op_by_chunks);
-  m.impl("edges_to_nodes_by_pair_type", by_pair_type_forward);
+  m.impl("edges_to_nodes_by_pair_type", by_pair_type_dispatch);
+  m.impl("_edges_to_nodes_by_pair_type_blocks", by_pair_type_blocks_forward);
 }
 
 TORCH_LIBRARY_IMPL(lorem, Autograd, m) {
@@ -664,4 +747,5 @@ TORCH_LIBRARY_IMPL(lorem, Autograd, m) {
   m.impl("edges_to_nodes_coefficient_adjoint", coefficient_adjoint_autograd);
   m.impl("edges_to_nodes_harmonic_adjoint", harmonic_adjoint_autograd);
   m.impl("edges_to_nodes_by_pair_type", by_pair_type_autograd);
+  m.impl("_edges_to_nodes_by_pair_type_blocks", by_pair_type_blocks_autograd);
 }
