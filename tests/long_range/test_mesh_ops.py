@@ -51,28 +51,38 @@ def test_spread_and_interpolate_equal_plain_torch(order, num_atoms):
         )
 
 
+@pytest.mark.parametrize("order", [4, 6, 8, 10])
 @pytest.mark.parametrize("directional", [False, True])
 @pytest.mark.parametrize("chunk_atoms", [1, 7, 1000])
-def test_cpu_kernels_equal_the_chunked_kernel(directional, chunk_atoms):
-    pme, cell, positions, charges = setup(num_atoms=25)
+def test_cpu_kernels_equal_the_chunked_kernel(order, directional, chunk_atoms):
+    """Every order (the CPU loops are compiled per order), on the whole periodic mesh
+    (where stencils near a face wrap around, point by point, and the others are
+    consecutive rows) and on a brick; a zero charge row is skipped by the spread."""
+    pme, cell, positions, charges = setup(num_atoms=25, order=order)
     mesh = pme.mesh_shape(cell)
     u = pme.mesh_coordinates(positions, cell, mesh).detach()
-    q = charges.detach()
+    q = charges.detach().clone()
+    q[3] = 0.0
+    q[5, 1] = 0.0
     h = torch.randn(25, 3, dtype=torch.float64) if directional else None
     for lo, shape in bricks(pme, positions, cell, mesh):
         brick = torch.randn(3, *shape, dtype=torch.float64)
         cases = {
-            "spread": (torch.ops.lorem.mesh_spread(q, u, h, lo, shape, mesh, 6), q, None),
+            "spread": (torch.ops.lorem.mesh_spread(q, u, h, lo, shape, mesh, order), q, None),
             "interpolate": (
-                torch.ops.lorem.mesh_interpolate(brick, u, h, lo, mesh, 6),
+                torch.ops.lorem.mesh_interpolate(brick, u, h, lo, mesh, order),
                 brick,
                 None,
             ),
-            "gradient": (torch.ops.lorem.mesh_gradient(brick, q, u, h, lo, mesh, 6), brick, q),
+            "gradient": (
+                torch.ops.lorem.mesh_gradient(brick, q, u, h, lo, mesh, order),
+                brick,
+                q,
+            ),
         }
         for name, (fused, first, second) in cases.items():
             chunked = torch.ops.lorem._mesh_op_by_chunks(
-                name, first, second, u, h, lo, shape, mesh, 6, chunk_atoms
+                name, first, second, u, h, lo, shape, mesh, order, chunk_atoms
             )
             torch.testing.assert_close(fused, chunked, rtol=0, atol=1e-12, msg=name)
 

@@ -42,6 +42,8 @@
 #include <string>
 #include <vector>
 
+#include "channel_lanes.hpp"
+
 namespace {
 
 using at::Tensor;
@@ -222,20 +224,208 @@ Stencils<scalar_t> make_stencils(const Tensor& coordinates, const Brick& brick, 
   return s;
 }
 
-// The weight of every point of one atom's stencil along axis 2, given the factor of axes 0
-// and 1: with directions h, h . grad w = (h0 dw0 w1 + h1 w0 dw1) w2 + (h2 w0 w1) dw2.
-template <typename scalar_t>
-struct PointWeights {
-  scalar_t along_w2, along_dw2;
+// The loops of the CPU kernels for one PME order P, a compile-time constant so that the
+// loops along axis 2 are P-wide vector operations (compiled for x86-64-v3 as well,
+// channel_lanes.hpp). Along axis 2 the stencil of most atoms is P consecutive mesh
+// points, read and written as one row; those of atoms whose stencil wraps around a
+// periodic mesh go point by point. Each atom's P x P row offsets and row weights (axes 0
+// and 1) are computed once and used for every channel.
+template <typename scalar_t, int P>
+struct MeshLoops {
+  static constexpr int kRows = P * P;
+  const Stencils<scalar_t>& s;
+  int64_t s1, s2, size;  // the brick's strides along axes 0 and 1, and a channel's size
+
+  MeshLoops(const Stencils<scalar_t>& stencils, const Brick& brick)
+      : s(stencils), s1(brick.shape[1]), s2(brick.shape[2]), size(brick.size()) {}
+
+  // One atom's rows: their offsets into a channel (plus the first point along axis 2 when
+  // the stencil is consecutive there), and their weights: w0 w1, or with directions h the
+  // factors of w2 and dw2 in h . grad w = (h0 dw0 w1 + h1 w0 dw1) w2 + (h2 w0 w1) dw2.
+  struct Atom {
+    int64_t rows[kRows];
+    scalar_t along_w2[kRows], along_dw2[kRows];
+    scalar_t w2[P], dw2[P];
+    const int64_t* i2;
+    bool consecutive;
+  };
+
+  LOREM_LANES_INLINE void prepare(int64_t i, const scalar_t* h, Atom& atom) const {
+    const int64_t *i0 = s.index_of(i, 0), *i1 = s.index_of(i, 1);
+    atom.i2 = s.index_of(i, 2);
+    atom.consecutive = atom.i2[P - 1] == atom.i2[0] + (P - 1);
+    const int64_t shift = atom.consecutive ? atom.i2[0] : 0;
+    const scalar_t *w0 = s.w_of(i, 0), *w1 = s.w_of(i, 1);
+    const scalar_t *dw0 = s.dw_of(i, 0), *dw1 = s.dw_of(i, 1);
+    for (int t0 = 0; t0 < P; ++t0) {
+      for (int t1 = 0; t1 < P; ++t1) {
+        const int k = t0 * P + t1;
+        atom.rows[k] = (i0[t0] * s1 + i1[t1]) * s2 + shift;
+        if (h == nullptr) {
+          atom.along_w2[k] = w0[t0] * w1[t1];
+          atom.along_dw2[k] = 0;
+        } else {
+          atom.along_w2[k] = h[0] * dw0[t0] * w1[t1] + h[1] * w0[t0] * dw1[t1];
+          atom.along_dw2[k] = h[2] * w0[t0] * w1[t1];
+        }
+      }
+    }
+    for (int t2 = 0; t2 < P; ++t2) {
+      atom.w2[t2] = s.w_of(i, 2)[t2];
+      atom.dw2[t2] = s.dw_of(i, 2)[t2];
+    }
+  }
+
+  // mesh_spread for the channels [c_begin, c_end): every atom adds to every channel
+  LOREM_VECTOR_CLONES void spread(const scalar_t* q, int64_t channels, const scalar_t* h,
+                                  int64_t c_begin, int64_t c_end, scalar_t* out) const {
+    Atom atom;
+    for (const int64_t i : s.order) {
+      bool any = false;
+      for (int64_t c = c_begin; c < c_end; ++c) any = any || q[i * channels + c] != scalar_t(0);
+      if (!any) continue;
+      const scalar_t* hi = h ? h + i * 3 : nullptr;
+      prepare(i, hi, atom);
+      for (int64_t c = c_begin; c < c_end; ++c) {
+        const scalar_t charge = q[i * channels + c];
+        if (charge == scalar_t(0)) continue;
+        scalar_t* plane = out + c * size;
+        scalar_t along[P];
+        for (int k = 0; k < kRows; ++k) {
+          const scalar_t a = charge * atom.along_w2[k], b = charge * atom.along_dw2[k];
+          for (int t2 = 0; t2 < P; ++t2) along[t2] = a * atom.w2[t2] + b * atom.dw2[t2];
+          scalar_t* row = plane + atom.rows[k];
+          if (atom.consecutive) {
+            for (int t2 = 0; t2 < P; ++t2) row[t2] += along[t2];
+          } else {
+            for (int t2 = 0; t2 < P; ++t2) row[atom.i2[t2]] += along[t2];
+          }
+        }
+      }
+    }
+  }
+
+  // mesh_interpolate for the atoms s.order[begin, end)
+  LOREM_VECTOR_CLONES void interpolate(const scalar_t* b, int64_t channels, const scalar_t* h,
+                                       int64_t begin, int64_t end, scalar_t* out) const {
+    Atom atom;
+    for (int64_t n = begin; n < end; ++n) {
+      const int64_t i = s.order[n];
+      const scalar_t* hi = h ? h + i * 3 : nullptr;
+      prepare(i, hi, atom);
+      for (int64_t c = 0; c < channels; ++c) {
+        const scalar_t* plane = b + c * size;
+        scalar_t sum_w[P] = {}, sum_dw[P] = {};
+        for (int k = 0; k < kRows; ++k) {
+          scalar_t row[P];
+          load_row(plane + atom.rows[k], atom, row);
+          const scalar_t a = atom.along_w2[k], d = atom.along_dw2[k];
+          for (int t2 = 0; t2 < P; ++t2) sum_w[t2] += a * row[t2];
+          if (hi != nullptr)
+            for (int t2 = 0; t2 < P; ++t2) sum_dw[t2] += d * row[t2];
+        }
+        scalar_t total = 0;
+        for (int t2 = 0; t2 < P; ++t2) total += sum_w[t2] * atom.w2[t2] + sum_dw[t2] * atom.dw2[t2];
+        out[i * channels + c] = total;
+      }
+    }
+  }
+
+  // mesh_gradient for the atoms s.order[begin, end): r(t) = sum_c B[c, f(i, t)] q[i, c]
+  // first, then its contraction with the derivatives of the weights
+  LOREM_VECTOR_CLONES void gradient(const scalar_t* b, const scalar_t* q, int64_t channels,
+                                    const scalar_t* h, int64_t begin, int64_t end,
+                                    scalar_t* out) const {
+    Atom atom;
+    scalar_t r[kRows][P];
+    for (int64_t n = begin; n < end; ++n) {
+      const int64_t i = s.order[n];
+      prepare(i, nullptr, atom);
+      for (int k = 0; k < kRows; ++k)
+        for (int t2 = 0; t2 < P; ++t2) r[k][t2] = 0;
+      for (int64_t c = 0; c < channels; ++c) {
+        const scalar_t charge = q[i * channels + c];
+        if (charge == scalar_t(0)) continue;
+        const scalar_t* plane = b + c * size;
+        for (int k = 0; k < kRows; ++k) {
+          scalar_t row[P];
+          load_row(plane + atom.rows[k], atom, row);
+          for (int t2 = 0; t2 < P; ++t2) r[k][t2] += charge * row[t2];
+        }
+      }
+      const scalar_t *w0 = s.w_of(i, 0), *w1 = s.w_of(i, 1);
+      const scalar_t *dw0 = s.dw_of(i, 0), *dw1 = s.dw_of(i, 1);
+      const scalar_t *ddw0 = s.ddw_of(i, 0), *ddw1 = s.ddw_of(i, 1), *ddw2 = s.ddw_of(i, 2);
+      scalar_t g[3] = {0, 0, 0};
+      if (h == nullptr) {
+        // dT/du_a = sum_t r(t) dw_a w_b w_c
+        for (int t0 = 0; t0 < P; ++t0) {
+          for (int t1 = 0; t1 < P; ++t1) {
+            const scalar_t* rt = r[t0 * P + t1];
+            scalar_t sum_w = 0, sum_dw = 0;
+            for (int t2 = 0; t2 < P; ++t2) {
+              sum_w += rt[t2] * atom.w2[t2];
+              sum_dw += rt[t2] * atom.dw2[t2];
+            }
+            g[0] += dw0[t0] * w1[t1] * sum_w;
+            g[1] += w0[t0] * dw1[t1] * sum_w;
+            g[2] += w0[t0] * w1[t1] * sum_dw;
+          }
+        }
+      } else {
+        // (H h)_a = sum_b sum_t r(t) d_a d_b w h_b
+        const scalar_t* hi = h + i * 3;
+        for (int t0 = 0; t0 < P; ++t0) {
+          for (int t1 = 0; t1 < P; ++t1) {
+            const scalar_t* rt = r[t0 * P + t1];
+            scalar_t sum_w = 0, sum_dw = 0, sum_ddw = 0;
+            for (int t2 = 0; t2 < P; ++t2) {
+              sum_w += rt[t2] * atom.w2[t2];
+              sum_dw += rt[t2] * atom.dw2[t2];
+              sum_ddw += rt[t2] * ddw2[t2];
+            }
+            const scalar_t a0 = w0[t0], d0 = dw0[t0], dd0 = ddw0[t0];
+            const scalar_t a1 = w1[t1], d1 = dw1[t1], dd1 = ddw1[t1];
+            // Hessian rows times h: H_00 = dd0 a1 w2, H_01 = d0 d1 w2, H_02 = d0 a1 dw2, ...
+            g[0] += hi[0] * dd0 * a1 * sum_w + hi[1] * d0 * d1 * sum_w + hi[2] * d0 * a1 * sum_dw;
+            g[1] += hi[0] * d0 * d1 * sum_w + hi[1] * a0 * dd1 * sum_w + hi[2] * a0 * d1 * sum_dw;
+            g[2] += hi[0] * d0 * a1 * sum_dw + hi[1] * a0 * d1 * sum_dw + hi[2] * a0 * a1 * sum_ddw;
+          }
+        }
+      }
+      for (int a = 0; a < 3; ++a) out[i * 3 + a] = g[a];
+    }
+  }
+
+  // the P values of one row of a channel, consecutive or point by point
+  static LOREM_LANES_INLINE void load_row(const scalar_t* row, const Atom& atom, scalar_t* to) {
+    if (atom.consecutive) {
+      for (int t2 = 0; t2 < P; ++t2) to[t2] = row[t2];
+    } else {
+      for (int t2 = 0; t2 < P; ++t2) to[t2] = row[atom.i2[t2]];
+    }
+  }
 };
 
-template <typename scalar_t>
-PointWeights<scalar_t> point_weights(const Stencils<scalar_t>& s, int64_t i, int64_t t0, int64_t t1,
-                                     const scalar_t* h) {
-  const scalar_t w0 = s.w_of(i, 0)[t0], w1 = s.w_of(i, 1)[t1];
-  if (h == nullptr) return {w0 * w1, 0};
-  const scalar_t dw0 = s.dw_of(i, 0)[t0], dw1 = s.dw_of(i, 1)[t1];
-  return {h[0] * dw0 * w1 + h[1] * w0 * dw1, h[2] * w0 * w1};
+// body(MeshLoops<scalar_t, P>) for the brick's order
+template <typename scalar_t, typename Body>
+void with_order(const Stencils<scalar_t>& s, const Brick& brick, Body&& body) {
+  switch (brick.order) {
+    case 4:
+      body(MeshLoops<scalar_t, 4>(s, brick));
+      break;
+    case 6:
+      body(MeshLoops<scalar_t, 6>(s, brick));
+      break;
+    case 8:
+      body(MeshLoops<scalar_t, 8>(s, brick));
+      break;
+    case 10:
+      body(MeshLoops<scalar_t, 10>(s, brick));
+      break;
+    default:
+      TORCH_CHECK(false, "lorem::mesh_*: PME order must be 4, 6, 8 or 10, got ", brick.order);
+  }
 }
 
 Tensor mesh_spread_cpu(const Tensor& charges, const Tensor& coordinates,
@@ -246,7 +436,7 @@ Tensor mesh_spread_cpu(const Tensor& charges, const Tensor& coordinates,
   check_per_atom(charges, coordinates.size(0), -1, "charges", coordinates, op);
   check_directions(directions, coordinates, op);
   const Brick brick = make_brick(brick_lo, brick_shape, mesh, order, op);
-  const int64_t atoms = coordinates.size(0), channels = charges.size(1), p = brick.order;
+  const int64_t atoms = coordinates.size(0), channels = charges.size(1);
   Tensor out =
       at::zeros({channels, brick.shape[0], brick.shape[1], brick.shape[2]}, charges.options());
   if (atoms == 0 || channels == 0 || brick.size() == 0) return out;
@@ -257,31 +447,11 @@ Tensor mesh_spread_cpu(const Tensor& charges, const Tensor& coordinates,
     const scalar_t* q_data = q.data_ptr<scalar_t>();
     const scalar_t* h_data = h.defined() ? h.data_ptr<scalar_t>() : nullptr;
     scalar_t* out_data = out.data_ptr<scalar_t>();
-    const int64_t s1 = brick.shape[1], s2 = brick.shape[2];
-    // one channel per task: no two threads write the same mesh point
-    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t c = begin; c < end; ++c) {
-        scalar_t* plane = out_data + c * brick.size();
-        for (const int64_t i : s.order) {
-          const scalar_t charge = q_data[i * channels + c];
-          if (charge == scalar_t(0)) continue;
-          const scalar_t* hi = h_data ? h_data + i * 3 : nullptr;
-          const int64_t *i0 = s.index_of(i, 0), *i1 = s.index_of(i, 1), *i2 = s.index_of(i, 2);
-          const scalar_t *w2 = s.w_of(i, 2), *dw2 = s.dw_of(i, 2);
-          for (int64_t t0 = 0; t0 < p; ++t0) {
-            for (int64_t t1 = 0; t1 < p; ++t1) {
-              const PointWeights<scalar_t> f = point_weights(s, i, t0, t1, hi);
-              const scalar_t a = charge * f.along_w2, b = charge * f.along_dw2;
-              scalar_t* row = plane + (i0[t0] * s1 + i1[t1]) * s2;
-              if (hi == nullptr) {
-                for (int64_t t2 = 0; t2 < p; ++t2) row[i2[t2]] += a * w2[t2];
-              } else {
-                for (int64_t t2 = 0; t2 < p; ++t2) row[i2[t2]] += a * w2[t2] + b * dw2[t2];
-              }
-            }
-          }
-        }
-      }
+    with_order(s, brick, [&](const auto& loops) {
+      // channels split between threads: no two threads write the same mesh point
+      at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+        loops.spread(q_data, channels, h_data, begin, end, out_data);
+      });
     });
   });
   return out;
@@ -303,7 +473,7 @@ Tensor mesh_interpolate_cpu(const Tensor& brick_tensor, const Tensor& coordinate
   check_brick_tensor(brick_tensor, coordinates, op);
   check_directions(directions, coordinates, op);
   const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
-  const int64_t atoms = coordinates.size(0), channels = brick_tensor.size(0), p = brick.order;
+  const int64_t atoms = coordinates.size(0), channels = brick_tensor.size(0);
   Tensor out = at::zeros({atoms, channels}, brick_tensor.options());
   if (atoms == 0 || channels == 0) return out;
   const Tensor b = brick_tensor.contiguous();
@@ -313,31 +483,10 @@ Tensor mesh_interpolate_cpu(const Tensor& brick_tensor, const Tensor& coordinate
     const scalar_t* b_data = b.data_ptr<scalar_t>();
     const scalar_t* h_data = h.defined() ? h.data_ptr<scalar_t>() : nullptr;
     scalar_t* out_data = out.data_ptr<scalar_t>();
-    const int64_t s1 = brick.shape[1], s2 = brick.shape[2];
-    at::parallel_for(0, atoms, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t k = begin; k < end; ++k) {
-        const int64_t i = s.order[k];
-        const scalar_t* hi = h_data ? h_data + i * 3 : nullptr;
-        const int64_t *i0 = s.index_of(i, 0), *i1 = s.index_of(i, 1), *i2 = s.index_of(i, 2);
-        const scalar_t *w2 = s.w_of(i, 2), *dw2 = s.dw_of(i, 2);
-        for (int64_t c = 0; c < channels; ++c) {
-          const scalar_t* plane = b_data + c * brick.size();
-          scalar_t total = 0;
-          for (int64_t t0 = 0; t0 < p; ++t0) {
-            for (int64_t t1 = 0; t1 < p; ++t1) {
-              const PointWeights<scalar_t> f = point_weights(s, i, t0, t1, hi);
-              const scalar_t* row = plane + (i0[t0] * s1 + i1[t1]) * s2;
-              scalar_t along_w = 0, along_dw = 0;
-              for (int64_t t2 = 0; t2 < p; ++t2) {
-                along_w += row[i2[t2]] * w2[t2];
-                if (hi != nullptr) along_dw += row[i2[t2]] * dw2[t2];
-              }
-              total += f.along_w2 * along_w + f.along_dw2 * along_dw;
-            }
-          }
-          out_data[i * channels + c] = total;
-        }
-      }
+    with_order(s, brick, [&](const auto& loops) {
+      at::parallel_for(0, atoms, 64, [&](int64_t begin, int64_t end) {
+        loops.interpolate(b_data, channels, h_data, begin, end, out_data);
+      });
     });
   });
   return out;
@@ -352,7 +501,7 @@ Tensor mesh_gradient_cpu(const Tensor& brick_tensor, const Tensor& charges,
   check_per_atom(charges, coordinates.size(0), brick_tensor.size(0), "charges", coordinates, op);
   check_directions(directions, coordinates, op);
   const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
-  const int64_t atoms = coordinates.size(0), channels = brick_tensor.size(0), p = brick.order;
+  const int64_t atoms = coordinates.size(0), channels = brick_tensor.size(0);
   Tensor out = at::zeros({atoms, 3}, brick_tensor.options());
   if (atoms == 0 || channels == 0) return out;
   const Tensor b = brick_tensor.contiguous();
@@ -364,71 +513,10 @@ Tensor mesh_gradient_cpu(const Tensor& brick_tensor, const Tensor& charges,
     const scalar_t* q_data = q.data_ptr<scalar_t>();
     const scalar_t* h_data = h.defined() ? h.data_ptr<scalar_t>() : nullptr;
     scalar_t* out_data = out.data_ptr<scalar_t>();
-    const int64_t s1 = brick.shape[1], s2 = brick.shape[2], points = p * p * p;
-    at::parallel_for(0, atoms, 64, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> r(points);
-      for (int64_t k = begin; k < end; ++k) {
-        const int64_t i = s.order[k];
-        const int64_t *i0 = s.index_of(i, 0), *i1 = s.index_of(i, 1), *i2 = s.index_of(i, 2);
-        // r(t) = sum_c B[c, f(i, t)] q[i, c]
-        std::fill(r.begin(), r.end(), scalar_t(0));
-        for (int64_t c = 0; c < channels; ++c) {
-          const scalar_t charge = q_data[i * channels + c];
-          if (charge == scalar_t(0)) continue;
-          const scalar_t* plane = b_data + c * brick.size();
-          scalar_t* rt = r.data();
-          for (int64_t t0 = 0; t0 < p; ++t0) {
-            for (int64_t t1 = 0; t1 < p; ++t1) {
-              const scalar_t* row = plane + (i0[t0] * s1 + i1[t1]) * s2;
-              for (int64_t t2 = 0; t2 < p; ++t2) *rt++ += charge * row[i2[t2]];
-            }
-          }
-        }
-        const scalar_t *w[3], *dw[3], *ddw[3];
-        for (int a = 0; a < 3; ++a) {
-          w[a] = s.w_of(i, a);
-          dw[a] = s.dw_of(i, a);
-          ddw[a] = s.ddw_of(i, a);
-        }
-        scalar_t g[3] = {0, 0, 0};
-        const scalar_t* rt = r.data();
-        if (h_data == nullptr) {
-          // dT/du_a = sum_t r(t) dw_a w_b w_c
-          for (int64_t t0 = 0; t0 < p; ++t0) {
-            for (int64_t t1 = 0; t1 < p; ++t1) {
-              scalar_t sum_w = 0, sum_dw = 0;
-              for (int64_t t2 = 0; t2 < p; ++t2, ++rt) {
-                sum_w += *rt * w[2][t2];
-                sum_dw += *rt * dw[2][t2];
-              }
-              g[0] += dw[0][t0] * w[1][t1] * sum_w;
-              g[1] += w[0][t0] * dw[1][t1] * sum_w;
-              g[2] += w[0][t0] * w[1][t1] * sum_dw;
-            }
-          }
-        } else {
-          // (H h)_a = sum_b sum_t r(t) d_a d_b w h_b
-          const scalar_t* hi = h_data + i * 3;
-          for (int64_t t0 = 0; t0 < p; ++t0) {
-            for (int64_t t1 = 0; t1 < p; ++t1) {
-              scalar_t sum_w = 0, sum_dw = 0, sum_ddw = 0;
-              for (int64_t t2 = 0; t2 < p; ++t2, ++rt) {
-                sum_w += *rt * w[2][t2];
-                sum_dw += *rt * dw[2][t2];
-                sum_ddw += *rt * ddw[2][t2];
-              }
-              const scalar_t a0 = w[0][t0], d0 = dw[0][t0], dd0 = ddw[0][t0];
-              const scalar_t a1 = w[1][t1], d1 = dw[1][t1], dd1 = ddw[1][t1];
-              // Hessian rows times h: H_00 = dd0 a1 w2, H_01 = d0 d1 w2, H_02 = d0 a1 dw2, ...
-              g[0] += hi[0] * dd0 * a1 * sum_w + hi[1] * d0 * d1 * sum_w + hi[2] * d0 * a1 * sum_dw;
-              g[1] += hi[0] * d0 * d1 * sum_w + hi[1] * a0 * dd1 * sum_w + hi[2] * a0 * d1 * sum_dw;
-              g[2] +=
-                  hi[0] * d0 * a1 * sum_dw + hi[1] * a0 * d1 * sum_dw + hi[2] * a0 * a1 * sum_ddw;
-            }
-          }
-        }
-        for (int a = 0; a < 3; ++a) out_data[i * 3 + a] = g[a];
-      }
+    with_order(s, brick, [&](const auto& loops) {
+      at::parallel_for(0, atoms, 64, [&](int64_t begin, int64_t end) {
+        loops.gradient(b_data, q_data, channels, h_data, begin, end, out_data);
+      });
     });
   });
   return out;
