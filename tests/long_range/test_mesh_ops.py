@@ -174,3 +174,40 @@ def test_refusals_name_the_problem():
     (second,) = torch.autograd.grad((forces**2).sum(), positions, create_graph=True)
     with pytest.raises(RuntimeError, match="third derivative of the PME mesh operators"):
         torch.autograd.grad(second.sum(), positions)
+
+
+def test_atoms_outside_an_empty_brick_or_with_no_channels_are_refused():
+    """Nothing to spread (an empty brick, no channels) still checks where the atoms are,
+    as the chunked kernel does: an atom outside gives an error, not an empty result."""
+    pme, cell, positions, charges = setup(num_atoms=5, order=4)
+    mesh = pme.mesh_shape(cell)
+    u = pme.mesh_coordinates(positions, cell, mesh).detach()
+    q = charges.detach()
+    empty = [0, 0, 0]
+    with pytest.raises(RuntimeError, match="outside the brick"):
+        torch.ops.lorem.mesh_spread(q, u, None, [1, 1, 1], empty, mesh, 4)
+    with pytest.raises(RuntimeError, match="outside the brick"):
+        torch.ops.lorem._mesh_op_by_chunks("spread", q, None, u, None, [1, 1, 1], empty, mesh, 4, 5)
+    no_channels = torch.zeros(0, *empty, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match="outside the brick"):
+        torch.ops.lorem.mesh_interpolate(no_channels, u, None, [1, 1, 1], mesh, 4)
+    with pytest.raises(RuntimeError, match="outside the brick"):
+        torch.ops.lorem.mesh_gradient(no_channels, q[:, :0], u, None, [1, 1, 1], mesh, 4)
+
+
+def test_a_nan_in_the_brick_reaches_the_forces_under_a_zero_charge():
+    """0 x NaN is NaN in every kernel: an atom with zero charges on a brick with a NaN
+    gets NaN forces (as from the chunked kernel), not zero."""
+    pme, cell, positions, charges = setup(num_atoms=5, order=4)
+    mesh = pme.mesh_shape(cell)
+    u = pme.mesh_coordinates(positions, cell, mesh).detach()
+    q = charges.detach().clone()
+    q[2] = 0.0
+    brick = torch.randn(3, *mesh, dtype=torch.float64)
+    brick[:] = float("nan")
+    fused = torch.ops.lorem.mesh_gradient(brick, q, u, None, [0, 0, 0], mesh, 4)
+    chunked = torch.ops.lorem._mesh_op_by_chunks(
+        "gradient", brick, q, u, None, [0, 0, 0], mesh, mesh, 4, 5
+    )
+    assert torch.isnan(chunked[2]).all()
+    assert torch.isnan(fused).all()

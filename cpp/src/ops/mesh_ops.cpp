@@ -343,9 +343,9 @@ struct MeshLoops {
       prepare(i, nullptr, atom);
       for (int k = 0; k < kRows; ++k)
         for (int t2 = 0; t2 < P; ++t2) r[k][t2] = 0;
+      // no charge skipped when zero: a NaN in the brick stays NaN in the forces
       for (int64_t c = 0; c < channels; ++c) {
         const scalar_t charge = q[i * channels + c];
-        if (charge == scalar_t(0)) continue;
         const scalar_t* plane = b + c * size;
         for (int k = 0; k < kRows; ++k) {
           scalar_t row[P];
@@ -439,11 +439,14 @@ Tensor mesh_spread_cpu(const Tensor& charges, const Tensor& coordinates,
   const int64_t atoms = coordinates.size(0), channels = charges.size(1);
   Tensor out =
       at::zeros({channels, brick.shape[0], brick.shape[1], brick.shape[2]}, charges.options());
-  if (atoms == 0 || channels == 0 || brick.size() == 0) return out;
+  // the coordinates are checked (make_stencils) whenever there are atoms, even
+  // when there is nothing to spread or interpolate
+  if (atoms == 0) return out;
   const Tensor q = charges.contiguous();
   const Tensor h = has(directions) ? directions->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "lorem_mesh_spread", [&] {
     const Stencils<scalar_t> s = make_stencils<scalar_t>(coordinates, brick, op);
+    if (channels == 0 || brick.size() == 0) return;
     const scalar_t* q_data = q.data_ptr<scalar_t>();
     const scalar_t* h_data = h.defined() ? h.data_ptr<scalar_t>() : nullptr;
     scalar_t* out_data = out.data_ptr<scalar_t>();
@@ -475,11 +478,14 @@ Tensor mesh_interpolate_cpu(const Tensor& brick_tensor, const Tensor& coordinate
   const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
   const int64_t atoms = coordinates.size(0), channels = brick_tensor.size(0);
   Tensor out = at::zeros({atoms, channels}, brick_tensor.options());
-  if (atoms == 0 || channels == 0) return out;
+  // the coordinates are checked (make_stencils) whenever there are atoms, even
+  // when there is nothing to spread or interpolate
+  if (atoms == 0) return out;
   const Tensor b = brick_tensor.contiguous();
   const Tensor h = has(directions) ? directions->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "lorem_mesh_interpolate", [&] {
     const Stencils<scalar_t> s = make_stencils<scalar_t>(coordinates, brick, op);
+    if (channels == 0 || brick.size() == 0) return;
     const scalar_t* b_data = b.data_ptr<scalar_t>();
     const scalar_t* h_data = h.defined() ? h.data_ptr<scalar_t>() : nullptr;
     scalar_t* out_data = out.data_ptr<scalar_t>();
@@ -503,12 +509,15 @@ Tensor mesh_gradient_cpu(const Tensor& brick_tensor, const Tensor& charges,
   const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
   const int64_t atoms = coordinates.size(0), channels = brick_tensor.size(0);
   Tensor out = at::zeros({atoms, 3}, brick_tensor.options());
-  if (atoms == 0 || channels == 0) return out;
+  // the coordinates are checked (make_stencils) whenever there are atoms, even
+  // when there is nothing to spread or interpolate
+  if (atoms == 0) return out;
   const Tensor b = brick_tensor.contiguous();
   const Tensor q = charges.contiguous();
   const Tensor h = has(directions) ? directions->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(b.scalar_type(), "lorem_mesh_gradient", [&] {
     const Stencils<scalar_t> s = make_stencils<scalar_t>(coordinates, brick, op);
+    if (channels == 0 || brick.size() == 0) return;
     const scalar_t* b_data = b.data_ptr<scalar_t>();
     const scalar_t* q_data = q.data_ptr<scalar_t>();
     const scalar_t* h_data = h.defined() ? h.data_ptr<scalar_t>() : nullptr;

@@ -305,9 +305,12 @@ def degree_wise_norm(x: torch.Tensor, max_degree: int) -> torch.Tensor:
     (docs/design.md, "Kinks at symmetric structures").
     """
     squares = x * x
+    # split, not one slice per degree: the backward of a slice is a zero-filled copy of
+    # the whole [N, (L+1)**2, F] per degree, that of split one concatenation
+    sizes = [2 * l + 1 for l in range(max_degree + 1)]
     blocks: List[torch.Tensor] = []
-    for l in range(max_degree + 1):
-        blocks.append(squares[:, l * l : (l + 1) * (l + 1), :].sum(dim=1))
+    for block in squares.split(sizes, dim=1):
+        blocks.append(block.sum(dim=1))
     sum_of_squares = torch.stack(blocks, dim=1)
     # Relative to the norm of all the atom's blocks. Round-off measured (in the dtype's
     # epsilon): up to ~20 in the short range and in the long-range products of 1- and
