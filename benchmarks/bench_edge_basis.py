@@ -10,9 +10,9 @@ in (0.8, 5) A stand in for the edges: the kernels' cost does not depend on the v
 """
 
 import argparse
-import time
 
 import torch
+from timing import best_seconds
 
 import lorem_torch  # noqa: F401  (registers torch.ops.lorem.*)
 from lorem_torch.nn.spherical import harmonic_polynomials
@@ -20,16 +20,6 @@ from lorem_torch.nn.spherical import harmonic_polynomials
 CUTOFF = 5.0
 NUM_RADIAL = 32
 MAX_DEGREE = 6
-
-
-def best_seconds(function, rounds: int) -> float:
-    function()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
 
 
 def main() -> None:

@@ -12,21 +12,11 @@ and harmonics (forces), and with the table as well (training's first backward).
 """
 
 import argparse
-import time
 
 import torch
+from timing import best_ms
 
 import lorem_torch  # noqa: F401  (registers torch.ops.lorem.*)
-
-
-def best_ms(function, rounds: int) -> float:
-    function()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def main() -> None:

@@ -11,21 +11,11 @@ per atom, stencil point and channel (the multiply-adds the operator cannot avoid
 """
 
 import argparse
-import time
 
 import torch
+from timing import best_ms
 
 import lorem_torch  # noqa: F401  (registers torch.ops.lorem.*)
-
-
-def best_ms(function, rounds: int) -> float:
-    function()
-    best = float("inf")
-    for _ in range(rounds):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best * 1e3
 
 
 def main() -> None:

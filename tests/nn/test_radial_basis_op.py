@@ -22,6 +22,17 @@ def plain(r):
     return BernsteinBasis(NUM, CUTOFF).to(r.dtype)(r) * cosine_cutoff(r, CUTOFF)[:, None]
 
 
+def values_and_derivatives(r, g, d):
+    """The CPU kernels' values, vjp, jvp and hvp (the order of _radial_basis_composite's kinds)."""
+    ops = torch.ops.lorem
+    return [
+        ops.radial_basis(r, NUM, CUTOFF, CUTOFF),
+        ops.radial_basis_vjp(r, g, NUM, CUTOFF, CUTOFF),
+        ops.radial_basis_jvp(r, d, NUM, CUTOFF, CUTOFF),
+        ops.radial_basis_hvp(r, g, d, NUM, CUTOFF, CUTOFF),
+    ]
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_values_and_derivatives_equal_plain_torch(dtype):
     r = distances(dtype).requires_grad_()
@@ -49,12 +60,7 @@ def test_cpu_kernel_equals_the_torch_op_kernel():
     g = torch.randn(r.shape[0], NUM, dtype=torch.float64)
     d = torch.randn(r.shape[0], dtype=torch.float64)
     ops = torch.ops.lorem
-    cpu = [
-        ops.radial_basis(r, NUM, CUTOFF, CUTOFF),
-        ops.radial_basis_vjp(r, g, NUM, CUTOFF, CUTOFF),
-        ops.radial_basis_jvp(r, d, NUM, CUTOFF, CUTOFF),
-        ops.radial_basis_hvp(r, g, d, NUM, CUTOFF, CUTOFF),
-    ]
+    cpu = values_and_derivatives(r, g, d)
     for kind, value in enumerate(cpu):
         composite = ops._radial_basis_composite(kind, r, g, d, NUM, CUTOFF, CUTOFF)
         torch.testing.assert_close(value, composite, rtol=0, atol=1e-12, msg=str(kind))
@@ -106,12 +112,7 @@ def test_cpu_lanes_equal_the_torch_op_kernel_at_every_block_size(dtype, count):
             if with_end:
                 r = r.clone()
                 r[count // 2] = 0.0  # this block takes the edge-by-edge path
-            lanes = [
-                ops.radial_basis(r, NUM, CUTOFF, CUTOFF),
-                ops.radial_basis_vjp(r, g, NUM, CUTOFF, CUTOFF),
-                ops.radial_basis_jvp(r, d, NUM, CUTOFF, CUTOFF),
-                ops.radial_basis_hvp(r, g, d, NUM, CUTOFF, CUTOFF),
-            ]
+            lanes = values_and_derivatives(r, g, d)
             for kind, value in enumerate(lanes):
                 # float32 against the float64 reference of the same inputs
                 reference = ops._radial_basis_composite(

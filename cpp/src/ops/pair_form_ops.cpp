@@ -26,6 +26,7 @@
 #include <array>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "channel_lanes.hpp"
@@ -44,6 +45,38 @@ constexpr int64_t kNodes = 3;
 constexpr int64_t kNumFactors = 4;
 constexpr const char* kNames[kNumFactors] = {"radial", "table", "harmonics", "node_grad"};
 constexpr const char* kOp = "lorem::pair_form";
+
+// body(std::integral_constant<int, n>) for n = count in 1..8 (8 for larger counts): the
+// kernels' vector count as a compile-time constant, so that their accumulators are
+// registers
+template <typename Body>
+void with_vector_count(int64_t count, Body&& body) {
+  switch (count) {
+    case 1:
+      body(std::integral_constant<int, 1>{});
+      break;
+    case 2:
+      body(std::integral_constant<int, 2>{});
+      break;
+    case 3:
+      body(std::integral_constant<int, 3>{});
+      break;
+    case 4:
+      body(std::integral_constant<int, 4>{});
+      break;
+    case 5:
+      body(std::integral_constant<int, 5>{});
+      break;
+    case 6:
+      body(std::integral_constant<int, 6>{});
+      break;
+    case 7:
+      body(std::integral_constant<int, 7>{});
+      break;
+    default:
+      body(std::integral_constant<int, 8>{});
+  }
+}
 
 struct Sizes {
   int64_t P = 0, R = 0, T = 0, D = 0, S = 0, N = 0;
@@ -211,39 +244,10 @@ struct Groups {
       const int64_t count = std::min<int64_t>(8, vectors - v0);
       const scalar_t* wv = w + v0 * kLanes;
       scalar_t* ov = out + v0 * kLanes;
-      switch (count) {
-        case 1:
-          product_fixed<1>(rows, K, x, x_stride, wv, w_stride, ov, out_stride, accumulate, x_index,
-                           out_index);
-          break;
-        case 2:
-          product_fixed<2>(rows, K, x, x_stride, wv, w_stride, ov, out_stride, accumulate, x_index,
-                           out_index);
-          break;
-        case 3:
-          product_fixed<3>(rows, K, x, x_stride, wv, w_stride, ov, out_stride, accumulate, x_index,
-                           out_index);
-          break;
-        case 4:
-          product_fixed<4>(rows, K, x, x_stride, wv, w_stride, ov, out_stride, accumulate, x_index,
-                           out_index);
-          break;
-        case 5:
-          product_fixed<5>(rows, K, x, x_stride, wv, w_stride, ov, out_stride, accumulate, x_index,
-                           out_index);
-          break;
-        case 6:
-          product_fixed<6>(rows, K, x, x_stride, wv, w_stride, ov, out_stride, accumulate, x_index,
-                           out_index);
-          break;
-        case 7:
-          product_fixed<7>(rows, K, x, x_stride, wv, w_stride, ov, out_stride, accumulate, x_index,
-                           out_index);
-          break;
-        default:
-          product_fixed<8>(rows, K, x, x_stride, wv, w_stride, ov, out_stride, accumulate, x_index,
-                           out_index);
-      }
+      with_vector_count(count, [&](auto vectors_fixed) {
+        product_fixed<decltype(vectors_fixed)::value>(rows, K, x, x_stride, wv, w_stride, ov,
+                                                      out_stride, accumulate, x_index, out_index);
+      });
     }
   }
 
@@ -277,39 +281,10 @@ struct Groups {
     for (int64_t v0 = 0; v0 < vectors; v0 += 8) {
       const int64_t count = std::min<int64_t>(8, vectors - v0);
       const int64_t shift = v0 * kLanes;
-      switch (count) {
-        case 1:
-          elementwise_fixed<1>(rows, K, x + shift, x_k, x_a, y + shift, y_k, out + shift,
-                               out_stride);
-          break;
-        case 2:
-          elementwise_fixed<2>(rows, K, x + shift, x_k, x_a, y + shift, y_k, out + shift,
-                               out_stride);
-          break;
-        case 3:
-          elementwise_fixed<3>(rows, K, x + shift, x_k, x_a, y + shift, y_k, out + shift,
-                               out_stride);
-          break;
-        case 4:
-          elementwise_fixed<4>(rows, K, x + shift, x_k, x_a, y + shift, y_k, out + shift,
-                               out_stride);
-          break;
-        case 5:
-          elementwise_fixed<5>(rows, K, x + shift, x_k, x_a, y + shift, y_k, out + shift,
-                               out_stride);
-          break;
-        case 6:
-          elementwise_fixed<6>(rows, K, x + shift, x_k, x_a, y + shift, y_k, out + shift,
-                               out_stride);
-          break;
-        case 7:
-          elementwise_fixed<7>(rows, K, x + shift, x_k, x_a, y + shift, y_k, out + shift,
-                               out_stride);
-          break;
-        default:
-          elementwise_fixed<8>(rows, K, x + shift, x_k, x_a, y + shift, y_k, out + shift,
-                               out_stride);
-      }
+      with_vector_count(count, [&](auto vectors_fixed) {
+        elementwise_fixed<decltype(vectors_fixed)::value>(rows, K, x + shift, x_k, x_a, y + shift,
+                                                          y_k, out + shift, out_stride);
+      });
     }
   }
 
