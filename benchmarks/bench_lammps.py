@@ -23,6 +23,7 @@ from pathlib import Path
 
 import ase.io
 import torch
+from timing import best_seconds
 
 from lorem_torch.lammps import loop_time, pair_lines, run_lammps, write_data
 from lorem_torch.vocabulary import LONG_RANGE_METHODS
@@ -168,13 +169,7 @@ def ghost_strategies(model, atoms, repeats=2):
 
     out = {}
     for name, call in (("b", run_b), ("a", run_a)):
-        call()
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            best = min(best, time.perf_counter() - start)
-        out[name] = best
+        out[name] = best_seconds(call, repeats)
     out["ghosts_b"] = sum(int(s.positions.shape[0] - s.n_local) for s in systems)
     out["ghosts_a"] = ghosts_a
     return out
