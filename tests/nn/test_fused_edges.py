@@ -120,14 +120,14 @@ def blocked_by_pair_type(radial, table, pair_type, harmonics, centers, num_nodes
     )
 
 
-@pytest.mark.parametrize("path", ["edge by edge", "blocks"])
+@pytest.mark.parametrize("path", ["grouped", "blocks"])
 @pytest.mark.parametrize("num_edges", [0, 11])
 def test_pair_type_operator_equals_plain_and_is_twice_differentiable(num_edges, path):
     """edges_to_nodes_by_pair_type == edges_to_nodes of radial[p] @ table[pair_type[p]];
     gradcheck and gradgradcheck in radial, table and harmonics (its backward recomputes
-    the coefficients). On CPU the operator goes edge by edge (lorem::pair_form); the
-    blocked path, which other devices take, is tested here too."""
-    operator = edges_to_nodes_by_pair_type if path == "edge by edge" else blocked_by_pair_type
+    the coefficients). On CPU the operator groups edges by centre and pair type
+    (lorem::pair_form); the blocked path, which other devices take, is tested here too."""
+    operator = edges_to_nodes_by_pair_type if path == "grouped" else blocked_by_pair_type
     num_nodes, num_types, num_radial = 4, 3, 5
     _, harmonics, centers = random_edges(num_edges, num_nodes)
     generator = torch.Generator().manual_seed(1)
@@ -171,8 +171,8 @@ def test_pair_type_operator_equals_plain_and_is_twice_differentiable(num_edges, 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("channels", [8, 3])
-def test_pair_type_edge_by_edge_equals_blocks_at_scale(dtype, channels):
-    """The CPU edge-by-edge operator (lorem::pair_form) == the blocked path on a few
+def test_pair_type_grouped_equals_blocks_at_scale(dtype, channels):
+    """The CPU grouped operator (lorem::pair_form) == the blocked path on a few
     thousand edges of four pair types, L = 6: the node sum and, for a random node
     gradient, the gradients in radial, table and harmonics, on two threads."""
     num_nodes, num_edges, num_types, num_radial, degrees = 150, 3000, 4, 8, 7

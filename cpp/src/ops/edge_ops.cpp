@@ -540,11 +540,20 @@ PairTypeOrder checked_pair_types(const Tensor& radial, const Tensor& table, cons
 // edges per block of the backward: its temporaries are [block, R + 2 (L+1) s + (L+1)^2]
 constexpr int64_t kPairTypeBlock = 16384;
 
-// On CPU the operator is lorem::pair_form (pair_form_ops.cpp): edge by edge, with no
-// grouping by pair type; the blocked path below serves other devices (and the tests, through
-// lorem::_edges_to_nodes_by_pair_type_blocks).
-bool edge_by_edge(const Tensor& radial, const Tensor& table, const Tensor& harmonics, bool blocks) {
+// On CPU the operator is lorem::pair_form (pair_form_ops.cpp), which groups the edges by
+// centre and pair type itself; the blocked path below serves other devices (and the tests,
+// through lorem::_edges_to_nodes_by_pair_type_blocks).
+bool grouped_on_cpu(const Tensor& radial, const Tensor& table, const Tensor& harmonics,
+                    bool blocks) {
   return !blocks && radial.is_cpu() && table.is_cpu() && harmonics.is_cpu();
+}
+
+// the blocked path's refusals, with its messages, before pair_form is called
+void check_for_pair_form(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
+                         const Tensor& harmonics, const Tensor& centers) {
+  check_pair_inputs(radial, table, harmonics, centers);
+  check_pair_type(pair_type, radial);
+  check_pair_type_range(pair_type, table.size(0));
 }
 
 Tensor call_pair_form_nodes(const Tensor& radial, const Tensor& table, const Tensor& harmonics,
@@ -575,16 +584,14 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
   static Tensor forward(AutogradContext* ctx, const Tensor& radial, const Tensor& table,
                         const Tensor& pair_type, const Tensor& harmonics, const Tensor& centers,
                         int64_t num_nodes, bool blocks) {
-    if (edge_by_edge(radial, table, harmonics, blocks)) {
-      check_pair_inputs(radial, table, harmonics, centers);
-      check_pair_type(pair_type, radial);
-      check_pair_type_range(pair_type, table.size(0));
+    if (grouped_on_cpu(radial, table, harmonics, blocks)) {
+      check_for_pair_form(radial, table, pair_type, harmonics, centers);
       ctx->save_for_backward({radial, table, pair_type, harmonics, centers});
-      ctx->saved_data["edge_by_edge"] = true;
+      ctx->saved_data["pair_form"] = true;
       at::AutoDispatchBelowADInplaceOrView guard;
       return call_pair_form_nodes(radial, table, harmonics, pair_type, centers, num_nodes);
     }
-    ctx->saved_data["edge_by_edge"] = false;
+    ctx->saved_data["pair_form"] = false;
     const PairTypeOrder types = checked_pair_types(radial, table, pair_type, harmonics, centers);
     // the grouping is kept for the backward rather than sorted again
     ctx->save_for_backward({radial, table, types.order, harmonics, centers});
@@ -603,7 +610,7 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
     const Tensor& table = saved[1];
     const Tensor& harmonics = saved[3];
     const Tensor& centers = saved[4];
-    if (ctx->saved_data["edge_by_edge"].toBool()) {
+    if (ctx->saved_data["pair_form"].toBool()) {
       // one pass over the edges, differentiable again (pair_form's autograd)
       const std::array<bool, 3> needed = {ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                           ctx->needs_input_grad(3)};
@@ -676,7 +683,7 @@ Tensor by_pair_type_autograd(const Tensor& radial, const Tensor& table, const Te
                                        false);
 }
 
-// the blocked path on any device: the reference of the edge-by-edge one, for the tests
+// the blocked path on any device: the reference of pair_form, for the tests
 Tensor by_pair_type_blocks_autograd(const Tensor& radial, const Tensor& table,
                                     const Tensor& pair_type, const Tensor& harmonics,
                                     const Tensor& centers, int64_t num_nodes) {
@@ -694,10 +701,8 @@ Tensor by_pair_type_blocks_forward(const Tensor& radial, const Tensor& table,
 
 Tensor by_pair_type_dispatch(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
                              const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
-  if (edge_by_edge(radial, table, harmonics, false)) {
-    check_pair_inputs(radial, table, harmonics, centers);
-    check_pair_type(pair_type, radial);
-    check_pair_type_range(pair_type, table.size(0));
+  if (grouped_on_cpu(radial, table, harmonics, false)) {
+    check_for_pair_form(radial, table, pair_type, harmonics, centers);
     return call_pair_form_nodes(radial, table, harmonics, pair_type, centers, num_nodes);
   }
   return by_pair_type_blocks_forward(radial, table, pair_type, harmonics, centers, num_nodes);
