@@ -114,6 +114,21 @@ def rewrite_metadata(source, target, edit):
     return target
 
 
+def rewrite_code(source, target, old: bytes, new: bytes):
+    """Copy an export, replacing old by new in its TorchScript code (asserted present)."""
+    import zipfile
+
+    found = False
+    with zipfile.ZipFile(source) as reader, zipfile.ZipFile(target, "w") as writer:
+        for item in reader.infolist():
+            data = reader.read(item.filename)
+            if item.filename.endswith(".py") and old in data:
+                data, found = data.replace(old, new), True
+            writer.writestr(item, data)
+    assert found, f"{old!r} is not in {source}'s code"
+    return target
+
+
 def cpp_evaluate(cpp_model, atoms, **options):
     """lorem_torch._core.Model.compute on one process (every atom local, periodic images as
     ghosts; a 2D slab when pbc is True, True, False); options: origin, electric_field,

@@ -166,6 +166,18 @@ Model::Model(const std::string& path, const std::string& device) : device_(torch
     // libtorch's own text runs over many lines (and a stack trace) and advice about
     // checkpoints: its first sentence only
     std::string reason = error.what();
+    // an operator of a newer lorem-torch: "Unknown builtin op: lorem::name."
+    const std::string unknown = "Unknown builtin op: lorem::";
+    if (const auto at = reason.find(unknown); at != std::string::npos) {
+      const auto begin = at + unknown.size() - 7;  // from "lorem::"
+      const auto end = reason.find_first_not_of(
+          "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_:", begin);
+      throw Error("'" + path + "' calls the operator " + reason.substr(begin, end - begin) +
+                  ", which this runtime does not have: it was exported by a newer lorem-torch; "
+                  "rebuild the plugin from that version (or export the checkpoint again with "
+                  "this one)");
+    }
+    reason.erase(0, reason.find_first_not_of(" \n"));
     reason = reason.substr(0, reason.find('\n'));
     reason = reason.substr(0, reason.find(". "));
     throw Error("'" + path +

@@ -14,6 +14,7 @@ from conftest import (
     cpp_evaluate,
     evaluate,
     nacl,
+    rewrite_code,
     rewrite_metadata,
     small_model,
     triclinic_water,
@@ -248,6 +249,26 @@ def test_bad_files(exports, tmp_path):
         load_exported(newer)
     with pytest.raises(LoremError, match="version 99, newer"):
         Model(str(newer))
+    # an operator this library lacks (an export from a newer lorem-torch): named, with
+    # what to do, instead of "truncated or corrupt"
+    future = rewrite_code(
+        paths["float64"],
+        tmp_path / "future.pt",
+        b"ops.lorem.harmonics(",
+        b"ops.lorem.operator_from_the_future(",
+    )
+    with pytest.raises(ExportError) as error:
+        load_exported(future)
+    assert "calls the operator lorem::operator_from_the_future, which this lorem-torch does " in (
+        str(error.value)
+    )
+    with pytest.raises(LoremError) as error:
+        Model(str(future))
+    message = str(error.value)
+    assert "calls the operator lorem::operator_from_the_future, which this runtime does not" in (
+        message
+    )
+    assert "rebuild the plugin" in message and "\n" not in message
     if not torch.cuda.is_available():
         with pytest.raises(LoremError, match="CUDA is not available"):
             Model(str(paths["float64"]), "cuda")

@@ -10,6 +10,7 @@ what every consumer reads.
 import datetime
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -123,6 +124,13 @@ def read_metadata(path: str | Path) -> Dict[str, Any]:
     except Exception as error:
         # libtorch's text: its first sentence (the rest is advice about checkpoints)
         first_line = (str(error).strip().splitlines() or [""])[0].split(". ")[0]
+        unknown = re.search(r"Unknown builtin op: (lorem::\w+)", str(error))
+        if unknown:
+            raise ExportError(
+                f"{path} calls the operator {unknown.group(1)}, which this lorem-torch does "
+                "not have: it was exported by a newer lorem-torch; install that version (or "
+                "export the checkpoint again with this one)"
+            ) from error
         raise ExportError(
             f"{path} cannot be loaded: it is truncated or corrupt, or not a lorem-torch export "
             f"({first_line})"

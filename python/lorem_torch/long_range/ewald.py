@@ -122,6 +122,9 @@ class Ewald(torch.nn.Module):
         # [atoms, n2 n3] hold about this many elements
         self.chunk_elements = chunk_elements
         self.seconds_per_kvector = KSPACE_SECONDS_PER_CHANNEL * self.channels
+        # the real-space sum over pairs by lorem::pair_sum_form (terms.py), or by gather
+        # and index_add as the reference; set by Lorem.use_fused_operators
+        self.fused_pairs: bool = True
         # the slow-k-space warning is given once per model
         self.cost_warning_seconds = COST_WARNING_SECONDS
         self.cost_warned = False
@@ -297,7 +300,7 @@ class Ewald(torch.nn.Module):
         centers index the receivers, others index charges_all (which may hold ghosts).
         """
         return real_space_potentials(
-            charges_all, num_receivers, centers, others, distances, self.smearing
+            charges_all, num_receivers, centers, others, distances, self.smearing, self.fused_pairs
         )
 
     def potentials(

@@ -142,6 +142,9 @@ class PME(torch.nn.Module):
         # [N, p^3, C] stencil tables kept for the backward) or, as the reference, by
         # index_add / index_select here; set by Lorem.use_fused_operators
         self.fused_mesh: bool = True
+        # the real-space sum over pairs by lorem::pair_sum_form (terms.py), or by gather
+        # and index_add as the reference; set by Lorem.use_fused_operators
+        self.fused_pairs: bool = True
 
     # -- sizes --
 
@@ -506,7 +509,7 @@ class PME(torch.nn.Module):
     ) -> torch.Tensor:
         """[num_receivers, C] real-space part (terms.real_space_potentials)."""
         return real_space_potentials(
-            charges_all, num_receivers, centers, others, distances, self.smearing
+            charges_all, num_receivers, centers, others, distances, self.smearing, self.fused_pairs
         )
 
     @torch.jit.export

@@ -12,6 +12,7 @@ from typing import List
 
 import torch
 
+from .. import _core  # noqa: F401  (registers torch.ops.lorem.pair_sum_form)
 from ..errors import LongRangeTooLargeError, NotPeriodicError
 
 # warn (once per model) about a k-space estimated slower than this per evaluation: Ewald
@@ -26,12 +27,23 @@ def real_space_potentials(
     others: torch.Tensor,
     distances: torch.Tensor,
     smearing: float,
+    fused: bool = True,
 ) -> torch.Tensor:
     """[num_receivers, C]: sum_j q_j erfc(r_ij / (sqrt(2) sigma)) / r_ij / 2 over a full list.
 
     centers index the receivers, others index charges_all (which may hold ghosts).
+    fused (the default): the sum over pairs is lorem::pair_sum_form (cpp/src/ops/
+    pair_sum_ops.cpp), which keeps no [P, C] tensor for the backward; False: gather,
+    multiply and index_add in PyTorch, the reference.
     """
     pair = torch.erfc(distances / (math.sqrt(2.0) * smearing)) / distances
+    if fused:
+        receivers = [num_receivers, charges_all.shape[1]]
+        # slot 2 (receivers) is the target: V = dF/dG of F = sum_p f_p q[others_p] . G[centers_p]
+        summed = torch.ops.lorem.pair_sum_form(
+            2, receivers, pair, charges_all, None, centers, others
+        )
+        return summed / 2.0
     contributions = charges_all.index_select(0, others) * pair[:, None]
     out = torch.zeros(
         num_receivers, charges_all.shape[1], dtype=charges_all.dtype, device=charges_all.device

@@ -44,6 +44,7 @@ FUSED_SWITCHES = (
     "fused_radial",
     "fused_mesh",
     "fused_basis",
+    "fused_pairs",
 )
 
 NUM_ELEMENTS = 100  # rows of the species embedding (atomic numbers 0..99), as lorem-jax
@@ -527,8 +528,9 @@ class Lorem(ConstantsModule):
         over neighbours (`fused_edges`), the equivariant messages (`fused_messages`),
         every tensor product (`fused_product`), the edge harmonics (`fused_harmonics`),
         the per-edge radial MLP of message passing (`fused_radial`), the PME mesh's
-        spread and interpolation (`fused_mesh`) and the radial basis with its cutoff
-        (`fused_basis`). Returns self."""
+        spread and interpolation (`fused_mesh`), the radial basis with its cutoff
+        (`fused_basis`) and the real-space sum of Ewald and PME (`fused_pairs`).
+        Returns self."""
         for module in self.modules():
             for switch in FUSED_SWITCHES:
                 if hasattr(module, switch):

@@ -1,0 +1,312 @@
+// lorem::pair_sum_form: a per-pair scalar times the sending atom's channels, summed onto
+// the receiving atom (docs/design.md section 1.9); the Ewald and PME real-space
+// potentials V[i, c] = sum_{p: centre i} f(r_p) q[j_p, c] run through it.
+//
+// V is the gradient with respect to G of the trilinear form
+//   F(f, q, G) = sum_p f[p] sum_c q[others_p, c] G[centers_p, c],
+// and each derivative of F in one factor is the same sum with another factor left out:
+//   dF/df[p] = q[others_p] . G[centers_p]           (target 0, pair values [P])
+//   dF/dq[j] = sum_{p: others_p = j} f[p] G[centers_p]  (target 1, sources [M, C])
+//   dF/dG[i] = sum_{p: centers_p = i} f[p] q[others_p]  (target 2, receivers [N, C])
+// So `pair_sum_form(target, ...)` returns one of them, and its backward is itself with the
+// incoming gradient in the target's slot (multilinear_form.hpp): twice differentiable, with
+// no [P, C] tensor formed or kept (the torch path kept the gathered charges, their product
+// with f and the index_add's gradient, three [P, C] tensors per call).
+//
+// Kernels: on CPU, pairs grouped by the atom written to (counting sort), so that threads
+// never share an output row; elsewhere (CUDA) the same sums from torch operations over
+// chunks of pairs (`pair_sum_form_chunked`, which the tests hold the CPU kernel to).
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+#include <torch/torch.h>
+
+#include <array>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "multilinear_form.hpp"
+
+namespace lorem {
+namespace {
+
+using torch::Tensor;
+using OptionalTensor = std::optional<Tensor>;
+
+constexpr int64_t kPairValues = 0;
+constexpr int64_t kSources = 1;
+constexpr int64_t kReceivers = 2;
+constexpr int64_t kNumFactors = 3;
+constexpr const char* kFactorNames[kNumFactors] = {"pair_values", "sources", "receivers"};
+
+struct Problem {
+  int64_t target = 0;
+  int64_t num_pairs = 0, num_sources = 0, num_receivers = 0, channels = 0;
+  std::array<Tensor, kNumFactors> factors;
+  Tensor centers, others;
+  std::vector<int64_t> target_shape;
+};
+
+std::string shape_string(at::IntArrayRef shape) {
+  std::string out = "[";
+  for (size_t d = 0; d < shape.size(); ++d) out += (d ? ", " : "") + std::to_string(shape[d]);
+  return out + "]";
+}
+
+void agree(int64_t& size, int64_t value, const char* dimension, const char* factor) {
+  if (size < 0) size = value;
+  TORCH_CHECK(size == value, "lorem::pair_sum_form: inconsistent ", dimension, ": ", factor,
+              " has ", value, " where an earlier factor has ", size);
+}
+
+Problem check_problem(int64_t target, at::IntArrayRef target_shape,
+                      const std::array<OptionalTensor, kNumFactors>& factors, const Tensor& centers,
+                      const Tensor& others) {
+  TORCH_CHECK(0 <= target && target < kNumFactors, "lorem::pair_sum_form: target ", target,
+              " is not a factor slot (0..2)");
+  Problem problem;
+  problem.target = target;
+  problem.target_shape = target_shape.vec();
+  const std::array<int64_t, kNumFactors> ranks = {1, 2, 2};
+  int64_t pairs = -1, sources = -1, receivers = -1, channels = -1;
+  const std::array<std::vector<int64_t*>, kNumFactors> dims = {
+      std::vector<int64_t*>{&pairs}, std::vector<int64_t*>{&sources, &channels},
+      std::vector<int64_t*>{&receivers, &channels}};
+  const std::array<std::vector<const char*>, kNumFactors> dim_names = {
+      std::vector<const char*>{"pairs"}, std::vector<const char*>{"sources", "channels"},
+      std::vector<const char*>{"receivers", "channels"}};
+  std::optional<at::ScalarType> dtype;
+  std::optional<at::Device> device;
+  for (int64_t k = 0; k < kNumFactors; ++k) {
+    std::vector<int64_t> shape;
+    if (k == target) {
+      TORCH_CHECK(!factors[k].has_value() || !factors[k]->defined(),
+                  "lorem::pair_sum_form: the target's slot (", kFactorNames[k], ") must be None");
+      shape = problem.target_shape;
+    } else {
+      TORCH_CHECK(factors[k].has_value() && factors[k]->defined(),
+                  "lorem::pair_sum_form: ", kFactorNames[k], " is missing");
+      const Tensor& t = *factors[k];
+      TORCH_CHECK(t.is_floating_point(), "lorem::pair_sum_form: ", kFactorNames[k],
+                  " must be floating point");
+      if (!dtype) dtype = t.scalar_type();
+      if (!device) device = t.device();
+      TORCH_CHECK(t.scalar_type() == *dtype && t.device() == *device,
+                  "lorem::pair_sum_form: every factor must have one dtype and device (",
+                  kFactorNames[k], " differs)");
+      shape = t.sizes().vec();
+      problem.factors[k] = t.contiguous();
+    }
+    TORCH_CHECK(static_cast<int64_t>(shape.size()) == ranks[k],
+                "lorem::pair_sum_form: ", kFactorNames[k], " must have ", ranks[k],
+                " dimension(s), got ", shape_string(shape));
+    for (int64_t d = 0; d < ranks[k]; ++d)
+      agree(*dims[k][d], shape[d], dim_names[k][d], kFactorNames[k]);
+  }
+  TORCH_CHECK(centers.dim() == 1 && others.dim() == 1 && centers.size(0) == pairs &&
+                  others.size(0) == pairs,
+              "lorem::pair_sum_form: centers and others must be [", pairs, "], got ",
+              shape_string(centers.sizes()), " and ", shape_string(others.sizes()));
+  TORCH_CHECK(centers.scalar_type() == at::kLong && others.scalar_type() == at::kLong,
+              "lorem::pair_sum_form: centers and others must be int64");
+  TORCH_CHECK(centers.device() == *device && others.device() == *device,
+              "lorem::pair_sum_form: centers and others must be on the factors' device");
+  problem.num_pairs = pairs;
+  problem.num_sources = sources;
+  problem.num_receivers = receivers;
+  problem.channels = channels;
+  problem.centers = centers.contiguous();
+  problem.others = others.contiguous();
+  return problem;
+}
+
+// ---------------------------------------------------------------- CPU kernel
+
+void check_range(const int64_t* index, int64_t n, int64_t num_atoms, const char* name) {
+  for (int64_t p = 0; p < n; ++p)
+    TORCH_CHECK(0 <= index[p] && index[p] < num_atoms, "lorem::pair_sum_form: ", name, "[", p,
+                "] = ", index[p], " is outside [0, ", num_atoms, ")");
+}
+
+// Pairs grouped by the atom they write to (counting sort; stable, so a sorted index gives
+// the identity order): offsets [atoms + 1], order [pairs].
+struct Grouping {
+  std::vector<int64_t> offsets, order;
+};
+
+Grouping group_by(const int64_t* key, int64_t n, int64_t num_atoms) {
+  Grouping g;
+  g.offsets.assign(num_atoms + 1, 0);
+  for (int64_t p = 0; p < n; ++p) ++g.offsets[key[p] + 1];
+  for (int64_t a = 0; a < num_atoms; ++a) g.offsets[a + 1] += g.offsets[a];
+  g.order.resize(n);
+  std::vector<int64_t> cursor(g.offsets.begin(), g.offsets.end() - 1);
+  for (int64_t p = 0; p < n; ++p) g.order[cursor[key[p]]++] = p;
+  return g;
+}
+
+template <typename scalar_t>
+void pair_values_cpu(const Problem& p, scalar_t* out) {
+  const scalar_t* q = p.factors[kSources].data_ptr<scalar_t>();
+  const scalar_t* G = p.factors[kReceivers].data_ptr<scalar_t>();
+  const int64_t* centers = p.centers.data_ptr<int64_t>();
+  const int64_t* others = p.others.data_ptr<int64_t>();
+  const int64_t C = p.channels;
+  at::parallel_for(0, p.num_pairs, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const scalar_t* a = q + others[k] * C;
+      const scalar_t* b = G + centers[k] * C;
+      scalar_t sum = 0;
+      for (int64_t c = 0; c < C; ++c) sum += a[c] * b[c];
+      out[k] = sum;
+    }
+  });
+}
+
+// out[atom] = sum over the pairs written to atom of f[p] row[read_p]
+template <typename scalar_t>
+void grouped_sum_cpu(const Problem& p, const int64_t* write, const int64_t* read,
+                     int64_t num_written, const scalar_t* rows, scalar_t* out) {
+  const scalar_t* f = p.factors[kPairValues].data_ptr<scalar_t>();
+  const int64_t C = p.channels;
+  const Grouping g = group_by(write, p.num_pairs, num_written);
+  at::parallel_for(0, num_written, 64, [&](int64_t begin, int64_t end) {
+    for (int64_t atom = begin; atom < end; ++atom) {
+      scalar_t* o = out + atom * C;
+      for (int64_t k = g.offsets[atom]; k < g.offsets[atom + 1]; ++k) {
+        const int64_t pair = g.order[k];
+        const scalar_t w = f[pair];
+        const scalar_t* r = rows + read[pair] * C;
+        for (int64_t c = 0; c < C; ++c) o[c] += w * r[c];
+      }
+    }
+  });
+}
+
+Tensor pair_sum_form_cpu(int64_t target, at::IntArrayRef target_shape,
+                         const OptionalTensor& pair_values, const OptionalTensor& sources,
+                         const OptionalTensor& receivers, const Tensor& centers,
+                         const Tensor& others) {
+  const Problem p =
+      check_problem(target, target_shape, {pair_values, sources, receivers}, centers, others);
+  const Tensor& any_factor = p.factors[target == 0 ? 1 : 0];
+  Tensor out = torch::zeros(p.target_shape, any_factor.options());
+  if (p.num_pairs == 0 || out.numel() == 0) return out;
+  const int64_t* c_index = p.centers.data_ptr<int64_t>();
+  const int64_t* o_index = p.others.data_ptr<int64_t>();
+  check_range(c_index, p.num_pairs, p.num_receivers, "centers");
+  check_range(o_index, p.num_pairs, p.num_sources, "others");
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lorem::pair_sum_form", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    if (target == kPairValues) {
+      pair_values_cpu<scalar_t>(p, o);
+    } else if (target == kSources) {
+      grouped_sum_cpu<scalar_t>(p, o_index, c_index, p.num_sources,
+                                p.factors[kReceivers].data_ptr<scalar_t>(), o);
+    } else {
+      grouped_sum_cpu<scalar_t>(p, c_index, o_index, p.num_receivers,
+                                p.factors[kSources].data_ptr<scalar_t>(), o);
+    }
+  });
+  return out;
+}
+
+// ---------------------------------------------------------- torch-op kernel
+
+// The same sums from torch operations over chunks of pairs (bounded memory): what a
+// device without a kernel runs, and the reference of the CPU kernel in the tests.
+Tensor pair_sum_form_chunked(int64_t target, at::IntArrayRef target_shape,
+                             const OptionalTensor& pair_values, const OptionalTensor& sources,
+                             const OptionalTensor& receivers, const Tensor& centers,
+                             const Tensor& others) {
+  const Problem p =
+      check_problem(target, target_shape, {pair_values, sources, receivers}, centers, others);
+  const Tensor& any_factor = p.factors[target == 0 ? 1 : 0];
+  Tensor out = torch::zeros(p.target_shape, any_factor.options());
+  if (p.num_pairs == 0 || out.numel() == 0) return out;
+  constexpr int64_t kBudget = int64_t(1) << 22;  // elements of one [chunk, C] tensor
+  const int64_t chunk = std::max<int64_t>(1, kBudget / std::max<int64_t>(1, p.channels));
+  for (int64_t begin = 0; begin < p.num_pairs; begin += chunk) {
+    const int64_t end = std::min(p.num_pairs, begin + chunk);
+    const Tensor centers_c = p.centers.slice(0, begin, end);
+    const Tensor others_c = p.others.slice(0, begin, end);
+    if (target == kPairValues) {
+      out.slice(0, begin, end)
+          .copy_((p.factors[kSources].index_select(0, others_c) *
+                  p.factors[kReceivers].index_select(0, centers_c))
+                     .sum(1));
+      continue;
+    }
+    const Tensor f = p.factors[kPairValues].slice(0, begin, end).unsqueeze(1);
+    if (target == kSources)
+      out.index_add_(0, others_c, f * p.factors[kReceivers].index_select(0, centers_c));
+    else
+      out.index_add_(0, centers_c, f * p.factors[kSources].index_select(0, others_c));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- autograd
+
+Tensor pair_sum_form_call(int64_t target, at::IntArrayRef target_shape,
+                          const OptionalTensor& pair_values, const OptionalTensor& sources,
+                          const OptionalTensor& receivers, const Tensor& centers,
+                          const Tensor& others) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("lorem::pair_sum_form", "")
+                       .typed<decltype(pair_sum_form_call)>();
+  return op.call(target, target_shape, pair_values, sources, receivers, centers, others);
+}
+
+class PairSumForm : public torch::autograd::Function<PairSumForm> {
+ public:
+  static Tensor forward(torch::autograd::AutogradContext* ctx, int64_t target,
+                        at::IntArrayRef target_shape, const OptionalTensor& pair_values,
+                        const OptionalTensor& sources, const OptionalTensor& receivers,
+                        const Tensor& centers, const Tensor& others) {
+    multilinear::save<kNumFactors>(ctx, target, target_shape, {pair_values, sources, receivers},
+                                   {centers, others});
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return pair_sum_form_call(target, target_shape, pair_values, sources, receivers, centers,
+                              others);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    // 2 leading non-tensor arguments, the 3 factor slots, 2 index tensors
+    return multilinear::backward<kNumFactors>(
+        ctx, grad_outputs[0], 2, torch::autograd::variable_list(2 + kNumFactors + 2),
+        [](int64_t k, const std::vector<int64_t>& shape, const auto& args, const auto& fixed) {
+          return pair_sum_form_call(k, shape, args[0], args[1], args[2], fixed[0], fixed[1]);
+        });
+  }
+};
+
+Tensor pair_sum_form_autograd(int64_t target, at::IntArrayRef target_shape,
+                              const OptionalTensor& pair_values, const OptionalTensor& sources,
+                              const OptionalTensor& receivers, const Tensor& centers,
+                              const Tensor& others) {
+  return PairSumForm::apply(target, target_shape, pair_values, sources, receivers, centers, others);
+}
+
+}  // namespace
+}  // namespace lorem
+
+TORCH_LIBRARY_FRAGMENT(lorem, m) {
+  m.def(
+      "pair_sum_form(int target, int[] target_shape, Tensor? pair_values, Tensor? sources, "
+      "Tensor? receivers, Tensor centers, Tensor others) -> Tensor");
+  m.def(
+      "pair_sum_form_chunked(int target, int[] target_shape, Tensor? pair_values, "
+      "Tensor? sources, Tensor? receivers, Tensor centers, Tensor others) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(lorem, CPU, m) { m.impl("pair_sum_form", &lorem::pair_sum_form_cpu); }
+
+TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
+  m.impl("pair_sum_form", &lorem::pair_sum_form_chunked);
+  m.impl("pair_sum_form_chunked", &lorem::pair_sum_form_chunked);
+}
+
+TORCH_LIBRARY_IMPL(lorem, Autograd, m) { m.impl("pair_sum_form", &lorem::pair_sum_form_autograd); }
