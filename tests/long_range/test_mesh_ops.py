@@ -211,3 +211,80 @@ def test_a_nan_in_the_brick_reaches_the_forces_under_a_zero_charge():
     )
     assert torch.isnan(chunked[2]).all()
     assert torch.isnan(fused).all()
+
+
+def plain_convolve(mesh_values, kernel):
+    shape = list(mesh_values.shape[1:])
+    spectrum = torch.fft.rfftn(mesh_values, dim=(1, 2, 3))
+    return torch.fft.irfftn(spectrum * kernel, s=shape, dim=(1, 2, 3), norm="forward")
+
+
+def even(free, n2):
+    """An even kernel for a mesh of last size n2 from free values on the half spectrum:
+    the planes m2 = 0 and, for even n2, m2 = n2 / 2 (which hold both m and -m) averaged
+    with their negation."""
+    out = free.clone()
+    for m2 in [0, n2 // 2] if n2 % 2 == 0 else [0]:
+        plane = free[:, :, m2]
+        negated = plane.flip(0, 1).roll((1, 1), (0, 1))
+        out[:, :, m2] = (plane + negated) / 2
+    return out
+
+
+@pytest.mark.parametrize("shape", [[6, 5, 8], [5, 7, 9], [4, 6, 2], [3, 3, 1]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mesh_convolve_equals_autograd_through_the_ffts(shape, dtype):
+    """lorem::mesh_convolve (its own symmetric backward) against autograd through
+    torch.fft, with a PME kernel (even by construction), even and odd mesh sizes:
+    values, the gradients of mesh and kernel, and a second derivative."""
+    torch.manual_seed(0)
+    pme = PME(smearing=1.0, spacing=0.6, order=4, channels=3)
+    cell = torch.tensor(CELL, dtype=dtype, requires_grad=True)
+    mesh_values = torch.randn(3, *shape, dtype=dtype, requires_grad=True)
+    weights = torch.randn(3, *shape, dtype=dtype)
+    results = []
+    for convolve in (torch.ops.lorem.mesh_convolve, plain_convolve):
+        kernel = pme.kernel(cell, shape, [[0, shape[0]], [0, shape[1]], [0, shape[2] // 2 + 1]])
+        out = convolve(mesh_values, kernel)
+        d_mesh, d_cell = torch.autograd.grad(
+            (out * weights).sum(), [mesh_values, cell], create_graph=True
+        )
+        (second,) = torch.autograd.grad((d_mesh**2).sum() + (d_cell**2).sum(), [cell])
+        results.append((out, d_mesh, d_cell, second))
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    for fused, reference in zip(*results, strict=True):
+        scale = float(reference.abs().max()) + 1e-30
+        torch.testing.assert_close(fused, reference, rtol=0, atol=tolerance * scale)
+
+
+@pytest.mark.parametrize("shape", [[4, 3, 6], [3, 4, 5]])
+def test_mesh_convolve_first_and_second_derivatives(shape):
+    torch.manual_seed(1)
+    mesh_values = torch.randn(2, *shape, dtype=torch.float64, requires_grad=True)
+    free = torch.randn(shape[0], shape[1], shape[2] // 2 + 1, dtype=torch.float64)
+    free.requires_grad_()
+
+    def convolve(m, f):
+        return torch.ops.lorem.mesh_convolve(m, even(f, shape[2]))
+
+    assert torch.autograd.gradcheck(convolve, (mesh_values, free))
+    assert torch.autograd.gradgradcheck(convolve, (mesh_values, free))
+
+
+def test_mesh_convolve_refusals():
+    mesh_values = torch.randn(2, 4, 3, 6, dtype=torch.float64, requires_grad=True)
+    kernel = even(torch.rand(4, 3, 4, dtype=torch.float64), 6)
+    odd = kernel.clone()
+    odd[1, 2, 0] += 0.5  # G(1, 2, 0) != G(-1, -2, 0)
+    with pytest.raises(RuntimeError, match="kernel is not even on the plane m2 = 0"):
+        torch.ops.lorem.mesh_convolve(mesh_values, odd)
+    odd = kernel.clone()
+    odd[1, 0, 3] += 0.5  # on the Nyquist plane m2 = N2 / 2 = 3
+    with pytest.raises(RuntimeError, match="kernel is not even on the plane m2 = 3"):
+        torch.ops.lorem.mesh_convolve(mesh_values, odd)
+    with pytest.raises(RuntimeError, match=r"the kernel must be \[4, 3, 4\]"):
+        torch.ops.lorem.mesh_convolve(mesh_values, kernel[:, :, :3])
+    with pytest.raises(RuntimeError, match="of one dtype"):
+        torch.ops.lorem.mesh_convolve(mesh_values, kernel.float())
+    with pytest.raises(RuntimeError, match=r"mesh must be \[C, N0, N1, N2\]"):
+        torch.ops.lorem.mesh_convolve(mesh_values[0], kernel)

@@ -153,3 +153,20 @@ def test_refusals_name_the_problem():
         op(RECEIVERS, list(g.shape), f, q, None, centers[:5], others)
     with pytest.raises(RuntimeError, match="must be int64"):
         op(RECEIVERS, list(g.shape), f, q, None, centers.int(), others.int())
+
+
+@pytest.mark.parametrize("op", ["pair_sum_form", "pair_sum_form_chunked"])
+def test_bad_indices_are_refused_with_nothing_to_sum(op):
+    """No channels: nothing to sum, but an index outside its range is still refused (as
+    the plain path and the backward refuse it), by both kernels."""
+    factors, centers, others = problem(channels=0)
+    bad = others.clone()
+    bad[1] = 99
+    function = getattr(torch.ops.lorem, op)
+    for target in (SOURCES, RECEIVERS):
+        with pytest.raises(RuntimeError, match="others.*outside \\[0, 21\\)"):
+            call(function, target, factors, centers, bad)
+    with pytest.raises(RuntimeError, match="negative size"):
+        torch.ops.lorem.pair_sum_form(
+            RECEIVERS, [-1, 0], factors[0], factors[1], None, centers, others
+        )

@@ -1,6 +1,7 @@
 // lorem::pair_sum_form: a per-pair scalar times the sending atom's channels, summed onto
 // the receiving atom (docs/design.md section 1.9); the Ewald and PME real-space
-// potentials V[i, c] = sum_{p: centre i} f(r_p) q[j_p, c] run through it.
+// potentials V[i, c] = 1/2 sum_{p: centre i} f(r_p) q[j_p, c] run through it (the 1/2
+// applied by the caller).
 //
 // V is the gradient with respect to G of the trilinear form
 //   F(f, q, G) = sum_p f[p] sum_c q[others_p, c] G[centers_p, c],
@@ -10,8 +11,8 @@
 //   dF/dG[i] = sum_{p: centers_p = i} f[p] q[others_p]  (target 2, receivers [N, C])
 // So `pair_sum_form(target, ...)` returns one of them, and its backward is itself with the
 // incoming gradient in the target's slot (multilinear_form.hpp): twice differentiable, with
-// no [P, C] tensor formed or kept (the torch path kept the gathered charges, their product
-// with f and the index_add's gradient, three [P, C] tensors per call).
+// no [P, C] tensor formed or kept (the torch path kept two per call: the gathered charges
+// and their product with f, the index_add's source).
 //
 // Kernels: on CPU, pairs grouped by the atom written to (counting sort), so that threads
 // never share an output row; elsewhere (CUDA) the same sums from torch operations over
@@ -24,6 +25,7 @@
 #include <array>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "multilinear_form.hpp"
@@ -68,6 +70,9 @@ Problem check_problem(int64_t target, at::IntArrayRef target_shape,
   Problem problem;
   problem.target = target;
   problem.target_shape = target_shape.vec();
+  for (int64_t size : problem.target_shape)
+    TORCH_CHECK(size >= 0, "lorem::pair_sum_form: the target's shape ", shape_string(target_shape),
+                " has a negative size");
   const std::array<int64_t, kNumFactors> ranks = {1, 2, 2};
   int64_t pairs = -1, sources = -1, receivers = -1, channels = -1;
   const std::array<std::vector<int64_t*>, kNumFactors> dims = {
@@ -192,11 +197,13 @@ Tensor pair_sum_form_cpu(int64_t target, at::IntArrayRef target_shape,
       check_problem(target, target_shape, {pair_values, sources, receivers}, centers, others);
   const Tensor& any_factor = p.factors[target == 0 ? 1 : 0];
   Tensor out = torch::zeros(p.target_shape, any_factor.options());
-  if (p.num_pairs == 0 || out.numel() == 0) return out;
+  // the indices are checked even when there is nothing to sum (no channels), as the
+  // torch path and the backward would refuse them
   const int64_t* c_index = p.centers.data_ptr<int64_t>();
   const int64_t* o_index = p.others.data_ptr<int64_t>();
   check_range(c_index, p.num_pairs, p.num_receivers, "centers");
   check_range(o_index, p.num_pairs, p.num_sources, "others");
+  if (p.num_pairs == 0 || out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lorem::pair_sum_form", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     if (target == kPairValues) {
@@ -224,7 +231,19 @@ Tensor pair_sum_form_chunked(int64_t target, at::IntArrayRef target_shape,
       check_problem(target, target_shape, {pair_values, sources, receivers}, centers, others);
   const Tensor& any_factor = p.factors[target == 0 ? 1 : 0];
   Tensor out = torch::zeros(p.target_shape, any_factor.options());
-  if (p.num_pairs == 0 || out.numel() == 0) return out;
+  if (p.num_pairs == 0) return out;
+  if (out.numel() == 0) {
+    // nothing to sum, so no index_select to refuse a bad index: check them here (one
+    // host sync, on this rare path only)
+    for (const auto& [index, size, name] :
+         {std::tuple<const Tensor&, int64_t, const char*>{p.centers, p.num_receivers, "centers"},
+          std::tuple<const Tensor&, int64_t, const char*>{p.others, p.num_sources, "others"}}) {
+      const bool inside = ((index >= 0) & (index < size)).all().item<bool>();
+      TORCH_CHECK(inside, "lorem::pair_sum_form: ", name, " holds an index outside [0, ", size,
+                  ")");
+    }
+    return out;
+  }
   constexpr int64_t kBudget = int64_t(1) << 22;  // elements of one [chunk, C] tensor
   const int64_t chunk = std::max<int64_t>(1, kBudget / std::max<int64_t>(1, p.channels));
   for (int64_t begin = 0; begin < p.num_pairs; begin += chunk) {

@@ -492,8 +492,12 @@ class PME(torch.nn.Module):
         A distributed version may pack two channels a, b as a + i b into one complex
         mesh: the kernel is real and even (G(k) = G(-k)), so the inverse complex FFT of
         G times the complex FFT of a + i b is conv(a) + i conv(b) (tests/long_range/test_pme.py)."""
-        spectrum = torch.fft.rfftn(full_mesh, dim=(1, 2, 3))  # [C, N0, N1, N2 // 2 + 1]
         g = self.kernel(cell, mesh, [[0, mesh[0]], [0, mesh[1]], [0, mesh[2] // 2 + 1]])
+        if self.fused_mesh:
+            # the same two FFTs, with the symmetric operator's own backward
+            # (cpp/src/ops/convolve_ops.cpp) instead of autograd through torch.fft
+            return torch.ops.lorem.mesh_convolve(full_mesh, g)
+        spectrum = torch.fft.rfftn(full_mesh, dim=(1, 2, 3))  # [C, N0, N1, N2 // 2 + 1]
         return torch.fft.irfftn(spectrum * g, s=mesh, dim=(1, 2, 3), norm="forward")
 
     # -- totals --
