@@ -44,7 +44,8 @@ constexpr int64_t kInput2 = 1;
 constexpr int64_t kWeights = 2;
 constexpr int64_t kGradient = 3;
 constexpr int64_t kNumFactors = 4;
-constexpr const char* kFactorNames[kNumFactors] = {"input1", "input2", "weights", "gradient"};
+constexpr std::array<const char*, kNumFactors> kFactorNames = {"input1", "input2", "weights",
+                                                               "gradient"};
 
 // The checked problem: sizes and the factors (target slot undefined), all contiguous.
 struct Problem {
@@ -71,35 +72,17 @@ void agree(int64_t& size, int64_t value, const char* what) {
 Problem check_problem(int64_t target, at::IntArrayRef target_shape,
                       const std::array<OptionalTensor, kNumFactors>& factors, const Tensor& entries,
                       const Tensor& coupling) {
-  TORCH_CHECK(0 <= target && target < kNumFactors, "lorem::coupling_form: target ", target,
-              " is not a factor slot (0..3)");
+  const auto slots = multilinear::check_slots<kNumFactors>("lorem::coupling_form", target,
+                                                           target_shape, factors, kFactorNames);
   Problem problem;
   problem.target = target;
   problem.target_shape = target_shape.vec();
   int64_t atoms = -1, channels = -1, paths = -1;
   std::array<int64_t, kNumFactors> components = {-1, -1, -1, -1};
-  std::optional<at::ScalarType> dtype;
-  std::optional<at::Device> device;
+  const at::ScalarType dtype = slots.options.dtype().toScalarType();
+  problem.factors = slots.factors;
   for (int64_t k = 0; k < kNumFactors; ++k) {
-    std::vector<int64_t> shape;
-    if (k == target) {
-      TORCH_CHECK(!factors[k].has_value() || !factors[k]->defined(),
-                  "lorem::coupling_form: the target's slot (", kFactorNames[k], ") must be None");
-      shape = problem.target_shape;
-    } else {
-      TORCH_CHECK(factors[k].has_value() && factors[k]->defined(),
-                  "lorem::coupling_form: ", kFactorNames[k], " is missing");
-      const Tensor& t = *factors[k];
-      TORCH_CHECK(t.is_floating_point(), "lorem::coupling_form: ", kFactorNames[k],
-                  " must be floating point");
-      if (!dtype) dtype = t.scalar_type();
-      if (!device) device = t.device();
-      TORCH_CHECK(t.scalar_type() == *dtype && t.device() == *device,
-                  "lorem::coupling_form: every factor must have one dtype and device (",
-                  kFactorNames[k], " differs)");
-      shape = t.sizes().vec();
-      problem.factors[k] = t.contiguous();
-    }
+    const std::vector<int64_t>& shape = slots.shapes[k];
     if (k == kWeights) {
       TORCH_CHECK(shape.size() == 2, "lorem::coupling_form: weights must be [paths, S], got ",
                   shape_string(shape));
@@ -116,9 +99,9 @@ Problem check_problem(int64_t target, at::IntArrayRef target_shape,
   TORCH_CHECK(entries.scalar_type() == at::kLong && entries.dim() == 2 && entries.size(1) == 4,
               "lorem::coupling_form: entries must be [E, 4] int64, got ",
               shape_string(entries.sizes()));
-  TORCH_CHECK(coupling.dim() == 1 && coupling.size(0) == entries.size(0) &&
-                  coupling.scalar_type() == *dtype,
-              "lorem::coupling_form: coupling must be [E] of the factors' dtype");
+  TORCH_CHECK(
+      coupling.dim() == 1 && coupling.size(0) == entries.size(0) && coupling.scalar_type() == dtype,
+      "lorem::coupling_form: coupling must be [E] of the factors' dtype");
   problem.num_atoms = atoms;
   problem.channels = channels;
   problem.num_paths = paths;

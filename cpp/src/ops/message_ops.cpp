@@ -48,8 +48,8 @@ constexpr int64_t kWeights = 2;
 constexpr int64_t kFeatures = 3;
 constexpr int64_t kGradient = 4;
 constexpr int64_t kNumFactors = 5;
-constexpr const char* kFactorNames[kNumFactors] = {"harmonics", "coefficients", "weights",
-                                                   "features", "gradient"};
+constexpr std::array<const char*, kNumFactors> kFactorNames = {"harmonics", "coefficients",
+                                                               "weights", "features", "gradient"};
 
 // The checked problem: sizes and the factors (target slot undefined), all contiguous.
 struct Problem {
@@ -77,8 +77,8 @@ void agree(int64_t& size, int64_t value, const char* what) {
 Problem check_problem(int64_t target, at::IntArrayRef target_shape,
                       const std::array<OptionalTensor, kNumFactors>& factors, const Tensor& centers,
                       const Tensor& others, const Tensor& entries, const Tensor& coupling) {
-  TORCH_CHECK(0 <= target && target < kNumFactors, "lorem::message_form: target ", target,
-              " is not a factor slot (0..4)");
+  const auto slots = multilinear::check_slots<kNumFactors>("lorem::message_form", target,
+                                                           target_shape, factors, kFactorNames);
   Problem problem;
   problem.target = target;
   problem.target_shape = target_shape.vec();
@@ -91,28 +91,10 @@ Problem check_problem(int64_t target, at::IntArrayRef target_shape,
       std::vector<int64_t*>{&edges, &degrees, &channels}, std::vector<int64_t*>{&paths, &channels},
       std::vector<int64_t*>{&sources, &components, &channels},
       std::vector<int64_t*>{&centres, &components, &channels}};
-  std::optional<at::ScalarType> dtype;
-  std::optional<at::Device> device;
+  const at::ScalarType dtype = slots.options.dtype().toScalarType();
+  problem.factors = slots.factors;
   for (int64_t k = 0; k < kNumFactors; ++k) {
-    std::vector<int64_t> shape;
-    if (k == target) {
-      TORCH_CHECK(!factors[k].has_value() || !factors[k]->defined(),
-                  "lorem::message_form: the target's slot (", kFactorNames[k], ") must be None");
-      shape = problem.target_shape;
-    } else {
-      TORCH_CHECK(factors[k].has_value() && factors[k]->defined(),
-                  "lorem::message_form: ", kFactorNames[k], " is missing");
-      const Tensor& t = *factors[k];
-      TORCH_CHECK(t.is_floating_point(), "lorem::message_form: ", kFactorNames[k],
-                  " must be floating point");
-      if (!dtype) dtype = t.scalar_type();
-      if (!device) device = t.device();
-      TORCH_CHECK(t.scalar_type() == *dtype && t.device() == *device,
-                  "lorem::message_form: every factor must have one dtype and device (",
-                  kFactorNames[k], " differs)");
-      shape = t.sizes().vec();
-      problem.factors[k] = t.contiguous();
-    }
+    const std::vector<int64_t>& shape = slots.shapes[k];
     TORCH_CHECK(static_cast<int64_t>(shape.size()) == ranks[k],
                 "lorem::message_form: ", kFactorNames[k], " must have ", ranks[k], " dimensions");
     for (int64_t d = 0; d < ranks[k]; ++d) agree(*dims[k][d], shape[d], kFactorNames[k]);
@@ -130,7 +112,7 @@ Problem check_problem(int64_t target, at::IntArrayRef target_shape,
                   coupling.size(0) == entries.size(0),
               "lorem::message_form: entries must be [E, 5] and coupling [E], got ",
               shape_string(entries), " and ", shape_string(coupling));
-  TORCH_CHECK(coupling.scalar_type() == *dtype,
+  TORCH_CHECK(coupling.scalar_type() == dtype,
               "lorem::message_form: coupling must have the "
               "factors' dtype");
   problem.num_edges = edges;

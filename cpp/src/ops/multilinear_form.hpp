@@ -23,6 +23,47 @@ inline OptionalTensor slot(const torch::Tensor& t) {
   return t.defined() ? OptionalTensor(t) : std::nullopt;
 }
 
+// The factor slots as an operator received them, checked.
+template <size_t N>
+struct Slots {
+  std::array<std::vector<int64_t>, N> shapes;  // every slot's shape, the target's as asked
+  std::array<torch::Tensor, N> factors;        // contiguous; the target's undefined
+  torch::TensorOptions options;                // the factors' one dtype and device
+};
+
+// The checks every form operator makes of its slots, with messages that name the operator
+// and the slot: the target is a slot and its shape has no negative size, its slot is None,
+// every other slot holds a floating-point tensor, all of one dtype and device.
+template <size_t N>
+Slots<N> check_slots(const char* op, int64_t target, at::IntArrayRef target_shape,
+                     const std::array<OptionalTensor, N>& given,
+                     const std::array<const char*, N>& names) {
+  TORCH_CHECK(0 <= target && target < static_cast<int64_t>(N), op, ": target ", target,
+              " is not a factor slot (0..", N - 1, ")");
+  for (int64_t size : target_shape)
+    TORCH_CHECK(size >= 0, op, ": the target's shape ", target_shape, " has a negative size");
+  Slots<N> slots;
+  std::optional<torch::TensorOptions> options;
+  for (int64_t k = 0; k < static_cast<int64_t>(N); ++k) {
+    if (k == target) {
+      TORCH_CHECK(!given[k].has_value() || !given[k]->defined(), op, ": the target's slot (",
+                  names[k], ") must be None");
+      slots.shapes[k] = target_shape.vec();
+      continue;
+    }
+    TORCH_CHECK(given[k].has_value() && given[k]->defined(), op, ": ", names[k], " is missing");
+    const torch::Tensor& t = *given[k];
+    TORCH_CHECK(t.is_floating_point(), op, ": ", names[k], " must be floating point");
+    if (!options) options = t.options();
+    TORCH_CHECK(t.scalar_type() == options->dtype() && t.device() == options->device(), op,
+                ": every factor must have one dtype and device (", names[k], " differs)");
+    slots.factors[k] = t.contiguous();
+    slots.shapes[k] = t.sizes().vec();
+  }
+  slots.options = *options;  // N >= 2: some slot other than the target holds a factor
+  return slots;
+}
+
 // Keeps the factors (the target's slot empty), every factor's shape (the target's as
 // asked) and the fixed tensors (index and pattern tensors after the factors).
 template <size_t N>

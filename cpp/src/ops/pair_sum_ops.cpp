@@ -40,7 +40,8 @@ constexpr int64_t kPairValues = 0;
 constexpr int64_t kSources = 1;
 constexpr int64_t kReceivers = 2;
 constexpr int64_t kNumFactors = 3;
-constexpr const char* kFactorNames[kNumFactors] = {"pair_values", "sources", "receivers"};
+constexpr std::array<const char*, kNumFactors> kFactorNames = {"pair_values", "sources",
+                                                               "receivers"};
 
 struct Problem {
   int64_t target = 0;
@@ -65,14 +66,11 @@ void agree(int64_t& size, int64_t value, const char* dimension, const char* fact
 Problem check_problem(int64_t target, at::IntArrayRef target_shape,
                       const std::array<OptionalTensor, kNumFactors>& factors, const Tensor& centers,
                       const Tensor& others) {
-  TORCH_CHECK(0 <= target && target < kNumFactors, "lorem::pair_sum_form: target ", target,
-              " is not a factor slot (0..2)");
+  const auto slots = multilinear::check_slots<kNumFactors>("lorem::pair_sum_form", target,
+                                                           target_shape, factors, kFactorNames);
   Problem problem;
   problem.target = target;
   problem.target_shape = target_shape.vec();
-  for (int64_t size : problem.target_shape)
-    TORCH_CHECK(size >= 0, "lorem::pair_sum_form: the target's shape ", shape_string(target_shape),
-                " has a negative size");
   const std::array<int64_t, kNumFactors> ranks = {1, 2, 2};
   int64_t pairs = -1, sources = -1, receivers = -1, channels = -1;
   const std::array<std::vector<int64_t*>, kNumFactors> dims = {
@@ -81,28 +79,9 @@ Problem check_problem(int64_t target, at::IntArrayRef target_shape,
   const std::array<std::vector<const char*>, kNumFactors> dim_names = {
       std::vector<const char*>{"pairs"}, std::vector<const char*>{"sources", "channels"},
       std::vector<const char*>{"receivers", "channels"}};
-  std::optional<at::ScalarType> dtype;
-  std::optional<at::Device> device;
+  problem.factors = slots.factors;
   for (int64_t k = 0; k < kNumFactors; ++k) {
-    std::vector<int64_t> shape;
-    if (k == target) {
-      TORCH_CHECK(!factors[k].has_value() || !factors[k]->defined(),
-                  "lorem::pair_sum_form: the target's slot (", kFactorNames[k], ") must be None");
-      shape = problem.target_shape;
-    } else {
-      TORCH_CHECK(factors[k].has_value() && factors[k]->defined(),
-                  "lorem::pair_sum_form: ", kFactorNames[k], " is missing");
-      const Tensor& t = *factors[k];
-      TORCH_CHECK(t.is_floating_point(), "lorem::pair_sum_form: ", kFactorNames[k],
-                  " must be floating point");
-      if (!dtype) dtype = t.scalar_type();
-      if (!device) device = t.device();
-      TORCH_CHECK(t.scalar_type() == *dtype && t.device() == *device,
-                  "lorem::pair_sum_form: every factor must have one dtype and device (",
-                  kFactorNames[k], " differs)");
-      shape = t.sizes().vec();
-      problem.factors[k] = t.contiguous();
-    }
+    const std::vector<int64_t>& shape = slots.shapes[k];
     TORCH_CHECK(static_cast<int64_t>(shape.size()) == ranks[k],
                 "lorem::pair_sum_form: ", kFactorNames[k], " must have ", ranks[k],
                 " dimension(s), got ", shape_string(shape));
@@ -115,8 +94,9 @@ Problem check_problem(int64_t target, at::IntArrayRef target_shape,
               shape_string(centers.sizes()), " and ", shape_string(others.sizes()));
   TORCH_CHECK(centers.scalar_type() == at::kLong && others.scalar_type() == at::kLong,
               "lorem::pair_sum_form: centers and others must be int64");
-  TORCH_CHECK(centers.device() == *device && others.device() == *device,
-              "lorem::pair_sum_form: centers and others must be on the factors' device");
+  TORCH_CHECK(
+      centers.device() == slots.options.device() && others.device() == slots.options.device(),
+      "lorem::pair_sum_form: centers and others must be on the factors' device");
   problem.num_pairs = pairs;
   problem.num_sources = sources;
   problem.num_receivers = receivers;

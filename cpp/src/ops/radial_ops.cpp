@@ -38,7 +38,8 @@ constexpr int64_t kRadial = 1;
 constexpr int64_t kWeights = 2;
 constexpr int64_t kGradient = 3;
 constexpr int64_t kNumFactors = 4;
-constexpr const char* kNames[kNumFactors] = {"features", "radial", "weights", "gradient"};
+constexpr std::array<const char*, kNumFactors> kNames = {"features", "radial", "weights",
+                                                         "gradient"};
 
 // elements of one [chunk, K * R] or [chunk, R * F] temporary
 constexpr int64_t kChunkElements = int64_t(1) << 23;
@@ -52,29 +53,10 @@ std::string shape_string(at::IntArrayRef shape) {
 Tensor radial_form_kernel(int64_t target, at::IntArrayRef target_shape,
                           const OptionalTensor& features, const OptionalTensor& radial,
                           const OptionalTensor& weights, const OptionalTensor& gradient) {
-  TORCH_CHECK(0 <= target && target < kNumFactors, "lorem::radial_form: target ", target,
-              " is not a factor slot (0..3)");
-  const std::array<OptionalTensor, kNumFactors> given = {features, radial, weights, gradient};
-  std::array<std::vector<int64_t>, kNumFactors> shapes;
-  std::array<Tensor, kNumFactors> factor;
-  std::optional<at::TensorOptions> options;
-  for (int64_t k = 0; k < kNumFactors; ++k) {
-    if (k == target) {
-      TORCH_CHECK(!given[k].has_value() || !given[k]->defined(),
-                  "lorem::radial_form: the target's slot (", kNames[k], ") must be None");
-      shapes[k] = target_shape.vec();
-      continue;
-    }
-    TORCH_CHECK(given[k].has_value() && given[k]->defined(), "lorem::radial_form: ", kNames[k],
-                " is missing");
-    factor[k] = given[k]->contiguous();
-    shapes[k] = factor[k].sizes().vec();
-    if (!options) options = factor[k].options();
-    TORCH_CHECK(
-        factor[k].scalar_type() == options->dtype() && factor[k].device() == options->device(),
-        "lorem::radial_form: every factor must have one dtype and device (", kNames[k],
-        " differs)");
-  }
+  const auto slots = multilinear::check_slots<kNumFactors>(
+      "lorem::radial_form", target, target_shape, {features, radial, weights, gradient}, kNames);
+  const std::array<std::vector<int64_t>, kNumFactors>& shapes = slots.shapes;
+  const std::array<Tensor, kNumFactors>& factor = slots.factors;
   const std::array<size_t, kNumFactors> ranks = {2, 2, 3, 2};
   for (int64_t k = 0; k < kNumFactors; ++k)
     TORCH_CHECK(shapes[k].size() == ranks[k], "lorem::radial_form: ", kNames[k], " must have ",
@@ -86,7 +68,7 @@ Tensor radial_form_kernel(int64_t target, at::IntArrayRef target_shape,
               "lorem::radial_form: inconsistent shapes: features ", shape_string(shapes[kFeatures]),
               ", radial ", shape_string(shapes[kRadial]), ", weights ",
               shape_string(shapes[kWeights]), ", gradient ", shape_string(shapes[kGradient]));
-  Tensor out = torch::zeros(shapes[target], *options);
+  Tensor out = torch::zeros(shapes[target], slots.options);
   if (P == 0 || out.numel() == 0) return out;
   const int64_t chunk = std::max<int64_t>(1, kChunkElements / std::max(K * R, R * F));
   for (int64_t begin = 0; begin < P; begin += chunk) {
