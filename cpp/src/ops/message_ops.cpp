@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "channel_lanes.hpp"
+#include "index_grouping.hpp"
 #include "multilinear_form.hpp"
 
 namespace lorem {
@@ -153,33 +154,10 @@ std::vector<Entry> read_entries(const Problem& p) {
   return out;
 }
 
-// Edges grouped by an atom index (counting sort): offsets [atoms + 1], order [edges].
-struct Grouping {
-  std::vector<int64_t> offsets, order;
-};
-
-Grouping group_by(const Tensor& index, int64_t num_atoms, const char* name) {
-  const int64_t* key = index.data_ptr<int64_t>();
-  const int64_t n = index.size(0);
-  Grouping g;
-  g.offsets.assign(num_atoms + 1, 0);
-  for (int64_t p = 0; p < n; ++p) {
-    TORCH_CHECK(0 <= key[p] && key[p] < num_atoms, "lorem::message_form: ", name, "[", p,
-                "] = ", key[p], " is outside [0, ", num_atoms, ")");
-    ++g.offsets[key[p] + 1];
-  }
-  for (int64_t a = 0; a < num_atoms; ++a) g.offsets[a + 1] += g.offsets[a];
-  g.order.resize(n);
-  std::vector<int64_t> cursor(g.offsets.begin(), g.offsets.end() - 1);
-  for (int64_t p = 0; p < n; ++p) g.order[cursor[key[p]]++] = p;
-  return g;
-}
+using grouping::Grouping;
 
 void check_range(const Tensor& index, int64_t num_atoms, const char* name) {
-  const int64_t* key = index.data_ptr<int64_t>();
-  for (int64_t p = 0; p < index.size(0); ++p)
-    TORCH_CHECK(0 <= key[p] && key[p] < num_atoms, "lorem::message_form: ", name, "[", p,
-                "] = ", key[p], " is outside [0, ", num_atoms, ")");
+  grouping::check_range("lorem::message_form", index, num_atoms, name);
 }
 
 // The entries as the CPU kernel walks them, for one target: sorted by the component (or
@@ -436,11 +414,9 @@ struct CpuKernel {
     const int64_t s = channels();
     const Tensor& key = to_centers ? p.centers : p.others;
     const int64_t num_atoms = to_centers ? p.num_centers : p.num_sources;
-    const Grouping g = group_by(key, num_atoms, to_centers ? "centers" : "others");
-    if (to_centers)
-      check_range(p.others, p.num_sources, "others");
-    else
-      check_range(p.centers, p.num_centers, "centers");
+    check_range(p.centers, p.num_centers, "centers");
+    check_range(p.others, p.num_sources, "others");
+    const Grouping g = grouping::group_by(key, num_atoms);
     at::parallel_for(0, num_atoms, 1, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> aw(num_paths * s), scratch(3 * s);
       for (int64_t atom = begin; atom < end; ++atom) {

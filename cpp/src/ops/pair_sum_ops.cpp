@@ -28,6 +28,7 @@
 #include <tuple>
 #include <vector>
 
+#include "index_grouping.hpp"
 #include "multilinear_form.hpp"
 
 namespace lorem {
@@ -108,27 +109,8 @@ Problem check_problem(int64_t target, at::IntArrayRef target_shape,
 
 // ---------------------------------------------------------------- CPU kernel
 
-void check_range(const int64_t* index, int64_t n, int64_t num_atoms, const char* name) {
-  for (int64_t p = 0; p < n; ++p)
-    TORCH_CHECK(0 <= index[p] && index[p] < num_atoms, "lorem::pair_sum_form: ", name, "[", p,
-                "] = ", index[p], " is outside [0, ", num_atoms, ")");
-}
-
-// Pairs grouped by the atom they write to (counting sort; stable, so a sorted index gives
-// the identity order): offsets [atoms + 1], order [pairs].
-struct Grouping {
-  std::vector<int64_t> offsets, order;
-};
-
-Grouping group_by(const int64_t* key, int64_t n, int64_t num_atoms) {
-  Grouping g;
-  g.offsets.assign(num_atoms + 1, 0);
-  for (int64_t p = 0; p < n; ++p) ++g.offsets[key[p] + 1];
-  for (int64_t a = 0; a < num_atoms; ++a) g.offsets[a + 1] += g.offsets[a];
-  g.order.resize(n);
-  std::vector<int64_t> cursor(g.offsets.begin(), g.offsets.end() - 1);
-  for (int64_t p = 0; p < n; ++p) g.order[cursor[key[p]]++] = p;
-  return g;
+void check_range(const Tensor& index, int64_t num_atoms, const char* name) {
+  grouping::check_range("lorem::pair_sum_form", index, num_atoms, name);
 }
 
 template <typename scalar_t>
@@ -151,18 +133,19 @@ void pair_values_cpu(const Problem& p, scalar_t* out) {
 
 // out[atom] = sum over the pairs written to atom of f[p] row[read_p]
 template <typename scalar_t>
-void grouped_sum_cpu(const Problem& p, const int64_t* write, const int64_t* read,
-                     int64_t num_written, const scalar_t* rows, scalar_t* out) {
+void grouped_sum_cpu(const Problem& p, const Tensor& write, const Tensor& read, int64_t num_written,
+                     const scalar_t* rows, scalar_t* out) {
   const scalar_t* f = p.factors[kPairValues].data_ptr<scalar_t>();
   const int64_t C = p.channels;
-  const Grouping g = group_by(write, p.num_pairs, num_written);
+  const grouping::Grouping g = grouping::group_by(write, num_written);
+  const int64_t* read_index = read.data_ptr<int64_t>();
   at::parallel_for(0, num_written, 64, [&](int64_t begin, int64_t end) {
     for (int64_t atom = begin; atom < end; ++atom) {
       scalar_t* o = out + atom * C;
       for (int64_t k = g.offsets[atom]; k < g.offsets[atom + 1]; ++k) {
         const int64_t pair = g.order[k];
         const scalar_t w = f[pair];
-        const scalar_t* r = rows + read[pair] * C;
+        const scalar_t* r = rows + read_index[pair] * C;
         for (int64_t c = 0; c < C; ++c) o[c] += w * r[c];
       }
     }
@@ -179,20 +162,18 @@ Tensor pair_sum_form_cpu(int64_t target, at::IntArrayRef target_shape,
   Tensor out = torch::zeros(p.target_shape, any_factor.options());
   // the indices are checked even when there is nothing to sum (no channels), as the
   // torch path and the backward would refuse them
-  const int64_t* c_index = p.centers.data_ptr<int64_t>();
-  const int64_t* o_index = p.others.data_ptr<int64_t>();
-  check_range(c_index, p.num_pairs, p.num_receivers, "centers");
-  check_range(o_index, p.num_pairs, p.num_sources, "others");
+  check_range(p.centers, p.num_receivers, "centers");
+  check_range(p.others, p.num_sources, "others");
   if (p.num_pairs == 0 || out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lorem::pair_sum_form", [&] {
     scalar_t* o = out.data_ptr<scalar_t>();
     if (target == kPairValues) {
       pair_values_cpu<scalar_t>(p, o);
     } else if (target == kSources) {
-      grouped_sum_cpu<scalar_t>(p, o_index, c_index, p.num_sources,
+      grouped_sum_cpu<scalar_t>(p, p.others, p.centers, p.num_sources,
                                 p.factors[kReceivers].data_ptr<scalar_t>(), o);
     } else {
-      grouped_sum_cpu<scalar_t>(p, c_index, o_index, p.num_receivers,
+      grouped_sum_cpu<scalar_t>(p, p.centers, p.others, p.num_receivers,
                                 p.factors[kSources].data_ptr<scalar_t>(), o);
     }
   });
