@@ -140,7 +140,8 @@ class PME(torch.nn.Module):
         self.cost_warned = False
         # spread and interpolate by the fused operators of cpp/src/ops/mesh_ops.cpp (no
         # [N, p^3, C] stencil tables kept for the backward) or, as the reference, by
-        # index_add / index_select here; set by Lorem.use_fused_operators
+        # index_add / index_select here; and the convolution by lorem::mesh_convolve (its
+        # own backward) or autograd through torch.fft; set by Lorem.use_fused_operators
         self.fused_mesh: bool = True
         # the real-space sum over pairs by lorem::pair_sum_form (terms.py), or by gather
         # and index_add as the reference; set by Lorem.use_fused_operators

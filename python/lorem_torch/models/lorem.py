@@ -528,7 +528,7 @@ class Lorem(ConstantsModule):
         over neighbours (`fused_edges`), the equivariant messages (`fused_messages`),
         every tensor product (`fused_product`), the edge harmonics (`fused_harmonics`),
         the per-edge radial MLP of message passing (`fused_radial`), the PME mesh's
-        spread and interpolation (`fused_mesh`), the radial basis with its cutoff
+        spread, interpolation and convolution (`fused_mesh`), the radial basis with its cutoff
         (`fused_basis`) and the real-space sum of Ewald and PME (`fused_pairs`).
         Returns self."""
         for module in self.modules():
