@@ -9,7 +9,11 @@
 # Every step has its own time limit and writes to $OUT as it goes, so what ran comes
 # back even when a later step runs out of time. The build is kept in /tmp while the
 # machine stays warm, so a second call can take the remaining steps. Steps (default: all):
-#   (always) build the runtime and plugin against the machine's CUDA torch
+#   (always) build the runtime and plugin against the machine's CUDA torch, with the
+#      operators' CUDA kernels (LOREM_CUDA_KERNELS=ON; LOREM_GPU_KERNELS=off builds without)
+#   kernels: the CUDA kernels of message_form / coupling_form against the CPU kernel in
+#      float64 (tests/nn/test_device_kernels.py) and against the chunked torch path in time
+#      (benchmarks/bench_device_kernels.py)
 #   parity: the runtime and LAMMPS tests with the C++ side on CUDA
 #      (LOREM_TEST_DEVICE=cuda: pair_style lorem device cuda, lorem_torch._core on cuda)
 #      against the CPU Python references, and the BEC path (check_bec_cuda.py)
@@ -22,7 +26,7 @@
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-STEPS=${*:-parity lammps kspace mp million training}
+STEPS=${*:-kernels parity lammps kspace mp million training}
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.txt"; }
 
 log "setup"
@@ -31,6 +35,8 @@ log "setup"
 # On a warm machine the build folder of the earlier call makes the build incremental.
 [ -x /tmp/site/lammps/lmp ] || rm -rf build/cp312-*  # no cache of a failed configure
 mkdir -p /tmp/site /tmp/extra && tar -C /tmp/site -xJf .device/mpich-include.tar.xz
+# scikit-build-core passes CMAKE_ARGS on to CMake
+[ "${LOREM_GPU_KERNELS:-on}" = off ] || export CMAKE_ARGS="${CMAKE_ARGS:-} -DLOREM_CUDA_KERNELS=ON"
 source .device/setup_on_gpu.sh
 [ -f /tmp/extra/yaml/__init__.py ] || tar -C /tmp/extra -xJf .device/extra.tar.xz
 # after the machine's own packages (a .pth appends), so its numpy and torch stay first
@@ -44,6 +50,16 @@ python3 -c "import torch, lorem_torch._core; print('torch', torch.__version__, t
 
 for step in $STEPS; do
   case $step in
+  kernels)
+    log "CUDA kernels of message_form / coupling_form: == CPU kernel (float64), time vs chunked"
+    python3 -c "import torch, lorem_torch; print('cuda kernels compiled:', torch.ops.lorem.cuda_kernels_compiled())" \
+      2>&1 | tee -a "$OUT/steps.txt"
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/nn/test_device_kernels.py \
+      > "$OUT/kernel_tests.txt" 2>&1
+    echo "pytest rc=$?" >> "$OUT/kernel_tests.txt"
+    tail -4 "$OUT/kernel_tests.txt" | tee -a "$OUT/steps.txt"
+    timeout 120 python3 benchmarks/bench_device_kernels.py --device cuda 2>&1 | tee -a "$OUT/steps.txt"
+    ;;
   parity)
     log "parity: runtime and LAMMPS on cuda against the CPU references"
     LOREM_TEST_DEVICE=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider \

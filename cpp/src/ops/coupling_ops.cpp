@@ -32,6 +32,7 @@
 
 #include "channel_lanes.hpp"
 #include "multilinear_form.hpp"
+#include "sparse_form_device.hpp"
 
 namespace lorem {
 namespace {
@@ -401,6 +402,38 @@ Tensor coupling_form_chunked(int64_t target, at::IntArrayRef target_shape,
   return out;
 }
 
+// ---------------------------------------------------------- device kernel
+
+// The contraction as the threads of the device kernel (sparse_form_threads.hpp): on CUDA
+// the compiled kernel, on the CPU its threads one after another (what the tests hold to
+// the CPU kernel). Members are the atoms, one per thread; the weights sum blocks of atoms
+// atomically.
+Tensor coupling_form_device(int64_t target, at::IntArrayRef target_shape,
+                            const OptionalTensor& input1, const OptionalTensor& input2,
+                            const OptionalTensor& weights, const OptionalTensor& gradient,
+                            const Tensor& entries, const Tensor& coupling) {
+  const Problem p =
+      check_problem(target, target_shape, {input1, input2, weights, gradient}, entries, coupling);
+  using namespace sparse_form;
+  sparse_form::Problem form;
+  form.op = "lorem::coupling_form";
+  form.target = target;
+  form.target_shape = p.target_shape;
+  form.entries = p.entries;
+  form.coupling = p.coupling;
+  form.channels = p.channels;
+  form.num_members = p.num_atoms;
+  // slot order; the entries' columns are (m1, m2, m3, path)
+  const int64_t n = p.num_atoms;
+  form.factors = {
+      {p.factors[kInput1], Tensor(), "", n, kRowIsMember, 0, p.components[kInput1], true},
+      {p.factors[kInput2], Tensor(), "", n, kRowIsMember, 1, p.components[kInput2], true},
+      {p.factors[kWeights], Tensor(), "", 1, kRowFixed, 3, p.num_paths, true},
+      {p.factors[kGradient], Tensor(), "", n, kRowIsMember, 2, p.components[kGradient], true}};
+  if (target == kWeights) form.group_kind = kGroupBlock;
+  return sparse_form::run(form);
+}
+
 // ---------------------------------------------------------------- autograd
 
 Tensor coupling_form_call(int64_t target, at::IntArrayRef target_shape,
@@ -459,9 +492,26 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
   m.def(
       "coupling_form_chunked(int target, int[] target_shape, Tensor? input1, Tensor? input2, "
       "Tensor? weights, Tensor? gradient, Tensor entries, Tensor coupling) -> Tensor");
+  // the device kernel under its own name: on CUDA the compiled kernel (LOREM_CUDA_KERNELS),
+  // on the CPU its threads one after another, which the tests hold to the CPU kernel
+  m.def(
+      "_coupling_form_device(int target, int[] target_shape, Tensor? input1, Tensor? input2, "
+      "Tensor? weights, Tensor? gradient, Tensor entries, Tensor coupling) -> Tensor");
+  // whether the CUDA kernels of the operators were compiled into this library
+  m.def("cuda_kernels_compiled() -> bool", &lorem::sparse_form::cuda_kernels_compiled);
 }
 
-TORCH_LIBRARY_IMPL(lorem, CPU, m) { m.impl("coupling_form", &lorem::coupling_form_cpu); }
+TORCH_LIBRARY_IMPL(lorem, CPU, m) {
+  m.impl("coupling_form", &lorem::coupling_form_cpu);
+  m.impl("_coupling_form_device", &lorem::coupling_form_device);
+}
+
+#ifdef LOREM_CUDA_KERNELS
+TORCH_LIBRARY_IMPL(lorem, CUDA, m) {
+  m.impl("coupling_form", &lorem::coupling_form_device);
+  m.impl("_coupling_form_device", &lorem::coupling_form_device);
+}
+#endif
 
 TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
   m.impl("coupling_form", &lorem::coupling_form_chunked);

@@ -36,6 +36,7 @@
 #include "channel_lanes.hpp"
 #include "index_grouping.hpp"
 #include "multilinear_form.hpp"
+#include "sparse_form_device.hpp"
 
 namespace lorem {
 namespace {
@@ -641,6 +642,48 @@ Tensor message_form_chunked(int64_t target, at::IntArrayRef target_shape,
   return out;
 }
 
+// ---------------------------------------------------------- device kernel
+
+// The contraction as the threads of the device kernel (sparse_form_threads.hpp): on CUDA
+// the compiled kernel, on the CPU its threads one after another (what the tests hold to
+// the CPU kernel). Members are the edges; the per-edge targets take one edge per thread,
+// the features and the gradient the edges of one sending atom or centre, the weights
+// blocks of edges added atomically.
+Tensor message_form_device(int64_t target, at::IntArrayRef target_shape,
+                           const OptionalTensor& harmonics, const OptionalTensor& coefficients,
+                           const OptionalTensor& weights, const OptionalTensor& features,
+                           const OptionalTensor& gradient, const Tensor& centers,
+                           const Tensor& others, const Tensor& entries, const Tensor& coupling) {
+  const Problem p =
+      check_problem(target, target_shape, {harmonics, coefficients, weights, features, gradient},
+                    centers, others, entries, coupling);
+  using namespace sparse_form;
+  sparse_form::Problem form;
+  form.op = "lorem::message_form";
+  form.target = target;
+  form.target_shape = p.target_shape;
+  form.entries = p.entries;
+  form.coupling = p.coupling;
+  form.channels = p.channels;
+  form.num_members = p.num_edges;
+  // slot order; the entries' columns are (m1, m2, m3, path, l1)
+  form.factors = {
+      {p.factors[kHarmonics], Tensor(), "", p.num_edges, kRowIsMember, 0, p.num_components, false},
+      {p.factors[kCoefficients], Tensor(), "", p.num_edges, kRowIsMember, 4, p.num_degrees, true},
+      {p.factors[kWeights], Tensor(), "", 1, kRowFixed, 3, p.num_paths, true},
+      {p.factors[kFeatures], p.others, "others", p.num_sources, kRowGathered, 1, p.num_components,
+       true},
+      {p.factors[kGradient], p.centers, "centers", p.num_centers, kRowGathered, 2, p.num_components,
+       true}};
+  if (target == kWeights) {
+    form.group_kind = kGroupBlock;
+  } else if (target == kFeatures || target == kGradient) {
+    form.group_kind = kGroupListed;
+    form.group_index = target == kFeatures ? p.others : p.centers;
+  }
+  return sparse_form::run(form);
+}
+
 // ---------------------------------------------------------------- autograd
 
 Tensor message_form_call(int64_t target, at::IntArrayRef target_shape,
@@ -706,9 +749,25 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
       "message_form_chunked(int target, int[] target_shape, Tensor? harmonics, "
       "Tensor? coefficients, Tensor? weights, Tensor? features, Tensor? gradient, "
       "Tensor centers, Tensor others, Tensor entries, Tensor coupling) -> Tensor");
+  // the device kernel under its own name: on CUDA the compiled kernel (LOREM_CUDA_KERNELS),
+  // on the CPU its threads one after another, which the tests hold to the CPU kernel
+  m.def(
+      "_message_form_device(int target, int[] target_shape, Tensor? harmonics, "
+      "Tensor? coefficients, Tensor? weights, Tensor? features, Tensor? gradient, "
+      "Tensor centers, Tensor others, Tensor entries, Tensor coupling) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(lorem, CPU, m) { m.impl("message_form", &lorem::message_form_cpu); }
+TORCH_LIBRARY_IMPL(lorem, CPU, m) {
+  m.impl("message_form", &lorem::message_form_cpu);
+  m.impl("_message_form_device", &lorem::message_form_device);
+}
+
+#ifdef LOREM_CUDA_KERNELS
+TORCH_LIBRARY_IMPL(lorem, CUDA, m) {
+  m.impl("message_form", &lorem::message_form_device);
+  m.impl("_message_form_device", &lorem::message_form_device);
+}
+#endif
 
 TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
   m.impl("message_form", &lorem::message_form_chunked);
