@@ -11,7 +11,7 @@
 # machine stays warm, so a second call can take the remaining steps. Steps (default: all):
 #   (always) build the runtime and plugin against the machine's CUDA torch, with the
 #      operators' CUDA kernels (LOREM_CUDA_KERNELS=ON; LOREM_GPU_KERNELS=off builds without)
-#   kernels: the CUDA kernels of message_form / coupling_form against the CPU kernel in
+#   kernels: the CUDA kernels of the sparse forms (message, coupling, pair, pair-sum) against the CPU kernel in
 #      float64 (tests/nn/test_device_kernels.py) and against the chunked torch path in time
 #      (benchmarks/bench_device_kernels.py)
 #   parity: the runtime and LAMMPS tests with the C++ side on CUDA
@@ -51,7 +51,7 @@ python3 -c "import torch, lorem_torch._core; print('torch', torch.__version__, t
 for step in $STEPS; do
   case $step in
   kernels)
-    log "CUDA kernels of message_form / coupling_form: == CPU kernel (float64), time vs chunked"
+    log "CUDA kernels of the sparse forms: == CPU kernel (float64), time vs the torch paths"
     python3 -c "import torch, lorem_torch; print('cuda kernels compiled:', torch.ops.lorem.cuda_kernels_compiled())" \
       2>&1 | tee -a "$OUT/steps.txt"
     timeout 120 python3 -m pytest -q -p no:cacheprovider tests/nn/test_device_kernels.py \

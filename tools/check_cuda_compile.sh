@@ -26,6 +26,7 @@ nvcc -std=c++17 -O3 -arch="sm_$sm" -Werror all-warnings -c cpp/src/ops/sparse_fo
 echo "g++: the operators' CUDA glue (LOREM_CUDA_KERNELS) against $("$python" -c \
   'import torch; print(torch.__version__)')"
 for source in cpp/src/ops/sparse_form_device.cpp cpp/src/ops/coupling_ops.cpp \
+  cpp/src/ops/pair_form_ops.cpp cpp/src/ops/pair_sum_ops.cpp cpp/src/ops/edge_ops.cpp \
   cpp/src/ops/message_ops.cpp; do
   g++ -std=c++20 -fsyntax-only -Wno-psabi -fopenmp -DLOREM_CUDA_KERNELS -D_GLIBCXX_USE_CXX11_ABI=1 \
     "${includes[@]}" -I"$cuda_home/include" "$source"

@@ -1,8 +1,9 @@
-"""The device kernel of message_form and coupling_form (docs/design.md section 1.11).
+"""The device kernel of message_form, coupling_form, pair_form and pair_sum_form
+(docs/design.md section 1.11).
 
 Its threads (cpp/src/ops/sparse_form_threads.hpp) run on the CPU one after another
-through `lorem::_message_form_device` / `_coupling_form_device`, and must equal the CPU
-kernels for every target: the arithmetic and indexing a CUDA build runs. On a machine
+through `lorem::_message_form_device`, `_coupling_form_device`, `_pair_form_device` and
+`_pair_sum_form_device`, and must equal the CPU kernels for every target: the arithmetic and indexing a CUDA build runs. On a machine
 with a GPU and a library built with LOREM_CUDA_KERNELS, the CUDA kernels themselves are
 held to the CPU kernels in float64 to 1e-12 (benchmarks/gpu_batch.sh, step `kernels`).
 """
@@ -17,14 +18,17 @@ from test_fused_products import call as coupling_call
 from test_fused_products import random_problem as coupling_problem
 
 import lorem_torch  # noqa: F401  (loads the operators)
+from lorem_torch.nn.edge_ops import edges_to_nodes_by_pair_type
 
 ops = torch.ops.lorem
 CUDA_KERNELS = torch.cuda.is_available() and ops.cuda_kernels_compiled()
 
 
 def assert_close(actual, expected, tolerance):
-    scale = max(expected.abs().max().item(), 1.0)
     assert actual.shape == expected.shape
+    if expected.numel() == 0:
+        return
+    scale = max(expected.abs().max().item(), 1.0)
     assert (actual - expected).abs().max().item() <= tolerance * scale
 
 
@@ -114,6 +118,128 @@ def test_the_cpu_dispatch_stays_on_the_cpu_kernel():
         coupling_call(ops.coupling_form_chunked, problem, 3, values),
         1e-12,
     )
+
+
+def pair_form_problem(num_edges, num_nodes, num_types, num_radial, degrees, channels, seed=0):
+    """Unsorted centres and pair types, the last atoms without edges."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def random(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64)
+
+    factors = [
+        random(num_edges, num_radial),
+        random(num_types, num_radial, degrees, channels),
+        random(num_edges, degrees**2),
+        random(num_nodes, degrees**2, channels),
+    ]
+    pair_type = torch.randint(0, num_types, (num_edges,), generator=generator)
+    centers = torch.randint(0, max(num_nodes - 2, 1), (num_edges,), generator=generator)
+    return factors, pair_type, centers
+
+
+def pair_form_call(op, target, factors, pair_type, centers):
+    slots = [None if k == target else f for k, f in enumerate(factors)]
+    return op(target, list(factors[target].shape), *slots, pair_type, centers)
+
+
+@pytest.mark.parametrize(
+    "num_edges, num_nodes, num_types, num_radial, degrees, channels",
+    # 300 edges of 2 types: the table's blocks of 64 edges cross a change of pair type
+    [(13, 5, 3, 4, 3, 2), (300, 40, 2, 8, 7, 8), (1, 1, 1, 1, 1, 1), (0, 3, 2, 4, 3, 5)],
+)
+@pytest.mark.parametrize("target", range(4))
+def test_pair_form_threads_equal_the_cpu_kernel(
+    num_edges, num_nodes, num_types, num_radial, degrees, channels, target
+):
+    factors, pair_type, centers = pair_form_problem(
+        num_edges, num_nodes, num_types, num_radial, degrees, channels, seed=target
+    )
+    expected = pair_form_call(ops.pair_form, target, factors, pair_type, centers)
+    actual = pair_form_call(ops._pair_form_device, target, factors, pair_type, centers)
+    assert_close(actual, expected, 1e-12)
+
+
+def test_pair_form_threads_name_bad_indices():
+    factors, pair_type, centers = pair_form_problem(13, 5, 3, 4, 3, 2)
+    bad = pair_type.clone()
+    bad[4] = 3
+    with pytest.raises(RuntimeError, match=r"pair_type\[4\] = 3 is outside \[0, 3\)"):
+        pair_form_call(ops._pair_form_device, 3, factors, bad, centers)
+    with pytest.raises(RuntimeError, match=r"centers\[0\] = 9 is outside \[0, 5\)"):
+        pair_form_call(ops._pair_form_device, 0, factors, pair_type, centers + 9 - centers[0])
+
+
+def pair_sum_problem(num_pairs, num_receivers, num_sources, channels, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    factors = [
+        torch.randn(num_pairs, dtype=torch.float64, generator=generator),
+        torch.randn(num_sources, channels, dtype=torch.float64, generator=generator),
+        torch.randn(num_receivers, channels, dtype=torch.float64, generator=generator),
+    ]
+    centers = torch.randint(0, max(num_receivers - 1, 1), (num_pairs,), generator=generator)
+    others = torch.randint(0, max(num_sources - 1, 1), (num_pairs,), generator=generator)
+    return factors, centers, others
+
+
+def pair_sum_call(op, target, factors, centers, others):
+    slots = [None if k == target else f for k, f in enumerate(factors)]
+    return op(target, list(factors[target].shape), *slots, centers, others)
+
+
+@pytest.mark.parametrize("sizes", [(200, 13, 21, 3), (50, 7, 7, 10), (1, 1, 1, 1), (0, 4, 4, 2)])
+@pytest.mark.parametrize("target", range(3))
+def test_pair_sum_threads_equal_the_cpu_kernel(sizes, target):
+    factors, centers, others = pair_sum_problem(*sizes, seed=target)
+    expected = pair_sum_call(ops.pair_sum_form, target, factors, centers, others)
+    actual = pair_sum_call(ops._pair_sum_form_device, target, factors, centers, others)
+    assert_close(actual, expected, 1e-12)
+
+
+def test_pair_sum_threads_check_indices_with_nothing_to_sum():
+    factors, centers, others = pair_sum_problem(20, 5, 6, 0)
+    bad = others.clone()
+    bad[3] = 6
+    with pytest.raises(RuntimeError, match=r"others\[3\] = 6 is outside \[0, 6\)"):
+        pair_sum_call(ops._pair_sum_form_device, 2, factors, centers, bad)
+
+
+@pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build")
+@pytest.mark.parametrize("target", range(4))
+def test_cuda_pair_form_kernel_equals_the_cpu_kernel(target):
+    factors, pair_type, centers = pair_form_problem(20000, 400, 4, 8, 7, 8, seed=target)
+    expected = pair_form_call(ops.pair_form, target, factors, pair_type, centers)
+    cuda = [f.cuda() for f in factors]
+    actual = pair_form_call(ops.pair_form, target, cuda, pair_type.cuda(), centers.cuda())
+    assert_close(actual.cpu(), expected, 1e-12)
+
+
+@pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build")
+def test_cuda_first_block_takes_the_kernel_with_its_derivatives():
+    """edges_to_nodes_by_pair_type on CUDA runs pair_form (and pair_form_adjoints in the
+    backward) in a LOREM_CUDA_KERNELS build: the sum and its gradients == the CPU's."""
+    factors, pair_type, centers = pair_form_problem(5000, 120, 4, 8, 7, 8)
+    radial, table, harmonics, node_grad = factors
+    results = []
+    for device in ("cpu", "cuda"):
+        leaves = [f.to(device).requires_grad_() for f in (radial, table, harmonics)]
+        out = edges_to_nodes_by_pair_type(
+            leaves[0], leaves[1], pair_type.to(device), leaves[2], centers.to(device), 120
+        )
+        grads = torch.autograd.grad(out, leaves, node_grad.to(device))
+        results.append([t.detach().cpu() for t in (out, *grads)])
+    for on_cuda, on_cpu in zip(results[1], results[0], strict=True):
+        assert_close(on_cuda, on_cpu, 1e-12)
+
+
+@pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build")
+@pytest.mark.parametrize("target", range(3))
+def test_cuda_pair_sum_kernel_equals_the_cpu_kernel(target):
+    factors, centers, others = pair_sum_problem(200_000, 4000, 9000, 10, seed=target)
+    expected = pair_sum_call(ops.pair_sum_form, target, factors, centers, others)
+    cuda = [f.cuda() for f in factors]
+    actual = pair_sum_call(ops.pair_sum_form, target, cuda, centers.cuda(), others.cuda())
+    assert_close(actual.cpu(), expected, 1e-12)
 
 
 @pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build")

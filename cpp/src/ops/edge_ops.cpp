@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include "sparse_form_device.hpp"
+
 namespace {
 
 using at::Tensor;
@@ -543,9 +545,13 @@ constexpr int64_t kPairTypeBlock = 16384;
 // On CPU the operator is lorem::pair_form (pair_form_ops.cpp), which groups the edges by
 // centre and pair type itself; the blocked path below serves other devices (and the tests,
 // through lorem::_edges_to_nodes_by_pair_type_blocks).
-bool grouped_on_cpu(const Tensor& radial, const Tensor& table, const Tensor& harmonics,
-                    bool blocks) {
-  return !blocks && radial.is_cpu() && table.is_cpu() && harmonics.is_cpu();
+// Whether lorem::pair_form has a kernel for these tensors: the CPU's, or CUDA's in a
+// LOREM_CUDA_KERNELS build; elsewhere the blocked path of torch operations runs.
+bool pair_form_serves(const Tensor& radial, const Tensor& table, const Tensor& harmonics,
+                      bool blocks) {
+  if (blocks || table.device() != radial.device() || harmonics.device() != radial.device())
+    return false;
+  return radial.is_cpu() || (radial.is_cuda() && lorem::sparse_form::cuda_kernels_compiled());
 }
 
 // the blocked path's refusals, with its messages, before pair_form is called
@@ -584,7 +590,7 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
   static Tensor forward(AutogradContext* ctx, const Tensor& radial, const Tensor& table,
                         const Tensor& pair_type, const Tensor& harmonics, const Tensor& centers,
                         int64_t num_nodes, bool blocks) {
-    if (grouped_on_cpu(radial, table, harmonics, blocks)) {
+    if (pair_form_serves(radial, table, harmonics, blocks)) {
       check_for_pair_form(radial, table, pair_type, harmonics, centers);
       ctx->save_for_backward({radial, table, pair_type, harmonics, centers});
       ctx->saved_data["pair_form"] = true;
@@ -701,7 +707,7 @@ Tensor by_pair_type_blocks_forward(const Tensor& radial, const Tensor& table,
 
 Tensor by_pair_type_dispatch(const Tensor& radial, const Tensor& table, const Tensor& pair_type,
                              const Tensor& harmonics, const Tensor& centers, int64_t num_nodes) {
-  if (grouped_on_cpu(radial, table, harmonics, false)) {
+  if (pair_form_serves(radial, table, harmonics, false)) {
     check_for_pair_form(radial, table, pair_type, harmonics, centers);
     return call_pair_form_nodes(radial, table, harmonics, pair_type, centers, num_nodes);
   }

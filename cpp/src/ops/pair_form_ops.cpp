@@ -15,8 +15,9 @@
 // The kernels group the edges by centre and, within a centre, by pair type, and go through
 // two [R, (L+1)^2] matrices per group (below): no [P, (L+1) s] coefficients, no edge rows
 // gathered and scattered by pair type over the whole edge list (where the blocked path of
-// edges_to_nodes_by_pair_type, which other devices keep, spent most of its time). CPU
-// only: edges_to_nodes_by_pair_type calls it for CPU tensors.
+// edges_to_nodes_by_pair_type, which other devices keep, spent most of its time).
+// edges_to_nodes_by_pair_type calls it for CPU tensors, and for CUDA tensors in a
+// LOREM_CUDA_KERNELS build, where the device kernel of sparse_form_threads.hpp runs it.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
@@ -31,6 +32,7 @@
 
 #include "channel_lanes.hpp"
 #include "multilinear_form.hpp"
+#include "sparse_form_device.hpp"
 
 namespace lorem {
 namespace {
@@ -93,7 +95,7 @@ std::string shape_string(at::IntArrayRef shape) {
 // The factors (the target's slot from target_shape), checked against one another, and the
 // fixed index tensors checked against them.
 Sizes check(const std::array<std::vector<int64_t>, kNumFactors>& shapes, const Tensor& pair_type,
-            const Tensor& centers) {
+            const Tensor& centers, bool on_cpu = true) {
   const std::array<size_t, kNumFactors> ranks = {2, 4, 2, 3};
   for (int64_t k = 0; k < kNumFactors; ++k)
     TORCH_CHECK(shapes[k].size() == ranks[k], kOp, ": ", kNames[k], " must have ", ranks[k],
@@ -116,6 +118,7 @@ Sizes check(const std::array<std::vector<int64_t>, kNumFactors>& shapes, const T
                   centers.scalar_type() == at::kLong,
               kOp, ": pair_type and centers must be [", z.P, "] int64, got ",
               shape_string(pair_type.sizes()), " and ", shape_string(centers.sizes()));
+  if (!on_cpu) return z;  // the device kernel checks the ranges (sparse_form_device.cpp)
   TORCH_CHECK(pair_type.is_cpu() && centers.is_cpu(), kOp, ": CPU tensors only");
   const int64_t* t = pair_type.data_ptr<int64_t>();
   const int64_t* i = centers.data_ptr<int64_t>();
@@ -460,7 +463,8 @@ std::array<Tensor, kNumFactors> factors_of(const std::array<OptionalTensor, kNum
                                            int64_t target,
                                            std::array<std::vector<int64_t>, kNumFactors>& shapes,
                                            at::IntArrayRef target_shape,
-                                           std::optional<at::TensorOptions>& options) {
+                                           std::optional<at::TensorOptions>& options,
+                                           bool on_cpu = true) {
   std::array<Tensor, kNumFactors> factor;
   for (int64_t k = 0; k < kNumFactors; ++k) {
     if (k == target) {
@@ -473,10 +477,11 @@ std::array<Tensor, kNumFactors> factors_of(const std::array<OptionalTensor, kNum
     factor[k] = given[k]->contiguous();
     shapes[k] = factor[k].sizes().vec();
     if (!options) options = factor[k].options();
-    TORCH_CHECK(factor[k].scalar_type() == options->dtype() && factor[k].is_cpu() &&
+    TORCH_CHECK(factor[k].scalar_type() == options->dtype() &&
+                    factor[k].device() == options->device() && (!on_cpu || factor[k].is_cpu()) &&
                     factor[k].is_floating_point(),
-                kOp, ": every factor must be a CPU floating-point tensor of one dtype (", kNames[k],
-                " differs)");
+                kOp, ": every factor must be a ", on_cpu ? "CPU " : "",
+                "floating-point tensor of one dtype and device (", kNames[k], " differs)");
   }
   return factor;
 }
@@ -552,6 +557,73 @@ std::vector<Tensor> pair_form_adjoints_cpu(const Tensor& radial, const Tensor& t
     if (needed[2]) d_harmonics.zero_();
   }
   return {d_radial, d_table, d_harmonics};
+}
+
+// -- device kernel --
+
+// The form as the threads of the device kernel (sparse_form_threads.hpp): on CUDA the
+// compiled kernel, on the CPU its threads one after another (what the tests hold to the
+// CPU kernel). The table is read as [T, R (L+1), s], row t_p; the entries are the pairs
+// (r, m) with columns (r, r (L+1) + l(m), m, m). Members are the edges: the node sum takes
+// the edges of one centre per thread, the table blocks of edges sorted by pair type (added
+// atomically per type), the radial and harmonic gradients one edge per thread.
+Tensor pair_form_device(int64_t target, at::IntArrayRef target_shape, const OptionalTensor& radial,
+                        const OptionalTensor& table, const OptionalTensor& harmonics,
+                        const OptionalTensor& node_grad, const Tensor& pair_type_in,
+                        const Tensor& centers_in) {
+  TORCH_CHECK(0 <= target && target < kNumFactors, kOp, ": target ", target,
+              " is not a factor slot (0..3)");
+  std::array<std::vector<int64_t>, kNumFactors> shapes;
+  std::optional<at::TensorOptions> options;
+  const auto factor = factors_of({radial, table, harmonics, node_grad}, target, shapes,
+                                 target_shape, options, false);
+  const Tensor pair_type = pair_type_in.contiguous(), centers = centers_in.contiguous();
+  const Sizes z = check(shapes, pair_type, centers, false);
+  TORCH_CHECK(pair_type.device() == options->device() && centers.device() == options->device(), kOp,
+              ": pair_type and centers must be on the factors' device");
+  std::vector<int64_t> rows;  // the entries (r, r D + l(m), m, m)
+  for (int64_t r = 0; r < z.R; ++r)
+    for (int64_t l = 0; l < z.D; ++l)
+      for (int64_t m = l * l; m < (l + 1) * (l + 1); ++m)
+        rows.insert(rows.end(), {r, r * z.D + l, m, m});
+  using namespace sparse_form;
+  sparse_form::Problem form;
+  form.op = kOp;
+  form.target = target;
+  form.target_shape = shapes[target];
+  form.entries = torch::tensor(rows, torch::kLong).view({z.R * z.M(), 4});
+  form.coupling = torch::ones({z.R * z.M()}, *options);
+  form.channels = z.S;
+  form.num_members = z.P;
+  form.factors = {{factor[kRadial], Tensor(), "", z.P, kRowIsMember, 0, z.R, false},
+                  {factor[kTable], pair_type, "pair_type", z.T, kRowGathered, 1, z.R * z.D, true},
+                  {factor[kHarmonics], Tensor(), "", z.P, kRowIsMember, 2, z.M(), false},
+                  {factor[kNodes], centers, "centers", z.N, kRowGathered, 3, z.M(), true}};
+  if (target == kNodes) {
+    form.group_kind = kGroupListed;
+    form.group_index = centers;
+  } else if (target == kTable) {
+    form.group_kind = kGroupListedBlocks;
+    form.group_index = pair_type;
+  }
+  return sparse_form::run(form);
+}
+
+std::vector<Tensor> pair_form_adjoints_device(const Tensor& radial, const Tensor& table,
+                                              const Tensor& harmonics, const Tensor& node_grad,
+                                              const Tensor& pair_type, const Tensor& centers,
+                                              std::array<bool, 3> needed) {
+  const std::array<Tensor, kNumFactors> given = {radial, table, harmonics, node_grad};
+  std::vector<Tensor> out(3);
+  for (int64_t k = 0; k < 3; ++k) {
+    if (!needed[k]) continue;
+    std::array<OptionalTensor, kNumFactors> slots;
+    for (int64_t q = 0; q < kNumFactors; ++q)
+      slots[q] = q == k ? std::nullopt : OptionalTensor(given[q]);
+    out[k] = pair_form_device(k, given[k].sizes(), slots[0], slots[1], slots[2], slots[3],
+                              pair_type, centers);
+  }
+  return out;
 }
 
 // -- autograd --
@@ -672,12 +744,26 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
   m.def(
       "pair_form_adjoints(Tensor radial, Tensor table, Tensor harmonics, Tensor node_grad, "
       "Tensor pair_type, Tensor centers, bool[3] needed) -> Tensor[]");
+  // the device kernel under its own name (CUDA: the compiled kernel; CPU: its threads
+  // one after another, which the tests hold to the CPU kernel)
+  m.def(
+      "_pair_form_device(int target, int[] target_shape, Tensor? radial, Tensor? table, "
+      "Tensor? harmonics, Tensor? node_grad, Tensor pair_type, Tensor centers) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lorem, CPU, m) {
   m.impl("pair_form", &lorem::pair_form_cpu);
   m.impl("pair_form_adjoints", &lorem::pair_form_adjoints_cpu);
+  m.impl("_pair_form_device", &lorem::pair_form_device);
 }
+
+#ifdef LOREM_CUDA_KERNELS
+TORCH_LIBRARY_IMPL(lorem, CUDA, m) {
+  m.impl("pair_form", &lorem::pair_form_device);
+  m.impl("pair_form_adjoints", &lorem::pair_form_adjoints_device);
+  m.impl("_pair_form_device", &lorem::pair_form_device);
+}
+#endif
 
 TORCH_LIBRARY_IMPL(lorem, Autograd, m) {
   m.impl("pair_form", &lorem::pair_form_autograd);

@@ -16,7 +16,8 @@
 //
 // Kernels: on CPU, pairs grouped by the atom written to (counting sort), so that threads
 // never share an output row; elsewhere (CUDA) the same sums from torch operations over
-// chunks of pairs (`pair_sum_form_chunked`, which the tests hold the CPU kernel to).
+// chunks of pairs (`pair_sum_form_chunked`, which the tests hold the CPU kernel to), or in
+// a LOREM_CUDA_KERNELS build the device kernel of sparse_form_threads.hpp.
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -30,6 +31,7 @@
 
 #include "index_grouping.hpp"
 #include "multilinear_form.hpp"
+#include "sparse_form_device.hpp"
 
 namespace lorem {
 namespace {
@@ -227,6 +229,39 @@ Tensor pair_sum_form_chunked(int64_t target, at::IntArrayRef target_shape,
   return out;
 }
 
+// ---------------------------------------------------------- device kernel
+
+// The sums as the threads of the device kernel (sparse_form_threads.hpp): on CUDA the
+// compiled kernel, on the CPU its threads one after another (what the tests hold to the
+// CPU kernel). One coupling entry (every factor has one component), members the pairs:
+// the pair values one pair per thread, the sources and receivers the pairs of one atom.
+Tensor pair_sum_form_device(int64_t target, at::IntArrayRef target_shape,
+                            const OptionalTensor& pair_values, const OptionalTensor& sources,
+                            const OptionalTensor& receivers, const Tensor& centers,
+                            const Tensor& others) {
+  const Problem p =
+      check_problem(target, target_shape, {pair_values, sources, receivers}, centers, others);
+  using namespace sparse_form;
+  const Tensor& any_factor = p.factors[target == 0 ? 1 : 0];
+  sparse_form::Problem form;
+  form.op = "lorem::pair_sum_form";
+  form.target = target;
+  form.target_shape = p.target_shape;
+  form.entries = torch::zeros({1, 3}, any_factor.options().dtype(torch::kLong));
+  form.coupling = torch::ones({1}, any_factor.options());
+  form.channels = p.channels;
+  form.num_members = p.num_pairs;
+  form.factors = {
+      {p.factors[kPairValues], Tensor(), "", p.num_pairs, kRowIsMember, 0, 1, false},
+      {p.factors[kSources], p.others, "others", p.num_sources, kRowGathered, 1, 1, true},
+      {p.factors[kReceivers], p.centers, "centers", p.num_receivers, kRowGathered, 2, 1, true}};
+  if (target != kPairValues) {
+    form.group_kind = kGroupListed;
+    form.group_index = target == kSources ? p.others : p.centers;
+  }
+  return sparse_form::run(form);
+}
+
 // ---------------------------------------------------------------- autograd
 
 Tensor pair_sum_form_call(int64_t target, at::IntArrayRef target_shape,
@@ -280,9 +315,24 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
   m.def(
       "pair_sum_form_chunked(int target, int[] target_shape, Tensor? pair_values, "
       "Tensor? sources, Tensor? receivers, Tensor centers, Tensor others) -> Tensor");
+  // the device kernel under its own name (CUDA: the compiled kernel; CPU: its threads
+  // one after another, which the tests hold to the CPU kernel)
+  m.def(
+      "_pair_sum_form_device(int target, int[] target_shape, Tensor? pair_values, "
+      "Tensor? sources, Tensor? receivers, Tensor centers, Tensor others) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(lorem, CPU, m) { m.impl("pair_sum_form", &lorem::pair_sum_form_cpu); }
+TORCH_LIBRARY_IMPL(lorem, CPU, m) {
+  m.impl("pair_sum_form", &lorem::pair_sum_form_cpu);
+  m.impl("_pair_sum_form_device", &lorem::pair_sum_form_device);
+}
+
+#ifdef LOREM_CUDA_KERNELS
+TORCH_LIBRARY_IMPL(lorem, CUDA, m) {
+  m.impl("pair_sum_form", &lorem::pair_sum_form_device);
+  m.impl("_pair_sum_form_device", &lorem::pair_sum_form_device);
+}
+#endif
 
 TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
   m.impl("pair_sum_form", &lorem::pair_sum_form_chunked);

@@ -66,7 +66,8 @@ void run_threads(const Form<T>& form, const Tensor& out) {
   TORCH_CHECK(out.is_cpu(), "lorem: the sparse-form kernel runs on CUDA or the CPU, not ",
               out.device());
   const int64_t total = num_threads(form);
-  if (form.group_kind == kGroupBlock) {  // threads add into shared rows: one after another
+  if (form.group_kind == kGroupBlock || form.group_kind == kGroupListedBlocks) {
+    // threads add into shared rows: one after another
     for (int64_t tid = 0; tid < total; ++tid) form_thread(form, tid);
     return;
   }
@@ -90,9 +91,10 @@ Tensor run(const Problem& p) {
   const auto options = any->options();
   Tensor out = torch::zeros(p.target_shape, options);
   const int64_t num_entries = p.entries.size(0);
-  if (num_entries == 0 || p.num_members == 0 || out.numel() == 0 || p.channels == 0) return out;
+  if (p.num_members == 0) return out;
 
   const auto index_options = options.dtype(torch::kLong);
+  // the indices are checked whenever there are members, even with nothing to sum
   const Tensor entries = p.entries.to(index_options).contiguous();
   std::vector<IndexCheck> checks;
   std::vector<Tensor> rows(p.factors.size());
@@ -105,6 +107,7 @@ Tensor run(const Problem& p) {
     }
   }
   check_indices(p.op, checks);
+  if (num_entries == 0 || out.numel() == 0 || p.channels == 0) return out;
 
   // entries sorted by the target's component, and where each component's run begins
   const int64_t num_keys = target.num_components;
@@ -116,16 +119,18 @@ Tensor run(const Problem& p) {
 
   Tensor group_offsets, group_members;
   int64_t num_groups = p.num_members;
-  if (p.group_kind == kGroupListed) {
-    num_groups = target.num_rows;
+  if (p.group_kind == kGroupListed || p.group_kind == kGroupListedBlocks) {
     const Tensor index = p.group_index.to(index_options).contiguous();
     const auto [sorted_rows, members] = index.sort(true, 0, false);
     group_members = members.contiguous();
-    group_offsets =
-        torch::searchsorted(sorted_rows.contiguous(), torch::arange(num_groups + 1, index_options));
-  } else if (p.group_kind == kGroupBlock) {
-    num_groups = (p.num_members + kBlock - 1) / kBlock;
+    if (p.group_kind == kGroupListed) {
+      num_groups = target.num_rows;
+      group_offsets = torch::searchsorted(sorted_rows.contiguous(),
+                                          torch::arange(num_groups + 1, index_options));
+    }
   }
+  if (p.group_kind == kGroupBlock || p.group_kind == kGroupListedBlocks)
+    num_groups = (p.num_members + kBlock - 1) / kBlock;
   if (num_groups == 0) return out;
 
   AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lorem sparse form", [&] {

@@ -38,6 +38,10 @@ enum GroupKind : int32_t {
   kGroupIsMember = 0,  // group g is member g
   kGroupListed = 1,    // members group_members[group_offsets[g] .. group_offsets[g + 1])
   kGroupBlock = 2,     // members [g * block, (g + 1) * block), summed into row 0 atomically
+  // positions [g * block, (g + 1) * block) of the members listed by output row, each row's
+  // run summed and added atomically (a target row that many members share: the table of
+  // pair types)
+  kGroupListedBlocks = 3,
 };
 
 template <typename T>
@@ -67,9 +71,9 @@ struct Form {
   int32_t group_kind = kGroupIsMember;
   int64_t num_groups = 0;
   const int64_t* group_offsets = nullptr;  // kGroupListed
-  const int64_t* group_members = nullptr;  // kGroupListed
-  int64_t block = 0;                       // kGroupBlock
-  int64_t num_members = 0;                 // kGroupBlock
+  const int64_t* group_members = nullptr;  // kGroupListed, kGroupListedBlocks
+  int64_t block = 0;                       // kGroupBlock, kGroupListedBlocks
+  int64_t num_members = 0;                 // kGroupBlock, kGroupListedBlocks
 };
 
 template <typename T>
@@ -104,18 +108,30 @@ LOREM_HOST_DEVICE inline void form_thread(const Form<T>& f, int64_t tid) {
   const int64_t lane = tid % width;
   const int64_t key = (tid / width) % f.num_keys;
   const int64_t group = tid / (width * f.num_keys);
+  const bool blocks = f.group_kind == kGroupBlock || f.group_kind == kGroupListedBlocks;
+  const bool listed = f.group_kind == kGroupListed || f.group_kind == kGroupListedBlocks;
   int64_t first = group, last = group + 1;
   if (f.group_kind == kGroupListed) {
     first = f.group_offsets[group];
     last = f.group_offsets[group + 1];
-  } else if (f.group_kind == kGroupBlock) {
+  } else if (blocks) {
     first = group * f.block;
     last = first + f.block < f.num_members ? first + f.block : f.num_members;
   }
   const int64_t entries_begin = f.key_offsets[key], entries_end = f.key_offsets[key + 1];
+  const int64_t offset = key * width + lane;  // within an output row
   T total = T(0);
+  int64_t run_row = -1;  // kGroupListedBlocks: the output row being summed
   for (int64_t at = first; at < last; ++at) {
-    const int64_t member = f.group_kind == kGroupListed ? f.group_members[at] : at;
+    const int64_t member = listed ? f.group_members[at] : at;
+    if (f.group_kind == kGroupListedBlocks) {
+      const int64_t row_now = target.rows[member];
+      if (row_now != run_row) {
+        if (run_row >= 0) add_to(f.out + run_row * target.row_stride + offset, total, true);
+        run_row = row_now;
+        total = T(0);
+      }
+    }
     // each factor's row for this member, found once
     const T* row[kMaxFactors];
     for (int q = 0; q < f.num_factors; ++q) {
@@ -153,12 +169,13 @@ LOREM_HOST_DEVICE inline void form_thread(const Form<T>& f, int64_t tid) {
       }
     }
   }
-  const int64_t out_row = f.group_kind == kGroupBlock ? 0 : group;
-  T* out = f.out + out_row * target.row_stride + key * width + lane;
-  if (f.group_kind == kGroupBlock)
-    add_to(out, total, true);
-  else
-    *out = total;
+  if (f.group_kind == kGroupListedBlocks) {
+    if (run_row >= 0) add_to(f.out + run_row * target.row_stride + offset, total, true);
+  } else if (f.group_kind == kGroupBlock) {
+    add_to(f.out + offset, total, true);
+  } else {
+    f.out[group * target.row_stride + offset] = total;
+  }
 }
 
 // The GPU launch (sparse_form_cuda.cu, compiled when LOREM_CUDA_KERNELS is on): returns
