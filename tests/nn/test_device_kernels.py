@@ -8,9 +8,13 @@ with a GPU and a library built with LOREM_CUDA_KERNELS, the CUDA kernels themsel
 held to the CPU kernels in float64 to 1e-12 (benchmarks/gpu_batch.sh, step `kernels`).
 """
 
+import contextlib
+import warnings
+
 import pytest
 import torch
-from test_fused_messages import FACTORS
+from conftest import evaluate, small_model, triclinic_water
+from test_fused_messages import FACTORS, force_loss_gradients
 from test_fused_messages import call as message_call
 from test_fused_messages import random_problem as message_problem
 from test_fused_products import SLOTS
@@ -262,3 +266,66 @@ def test_cuda_coupling_kernel_equals_the_cpu_kernel(target):
     cuda = dict(problem, entries=problem["entries"].cuda(), coupling=problem["coupling"].cuda())
     actual = coupling_call(ops.coupling_form, cuda, target, on(values, "cuda"))
     assert_close(actual.cpu(), expected, 1e-12)
+
+
+# -- the whole model on the kernel's threads --
+
+
+@contextlib.contextmanager
+def device_kernels_on_cpu():
+    """Routes the CPU dispatch of the four forms (and of pair_form's adjoints) to the
+    device kernel's threads, counting the calls; on leaving, the registrations go and the
+    CPU kernels are back."""
+    calls = {}
+
+    def routed(name, device_op):
+        def run(*args):
+            calls[name] = calls.get(name, 0) + 1
+            return device_op(*args)
+
+        return run
+
+    def adjoints(radial, table, harmonics, node_grad, pair_type, centers, needed):
+        calls["pair_form_adjoints"] = calls.get("pair_form_adjoints", 0) + 1
+        factors = [radial, table, harmonics, node_grad]
+        device = ops._pair_form_device
+        return [pair_form_call(device, k, factors, pair_type, centers) for k in range(3)]
+
+    library = torch.library.Library("lorem", "IMPL")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "overriding a previously registered kernel"
+            for name in ("message_form", "coupling_form", "pair_form", "pair_sum_form"):
+                library.impl(name, routed(name, getattr(ops, f"_{name}_device")), "CPU")
+            library.impl("pair_form_adjoints", adjoints, "CPU")
+        yield calls
+    finally:
+        library._destroy()
+
+
+def model_step(model, atoms_list):
+    out = evaluate(model, atoms_list, stress=True)
+    return [out["energy"], out["forces"], out["stress"], *force_loss_gradients(model, atoms_list)]
+
+
+@pytest.mark.parametrize("layers", [0, 1])
+def test_model_on_the_kernel_threads_equals_the_cpu_kernels(layers):
+    """Energy, forces, stress and the force-training gradients of a model whose four forms
+    all run on the device kernel's threads (as a LOREM_CUDA_KERNELS build runs them on
+    CUDA, first and second derivatives included) == the CPU kernels, float64."""
+    model = small_model(num_message_passing=layers)
+    atoms_list = [triclinic_water()]
+    expected = model_step(model, atoms_list)
+    with device_kernels_on_cpu() as calls:
+        actual = model_step(model, atoms_list)
+    names = {"coupling_form", "pair_form", "pair_form_adjoints", "pair_sum_form"}
+    if layers:
+        names.add("message_form")
+    assert names <= set(calls), calls
+    for routed, reference in zip(actual, expected, strict=True):
+        assert_close(routed, reference, 1e-10)
+    # and the CPU kernels are back
+    with device_kernels_on_cpu() as calls:
+        pass
+    model_step(model, atoms_list)
+    assert not calls
