@@ -38,12 +38,18 @@ log "setup"
 mkdir -p /tmp/site /tmp/extra && tar -C /tmp/site -xJf .device/mpich-include.tar.xz
 # the operators' CUDA kernels (scikit-build-core reads SKBUILD_CMAKE_DEFINE; the setup
 # script sets CMAKE_ARGS itself); if that build fails, the other steps still run without
-[ "${LOREM_GPU_KERNELS:-on}" = off ] || export SKBUILD_CMAKE_DEFINE="LOREM_CUDA_KERNELS=ON"
+# (always passed, on or off: a warm machine's build folder keeps the last value)
+kernels=ON
+[ "${LOREM_GPU_KERNELS:-on}" = off ] && kernels=OFF
+export SKBUILD_CMAKE_DEFINE="LOREM_CUDA_KERNELS=$kernels"
 source .device/setup_on_gpu.sh
-if [ -n "${SKBUILD_CMAKE_DEFINE:-}" ] && ! python3 -c "import lorem_torch._core" 2> /dev/null; then
+compiled() {
+  python3 -c "import torch, lorem_torch, sys; sys.exit(0 if torch.ops.lorem.cuda_kernels_compiled() else 1)" 2> /dev/null
+}
+if [ $kernels = ON ] && ! compiled; then
   log "the build with LOREM_CUDA_KERNELS=ON failed (build_kernels.log): building without"
   mv "$OUT/build.log" "$OUT/build_kernels.log"
-  unset SKBUILD_CMAKE_DEFINE
+  export SKBUILD_CMAKE_DEFINE="LOREM_CUDA_KERNELS=OFF"
   rm -rf build/cp312-*
   source .device/setup_on_gpu.sh
 fi

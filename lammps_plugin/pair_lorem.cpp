@@ -25,6 +25,7 @@
 #include "lorem/model.hpp"
 #include "lorem/vocabulary.hpp"
 #include "memory.h"
+#include "mpi_gpu_support.h"
 #include "neigh_list.h"
 #include "neighbor.h"
 #include "update.h"
@@ -51,17 +52,41 @@ int mpi_count(int64_t values, const char* what) {
   return static_cast<int>(values);
 }
 
+// Host memory for what MPI or LAMMPS' buffers take from the model: pinned when the values
+// come from a GPU (copies at full bus speed, through torch's caching host allocator), else
+// ordinary memory.
+torch::TensorOptions host_options(const torch::Tensor& like, torch::ScalarType dtype) {
+  return torch::TensorOptions().dtype(dtype).pinned_memory(like.is_cuda());
+}
+
+torch::Tensor to_host(const torch::Tensor& values, torch::ScalarType dtype) {
+  if (!values.is_cuda()) return values.to(torch::kCPU, dtype).contiguous();
+  auto host = torch::empty(values.sizes(), host_options(values, dtype));
+  host.copy_(values);
+  return host;
+}
+
 // The Communicator of the staged long range, on LAMMPS' world and ghost atoms.
+// device_buffers: the MPI is CUDA-aware (mpi_gpu_support.h), so the mesh exchange hands it
+// the GPU's buffers; otherwise everything stages through (pinned) host memory.
 class LammpsCommunicator : public lorem::Communicator {
  public:
   LammpsCommunicator(PairLorem* pair, Comm* comm, Atom* atom, MPI_Comm world,
-                     const std::vector<int>& locals, const std::vector<int>& ghosts)
-      : pair_(pair), comm_(comm), atom_(atom), world_(world), locals_(locals), ghosts_(ghosts) {}
+                     const std::vector<int>& locals, const std::vector<int>& ghosts,
+                     bool device_buffers)
+      : pair_(pair),
+        comm_(comm),
+        atom_(atom),
+        world_(world),
+        locals_(locals),
+        ghosts_(ghosts),
+        device_buffers_(device_buffers) {}
 
   torch::Tensor forward_ghosts(const torch::Tensor& local_values) override {
     const int64_t width = local_values.size(1);
-    auto values = local_values.to(torch::kCPU, torch::kFloat64).contiguous();
-    auto out = torch::zeros({static_cast<int64_t>(ghosts_.size()), width}, torch::kFloat64);
+    auto values = to_host(local_values, torch::kFloat64);
+    auto out = torch::zeros({static_cast<int64_t>(ghosts_.size()), width},
+                            host_options(local_values, torch::kFloat64));
     const double* data = values.data_ptr<double>();
     double* o = out.data_ptr<double>();
     for (int64_t first = 0; first < width; first += kExchangeChunk) {
@@ -80,8 +105,8 @@ class LammpsCommunicator : public lorem::Communicator {
 
   torch::Tensor reverse_ghosts(const torch::Tensor& ghost_values, int64_t n_local) override {
     const int64_t width = ghost_values.size(1);
-    auto values = ghost_values.to(torch::kCPU, torch::kFloat64).contiguous();
-    auto out = torch::zeros({n_local, width}, torch::kFloat64);
+    auto values = to_host(ghost_values, torch::kFloat64);
+    auto out = torch::zeros({n_local, width}, host_options(ghost_values, torch::kFloat64));
     const double* data = values.data_ptr<double>();
     double* o = out.data_ptr<double>();
     for (int64_t first = 0; first < width; first += kExchangeChunk) {
@@ -99,7 +124,8 @@ class LammpsCommunicator : public lorem::Communicator {
   }
 
   torch::Tensor all_reduce_sum(const torch::Tensor& values) override {
-    auto buffer = values.to(torch::kCPU, torch::kFloat64).contiguous().clone();
+    auto buffer = to_host(values, torch::kFloat64);
+    if (!values.is_cuda()) buffer = buffer.clone();  // reduced in place
     MPI_Allreduce(MPI_IN_PLACE, buffer.data_ptr<double>(), mpi_count(buffer.numel(), "all-reduce"),
                   MPI_DOUBLE, MPI_SUM, world_);
     return buffer.to(values.options());
@@ -110,7 +136,7 @@ class LammpsCommunicator : public lorem::Communicator {
     MPI_Comm_size(world_, &nprocs);
     MPI_Comm_rank(world_, &me);
     const int width = static_cast<int>(rows.size(1));
-    auto buffer = rows.to(torch::kCPU, torch::kFloat64).contiguous();
+    auto buffer = to_host(rows, torch::kFloat64);
     int count = mpi_count(buffer.numel(), "all-gather");
     std::vector<int> counts(nprocs), displacements(nprocs, 0);
     MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, world_);
@@ -136,19 +162,27 @@ class LammpsCommunicator : public lorem::Communicator {
     const MPI_Datatype type = dtype == torch::kFloat32 ? MPI_FLOAT : MPI_DOUBLE;
     std::vector<torch::Tensor> buffers(ranks), received(ranks);
     std::vector<long long> send_counts(ranks), receive_counts(ranks);
+    // a CUDA-aware MPI reads and writes the GPU's buffers; else they stage through pinned
+    // host memory
+    const bool on_device = device_buffers_ && sends[me].is_cuda();
+    const auto receive_options =
+        on_device ? sends[me].options().dtype(dtype) : host_options(sends[me], dtype);
     // this rank's own piece stays where it is (on the GPU): on one rank a remap of the
     // whole mesh is then no copy at all
     for (int r = 0; r < ranks; ++r) {
       send_counts[r] = sends[r].numel();
-      if (r != me) buffers[r] = sends[r].to(torch::kCPU, dtype).contiguous();
+      if (r != me)
+        buffers[r] = on_device ? sends[r].to(dtype).contiguous() : to_host(sends[r], dtype);
     }
+    // MPI knows no CUDA streams: the buffers must be complete before it reads them
+    if (on_device) torch::cuda::synchronize(sends[me].device().index());
     MPI_Alltoall(send_counts.data(), 1, MPI_LONG_LONG, receive_counts.data(), 1, MPI_LONG_LONG,
                  world_);
     // point to point between the ranks that have something for each other
     std::vector<MPI_Request> requests;
     for (int r = 0; r < ranks; ++r) {
       if (r == me || receive_counts[r] == 0) continue;
-      received[r] = torch::empty({receive_counts[r]}, torch::TensorOptions().dtype(dtype));
+      received[r] = torch::empty({receive_counts[r]}, receive_options);
       requests.emplace_back();
       MPI_Irecv(received[r].data_ptr(), mpi_count(receive_counts[r], "mesh"), type, r, kMeshTag,
                 world_, &requests.back());
@@ -222,6 +256,7 @@ class LammpsCommunicator : public lorem::Communicator {
   MPI_Comm world_;
   const std::vector<int>& locals_;
   const std::vector<int>& ghosts_;
+  bool device_buffers_;
 };
 
 }  // namespace
@@ -277,6 +312,12 @@ void PairLorem::settings(int narg, char** arg) {
         electric_field_[a] = utils::numeric(FLERR, arg[iarg + 1 + a], false, lmp);
       apply_electric_field_ = true;
       iarg += 4;
+    } else if (std::strcmp(arg[iarg], "gpu_aware") == 0 && iarg + 1 < narg) {
+      gpu_aware_request_ = arg[iarg + 1];
+      if (gpu_aware_request_ != "auto" && gpu_aware_request_ != "on" && gpu_aware_request_ != "off")
+        error->all(FLERR, "pair_style lorem: gpu_aware must be auto, on or off, not '{}'",
+                   gpu_aware_request_);
+      iarg += 2;
     } else if (std::strcmp(arg[iarg], "timers") == 0 && iarg + 1 < narg) {
       timers_ = utils::logical(FLERR, arg[iarg + 1], false, lmp) != 0;
       iarg += 2;
@@ -290,7 +331,7 @@ void PairLorem::settings(int narg, char** arg) {
       error->all(FLERR,
                  "Illegal pair_style lorem argument '{}': use pair_style lorem [device "
                  "cpu|cuda|cuda:N|auto] [long_range ewald|pme|auto] [accuracy A] [efield Ex Ey Ez] "
-                 "[timers on|off]",
+                 "[gpu_aware auto|on|off] [timers on|off]",
                  arg[iarg]);
     }
   }
@@ -375,6 +416,7 @@ void PairLorem::coeff(int narg, char** arg) {
   for (int i = 1; i <= ntypes; ++i)
     for (int j = i; j <= ntypes; ++j)
       setflag[i][j] = (type_to_z_[i] > 0 && type_to_z_[j] > 0) ? 1 : 0;
+  choose_mpi_buffers();
   if (comm->me == 0) {
     utils::logmesg(lmp,
                    "pair_style lorem: {} on {}, cutoff {} A, {} message-passing layers, long "
@@ -382,6 +424,32 @@ void PairLorem::coeff(int narg, char** arg) {
                    arg[2], model_->device().str(), cutoff_, contract.num_message_passing,
                    model_->long_range_method(), contract.num_charges, contract.accuracy);
   }
+}
+
+// Where the exchanges between ranks put their buffers (a model on a GPU only): GPU memory
+// when the MPI is CUDA-aware and gpu_aware is auto or on, else pinned host memory; one line
+// in the log says which, and gpu_aware on with an MPI that is not CUDA-aware is an error.
+void PairLorem::choose_mpi_buffers() {
+  device_buffers_ = false;
+  if (!model_->device().is_cuda() || gpu_aware_request_ == "off") {
+    if (model_->device().is_cuda() && comm->nprocs > 1 && comm->me == 0)
+      utils::logmesg(lmp,
+                     "pair_style lorem: gpu_aware off: exchanges between ranks stage "
+                     "through pinned host memory\n");
+    return;
+  }
+  const lorem_lammps::MpiGpuSupport support = lorem_lammps::query_mpi_cuda_support();
+  if (gpu_aware_request_ == "on" && !support.cuda_aware)
+    error->all(FLERR,
+               "pair_style lorem gpu_aware on: this MPI is not CUDA-aware ({}); use gpu_aware "
+               "auto (exchanges through pinned host memory) or an MPI built with CUDA support",
+               support.reason);
+  device_buffers_ = support.cuda_aware;
+  if (comm->nprocs > 1 && comm->me == 0)
+    utils::logmesg(lmp, "pair_style lorem: {}: {}\n", support.reason,
+                   device_buffers_ ? "the PME mesh exchange passes GPU buffers to MPI"
+                                   : "exchanges between ranks stage through pinned host memory "
+                                     "(a CUDA-aware MPI would pass GPU buffers)");
 }
 
 void PairLorem::init_style() {
@@ -603,7 +671,7 @@ void PairLorem::compute(int eflag, int vflag) {
   system.apply_electric_field = apply_electric_field_;
   system.electric_field = electric_field_;
 
-  LammpsCommunicator communicator(this, comm, atom, world, locals, ghosts);
+  LammpsCommunicator communicator(this, comm, atom, world, locals, ghosts, device_buffers_);
   lorem::Result result;
   const double model_start = MPI_Wtime();
   try {

@@ -58,11 +58,14 @@ class PairLorem : public Pair {
   void check_masses();
   void refuse_per_atom_virial();
   std::string choose_device() const;  // "cpu", "cuda:N"
+  void choose_mpi_buffers();          // device_buffers_, from gpu_aware_ and the MPI
 
   std::unique_ptr<lorem::Model> model_;
   std::string device_request_ = "auto";
-  std::string long_range_request_;  // empty: the model's own method
-  double accuracy_request_ = 0.0;   // 0: the model's own
+  std::string gpu_aware_request_ = "auto";  // pair_style ... gpu_aware auto|on|off
+  bool device_buffers_ = false;             // MPI takes the GPU's buffers (CUDA-aware)
+  std::string long_range_request_;          // empty: the model's own method
+  double accuracy_request_ = 0.0;           // 0: the model's own
   bool apply_electric_field_ = false;
   std::array<double, 3> electric_field_{0.0, 0.0, 0.0};  // V/Angstrom
   std::vector<int64_t> type_to_z_;                       // per LAMMPS type (1-based); 0 for NULL

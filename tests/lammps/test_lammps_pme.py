@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import nacl, small_model, triclinic_water
 from lammps_run import (
+    DEVICE,
     cluster_in_box,
     compare,
     header,
@@ -208,6 +209,7 @@ run 300
         ("pair_style lorem accuracy 1e-4", "accuracy 0.0001 differs from the model's 1e-06"),
         ("pair_style lorem accuracy 0.5", "accuracy must lie in (0, 0.01]"),
         ("pair_style lorem long_range p3m", "long_range must be one of ewald, pme, auto"),
+        ("pair_style lorem gpu_aware maybe", "gpu_aware must be auto, on or off, not 'maybe'"),
     ],
 )
 def test_bad_long_range_settings(pme_files, tmp_path, line, message):
@@ -228,3 +230,25 @@ def test_pme_refused_for_open_boundaries(pme_files, tmp_path):
     code, output = run(tmp_path, script, 1, check=False)
     assert code != 0
     assert "long_range pme needs a periodic box" in output
+
+
+@pytest.mark.parametrize("setting", ["gpu_aware off", "gpu_aware on"])
+def test_gpu_aware_setting(pme_files, tmp_path, setting):
+    """gpu_aware picks where a GPU model's exchanges between ranks put their buffers: on a
+    CPU it changes nothing (the numbers are the Python model's); on CUDA, off stages
+    through pinned host memory and says so, and on is refused by name when the MPI is not
+    CUDA-aware (the PyPI MPICH is not) and passes GPU buffers when it is."""
+    model, path = pme_files["pme"]
+    atoms = wrapped(nacl(2, rattle=0.1))
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    script = single_point_script("system.data", path, SPECIES).replace(
+        "pair_style lorem", f"pair_style lorem {setting}"
+    )
+    code, output = run(tmp_path, script, 2, check=False)
+    if DEVICE != "cpu" and setting == "gpu_aware off":
+        assert "gpu_aware off: exchanges between ranks stage through pinned host memory" in output
+    if DEVICE != "cpu" and setting == "gpu_aware on" and "not CUDA-aware" in output:
+        assert code != 0 and "use gpu_aware auto" in output
+        return
+    assert code == 0, output[-2000:]
+    compare(read_single_point(tmp_path, output), python_reference(model, atoms, "pme"), True, 1e-8)

@@ -329,3 +329,33 @@ def test_model_on_the_kernel_threads_equals_the_cpu_kernels(layers):
         pass
     model_step(model, atoms_list)
     assert not calls
+
+
+def test_several_bad_indices_are_named_as_the_cpu_kernel_names_them():
+    problem = message_problem(2, 3, 6, 3)
+    problem["centers"] = problem["centers"].clone()
+    problem["others"] = problem["others"].clone()
+    problem["centers"][4] = 9
+    problem["others"][1] = 9
+    values = [problem[name] for name in FACTORS]
+    for op in (ops.message_form, ops._message_form_device):  # centres first
+        with pytest.raises(RuntimeError, match=r"centers\[4\] = 9 is outside"):
+            message_call(op, problem, 4, values)
+    problem = message_problem(2, 3, 6, 3)
+    problem["entries"] = problem["entries"].clone()
+    problem["entries"][9, 0] = 50
+    problem["entries"][3, 2] = -1
+    values = [problem[name] for name in FACTORS]
+    for op in (ops.message_form, ops._message_form_device):  # the first entry
+        with pytest.raises(RuntimeError, match="entry 3 indexes outside"):
+            message_call(op, problem, 4, values)
+
+
+@pytest.mark.parametrize("op", [ops.message_form_chunked, ops._message_form_device])
+def test_zero_channels_give_zeros(op):
+    """No channels: the harmonics' gradient (which has no channel axis) is zero, and
+    the chunked path no longer divides by zero on the way."""
+    problem = message_problem(2, 0, 5, 3)
+    values = [problem[name] for name in FACTORS]
+    out = message_call(op, problem, 0, values)
+    assert out.shape == (5, 9) and not out.any()

@@ -382,7 +382,7 @@ Tensor coupling_form_chunked(int64_t target, at::IntArrayRef target_shape,
       entries_here.select(1, 2)};
   const int64_t E = p.num_entries, S = p.channels;
   constexpr int64_t kBudget = int64_t(1) << 22;  // elements of one [chunk, E, S] tensor
-  const int64_t chunk = std::max<int64_t>(1, kBudget / (E * S));
+  const int64_t chunk = std::max<int64_t>(1, kBudget / std::max<int64_t>(1, E * S));
   Tensor entry_weights =
       target == kWeights
           ? p.coupling.view({E, 1})

@@ -597,7 +597,7 @@ Tensor message_form_chunked(int64_t target, at::IntArrayRef target_shape,
                l1 = p.entries.select(1, 4);
   const int64_t E = p.num_entries, S = p.channels;
   constexpr int64_t kBudget = int64_t(1) << 22;  // elements of one [chunk, E, S] tensor
-  const int64_t chunk = std::max<int64_t>(1, kBudget / (E * S));
+  const int64_t chunk = std::max<int64_t>(1, kBudget / std::max<int64_t>(1, E * S));
   const Tensor w_entries =
       target == kWeights ? Tensor() : p.factors[kWeights].index_select(0, path);  // [E, S]
   for (int64_t begin = 0; begin < p.num_edges; begin += chunk) {

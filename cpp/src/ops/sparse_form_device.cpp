@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -17,36 +18,58 @@ namespace {
 
 using torch::Tensor;
 
-// Every value of every checked index tensor in [0, bound), with one copy to the host for
-// all of them; on a failure the first position out of range is named.
+// Every index in range, with one copy to the host for all of them; on a failure the error
+// names what the CPU kernels name: the first entry with a column out of range, else the
+// first position of an index tensor (centres before the others) out of range.
 struct IndexCheck {
   Tensor values;  // int64 [n]
   int64_t bound;
-  std::string what;  // "centers" or "entries' column 2"
-  bool entries;      // name the entry (row) rather than the position
+  std::string what;  // "centers", "others", "pair_type"
 };
 
-void check_indices(const char* op, const std::vector<IndexCheck>& checks) {
+void check_indices(const char* op, const Tensor& entries, const std::vector<int64_t>& column_bounds,
+                   std::vector<IndexCheck> checks) {
+  std::stable_sort(checks.begin(), checks.end(), [](const IndexCheck& a, const IndexCheck& b) {
+    return a.what == "centers" && b.what != "centers";
+  });
   std::vector<Tensor> extremes;
-  std::vector<const IndexCheck*> checked;
+  if (entries.size(0) > 0) {
+    extremes.push_back(std::get<0>(entries.min(0)));
+    extremes.push_back(std::get<0>(entries.max(0)));
+  }
   for (const IndexCheck& check : checks) {
     if (check.values.numel() == 0) continue;
     extremes.push_back(check.values.min().view({1}));
     extremes.push_back(check.values.max().view({1}));
-    checked.push_back(&check);
   }
   if (extremes.empty()) return;
   const Tensor host = torch::cat(extremes).cpu();
-  const int64_t* minmax = host.data_ptr<int64_t>();
-  for (size_t k = 0; k < checked.size(); ++k) {
-    const IndexCheck& check = *checked[k];
-    if (minmax[2 * k] >= 0 && minmax[2 * k + 1] < check.bound) continue;
+  const int64_t* at = host.data_ptr<int64_t>();
+  if (entries.size(0) > 0) {
+    const int64_t columns = entries.size(1);
+    bool inside = true;
+    for (size_t c = 0; c < column_bounds.size(); ++c)
+      inside = inside && at[c] >= 0 && at[columns + c] < column_bounds[c];
+    if (!inside) {
+      Tensor bad = torch::zeros({entries.size(0)}, entries.options().dtype(torch::kBool));
+      for (size_t c = 0; c < column_bounds.size(); ++c) {
+        const Tensor column = entries.select(1, static_cast<int64_t>(c));
+        bad = bad | (column < 0) | (column >= column_bounds[c]);
+      }
+      TORCH_CHECK(false, op, ": entry ", bad.nonzero()[0][0].item<int64_t>(),
+                  " indexes outside the factors");
+    }
+    at += 2 * columns;
+  }
+  for (const IndexCheck& check : checks) {
+    if (check.values.numel() == 0) continue;
+    const int64_t low = *at++, high = *at++;
+    if (low >= 0 && high < check.bound) continue;
     const Tensor bad = ((check.values < 0) | (check.values >= check.bound)).nonzero();
     const int64_t position = bad[0][0].item<int64_t>();
-    const int64_t value = check.values[position].item<int64_t>();
-    if (check.entries) TORCH_CHECK(false, op, ": entry ", position, " indexes outside the factors");
-    TORCH_CHECK(false, op, ": ", check.what, "[", position, "] = ", value, " is outside [0, ",
-                check.bound, ")");
+    TORCH_CHECK(false, op, ": ", check.what, "[", position,
+                "] = ", check.values[position].item<int64_t>(), " is outside [0, ", check.bound,
+                ")");
   }
 }
 
@@ -97,16 +120,17 @@ Tensor run(const Problem& p) {
   // the indices are checked whenever there are members, even with nothing to sum
   const Tensor entries = p.entries.to(index_options).contiguous();
   std::vector<IndexCheck> checks;
+  std::vector<int64_t> column_bounds(entries.size(1), std::numeric_limits<int64_t>::max());
   std::vector<Tensor> rows(p.factors.size());
   for (size_t q = 0; q < p.factors.size(); ++q) {
     const FactorSpec& f = p.factors[q];
-    checks.push_back({entries.select(1, f.column), f.num_components, "", true});
+    column_bounds[f.column] = std::min(column_bounds[f.column], f.num_components);
     if (f.row_kind == kRowGathered) {
       rows[q] = f.rows.to(index_options).contiguous();
-      checks.push_back({rows[q], f.num_rows, f.rows_name, false});
+      checks.push_back({rows[q], f.num_rows, f.rows_name});
     }
   }
-  check_indices(p.op, checks);
+  check_indices(p.op, entries, column_bounds, checks);
   if (num_entries == 0 || out.numel() == 0 || p.channels == 0) return out;
 
   // entries sorted by the target's component, and where each component's run begins
