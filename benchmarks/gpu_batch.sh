@@ -80,7 +80,7 @@ for step in $STEPS; do
     LOREM_TEST_DEVICE=cuda timeout 200 python3 -m pytest -q -p no:cacheprovider \
       tests/lammps/test_lammps_pme.py tests/lammps/test_lammps_mp.py tests/models/test_message_passing.py \
       tests/lammps/test_lammps_bec.py tests/export/test_export.py tests/lammps/test_lammps.py \
-      -k "matches_python or atoms_too_close or parity_ladder or triclinic_message_passing or pme_with_an_empty_rank or born_effective or field_forces or float32_model" \
+      -k "matches_python or atoms_too_close or parity_ladder or triclinic_message_passing or pme_with_an_empty_rank or born_effective or field_forces or float32_model or gpu_aware" \
       > "$OUT/parity_tests.txt" 2>&1
     echo "pytest rc=$?" >> "$OUT/parity_tests.txt"
     tail -4 "$OUT/parity_tests.txt" | tee -a "$OUT/steps.txt"
