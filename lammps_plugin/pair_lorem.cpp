@@ -7,6 +7,7 @@
 // ghosts go back to their owners through LAMMPS' reverse communication (newton on).
 #include "pair_lorem.h"
 
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <mpi.h>
 #include <torch/cuda.h>
 
@@ -417,6 +418,7 @@ void PairLorem::coeff(int narg, char** arg) {
     for (int j = i; j <= ntypes; ++j)
       setflag[i][j] = (type_to_z_[i] > 0 && type_to_z_[j] > 0) ? 1 : 0;
   choose_mpi_buffers();
+  log_cuda_kernels();
   if (comm->me == 0) {
     utils::logmesg(lmp,
                    "pair_style lorem: {} on {}, cutoff {} A, {} message-passing layers, long "
@@ -450,6 +452,19 @@ void PairLorem::choose_mpi_buffers() {
                    device_buffers_ ? "the PME mesh exchange passes GPU buffers to MPI"
                                    : "exchanges between ranks stage through pinned host memory "
                                      "(a CUDA-aware MPI would pass GPU buffers)");
+}
+
+// A model on a GPU: one line when the operators' CUDA kernels are not in this build (they
+// then run as torch operations over chunks: slower, more memory), so that it is not silent.
+void PairLorem::log_cuda_kernels() const {
+  if (!model_->device().is_cuda() || comm->me != 0) return;
+  const auto op = c10::Dispatcher::singleton().findSchema({"lorem::cuda_kernels_compiled", ""});
+  if (!op) return;  // a runtime from before the kernels: nothing to ask
+  if (!op->typed<bool()>().call())
+    utils::logmesg(lmp,
+                   "pair_style lorem: this lorem-torch was built without its CUDA kernels "
+                   "(LOREM_CUDA_KERNELS): the sparse forms of the short range run as torch "
+                   "operations over chunks\n");
 }
 
 void PairLorem::init_style() {

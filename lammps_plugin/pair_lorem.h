@@ -59,6 +59,7 @@ class PairLorem : public Pair {
   void refuse_per_atom_virial();
   std::string choose_device() const;  // "cpu", "cuda:N"
   void choose_mpi_buffers();          // device_buffers_, from gpu_aware_ and the MPI
+  void log_cuda_kernels() const;      // a GPU model without the CUDA kernels says so
 
   std::unique_ptr<lorem::Model> model_;
   std::string device_request_ = "auto";
