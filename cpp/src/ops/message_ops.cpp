@@ -678,8 +678,7 @@ Tensor message_form_device(int64_t target, at::IntArrayRef target_shape,
   if (target == kWeights) {
     form.group_kind = kGroupBlock;
   } else if (target == kFeatures || target == kGradient) {
-    form.group_kind = kGroupListed;
-    form.group_index = target == kFeatures ? p.others : p.centers;
+    form.group_kind = kGroupListed;  // by the target's rows: others or centers
   }
   return sparse_form::run(form);
 }

@@ -599,13 +599,8 @@ Tensor pair_form_device(int64_t target, at::IntArrayRef target_shape, const Opti
                   {factor[kTable], pair_type, "pair_type", z.T, kRowGathered, 1, z.R * z.D, true},
                   {factor[kHarmonics], Tensor(), "", z.P, kRowIsMember, 2, z.M(), false},
                   {factor[kNodes], centers, "centers", z.N, kRowGathered, 3, z.M(), true}};
-  if (target == kNodes) {
-    form.group_kind = kGroupListed;
-    form.group_index = centers;
-  } else if (target == kTable) {
-    form.group_kind = kGroupListedBlocks;
-    form.group_index = pair_type;
-  }
+  if (target == kNodes) form.group_kind = kGroupListed;        // by centre
+  if (target == kTable) form.group_kind = kGroupListedBlocks;  // by pair type
   return sparse_form::run(form);
 }
 

@@ -255,10 +255,7 @@ Tensor pair_sum_form_device(int64_t target, at::IntArrayRef target_shape,
       {p.factors[kPairValues], Tensor(), "", p.num_pairs, kRowIsMember, 0, 1, false},
       {p.factors[kSources], p.others, "others", p.num_sources, kRowGathered, 1, 1, true},
       {p.factors[kReceivers], p.centers, "centers", p.num_receivers, kRowGathered, 2, 1, true}};
-  if (target != kPairValues) {
-    form.group_kind = kGroupListed;
-    form.group_index = target == kSources ? p.others : p.centers;
-  }
+  if (target != kPairValues) form.group_kind = kGroupListed;  // by others or centers
   return sparse_form::run(form);
 }
 

@@ -137,15 +137,15 @@ Tensor run(const Problem& p) {
   const int64_t num_keys = target.num_components;
   const auto [sorted_keys, order] = entries.select(1, target.column).sort(true, 0, false);
   const Tensor sorted_entries = entries.index_select(0, order).to(torch::kInt).contiguous();
-  const Tensor coupling = p.coupling.to(options).index_select(0, order.to(options.device()));
+  const Tensor coupling = p.coupling.to(options).index_select(0, order);
   const Tensor key_offsets =
       torch::searchsorted(sorted_keys.contiguous(), torch::arange(num_keys + 1, index_options));
 
   Tensor group_offsets, group_members;
   int64_t num_groups = p.num_members;
   if (p.group_kind == kGroupListed || p.group_kind == kGroupListedBlocks) {
-    const Tensor index = p.group_index.to(index_options).contiguous();
-    const auto [sorted_rows, members] = index.sort(true, 0, false);
+    TORCH_CHECK(target.row_kind == kRowGathered, p.op, ": a listed target needs its rows");
+    const auto [sorted_rows, members] = rows[p.target].sort(true, 0, false);
     group_members = members.contiguous();
     if (p.group_kind == kGroupListed) {
       num_groups = target.num_rows;

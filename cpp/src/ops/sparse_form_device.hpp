@@ -35,10 +35,8 @@ struct Problem {
   torch::Tensor coupling;           // [E], the factors' dtype
   int64_t channels = 0;
   int64_t num_members = 0;
+  // kGroupListed and kGroupListedBlocks list the members by the target's rows
   int32_t group_kind = kGroupIsMember;
-  // kGroupListed: the target's row of every member (one of the factors' `rows`)
-  torch::Tensor group_index;
-  const char* group_name = "";
 };
 
 // dF/d(target) as a new tensor of target_shape on the factors' device.

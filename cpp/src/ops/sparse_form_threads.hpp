@@ -132,14 +132,15 @@ LOREM_HOST_DEVICE inline void form_thread(const Form<T>& f, int64_t tid) {
         total = T(0);
       }
     }
-    // each factor's row for this member, found once
-    const T* row[kMaxFactors];
+    // each factor's row for this member, found once (the target's is written, not read)
+    const T* row[kMaxFactors] = {};
     for (int q = 0; q < f.num_factors; ++q) {
+      if (q == f.target) continue;
       const Factor<T>& factor = f.factors[q];
       const int64_t r = factor.row_kind == kRowIsMember   ? member
                         : factor.row_kind == kRowGathered ? factor.rows[member]
                                                           : 0;
-      row[q] = factor.data ? factor.data + r * factor.row_stride : nullptr;
+      row[q] = factor.data + r * factor.row_stride;
     }
     for (int64_t k = entries_begin; k < entries_end; ++k) {
       const int32_t* entry = f.entries + k * f.columns;
