@@ -1,11 +1,13 @@
-"""The device kernel of message_form, coupling_form, pair_form and pair_sum_form
-(docs/design.md section 1.11) against what CUDA runs without it, one call per target, on
-random factors of a water box's size (default 12,288 atoms, 58 edges per atom, L = 6,
-s = 8, 4 pair types, 8 radial functions; the real-space sum over 290 pairs per atom, 10
-channels; float32): the chunked torch paths, and for the first block (pair_form) the
-blocked path of edges_to_nodes_by_pair_type with its backward. First, in float64 on a
-smaller problem, each kernel against the CPU kernel (max |diff| relative to the largest
-value: the issue's bound is 1e-12).
+"""The device kernels (docs/design.md section 1.11) against what CUDA runs without them,
+one call per target, on random factors of a water box's size (default 12,288 atoms, 58
+edges per atom, L = 6, s = 8): message_form, coupling_form and pair_sum_form (290 pairs
+per atom, 10 channels) against their chunked torch paths; the edge harmonics and their
+derivatives (one thread per edge) against the torch-op kernel over chunks; and the first
+block (pair_form, 4 pair types of which each centre sees 2, 32 radial functions): the
+node sum with the gradients forces need by the group blocks, by the per-value threads and
+by the blocked torch path, side by side. First, in float64 on a smaller problem, each
+kernel against the CPU kernel (max |diff| relative to the largest value: the issue's bound
+is 1e-12).
 
     python benchmarks/bench_device_kernels.py [--device cuda] [--atoms 12288]
 
@@ -69,21 +71,25 @@ def coupling_problem(atoms, max_degree, channels, dtype, device, seed=0):
 
 
 def pair_form_problem(atoms, edges_per_atom, max_degree, channels, dtype, device, seed=0):
+    """Two species, so 4 pair types of which each centre sees 2 (as in water), and the
+    default model's 32 radial functions."""
     generator = torch.Generator().manual_seed(seed)
-    edges, degrees = atoms * edges_per_atom, max_degree + 1
+    edges, degrees, radial = atoms * edges_per_atom, max_degree + 1, 32
 
     def rand(*shape):
         return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
 
     factors = [
-        rand(edges, 8),
-        rand(4, 8, degrees, channels),
+        rand(edges, radial),
+        rand(4, radial, degrees, channels),
         rand(edges, degrees**2),
         rand(atoms, degrees**2, channels),
     ]
-    centers = torch.arange(atoms).repeat_interleave(edges_per_atom).to(device)
-    pair_type = torch.randint(0, 4, (edges,), generator=generator).to(device)
-    return factors, [pair_type, centers]
+    centers = torch.arange(atoms).repeat_interleave(edges_per_atom)
+    species = torch.randint(0, 2, (atoms,), generator=generator)
+    others = torch.randint(0, atoms, (edges,), generator=generator)
+    pair_type = species[centers] * 2 + species[others]
+    return factors, [pair_type.to(device), centers.to(device)]
 
 
 def pair_sum_problem(atoms, pairs_per_atom, channels, dtype, device, seed=0):
@@ -133,10 +139,12 @@ def check_against_cpu(device):
          COUPLING_TARGETS),
         ("pair_form", pair_form_problem(200, 15, 6, 8, torch.float64, "cpu"), "pair_form",
          PAIR_FORM_TARGETS),
+        ("pair_form, threads", pair_form_problem(200, 15, 6, 8, torch.float64, "cpu"),
+         "pair_form", PAIR_FORM_TARGETS),
         ("pair_sum_form", pair_sum_problem(200, 40, 10, torch.float64, "cpu"), "pair_sum_form",
          PAIR_SUM_TARGETS),
     ):  # fmt: skip
-        kernel = getattr(ops, f"_{op}_device")
+        kernel = getattr(ops, f"_{op}_threads_device" if "threads" in name else f"_{op}_device")
         worst = 0.0
         for target in range(len(targets)):
             expected = call(getattr(ops, op), target, factors, fixed)
@@ -145,6 +153,18 @@ def check_against_cpu(device):
             scale = max(expected.abs().max().item(), 1.0)
             worst = max(worst, (actual - expected).abs().max().item() / scale)
         print(f"  {name}: {worst:.1e} over {len(targets)} targets")
+    worst = 0.0
+    problem = harmonics_problem(3000, torch.float64, "cpu")
+    for kind in range(4):
+        call_args = harmonics_args(kind, *problem)
+        expected = [ops.harmonics, ops.harmonics_vjp, ops.harmonics_jvp, ops.harmonics_hvp][kind](
+            *[a for a in call_args[1:] if a is not None]
+        )
+        moved = [a.to(device) if isinstance(a, torch.Tensor) else a for a in call_args]
+        actual = ops._harmonics_device(*moved).cpu()
+        scale = max(expected.abs().max().item(), 1.0)
+        worst = max(worst, (actual - expected).abs().max().item() / scale)
+    print(f"  harmonics: {worst:.1e} over 4 kinds")
 
 
 def main(argv=None):
@@ -191,39 +211,106 @@ def main(argv=None):
             call(chunked, len(targets) - 1, factors, fixed)
             chunked_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
             print(f"| {name} | peak MB, last target | {kernel_mb:.0f} | {chunked_mb:.0f} | |")
+    edge_harmonics(args, dtype, device)
     first_block(args, dtype, device)
 
 
+def harmonics_problem(edges, dtype, device, seed=0):
+    from lorem_torch.nn.spherical import harmonic_polynomials
+
+    terms, coefficients = harmonic_polynomials(6)
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=generator, dtype=dtype).to(device)
+
+    vectors = torch.nn.functional.normalize(rand(edges, 3), dim=1)
+    return (
+        vectors,
+        rand(edges, 49),
+        rand(edges, 3),
+        terms.to(device),
+        coefficients.to(dtype).to(device),
+    )
+
+
+HARMONICS_KINDS = ("values", "vjp", "jvp", "hvp")
+
+
+def harmonics_args(kind, vectors, gradient, direction, terms, coefficients):
+    return (
+        kind,
+        vectors,
+        gradient if kind in (1, 3) else None,
+        direction if kind in (2, 3) else None,
+        terms,
+        coefficients,
+        49,
+    )
+
+
+def edge_harmonics(args, dtype, device):
+    """The edge harmonics and their derivatives: one thread per edge against the torch-op
+    kernel over chunks of 16,384 edges (what CUDA runs without the kernels)."""
+    problem = harmonics_problem(args.atoms * args.edges_per_atom, dtype, device)
+    for kind, label in enumerate(HARMONICS_KINDS):
+        call_args = harmonics_args(kind, *problem)
+        fast = seconds(lambda: ops._harmonics_device(*call_args), device, args.repeats)
+        slow = seconds(lambda: ops.harmonics_chunked(*call_args), device, args.repeats)
+        print(f"| harmonics | {label} | {1e3 * fast:.2f} | {1e3 * slow:.2f} | {slow / fast:.2f}x |")
+
+
 def first_block(args, dtype, device):
-    """The first block's sum and its backward: pair_form's kernel (what
-    edges_to_nodes_by_pair_type runs where one serves the device) against the blocked path
-    of torch operations (lorem::_edges_to_nodes_by_pair_type_blocks)."""
+    """The first block's node sum and the backward that forces need (radial and harmonic
+    gradients): pair_form as a LOREM_CUDA_KERNELS build runs it on CUDA (the group blocks,
+    one per centre), the sparse-form threads for the same targets, and the blocked path of
+    torch operations that CUDA runs without the kernels
+    (lorem::_edges_to_nodes_by_pair_type_blocks)."""
     factors, (pair_type, centers) = pair_form_problem(
         args.atoms, args.edges_per_atom, 6, 8, dtype, device
     )
     radial, table, harmonics, node_grad = factors
-    leaves = [t.clone().requires_grad_() for t in (radial, table, harmonics)]
+    leaves = [t.clone().requires_grad_() for t in (radial, harmonics)]
 
-    def kernel():
+    def groups():
         out = ops._pair_form_device(
             3, list(node_grad.shape), *factors[:3], None, pair_type, centers
         )
-        for target in range(3):
+        ops._pair_form_adjoints_device(*factors, pair_type, centers, [True, False, True])
+        return out
+
+    def threads():
+        out = ops._pair_form_threads_device(
+            3, list(node_grad.shape), *factors[:3], None, pair_type, centers
+        )
+        for target in (0, 2):
             slots = [None if k == target else f for k, f in enumerate(factors)]
-            ops._pair_form_device(target, list(factors[target].shape), *slots, pair_type, centers)
+            ops._pair_form_threads_device(
+                target, list(factors[target].shape), *slots, pair_type, centers
+            )
         return out
 
     def blocked():
         out = ops._edges_to_nodes_by_pair_type_blocks(
-            leaves[0], leaves[1], pair_type, leaves[2], centers, args.atoms
+            leaves[0], table, pair_type, leaves[1], centers, args.atoms
         )
         return torch.autograd.grad(out, leaves, node_grad)
 
-    fast, slow = seconds(kernel, device, args.repeats), seconds(blocked, device, args.repeats)
+    times = [seconds(f, device, args.repeats) for f in (groups, threads, blocked)]
     print(
-        f"| pair_form | node sum + its backward | {1e3 * fast:.2f} | {1e3 * slow:.2f}"
-        f" (blocked path) | {slow / fast:.2f}x |"
+        "\n| first block (pair_form): node sum + radial and harmonic gradients | group blocks |"
+        " sparse-form threads | blocked torch path |\n| --- | ---: | ---: | ---: |\n"
+        f"| ms | {1e3 * times[0]:.2f} | {1e3 * times[1]:.2f} | {1e3 * times[2]:.2f} |"
     )
+    if device.type == "cuda":
+        peaks = []
+        for f in (groups, threads, blocked):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            f()
+            peaks.append((torch.cuda.max_memory_allocated() - base) / 2**20)
+        print(f"| peak MB | {peaks[0]:.0f} | {peaks[1]:.0f} | {peaks[2]:.0f} |")
 
 
 if __name__ == "__main__":

@@ -12,8 +12,9 @@
 #   (always) build the runtime and plugin against the machine's CUDA torch, with the
 #      operators' CUDA kernels (LOREM_CUDA_KERNELS=ON; LOREM_GPU_KERNELS=off builds without,
 #      as does a failed build with them)
-#   kernels: the CUDA kernels of the sparse forms (message, coupling, pair, pair-sum) against the CPU kernel in
-#      float64 (tests/nn/test_device_kernels.py) and against the chunked torch path in time
+#   kernels: the CUDA kernels (sparse forms: message, coupling, pair, pair-sum; pair_form's
+#      group blocks; the edge harmonics) against the CPU kernels in float64
+#      (tests/nn/test_device_kernels.py) and against the torch paths in time
 #      (benchmarks/bench_device_kernels.py)
 #   parity: the runtime and LAMMPS tests with the C++ side on CUDA
 #      (LOREM_TEST_DEVICE=cuda: pair_style lorem device cuda, lorem_torch._core on cuda)

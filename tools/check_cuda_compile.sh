@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compiles the CUDA side of the operators (docs/design.md section 1.11) without a GPU:
-# the kernel (cpp/src/ops/sparse_form_cuda.cu) with nvcc, and the host glue that launches
+# the kernels (cpp/src/ops/*_cuda.cu) with nvcc, and the host glue that launches
 # it with LOREM_CUDA_KERNELS defined, against the headers of a CUDA build of torch.
 # A check that a GPU session will not spend its minutes on a compile error.
 #
@@ -20,17 +20,20 @@ mapfile -t includes < <(CUDA_HOME=$cuda_home "$python" -c \
   "import torch.utils.cpp_extension as c; print('\n'.join('-I' + p for p in c.include_paths()))")
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-echo "nvcc $(nvcc --version | tail -1): sparse_form_cuda.cu for sm_$sm"
-nvcc -std=c++17 -O3 -arch="sm_$sm" -Werror all-warnings -c cpp/src/ops/sparse_form_cuda.cu \
-  -o "$out/kernel.o"
+for kernel in sparse_form_cuda pair_group_cuda harmonics_cuda; do
+  echo "nvcc $(nvcc --version | tail -1): $kernel.cu for sm_$sm"
+  nvcc -std=c++17 -O3 -arch="sm_$sm" -Werror all-warnings -c "cpp/src/ops/$kernel.cu" \
+    -o "$out/$kernel.o"
+  nm -C "$out/$kernel.o" | grep -q "launch_on_cuda<double>" ||
+    { echo "$kernel.o lacks launch_on_cuda<double>" >&2; exit 1; }
+done
 echo "g++: the operators' CUDA glue (LOREM_CUDA_KERNELS) against $("$python" -c \
   'import torch; print(torch.__version__)')"
 for source in cpp/src/ops/sparse_form_device.cpp cpp/src/ops/coupling_ops.cpp \
   cpp/src/ops/pair_form_ops.cpp cpp/src/ops/pair_sum_ops.cpp cpp/src/ops/edge_ops.cpp \
+  cpp/src/ops/harmonics_ops.cpp \
   cpp/src/ops/message_ops.cpp; do
   g++ -std=c++20 -fsyntax-only -Wno-psabi -fopenmp -DLOREM_CUDA_KERNELS -D_GLIBCXX_USE_CXX11_ABI=1 \
     "${includes[@]}" -I"$cuda_home/include" "$source"
 done
-nm -C "$out/kernel.o" | grep -q "launch_on_cuda<double>" ||
-  { echo "the kernel object lacks launch_on_cuda<double>" >&2; exit 1; }
 echo "CUDA side compiles"

@@ -2,8 +2,10 @@
 (docs/design.md section 1.11).
 
 Its threads (cpp/src/ops/sparse_form_threads.hpp) run on the CPU one after another
-through `lorem::_message_form_device`, `_coupling_form_device`, `_pair_form_device` and
-`_pair_sum_form_device`, and must equal the CPU kernels for every target: the arithmetic and indexing a CUDA build runs. On a machine
+through `lorem::_message_form_device`, `_coupling_form_device`, `_pair_form_threads_device`
+and `_pair_sum_form_device`, and pair_form's group blocks (pair_group_blocks.hpp) through
+`_pair_form_device` and `_pair_form_adjoints_device` (pair_form as CUDA runs it); all must
+equal the CPU kernels for every target: the arithmetic and indexing a CUDA build runs. On a machine
 with a GPU and a library built with LOREM_CUDA_KERNELS, the CUDA kernels themselves are
 held to the CPU kernels in float64 to 1e-12 (benchmarks/gpu_batch.sh, step `kernels`).
 """
@@ -153,25 +155,80 @@ def pair_form_call(op, target, factors, pair_type, centers):
     [(13, 5, 3, 4, 3, 2), (300, 40, 2, 8, 7, 8), (1, 1, 1, 1, 1, 1), (0, 3, 2, 4, 3, 5)],
 )
 @pytest.mark.parametrize("target", range(4))
+@pytest.mark.parametrize("kernel", ["_pair_form_threads_device", "_pair_form_device"])
 def test_pair_form_threads_equal_the_cpu_kernel(
-    num_edges, num_nodes, num_types, num_radial, degrees, channels, target
+    num_edges, num_nodes, num_types, num_radial, degrees, channels, target, kernel
 ):
+    """The sparse-form threads for every target, and pair_form as CUDA runs it (the node
+    sum and the edge gradients by the group blocks, the table by the threads)."""
     factors, pair_type, centers = pair_form_problem(
         num_edges, num_nodes, num_types, num_radial, degrees, channels, seed=target
     )
     expected = pair_form_call(ops.pair_form, target, factors, pair_type, centers)
-    actual = pair_form_call(ops._pair_form_device, target, factors, pair_type, centers)
+    actual = pair_form_call(getattr(ops, kernel), target, factors, pair_type, centers)
     assert_close(actual, expected, 1e-12)
 
 
-def test_pair_form_threads_name_bad_indices():
+@pytest.mark.parametrize(
+    "num_edges, num_nodes, num_types, num_radial, degrees, channels",
+    [(13, 5, 3, 4, 3, 2), (300, 40, 2, 8, 7, 8), (1, 1, 1, 1, 1, 1), (0, 3, 2, 4, 3, 5)],
+)
+@pytest.mark.parametrize(
+    "needed",
+    [
+        (True, True, True),
+        (True, False, True),
+        (False, False, True),
+        (True, False, False),
+        (False, True, False),
+    ],
+)
+def test_pair_form_adjoints_as_cuda_runs_them(
+    num_edges, num_nodes, num_types, num_radial, degrees, channels, needed
+):
+    """The backward of the node sum as CUDA runs it: the radial and harmonic gradients in
+    one pass of the group blocks, the table's by the threads; what is not needed is None."""
+    factors, pair_type, centers = pair_form_problem(
+        num_edges, num_nodes, num_types, num_radial, degrees, channels
+    )
+    expected = ops.pair_form_adjoints(*factors, pair_type, centers, list(needed))
+    actual = ops._pair_form_adjoints_device(*factors, pair_type, centers, list(needed))
+    for k in range(3):
+        if needed[k]:
+            assert_close(actual[k], expected[k], 1e-12)
+        else:
+            assert actual[k] is None
+
+
+def test_group_blocks_sum_each_centre_by_pair_type():
+    """A centre whose edges alternate between pair types, a centre of one edge and atoms
+    without edges: the group blocks take each centre's runs of one type (many groups)."""
+    factors, _, _ = pair_form_problem(12, 6, 3, 5, 4, 3, seed=3)
+    centers = torch.tensor([2, 0, 2, 2, 5, 2, 0, 2, 2, 0, 2, 2])
+    pair_type = torch.tensor([0, 1, 2, 0, 1, 1, 0, 2, 0, 1, 2, 1])
+    for target in (0, 2, 3):
+        expected = pair_form_call(ops.pair_form, target, factors, pair_type, centers)
+        actual = pair_form_call(ops._pair_form_device, target, factors, pair_type, centers)
+        assert_close(actual, expected, 1e-12)
+    assert (
+        pair_form_call(ops._pair_form_device, 3, factors, pair_type, centers)[[1, 3, 4]].abs().max()
+        == 0
+    )
+
+
+@pytest.mark.parametrize("kernel", ["_pair_form_threads_device", "_pair_form_device"])
+@pytest.mark.parametrize("target", range(4))
+def test_pair_form_threads_name_bad_indices(kernel, target):
+    op = getattr(ops, kernel)
     factors, pair_type, centers = pair_form_problem(13, 5, 3, 4, 3, 2)
     bad = pair_type.clone()
     bad[4] = 3
     with pytest.raises(RuntimeError, match=r"pair_type\[4\] = 3 is outside \[0, 3\)"):
-        pair_form_call(ops._pair_form_device, 3, factors, bad, centers)
+        pair_form_call(op, target, factors, bad, centers)
     with pytest.raises(RuntimeError, match=r"centers\[0\] = 9 is outside \[0, 5\)"):
-        pair_form_call(ops._pair_form_device, 0, factors, pair_type, centers + 9 - centers[0])
+        pair_form_call(op, target, factors, pair_type, centers + 9 - centers[0])
+    with pytest.raises(RuntimeError, match=r"centers\[0\] = 9 is outside \[0, 5\)"):
+        ops._pair_form_adjoints_device(*factors, pair_type, centers + 9 - centers[0], [True] * 3)
 
 
 def pair_sum_problem(num_pairs, num_receivers, num_sources, channels, seed=0):
@@ -210,12 +267,27 @@ def test_pair_sum_threads_check_indices_with_nothing_to_sum():
 
 @pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build")
 @pytest.mark.parametrize("target", range(4))
-def test_cuda_pair_form_kernel_equals_the_cpu_kernel(target):
+@pytest.mark.parametrize("kernel", ["pair_form", "_pair_form_threads_device"])
+def test_cuda_pair_form_kernel_equals_the_cpu_kernel(target, kernel):
+    """pair_form on CUDA (group blocks; the table by the threads) and the threads alone."""
     factors, pair_type, centers = pair_form_problem(20000, 400, 4, 8, 7, 8, seed=target)
     expected = pair_form_call(ops.pair_form, target, factors, pair_type, centers)
     cuda = [f.cuda() for f in factors]
-    actual = pair_form_call(ops.pair_form, target, cuda, pair_type.cuda(), centers.cuda())
+    op = getattr(ops, kernel)
+    actual = pair_form_call(op, target, cuda, pair_type.cuda(), centers.cuda())
     assert_close(actual.cpu(), expected, 1e-12)
+
+
+@pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build")
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_cuda_pair_form_adjoints_equal_the_cpu_kernel(dtype, tolerance):
+    factors, pair_type, centers = pair_form_problem(20000, 400, 4, 32, 7, 8)
+    factors = [f.to(dtype) for f in factors]
+    expected = ops.pair_form_adjoints(*factors, pair_type, centers, [True] * 3)
+    cuda = [f.cuda() for f in factors]
+    actual = ops.pair_form_adjoints(*cuda, pair_type.cuda(), centers.cuda(), [True] * 3)
+    for on_cuda, on_cpu in zip(actual, expected, strict=True):
+        assert_close(on_cuda.cpu(), on_cpu, tolerance)
 
 
 @pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build")
@@ -268,14 +340,105 @@ def test_cuda_coupling_kernel_equals_the_cpu_kernel(target):
     assert_close(actual.cpu(), expected, 1e-12)
 
 
+# -- the edge harmonics: one thread per edge --
+
+
+def harmonics_problem(count, dtype, device="cpu", seed=0):
+    from lorem_torch.nn.spherical import harmonic_polynomials
+
+    terms, coefficients = harmonic_polynomials(6)
+    generator = torch.Generator().manual_seed(seed)
+
+    def random(*shape):
+        return torch.randn(*shape, dtype=torch.float64, generator=generator).to(dtype)
+
+    vectors = 1.3 * random(count, 3)  # off the sphere: every monomial counts
+    gradient, direction = random(count, 49), random(count, 3)
+    on_device = [
+        t.to(device) for t in (vectors, gradient, direction, terms, coefficients.to(dtype))
+    ]
+    return on_device
+
+
+HARMONICS_KINDS = {0: (False, False), 1: (True, False), 2: (False, True), 3: (True, True)}
+
+
+def harmonics_call(op, kind, vectors, gradient, direction, terms, coefficients):
+    with_gradient, with_direction = HARMONICS_KINDS[kind]
+    if op is ops._harmonics_device:
+        return op(
+            kind,
+            vectors,
+            gradient if with_gradient else None,
+            direction if with_direction else None,
+            terms,
+            coefficients,
+            49,
+        )
+    named = [ops.harmonics, ops.harmonics_vjp, ops.harmonics_jvp, ops.harmonics_hvp][kind]
+    middle = [t for t, used in ((gradient, with_gradient), (direction, with_direction)) if used]
+    return named(vectors, *middle, terms, coefficients, 49)
+
+
+@pytest.mark.parametrize("count", [0, 1, 7, 1001])
+@pytest.mark.parametrize("kind", range(4))
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_harmonics_threads_equal_the_cpu_kernel(count, kind, dtype, tolerance):
+    """Values, vjp, jvp and hvp by the device kernel's threads == the CPU kernel."""
+    problem = harmonics_problem(count, dtype, seed=count + kind)
+    expected = harmonics_call(ops.harmonics, kind, *problem)
+    actual = harmonics_call(ops._harmonics_device, kind, *problem)
+    assert actual.shape == expected.shape
+    assert_close(actual, expected, tolerance)
+
+
+def test_harmonics_threads_check_their_inputs():
+    vectors, gradient, direction, terms, coefficients = harmonics_problem(5, torch.float64)
+    with pytest.raises(RuntimeError, match="vectors must be \\[P, 3\\]"):
+        ops._harmonics_device(0, vectors[:, :2], None, None, terms, coefficients, 49)
+    with pytest.raises(RuntimeError, match="gradient must be \\[5, 49\\]"):
+        ops._harmonics_device(1, vectors, gradient[:, :9], None, terms, coefficients, 49)
+    high = terms.clone()
+    high[0, 1] = 13  # x^13: more powers than a thread holds
+    with pytest.raises(RuntimeError, match="powers up to 12, these terms need 13"):
+        ops._harmonics_device(0, vectors, None, None, high, coefficients, 49)
+
+
+@pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build")
+@pytest.mark.parametrize("kind", range(4))
+def test_cuda_harmonics_kernel_equals_the_cpu_kernel(kind):
+    problem = harmonics_problem(300_001, torch.float64, seed=kind)
+    expected = harmonics_call(ops.harmonics, kind, *problem)
+    cuda = [t.cuda() for t in problem]
+    for op in (ops.harmonics, ops._harmonics_device):  # the operator takes the kernel on CUDA
+        assert_close(harmonics_call(op, kind, *cuda).cpu(), expected, 1e-12)
+
+
 # -- the whole model on the kernel's threads --
+
+
+HARMONICS_OPS = ("harmonics", "harmonics_vjp", "harmonics_jvp", "harmonics_hvp")
+
+
+def harmonics_on_threads(kind):
+    with_gradient, with_direction = HARMONICS_KINDS[kind]
+
+    def run(vectors, *rest):
+        gradient = rest[0] if with_gradient else None
+        direction = rest[int(with_gradient)] if with_direction else None
+        terms, coefficients, components = rest[-3:]
+        return ops._harmonics_device(
+            kind, vectors, gradient, direction, terms, coefficients, components
+        )
+
+    return run
 
 
 @contextlib.contextmanager
 def device_kernels_on_cpu():
-    """Routes the CPU dispatch of the four forms (and of pair_form's adjoints) to the
-    device kernel's threads, counting the calls; on leaving, the registrations go and the
-    CPU kernels are back."""
+    """Routes the CPU dispatch of the four forms (and of pair_form's adjoints) and of the
+    edge harmonics to the device kernels' threads, counting the calls; on leaving, the
+    registrations go and the CPU kernels are back."""
     calls = {}
 
     def routed(name, device_op):
@@ -287,9 +450,10 @@ def device_kernels_on_cpu():
 
     def adjoints(radial, table, harmonics, node_grad, pair_type, centers, needed):
         calls["pair_form_adjoints"] = calls.get("pair_form_adjoints", 0) + 1
-        factors = [radial, table, harmonics, node_grad]
-        device = ops._pair_form_device
-        return [pair_form_call(device, k, factors, pair_type, centers) for k in range(3)]
+        factors = (radial, table, harmonics)
+        out = ops._pair_form_adjoints_device(*factors, node_grad, pair_type, centers, needed)
+        # a Python kernel returns tensors only: zeros where a gradient was not needed
+        return [torch.zeros_like(f) if g is None else g for f, g in zip(factors, out, strict=True)]
 
     library = torch.library.Library("lorem", "IMPL")
     try:
@@ -298,6 +462,8 @@ def device_kernels_on_cpu():
             for name in ("message_form", "coupling_form", "pair_form", "pair_sum_form"):
                 library.impl(name, routed(name, getattr(ops, f"_{name}_device")), "CPU")
             library.impl("pair_form_adjoints", adjoints, "CPU")
+            for kind, name in enumerate(HARMONICS_OPS):
+                library.impl(name, routed(name, harmonics_on_threads(kind)), "CPU")
         yield calls
     finally:
         library._destroy()
@@ -311,7 +477,7 @@ def model_step(model, atoms_list):
 @pytest.mark.parametrize("layers", [0, 1])
 def test_model_on_the_kernel_threads_equals_the_cpu_kernels(layers):
     """Energy, forces, stress and the force-training gradients of a model whose four forms
-    all run on the device kernel's threads (as a LOREM_CUDA_KERNELS build runs them on
+    and edge harmonics all run on the device kernels' threads (as a LOREM_CUDA_KERNELS build runs them on
     CUDA, first and second derivatives included) == the CPU kernels, float64."""
     model = small_model(num_message_passing=layers)
     atoms_list = [triclinic_water()]
@@ -319,9 +485,12 @@ def test_model_on_the_kernel_threads_equals_the_cpu_kernels(layers):
     with device_kernels_on_cpu() as calls:
         actual = model_step(model, atoms_list)
     names = {"coupling_form", "pair_form", "pair_form_adjoints", "pair_sum_form"}
+    # force training differentiates vjp in its gradient (jvp); hvp, its derivative in the
+    # vectors, is not reached by parameter gradients
+    names |= {"harmonics", "harmonics_vjp", "harmonics_jvp"}
     if layers:
         names.add("message_form")
-    assert names <= set(calls), calls
+    assert names <= set(calls), sorted(set(names) - set(calls))
     for routed, reference in zip(actual, expected, strict=True):
         assert_close(routed, reference, 1e-10)
     # and the CPU kernels are back

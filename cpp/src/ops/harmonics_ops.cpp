@@ -18,7 +18,8 @@
 // Kernels: CPU (blocks of 8 edges in parallel, one edge per vector lane: the block's
 // monomials, then the term lists);
 // CompositeExplicitAutograd (torch operations over chunks of edges: CUDA and the tests'
-// reference, lorem::harmonics_chunked and friends).
+// reference, lorem::harmonics_chunked and friends); on CUDA in a LOREM_CUDA_KERNELS build,
+// one thread per edge (harmonics_threads.hpp; on the CPU as lorem::_harmonics_device).
 #include <ATen/Parallel.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
@@ -29,6 +30,12 @@
 #include <vector>
 
 #include "channel_lanes.hpp"
+#include "harmonics_threads.hpp"
+
+#ifdef LOREM_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace lorem {
 namespace {
@@ -319,85 +326,204 @@ void run_cpu(Kind kind, const Polynomials& p, const Tensor& vectors, const Tenso
 
 // ---------------------------------------------------------- torch-op kernel
 
-// [n, T] the monomials of a term list for a chunk of vectors [n, 3], and its terms' m.
-Tensor monomials(const Tensor& u, const std::vector<Term>& terms, int64_t max_power) {
-  const Tensor powers = torch::stack(
-      [&] {
-        std::vector<Tensor> list = {torch::ones_like(u)};
-        for (int64_t k = 1; k <= max_power; ++k) list.push_back(list.back() * u);
-        return list;
-      }(),
-      1);  // [n, powers, 3]
-  std::vector<int64_t> a, b, c;
-  std::vector<double> k;
-  for (const Term& t : terms) {
-    a.push_back(t.a);
-    b.push_back(t.b);
-    c.push_back(t.c);
-    k.push_back(t.coefficient);
-  }
-  auto index = [&](const std::vector<int64_t>& v) {
-    return torch::tensor(v, torch::dtype(torch::kLong)).to(u.device());
-  };
-  const Tensor coefficient = torch::tensor(k, torch::dtype(torch::kDouble)).to(u.options());
-  return powers.select(2, 0).index_select(1, index(a)) *
-         powers.select(2, 1).index_select(1, index(b)) *
-         powers.select(2, 2).index_select(1, index(c)) * coefficient;
-}
+// A term list as index tensors on the vectors' device, made once per call (on CUDA each
+// is a copy from the host, which the chunks then share).
+struct TermTensors {
+  Tensor a, b, c;      // [T] powers of x, y, z
+  Tensor coefficient;  // [T], the vectors' dtype
+  Tensor component;    // [T] m
+  bool empty = true;
 
-Tensor term_components(const std::vector<Term>& terms, const at::Device device) {
-  std::vector<int64_t> m;
-  for (const Term& t : terms) m.push_back(t.m);
-  return torch::tensor(m, torch::dtype(torch::kLong)).to(device);
-}
+  TermTensors(const std::vector<Term>& terms, const Tensor& like) {
+    std::vector<int64_t> a_, b_, c_, m_;
+    std::vector<double> k_;
+    for (const Term& t : terms) {
+      a_.push_back(t.a);
+      b_.push_back(t.b);
+      c_.push_back(t.c);
+      m_.push_back(t.m);
+      k_.push_back(t.coefficient);
+    }
+    auto index = [&](const std::vector<int64_t>& v) {
+      return torch::tensor(v, torch::dtype(torch::kLong)).to(like.device());
+    };
+    a = index(a_);
+    b = index(b_);
+    c = index(c_);
+    component = index(m_);
+    coefficient = torch::tensor(k_, torch::dtype(torch::kDouble)).to(like.options());
+    empty = terms.empty();
+  }
+
+  // [n, T] the terms' monomials times their coefficients for a chunk of vectors [n, 3]
+  Tensor monomials(const Tensor& u, int64_t max_power) const {
+    const Tensor powers = torch::stack(
+        [&] {
+          std::vector<Tensor> list = {torch::ones_like(u)};
+          for (int64_t k = 1; k <= max_power; ++k) list.push_back(list.back() * u);
+          return list;
+        }(),
+        1);  // [n, powers, 3]
+    return powers.select(2, 0).index_select(1, a) * powers.select(2, 1).index_select(1, b) *
+           powers.select(2, 2).index_select(1, c) * coefficient;
+  }
+};
 
 void run_chunked(Kind kind, const Polynomials& p, const Tensor& vectors, const Tensor& gradient,
                  const Tensor& direction, Tensor& out) {
-  constexpr int64_t kChunk = 16384;
+  // large enough that a GPU is not held up by launches (each chunk is a few dozen torch
+  // operations), small enough to bound the [chunk, terms] temporaries (~45 MB in float32)
+  constexpr int64_t kChunk = 65536;
   const int64_t P = vectors.size(0);
+  std::vector<TermTensors> lists;
+  switch (kind) {
+    case Kind::kValues:
+      lists.emplace_back(p.values, vectors);
+      break;
+    case Kind::kVjp:
+    case Kind::kJvp:
+      for (int j = 0; j < 3; ++j) lists.emplace_back(p.first[j], vectors);
+      break;
+    case Kind::kHvp:
+      for (int k = 0; k < 9; ++k) lists.emplace_back(p.second[k], vectors);
+      break;
+  }
   for (int64_t begin = 0; begin < P; begin += kChunk) {
     const int64_t end = std::min(P, begin + kChunk);
     const Tensor u = vectors.slice(0, begin, end);
     Tensor o = out.slice(0, begin, end);
     switch (kind) {
       case Kind::kValues:
-        o.index_add_(1, term_components(p.values, u.device()), monomials(u, p.values, p.max_power));
+        o.index_add_(1, lists[0].component, lists[0].monomials(u, p.max_power));
         break;
       case Kind::kVjp:
         for (int j = 0; j < 3; ++j) {
-          const auto& terms = p.first[j];
-          if (terms.empty()) continue;
-          const Tensor g =
-              gradient.slice(0, begin, end).index_select(1, term_components(terms, u.device()));
-          o.select(1, j).add_((monomials(u, terms, p.max_power) * g).sum(1));
+          const TermTensors& terms = lists[j];
+          if (terms.empty) continue;
+          const Tensor g = gradient.slice(0, begin, end).index_select(1, terms.component);
+          o.select(1, j).add_((terms.monomials(u, p.max_power) * g).sum(1));
         }
         break;
       case Kind::kJvp:
         for (int i = 0; i < 3; ++i) {
-          const auto& terms = p.first[i];
-          if (terms.empty()) continue;
+          const TermTensors& terms = lists[i];
+          if (terms.empty) continue;
           const Tensor d = direction.slice(0, begin, end).select(1, i).unsqueeze(1);
-          o.index_add_(1, term_components(terms, u.device()), monomials(u, terms, p.max_power) * d);
+          o.index_add_(1, terms.component, terms.monomials(u, p.max_power) * d);
         }
         break;
       case Kind::kHvp:
         for (int i = 0; i < 3; ++i)
           for (int j = 0; j < 3; ++j) {
-            const auto& terms = p.second[3 * i + j];
-            if (terms.empty()) continue;
-            const Tensor g =
-                gradient.slice(0, begin, end).index_select(1, term_components(terms, u.device()));
+            const TermTensors& terms = lists[3 * i + j];
+            if (terms.empty) continue;
+            const Tensor g = gradient.slice(0, begin, end).index_select(1, terms.component);
             const Tensor d = direction.slice(0, begin, end).select(1, i);
-            o.select(1, j).add_((monomials(u, terms, p.max_power) * g).sum(1) * d);
+            o.select(1, j).add_((terms.monomials(u, p.max_power) * g).sum(1) * d);
           }
         break;
     }
   }
 }
 
+// ---------------------------------------------------------- device kernel
+
+// The kind's terms as the threads of harmonics_threads.hpp read them: sorted by output
+// (stable, so in the CPU kernel's order), one run per output, on the vectors' device; then
+// one thread per edge, on CUDA the compiled kernel, on the CPU one edge after another.
+template <typename scalar_t>
+void run_threads(Kind kind, const Polynomials& p, const Tensor& vectors, const Tensor& gradient,
+                 const Tensor& direction, Tensor& out) {
+  using harmonics_threads::Run;
+  using harmonics_threads::Step;
+  TORCH_CHECK(p.max_power <= harmonics_threads::kMaxPower,
+              "lorem::harmonics: the device kernel holds powers up to ",
+              harmonics_threads::kMaxPower, ", these terms need ", p.max_power);
+  struct Keyed {
+    int32_t key;
+    Step step;
+    double coefficient;
+  };
+  std::vector<Keyed> terms;
+  auto add = [&](const std::vector<Term>& list, int32_t key_axis, int32_t axis) {
+    for (const Term& t : list)
+      terms.push_back(
+          {key_axis < 0 ? t.m : key_axis, Step{t.m, axis, t.a, t.b, t.c}, t.coefficient});
+  };
+  switch (kind) {
+    case Kind::kValues:
+      add(p.values, -1, 0);
+      break;
+    case Kind::kVjp:
+      for (int j = 0; j < 3; ++j) add(p.first[j], j, 0);
+      break;
+    case Kind::kJvp:
+      for (int i = 0; i < 3; ++i) add(p.first[i], -1, i);
+      break;
+    case Kind::kHvp:
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) add(p.second[3 * i + j], j, i);
+      break;
+  }
+  std::stable_sort(terms.begin(), terms.end(),
+                   [](const Keyed& a, const Keyed& b) { return a.key < b.key; });
+  std::vector<int32_t> steps, runs;
+  std::vector<double> coefficients;
+  for (size_t k = 0; k < terms.size(); ++k) {
+    const Step& s = terms[k].step;
+    steps.insert(steps.end(), {s.m, s.axis, s.a, s.b, s.c});
+    coefficients.push_back(terms[k].coefficient);
+    if (runs.empty() || runs[runs.size() - 3] != terms[k].key)
+      runs.insert(runs.end(), {terms[k].key, static_cast<int32_t>(k), 0});
+    runs.back() = static_cast<int32_t>(k + 1);
+  }
+  static_assert(sizeof(Step) == 5 * sizeof(int32_t) && sizeof(Run) == 3 * sizeof(int32_t));
+  const auto device = vectors.device();
+  const Tensor step_table = torch::tensor(steps, torch::kInt).to(device);
+  const Tensor run_table = torch::tensor(runs, torch::kInt).to(device);
+  const Tensor coefficient_table =
+      torch::tensor(coefficients, torch::kDouble).to(vectors.options());
+  harmonics_threads::HarmonicsForm<scalar_t> form;
+  form.vectors = vectors.data_ptr<scalar_t>();
+  form.gradient = gradient.defined() ? gradient.data_ptr<scalar_t>() : nullptr;
+  form.direction = direction.defined() ? direction.data_ptr<scalar_t>() : nullptr;
+  form.out = out.data_ptr<scalar_t>();
+  form.steps = reinterpret_cast<const Step*>(step_table.data_ptr<int32_t>());
+  form.coefficients = coefficient_table.data_ptr<scalar_t>();
+  form.runs = reinterpret_cast<const Run*>(run_table.data_ptr<int32_t>());
+  form.num_runs = static_cast<int32_t>(runs.size() / 3);
+  form.width = static_cast<int32_t>(out.size(1));
+  form.components = static_cast<int32_t>(p.num_components);
+  form.max_power = static_cast<int32_t>(p.max_power);
+  form.num_edges = vectors.size(0);
+  if (vectors.is_cuda()) {
+#ifdef LOREM_CUDA_KERNELS
+    const c10::cuda::CUDAGuard guard(device);
+    const char* error =
+        harmonics_threads::launch_on_cuda(form, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(error == nullptr, "lorem::harmonics: the CUDA kernel failed: ", error);
+    return;
+#else
+    TORCH_CHECK(false,
+                "lorem::harmonics: this library was built without its CUDA kernels "
+                "(LOREM_CUDA_KERNELS)");
+#endif
+  }
+  TORCH_CHECK(vectors.is_cpu(), "lorem::harmonics: the device kernel runs on CUDA or the CPU, not ",
+              device);
+  at::parallel_for(0, form.num_edges, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t e = begin; e < end; ++e) harmonics_threads::edge_thread(form, e);
+  });
+}
+
 // ---------------------------------------------------------------- operators
 
-Tensor evaluate(Kind kind, bool chunked, const Tensor& vectors_in, const Tensor& gradient_in,
+enum class Path { kDefault, kChunked, kThreads };
+
+// The CPU kernel for CPU tensors; on CUDA the threads in a LOREM_CUDA_KERNELS build (while
+// the terms' powers fit them), the torch-op kernel over chunks otherwise. `path` forces the
+// chunked kernel (the reference operators) or the threads (their tests).
+Tensor evaluate(Kind kind, Path path, const Tensor& vectors_in, const Tensor& gradient_in,
                 const Tensor& direction_in, const Tensor& terms, const Tensor& coefficients,
                 int64_t num_components, const char* op) {
   check_vectors(vectors_in, op);
@@ -409,12 +535,22 @@ Tensor evaluate(Kind kind, bool chunked, const Tensor& vectors_in, const Tensor&
   const Polynomials p = read_polynomials(terms, coefficients, num_components, op);
   const bool per_component = kind == Kind::kValues || kind == Kind::kJvp;
   const std::vector<int64_t> shape = {vectors.size(0), per_component ? num_components : 3};
-  const bool on_cpu = !chunked && vectors.is_cpu();
-  // the CPU kernel writes every value; the torch-op kernel adds into zeros
-  Tensor out =
-      on_cpu ? torch::empty(shape, vectors.options()) : torch::zeros(shape, vectors.options());
+#ifdef LOREM_CUDA_KERNELS
+  const bool threads_on_cuda = vectors.is_cuda() && p.max_power <= harmonics_threads::kMaxPower;
+#else
+  const bool threads_on_cuda = false;
+#endif
+  const bool threads = path == Path::kThreads || (path == Path::kDefault && threads_on_cuda);
+  const bool on_cpu = path == Path::kDefault && vectors.is_cpu();
+  // the CPU kernel and the threads write every value; the torch-op kernel adds into zeros
+  Tensor out = on_cpu || threads ? torch::empty(shape, vectors.options())
+                                 : torch::zeros(shape, vectors.options());
   if (vectors.size(0) == 0) return out;
-  if (!on_cpu) {
+  if (threads) {
+    AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "lorem::harmonics", [&] {
+      run_threads<scalar_t>(kind, p, vectors, gradient, direction, out);
+    });
+  } else if (!on_cpu) {
     run_chunked(kind, p, vectors, gradient, direction, out);
   } else {
     AT_DISPATCH_FLOATING_TYPES(vectors.scalar_type(), "lorem::harmonics", [&] {
@@ -427,26 +563,33 @@ Tensor evaluate(Kind kind, bool chunked, const Tensor& vectors_in, const Tensor&
 // The kernels, by device: CPU loops, or torch operations (other devices, and the
 // *_chunked reference operators on any device).
 Tensor harmonics_kernel(const Tensor& u, const Tensor& terms, const Tensor& k, int64_t M) {
-  return evaluate(Kind::kValues, false, u, {}, {}, terms, k, M, "lorem::harmonics");
+  return evaluate(Kind::kValues, Path::kDefault, u, {}, {}, terms, k, M, "lorem::harmonics");
 }
 Tensor vjp_kernel(const Tensor& u, const Tensor& G, const Tensor& terms, const Tensor& k,
                   int64_t M) {
-  return evaluate(Kind::kVjp, false, u, G, {}, terms, k, M, "lorem::harmonics_vjp");
+  return evaluate(Kind::kVjp, Path::kDefault, u, G, {}, terms, k, M, "lorem::harmonics_vjp");
 }
 Tensor jvp_kernel(const Tensor& u, const Tensor& D, const Tensor& terms, const Tensor& k,
                   int64_t M) {
-  return evaluate(Kind::kJvp, false, u, {}, D, terms, k, M, "lorem::harmonics_jvp");
+  return evaluate(Kind::kJvp, Path::kDefault, u, {}, D, terms, k, M, "lorem::harmonics_jvp");
 }
 Tensor hvp_kernel(const Tensor& u, const Tensor& G, const Tensor& D, const Tensor& terms,
                   const Tensor& k, int64_t M) {
-  return evaluate(Kind::kHvp, false, u, G, D, terms, k, M, "lorem::harmonics_hvp");
+  return evaluate(Kind::kHvp, Path::kDefault, u, G, D, terms, k, M, "lorem::harmonics_hvp");
 }
 Tensor chunked_kernel(int64_t kind, const Tensor& u, const std::optional<Tensor>& G,
                       const std::optional<Tensor>& D, const Tensor& terms, const Tensor& k,
                       int64_t M) {
   TORCH_CHECK(0 <= kind && kind <= 3, "lorem::harmonics_chunked: kind must be 0..3");
-  return evaluate(static_cast<Kind>(kind), true, u, G.value_or(Tensor()), D.value_or(Tensor()),
-                  terms, k, M, "lorem::harmonics_chunked");
+  return evaluate(static_cast<Kind>(kind), Path::kChunked, u, G.value_or(Tensor()),
+                  D.value_or(Tensor()), terms, k, M, "lorem::harmonics_chunked");
+}
+Tensor threads_kernel(int64_t kind, const Tensor& u, const std::optional<Tensor>& G,
+                      const std::optional<Tensor>& D, const Tensor& terms, const Tensor& k,
+                      int64_t M) {
+  TORCH_CHECK(0 <= kind && kind <= 3, "lorem::_harmonics_device: kind must be 0..3");
+  return evaluate(static_cast<Kind>(kind), Path::kThreads, u, G.value_or(Tensor()),
+                  D.value_or(Tensor()), terms, k, M, "lorem::_harmonics_device");
 }
 
 template <typename Signature>
@@ -585,15 +728,23 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
   m.def(
       "harmonics_chunked(int kind, Tensor vectors, Tensor? gradient, Tensor? direction, "
       "Tensor terms, Tensor coefficients, int components) -> Tensor");
+  // the same by the device kernel's threads (CUDA: the compiled kernel in a
+  // LOREM_CUDA_KERNELS build; CPU: one edge after another, which the tests hold to the CPU
+  // kernel)
+  m.def(
+      "_harmonics_device(int kind, Tensor vectors, Tensor? gradient, Tensor? direction, "
+      "Tensor terms, Tensor coefficients, int components) -> Tensor");
 }
 
-// one kernel for every device: it takes the loops on CPU and torch operations elsewhere
+// one kernel for every device: it takes the loops on CPU, the threads on CUDA in a
+// LOREM_CUDA_KERNELS build and torch operations elsewhere
 TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
   m.impl("harmonics", &lorem::harmonics_kernel);
   m.impl("harmonics_vjp", &lorem::vjp_kernel);
   m.impl("harmonics_jvp", &lorem::jvp_kernel);
   m.impl("harmonics_hvp", &lorem::hvp_kernel);
   m.impl("harmonics_chunked", &lorem::chunked_kernel);
+  m.impl("_harmonics_device", &lorem::threads_kernel);
 }
 
 TORCH_LIBRARY_IMPL(lorem, Autograd, m) {

@@ -32,7 +32,13 @@
 
 #include "channel_lanes.hpp"
 #include "multilinear_form.hpp"
+#include "pair_group_blocks.hpp"
 #include "sparse_form_device.hpp"
+
+#ifdef LOREM_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace lorem {
 namespace {
@@ -559,18 +565,19 @@ std::vector<Tensor> pair_form_adjoints_cpu(const Tensor& radial, const Tensor& t
   return {d_radial, d_table, d_harmonics};
 }
 
-// -- device kernel --
+// -- device kernels --
 
-// The form as the threads of the device kernel (sparse_form_threads.hpp): on CUDA the
+// The form as the threads of the sparse-form kernel (sparse_form_threads.hpp): on CUDA the
 // compiled kernel, on the CPU its threads one after another (what the tests hold to the
 // CPU kernel). The table is read as [T, R (L+1), s], row t_p; the entries are the pairs
 // (r, m) with columns (r, r (L+1) + l(m), m, m). Members are the edges: the node sum takes
 // the edges of one centre per thread, the table blocks of edges sorted by pair type (added
-// atomically per type), the radial and harmonic gradients one edge per thread.
-Tensor pair_form_device(int64_t target, at::IntArrayRef target_shape, const OptionalTensor& radial,
-                        const OptionalTensor& table, const OptionalTensor& harmonics,
-                        const OptionalTensor& node_grad, const Tensor& pair_type_in,
-                        const Tensor& centers_in) {
+// atomically per type), the radial and harmonic gradients one edge per thread. Every
+// target costs R (L+1)^2 s per edge; CUDA runs it for the table alone (pair_form_device).
+Tensor pair_form_threads(int64_t target, at::IntArrayRef target_shape, const OptionalTensor& radial,
+                         const OptionalTensor& table, const OptionalTensor& harmonics,
+                         const OptionalTensor& node_grad, const Tensor& pair_type_in,
+                         const Tensor& centers_in) {
   TORCH_CHECK(0 <= target && target < kNumFactors, kOp, ": target ", target,
               " is not a factor slot (0..3)");
   std::array<std::vector<int64_t>, kNumFactors> shapes;
@@ -604,19 +611,174 @@ Tensor pair_form_device(int64_t target, at::IntArrayRef target_shape, const Opti
   return sparse_form::run(form);
 }
 
+// The node sum, or the radial and harmonic gradients together, by the group blocks of
+// pair_group_blocks.hpp: on CUDA one thread block per centre, on the CPU the blocks one
+// after another (their work items in order). `targets` holds kNodes alone, or kRadial
+// and/or kHarmonics; each asked target is returned in its slot.
+std::array<Tensor, kNumFactors> pair_form_groups(
+    const std::array<OptionalTensor, kNumFactors>& given,
+    const std::array<bool, kNumFactors>& targets,
+    const std::array<std::vector<int64_t>, kNumFactors>& target_shapes, const Tensor& pair_type_in,
+    const Tensor& centers_in) {
+  TORCH_CHECK(!targets[kTable], kOp, ": the group blocks do not form the table's gradient");
+  const bool node_sum = targets[kNodes];
+  TORCH_CHECK(node_sum != (targets[kRadial] || targets[kHarmonics]), kOp,
+              ": the group blocks form the node sum or the edge gradients, not both");
+  std::array<std::vector<int64_t>, kNumFactors> shapes;
+  std::optional<at::TensorOptions> options;
+  std::array<Tensor, kNumFactors> factor;
+  for (int64_t k = 0; k < kNumFactors; ++k) {
+    // a target's slot may hold its factor: the other edge gradient reads it
+    if (!given[k].has_value() || !given[k]->defined()) {
+      TORCH_CHECK(targets[k], kOp, ": ", kNames[k], " is missing");
+      shapes[k] = target_shapes[k];
+      continue;
+    }
+    factor[k] = given[k]->contiguous();
+    shapes[k] = factor[k].sizes().vec();
+    if (!options) options = factor[k].options();
+    TORCH_CHECK(factor[k].scalar_type() == options->dtype() &&
+                    factor[k].device() == options->device() && factor[k].is_floating_point(),
+                kOp, ": every factor must be a floating-point tensor of one dtype and device (",
+                kNames[k], " differs)");
+  }
+  const Tensor pair_type = pair_type_in.contiguous(), centers = centers_in.contiguous();
+  const Sizes z = check(shapes, pair_type, centers, false);
+  TORCH_CHECK(pair_type.device() == options->device() && centers.device() == options->device(), kOp,
+              ": pair_type and centers must be on the factors' device");
+  // every row of an asked target is written below, unless there is nothing to sum
+  const bool nothing = z.P == 0 || z.R == 0 || z.M() == 0;
+  std::array<Tensor, kNumFactors> out;
+  for (int64_t k = 0; k < kNumFactors; ++k)
+    if (targets[k])
+      out[k] = nothing ? at::zeros(shapes[k], *options) : at::empty(shapes[k], *options);
+  if (z.P == 0) return out;
+  const auto index_options = options->dtype(torch::kLong);
+  sparse_form::check_indices(kOp, torch::empty({0, 0}, index_options), {},
+                             {{pair_type, z.T, "pair_type"}, {centers, z.N, "centers"}});
+  if (nothing) return out;
+  // the edges by centre, then by pair type (stable: the same sums every run), and where
+  // each centre's edges begin
+  const auto [sorted_keys, order] = (centers * z.T + pair_type).sort(true, 0, false);
+  const Tensor offsets =
+      torch::searchsorted(sorted_keys.contiguous(), torch::arange(z.N + 1, index_options) * z.T);
+  AT_DISPATCH_FLOATING_TYPES(options->dtype().toScalarType(), "lorem pair_form groups", [&] {
+    auto data = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
+    pair_groups::PairGroups<scalar_t> g;
+    g.radial = data(factor[kRadial]);
+    g.table = data(factor[kTable]);
+    g.harmonics = data(factor[kHarmonics]);
+    g.node_grad = data(factor[kNodes]);
+    g.pair_type = pair_type.data_ptr<int64_t>();
+    g.order = order.data_ptr<int64_t>();
+    g.offsets = offsets.data_ptr<int64_t>();
+    g.nodes = data(out[kNodes]);
+    g.d_radial = data(out[kRadial]);
+    g.d_harmonics = data(out[kHarmonics]);
+    g.num_nodes = z.N;
+    g.R = z.R;
+    g.D = z.D;
+    g.M = z.M();
+    g.S = z.S;
+    const int64_t scratch = pair_groups::block_scratch(g);
+    if (options->device().is_cuda()) {
+#ifdef LOREM_CUDA_KERNELS
+      const c10::cuda::CUDAGuard guard(options->device());
+      const char* error =
+          pair_groups::launch_on_cuda(g, scratch * static_cast<int64_t>(sizeof(scalar_t)),
+                                      c10::cuda::getCurrentCUDAStream().stream());
+      TORCH_CHECK(error == nullptr, kOp, ": the group-block CUDA kernel failed: ", error);
+      return;
+#else
+      TORCH_CHECK(false, kOp, ": this library was built without its CUDA kernels (LOREM_CUDA_KERNELS)");
+#endif
+    }
+    TORCH_CHECK(options->device().is_cpu(), kOp, ": the group blocks run on CUDA or the CPU");
+    // the blocks are independent (each writes its centre's row and its own edges)
+    at::parallel_for(0, z.N, 16, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> shared(scratch);
+      scalar_t* matrix = shared.data();
+      scalar_t* sums = matrix + z.R * z.M();
+      const auto one_by_one = [](int64_t n, const auto& item) {
+        for (int64_t k = 0; k < n; ++k) item(k);
+      };
+      for (int64_t i = begin; i < end; ++i)
+        pair_groups::centre_block(g, i, matrix, sums, one_by_one);
+    });
+  });
+  return out;
+}
+
+// Whether a group block's matrix fits the shared memory of one block.
+bool groups_fit(const Sizes& z, at::ScalarType dtype, bool node_sum) {
+  const int64_t values = z.R * z.M() + (node_sum ? z.M() * z.S : 0);
+  return values * static_cast<int64_t>(c10::elementSize(dtype)) <= pair_groups::kMaxScratchBytes;
+}
+
+// pair_form as CUDA runs it in a LOREM_CUDA_KERNELS build: the node sum and the edge
+// gradients by the group blocks, the table's gradient (training only) by the sparse-form
+// threads, as is any target whose group matrix would not fit a block's shared memory.
+Tensor pair_form_device(int64_t target, at::IntArrayRef target_shape, const OptionalTensor& radial,
+                        const OptionalTensor& table, const OptionalTensor& harmonics,
+                        const OptionalTensor& node_grad, const Tensor& pair_type,
+                        const Tensor& centers) {
+  TORCH_CHECK(0 <= target && target < kNumFactors, kOp, ": target ", target,
+              " is not a factor slot (0..3)");
+  const std::array<OptionalTensor, kNumFactors> given = {radial, table, harmonics, node_grad};
+  if (target != kTable && given[kTable].has_value() && given[kTable]->defined()) {
+    const Tensor& t = *given[kTable];
+    Sizes z;
+    z.R = t.dim() == 4 ? t.size(1) : 0;
+    z.D = t.dim() == 4 ? t.size(2) : 0;
+    z.S = t.dim() == 4 ? t.size(3) : 0;
+    if (t.dim() == 4 && groups_fit(z, t.scalar_type(), target == kNodes)) {
+      for (int64_t k = 0; k < kNumFactors; ++k)
+        TORCH_CHECK(k == target || (given[k].has_value() && given[k]->defined()), kOp, ": ",
+                    kNames[k], " is missing");
+      TORCH_CHECK(!given[target].has_value() || !given[target]->defined(), kOp,
+                  ": the target's slot (", kNames[target], ") must be None");
+      std::array<bool, kNumFactors> targets = {};
+      targets[target] = true;
+      std::array<std::vector<int64_t>, kNumFactors> shapes;
+      shapes[target] = target_shape.vec();
+      return pair_form_groups(given, targets, shapes, pair_type, centers)[target];
+    }
+  }
+  return pair_form_threads(target, target_shape, radial, table, harmonics, node_grad, pair_type,
+                           centers);
+}
+
+// pair_form_adjoints as CUDA runs it: the radial and harmonic gradients in one pass of the
+// group blocks (one H per group for both), the table's by the sparse-form threads.
 std::vector<Tensor> pair_form_adjoints_device(const Tensor& radial, const Tensor& table,
                                               const Tensor& harmonics, const Tensor& node_grad,
                                               const Tensor& pair_type, const Tensor& centers,
                                               std::array<bool, 3> needed) {
   const std::array<Tensor, kNumFactors> given = {radial, table, harmonics, node_grad};
   std::vector<Tensor> out(3);
+  Sizes z;
+  z.R = table.dim() == 4 ? table.size(1) : 0;
+  z.D = table.dim() == 4 ? table.size(2) : 0;
+  z.S = table.dim() == 4 ? table.size(3) : 0;
+  const bool by_groups = table.dim() == 4 && groups_fit(z, table.scalar_type(), false) &&
+                         (needed[kRadial] || needed[kHarmonics]);
+  if (by_groups) {
+    std::array<bool, kNumFactors> targets = {needed[kRadial], false, needed[kHarmonics], false};
+    std::array<std::vector<int64_t>, kNumFactors> shapes;
+    shapes[kRadial] = radial.sizes().vec();
+    shapes[kHarmonics] = harmonics.sizes().vec();
+    const auto edge = pair_form_groups({radial, table, harmonics, node_grad}, targets, shapes,
+                                       pair_type, centers);
+    out[kRadial] = edge[kRadial];
+    out[kHarmonics] = edge[kHarmonics];
+  }
   for (int64_t k = 0; k < 3; ++k) {
-    if (!needed[k]) continue;
+    if (!needed[k] || out[k].defined()) continue;
     std::array<OptionalTensor, kNumFactors> slots;
     for (int64_t q = 0; q < kNumFactors; ++q)
       slots[q] = q == k ? std::nullopt : OptionalTensor(given[q]);
-    out[k] = pair_form_device(k, given[k].sizes(), slots[0], slots[1], slots[2], slots[3],
-                              pair_type, centers);
+    out[k] = pair_form_threads(k, given[k].sizes(), slots[0], slots[1], slots[2], slots[3],
+                               pair_type, centers);
   }
   return out;
 }
@@ -741,15 +903,25 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
       "Tensor pair_type, Tensor centers, bool[3] needed) -> Tensor[]");
   // the device kernel under its own name (CUDA: the compiled kernel; CPU: its threads
   // one after another, which the tests hold to the CPU kernel)
+  // (the node sum and edge gradients by the group blocks, the table by the sparse-form
+  // threads), the sparse-form threads for every target, and the adjoints as CUDA runs them
   m.def(
       "_pair_form_device(int target, int[] target_shape, Tensor? radial, Tensor? table, "
       "Tensor? harmonics, Tensor? node_grad, Tensor pair_type, Tensor centers) -> Tensor");
+  m.def(
+      "_pair_form_threads_device(int target, int[] target_shape, Tensor? radial, Tensor? table, "
+      "Tensor? harmonics, Tensor? node_grad, Tensor pair_type, Tensor centers) -> Tensor");
+  m.def(
+      "_pair_form_adjoints_device(Tensor radial, Tensor table, Tensor harmonics, "
+      "Tensor node_grad, Tensor pair_type, Tensor centers, bool[3] needed) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(lorem, CPU, m) {
   m.impl("pair_form", &lorem::pair_form_cpu);
   m.impl("pair_form_adjoints", &lorem::pair_form_adjoints_cpu);
   m.impl("_pair_form_device", &lorem::pair_form_device);
+  m.impl("_pair_form_threads_device", &lorem::pair_form_threads);
+  m.impl("_pair_form_adjoints_device", &lorem::pair_form_adjoints_device);
 }
 
 #ifdef LOREM_CUDA_KERNELS
@@ -757,6 +929,8 @@ TORCH_LIBRARY_IMPL(lorem, CUDA, m) {
   m.impl("pair_form", &lorem::pair_form_device);
   m.impl("pair_form_adjoints", &lorem::pair_form_adjoints_device);
   m.impl("_pair_form_device", &lorem::pair_form_device);
+  m.impl("_pair_form_threads_device", &lorem::pair_form_threads);
+  m.impl("_pair_form_adjoints_device", &lorem::pair_form_adjoints_device);
 }
 #endif
 

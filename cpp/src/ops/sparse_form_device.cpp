@@ -18,14 +18,37 @@ namespace {
 
 using torch::Tensor;
 
-// Every index in range, with one copy to the host for all of them; on a failure the error
-// names what the CPU kernels name: the first entry with a column out of range, else the
-// first position of an index tensor (centres before the others) out of range.
-struct IndexCheck {
-  Tensor values;  // int64 [n]
-  int64_t bound;
-  std::string what;  // "centers", "others", "pair_type"
-};
+template <typename T>
+void run_threads(const Form<T>& form, const Tensor& out) {
+  if (out.is_cuda()) {
+#ifdef LOREM_CUDA_KERNELS
+    const c10::cuda::CUDAGuard guard(out.device());
+    const char* error = launch_on_cuda(form, c10::cuda::getCurrentCUDAStream().stream());
+    TORCH_CHECK(error == nullptr, "lorem: the sparse-form CUDA kernel failed: ", error);
+    return;
+#else
+    TORCH_CHECK(false,
+                "lorem: this library was built without its CUDA kernels (LOREM_CUDA_KERNELS)");
+#endif
+  }
+  TORCH_CHECK(out.is_cpu(), "lorem: the sparse-form kernel runs on CUDA or the CPU, not ",
+              out.device());
+  const int64_t total = num_threads(form);
+  if (form.group_kind == kGroupBlock || form.group_kind == kGroupListedBlocks) {
+    // threads add into shared rows: one after another
+    for (int64_t tid = 0; tid < total; ++tid) form_thread(form, tid);
+    return;
+  }
+  at::parallel_for(0, total, 1024, [&](int64_t begin, int64_t end) {
+    for (int64_t tid = begin; tid < end; ++tid) form_thread(form, tid);
+  });
+}
+
+// Members per block of the atomic (weights) target: enough that few blocks meet in one
+// output row, few enough that the GPU has many threads.
+constexpr int64_t kBlock = 64;
+
+}  // namespace
 
 void check_indices(const char* op, const Tensor& entries, const std::vector<int64_t>& column_bounds,
                    std::vector<IndexCheck> checks) {
@@ -72,38 +95,6 @@ void check_indices(const char* op, const Tensor& entries, const std::vector<int6
                 ")");
   }
 }
-
-template <typename T>
-void run_threads(const Form<T>& form, const Tensor& out) {
-  if (out.is_cuda()) {
-#ifdef LOREM_CUDA_KERNELS
-    const c10::cuda::CUDAGuard guard(out.device());
-    const char* error = launch_on_cuda(form, c10::cuda::getCurrentCUDAStream().stream());
-    TORCH_CHECK(error == nullptr, "lorem: the sparse-form CUDA kernel failed: ", error);
-    return;
-#else
-    TORCH_CHECK(false,
-                "lorem: this library was built without its CUDA kernels (LOREM_CUDA_KERNELS)");
-#endif
-  }
-  TORCH_CHECK(out.is_cpu(), "lorem: the sparse-form kernel runs on CUDA or the CPU, not ",
-              out.device());
-  const int64_t total = num_threads(form);
-  if (form.group_kind == kGroupBlock || form.group_kind == kGroupListedBlocks) {
-    // threads add into shared rows: one after another
-    for (int64_t tid = 0; tid < total; ++tid) form_thread(form, tid);
-    return;
-  }
-  at::parallel_for(0, total, 1024, [&](int64_t begin, int64_t end) {
-    for (int64_t tid = begin; tid < end; ++tid) form_thread(form, tid);
-  });
-}
-
-// Members per block of the atomic (weights) target: enough that few blocks meet in one
-// output row, few enough that the GPU has many threads.
-constexpr int64_t kBlock = 64;
-
-}  // namespace
 
 Tensor run(const Problem& p) {
   const FactorSpec& target = p.factors[p.target];

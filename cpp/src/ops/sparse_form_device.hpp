@@ -39,6 +39,17 @@ struct Problem {
   int32_t group_kind = kGroupIsMember;
 };
 
+// Every index in range, with one copy to the host for all of them; on a failure the error
+// names what the CPU kernels name: the first entry with a column out of range, else the
+// first position of an index tensor (centres before the others) out of range.
+struct IndexCheck {
+  torch::Tensor values;  // int64 [n]
+  int64_t bound;
+  std::string what;  // "centers", "others", "pair_type"
+};
+void check_indices(const char* op, const torch::Tensor& entries,
+                   const std::vector<int64_t>& column_bounds, std::vector<IndexCheck> checks);
+
 // dF/d(target) as a new tensor of target_shape on the factors' device.
 torch::Tensor run(const Problem& problem);
 
