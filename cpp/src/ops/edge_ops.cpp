@@ -30,8 +30,10 @@ namespace {
 
 using at::Tensor;
 
-// edges per chunk of the composite kernel: its temporaries are [chunk, (L+1)^2, s]
-constexpr int64_t kChunkEdges = 16384;
+// edges per chunk of the composite kernel: its temporaries are [chunk, (L+1)^2, s]; on a
+// GPU 65,536 (100 MB at L = 6, s = 8 in float32: fewer launches to wait on), elsewhere (the
+// tests' reference) 16,384, so that their problems cross chunks
+int64_t edges_per_chunk(const Tensor& like) { return like.is_cuda() ? 65536 : 16384; }
 
 int64_t max_degree_of_components(int64_t components, const char* op) {
   int64_t degrees = 0;
@@ -305,17 +307,18 @@ Tensor harmonic_adjoint_chunked(const Tensor& node_grad, const Tensor& coefficie
 
 Tensor edges_to_nodes_composite(const Tensor& coefficients, const Tensor& harmonics,
                                 const Tensor& centers, int64_t num_nodes) {
-  return edges_to_nodes_chunked(coefficients, harmonics, centers, num_nodes, kChunkEdges);
+  return edges_to_nodes_chunked(coefficients, harmonics, centers, num_nodes,
+                                edges_per_chunk(coefficients));
 }
 
 Tensor coefficient_adjoint_composite(const Tensor& node_grad, const Tensor& harmonics,
                                      const Tensor& centers) {
-  return coefficient_adjoint_chunked(node_grad, harmonics, centers, kChunkEdges);
+  return coefficient_adjoint_chunked(node_grad, harmonics, centers, edges_per_chunk(harmonics));
 }
 
 Tensor harmonic_adjoint_composite(const Tensor& node_grad, const Tensor& coefficients,
                                   const Tensor& centers) {
-  return harmonic_adjoint_chunked(node_grad, coefficients, centers, kChunkEdges);
+  return harmonic_adjoint_chunked(node_grad, coefficients, centers, edges_per_chunk(coefficients));
 }
 
 // The composite kernels on any device with a chosen chunk length: what tests compare the
@@ -539,9 +542,6 @@ PairTypeOrder checked_pair_types(const Tensor& radial, const Tensor& table, cons
   return pair_type_order(pair_type, table.size(0));
 }
 
-// edges per block of the backward: its temporaries are [block, R + 2 (L+1) s + (L+1)^2]
-constexpr int64_t kPairTypeBlock = 16384;
-
 // On CPU the operator is lorem::pair_form (pair_form_ops.cpp), which groups the edges by
 // centre and pair type itself; the blocked path below serves other devices (and the tests,
 // through lorem::_edges_to_nodes_by_pair_type_blocks).
@@ -607,7 +607,7 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
   }
 
   // Block by block over the edges of each pair type: the coefficient adjoint and the
-  // recomputed coefficients of at most kPairTypeBlock edges at a time, their products with
+  // recomputed coefficients of at most edges_per_chunk edges at a time, their products with
   // the type's table as matrix products, written back into the edge-ordered gradients. All
   // of it is differentiable (force training differentiates this backward).
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -650,11 +650,14 @@ class EdgesToNodesByPairType : public torch::autograd::Function<EdgesToNodesByPa
     Tensor radial_grad = need_radial ? gradient_like(radial) : Tensor();
     Tensor harmonic_grad = need_harmonics ? gradient_like(harmonics) : Tensor();
     std::vector<Tensor> table_grads;
+    // edges per block: its temporaries are [block, R + 2 (L+1) s + (L+1)^2] besides the
+    // adjoints' chunks, which hold as many edges
+    const int64_t block = edges_per_chunk(radial);
     int64_t start = 0;
     for (int64_t t = 0; t < num_types; ++t) {
       Tensor table_grad_t = at::zeros({num_radial, width}, table.options());
-      for (int64_t offset = 0; offset < types.counts[t]; offset += kPairTypeBlock) {
-        const int64_t n = std::min(kPairTypeBlock, types.counts[t] - offset);
+      for (int64_t offset = 0; offset < types.counts[t]; offset += block) {
+        const int64_t n = std::min(block, types.counts[t] - offset);
         const Tensor edges = types.order.narrow(0, start + offset, n);
         const Tensor block_harmonics = harmonics.index_select(0, edges);
         const Tensor block_centers = centers.index_select(0, edges);
