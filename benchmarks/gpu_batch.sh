@@ -19,6 +19,8 @@
 #   parity: the runtime and LAMMPS tests with the C++ side on CUDA
 #      (LOREM_TEST_DEVICE=cuda: pair_style lorem device cuda, lorem_torch._core on cuda)
 #      against the CPU Python references, and the BEC path (check_bec_cuda.py)
+#   profile: where one CUDA step of the default model goes, stage by stage and by operator
+#      (benchmarks/profile_step.py, water 32,832, PME, float32, device synchronised)
 #   lammps: LAMMPS water, default model, float32, device cuda: PME at 12k and 98k atoms,
 #      the Python step beside it, and Ewald at 98k as the baseline on the same card
 #   kspace: the k-space alone on the GPU: Ewald and PME to 10^6 atoms
@@ -28,7 +30,7 @@
 set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
-STEPS=${*:-kernels parity lammps kspace mp million training}
+STEPS=${*:-kernels parity lammps profile kspace mp million training}
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.txt"; }
 
 log "setup"
@@ -109,6 +111,11 @@ for step in $STEPS; do
     log "LAMMPS water, Ewald, device cuda (98k): the baseline on this card"
     timeout 45 python3 benchmarks/bench_lammps.py --device cuda --long-range ewald \
       --replicas 8 --ranks 1 --steps 2 --no-python 2>&1 | tee -a "$OUT/steps.txt"
+    ;;
+  profile)
+    log "one CUDA step by stage and operator: water 32,832, PME, float32"
+    timeout 150 python3 benchmarks/profile_step.py --device cuda --system water32832 \
+      --long-range pme --repeat 3 --top 25 2>&1 | tee -a "$OUT/steps.txt"
     ;;
   kspace)
     log "k-space alone on cuda, to 10^6 atoms"

@@ -31,7 +31,8 @@ Last, one unstaged step runs under torch.profiler and the top operators are prin
 self time and by self memory (bytes allocated minus bytes freed inside the operator,
 which for elementwise products is their outputs).
 
-Systems are those of benchmarks/bench_model.py, plus water4104 (water513 repeated 2 x 2 x 2).
+Systems are those of benchmarks/bench_model.py, plus water4104 and water32832 (water513
+repeated 2 x 2 x 2 and 4 x 4 x 4; the larger one for a GPU).
 If the model has a `fused_edges` switch (fused edge operators), it is left at the model's
 default, or set False with --eager; the first block is split into its scalar and
 spherical parts only on the eager path (checked against initial_features itself).
@@ -52,15 +53,17 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-SYSTEMS = ("water513", "water4104", "nacl4096", "nacl512", "nacl1000", "cluster100")
+SYSTEMS = ("water513", "water4104", "water32832", "nacl4096", "nacl512", "nacl1000", "cluster100")
 
 
 def build_system(name: str):
-    """The ASE Atoms of a named system (bench_model.py's, and water4104)."""
+    """The ASE Atoms of a named system (bench_model.py's, water4104 and water32832)."""
     from bench_model import build
 
     if name == "water4104":
         return build("water513").repeat((2, 2, 2))
+    if name == "water32832":
+        return build("water513").repeat((4, 4, 4))
     return build(name)
 
 
