@@ -251,7 +251,7 @@ def harmonics_args(kind, vectors, gradient, direction, terms, coefficients):
 
 def edge_harmonics(args, dtype, device):
     """The edge harmonics and their derivatives: one thread per edge against the torch-op
-    kernel over chunks of 16,384 edges (what CUDA runs without the kernels)."""
+    kernel over chunks of 65,536 edges (what CUDA runs without the kernels)."""
     problem = harmonics_problem(args.atoms * args.edges_per_atom, dtype, device)
     for kind, label in enumerate(HARMONICS_KINDS):
         call_args = harmonics_args(kind, *problem)

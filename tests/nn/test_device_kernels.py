@@ -200,6 +200,18 @@ def test_pair_form_adjoints_as_cuda_runs_them(
             assert actual[k] is None
 
 
+def test_group_blocks_with_no_channels():
+    """No channels: an empty node sum, and zero edge gradients (H sums no channel)."""
+    factors, pair_type, centers = pair_form_problem(30, 6, 3, 4, 3, 0)
+    for target in (0, 2, 3):
+        expected = pair_form_call(ops.pair_form, target, factors, pair_type, centers)
+        actual = pair_form_call(ops._pair_form_device, target, factors, pair_type, centers)
+        assert actual.shape == expected.shape
+        assert_close(actual, expected, 1e-12)
+    adjoints = ops._pair_form_adjoints_device(*factors, pair_type, centers, [True, False, True])
+    assert adjoints[0].abs().max() == 0 and adjoints[2].abs().max() == 0
+
+
 def test_group_blocks_sum_each_centre_by_pair_type():
     """A centre whose edges alternate between pair types, a centre of one edge and atoms
     without edges: the group blocks take each centre's runs of one type (many groups)."""
@@ -398,6 +410,12 @@ def test_harmonics_threads_check_their_inputs():
         ops._harmonics_device(0, vectors[:, :2], None, None, terms, coefficients, 49)
     with pytest.raises(RuntimeError, match="gradient must be \\[5, 49\\]"):
         ops._harmonics_device(1, vectors, gradient[:, :9], None, terms, coefficients, 49)
+    with pytest.raises(RuntimeError, match="this kind takes no gradient"):
+        ops._harmonics_device(0, vectors, gradient, None, terms, coefficients, 49)
+    with pytest.raises(RuntimeError, match="this kind needs a direction"):
+        ops._harmonics_device(3, vectors, gradient, None, terms, coefficients, 49)
+    with pytest.raises(RuntimeError, match="this kind needs a gradient"):
+        ops.harmonics_chunked(1, vectors, None, None, terms, coefficients, 49)
     high = terms.clone()
     high[0, 1] = 13  # x^13: more powers than a thread holds
     with pytest.raises(RuntimeError, match="powers up to 12, these terms need 13"):

@@ -372,7 +372,8 @@ struct TermTensors {
 void run_chunked(Kind kind, const Polynomials& p, const Tensor& vectors, const Tensor& gradient,
                  const Tensor& direction, Tensor& out) {
   // large enough that a GPU is not held up by launches (each chunk is a few dozen torch
-  // operations), small enough to bound the [chunk, terms] temporaries (~45 MB in float32)
+  // operations), small enough to bound the [chunk, terms] temporaries (a few alive at
+  // once, each up to 45 MB in float32 and 90 MB in float64 for the 172 terms of L = 6)
   constexpr int64_t kChunk = 65536;
   const int64_t P = vectors.size(0);
   std::vector<TermTensors> lists;
@@ -530,6 +531,13 @@ Tensor evaluate(Kind kind, Path path, const Tensor& vectors_in, const Tensor& gr
   const Tensor vectors = vectors_in.contiguous();
   const Tensor gradient = gradient_in.defined() ? gradient_in.contiguous() : Tensor();
   const Tensor direction = direction_in.defined() ? direction_in.contiguous() : Tensor();
+  // the kinds' operands: a gradient for vjp and hvp, a direction for jvp and hvp, no other
+  const bool takes_gradient = kind == Kind::kVjp || kind == Kind::kHvp;
+  const bool takes_direction = kind == Kind::kJvp || kind == Kind::kHvp;
+  TORCH_CHECK(gradient.defined() == takes_gradient, op, ": this kind ",
+              takes_gradient ? "needs a gradient" : "takes no gradient");
+  TORCH_CHECK(direction.defined() == takes_direction, op, ": this kind ",
+              takes_direction ? "needs a direction" : "takes no direction");
   if (gradient.defined()) check_companion(gradient, vectors, num_components, "gradient", op);
   if (direction.defined()) check_companion(direction, vectors, 3, "direction", op);
   const Polynomials p = read_polynomials(terms, coefficients, num_components, op);

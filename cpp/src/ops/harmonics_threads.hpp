@@ -6,7 +6,7 @@
 // A thread owns one edge: the powers of its vector's components, then every output of the
 // kind as a run of terms k_t x^a y^b z^c (times G[m_t] and D[axis_t] where the kind has a
 // gradient or a direction), the term list sorted by output once per call on the host.
-// Where CUDA would otherwise run the torch-op kernel over chunks of 16,384 edges (a dozen
+// Where CUDA would otherwise run the torch-op kernel over chunks of edges (a few dozen
 // launches per chunk and kind), this is one launch per call.
 #pragma once
 

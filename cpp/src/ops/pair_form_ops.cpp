@@ -656,7 +656,8 @@ std::array<Tensor, kNumFactors> pair_form_groups(
   const auto index_options = options->dtype(torch::kLong);
   sparse_form::check_indices(kOp, torch::empty({0, 0}, index_options), {},
                              {{pair_type, z.T, "pair_type"}, {centers, z.N, "centers"}});
-  if (nothing) return out;
+  // nothing to write (no atoms, or no channels for the node sum)
+  if (nothing || (node_sum ? out[kNodes].numel() == 0 : z.N == 0)) return out;
   // the edges by centre, then by pair type (stable: the same sums every run), and where
   // each centre's edges begin
   const auto [sorted_keys, order] = (centers * z.T + pair_type).sort(true, 0, false);
@@ -672,6 +673,7 @@ std::array<Tensor, kNumFactors> pair_form_groups(
     g.pair_type = pair_type.data_ptr<int64_t>();
     g.order = order.data_ptr<int64_t>();
     g.offsets = offsets.data_ptr<int64_t>();
+    g.node_sum = node_sum;
     g.nodes = data(out[kNodes]);
     g.d_radial = data(out[kRadial]);
     g.d_harmonics = data(out[kHarmonics]);
@@ -697,22 +699,20 @@ std::array<Tensor, kNumFactors> pair_form_groups(
     // the blocks are independent (each writes its centre's row and its own edges)
     at::parallel_for(0, z.N, 16, [&](int64_t begin, int64_t end) {
       std::vector<scalar_t> shared(scratch);
-      scalar_t* matrix = shared.data();
-      scalar_t* sums = matrix + z.R * z.M();
       const auto one_by_one = [](int64_t n, const auto& item) {
         for (int64_t k = 0; k < n; ++k) item(k);
       };
       for (int64_t i = begin; i < end; ++i)
-        pair_groups::centre_block(g, i, matrix, sums, one_by_one);
+        pair_groups::centre_block(g, i, shared.data(), one_by_one);
     });
   });
   return out;
 }
 
 // Whether a group block's matrix fits the shared memory of one block.
-bool groups_fit(const Sizes& z, at::ScalarType dtype, bool node_sum) {
-  const int64_t values = z.R * z.M() + (node_sum ? z.M() * z.S : 0);
-  return values * static_cast<int64_t>(c10::elementSize(dtype)) <= pair_groups::kMaxScratchBytes;
+bool groups_fit(const Sizes& z, at::ScalarType dtype) {
+  return z.R * z.M() * static_cast<int64_t>(c10::elementSize(dtype)) <=
+         pair_groups::kMaxScratchBytes;
 }
 
 // pair_form as CUDA runs it in a LOREM_CUDA_KERNELS build: the node sum and the edge
@@ -731,7 +731,7 @@ Tensor pair_form_device(int64_t target, at::IntArrayRef target_shape, const Opti
     z.R = t.dim() == 4 ? t.size(1) : 0;
     z.D = t.dim() == 4 ? t.size(2) : 0;
     z.S = t.dim() == 4 ? t.size(3) : 0;
-    if (t.dim() == 4 && groups_fit(z, t.scalar_type(), target == kNodes)) {
+    if (t.dim() == 4 && groups_fit(z, t.scalar_type())) {
       for (int64_t k = 0; k < kNumFactors; ++k)
         TORCH_CHECK(k == target || (given[k].has_value() && given[k]->defined()), kOp, ": ",
                     kNames[k], " is missing");
@@ -760,7 +760,7 @@ std::vector<Tensor> pair_form_adjoints_device(const Tensor& radial, const Tensor
   z.R = table.dim() == 4 ? table.size(1) : 0;
   z.D = table.dim() == 4 ? table.size(2) : 0;
   z.S = table.dim() == 4 ? table.size(3) : 0;
-  const bool by_groups = table.dim() == 4 && groups_fit(z, table.scalar_type(), false) &&
+  const bool by_groups = table.dim() == 4 && groups_fit(z, table.scalar_type()) &&
                          (needed[kRadial] || needed[kHarmonics]);
   if (by_groups) {
     std::array<bool, kNumFactors> targets = {needed[kRadial], false, needed[kHarmonics], false};

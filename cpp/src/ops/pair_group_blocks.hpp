@@ -36,17 +36,17 @@ struct PairGroups {
   const int64_t* order = nullptr;      // [P] the edges by centre, then by pair type
   const int64_t* offsets = nullptr;    // [N + 1]: centre i's edges are order[offsets[i] ..
                                        // offsets[i + 1])
-  T* nodes = nullptr;                  // [N, M, S] the node sum, or null
+  bool node_sum = false;               // the node sum (nodes), else the edge gradients
+  T* nodes = nullptr;                  // [N, M, S] the node sum
   T* d_radial = nullptr;               // [P, R], or null
   T* d_harmonics = nullptr;            // [P, M], or null
   int64_t num_nodes = 0, R = 0, D = 0, M = 0, S = 0;
 };
 
-// Shared values a block needs: the group's matrix [R, M] and, for the node sum, the
-// centre's sums [M, S].
+// Shared values a block needs: the group's matrix [R, M].
 template <typename T>
 LOREM_HOST_DEVICE inline int64_t block_scratch(const PairGroups<T>& g) {
-  return g.R * g.M + (g.nodes ? g.M * g.S : 0);
+  return g.R * g.M;
 }
 
 LOREM_HOST_DEVICE inline int64_t degree_of(int64_t m) {
@@ -55,17 +55,19 @@ LOREM_HOST_DEVICE inline int64_t degree_of(int64_t m) {
   return l;
 }
 
-// Centre i's block: `matrix` and `sums` are its shared scratch. Every call of for_each is
-// reached by the whole block (the loop bounds depend on i only), so its barriers match.
+// Centre i's block: `matrix` is its shared scratch. Every call of for_each is reached by
+// the whole block (the loop bounds depend on i only), so its barriers match. The centre's
+// node sums accumulate in its output row: item k of a node-sum phase is always value k.
 #if defined(__CUDACC__)
 #pragma nv_exec_check_disable
 #endif
 template <typename T, typename ForEach>
-LOREM_HOST_DEVICE void centre_block(const PairGroups<T>& g, int64_t i, T* matrix, T* sums,
+LOREM_HOST_DEVICE void centre_block(const PairGroups<T>& g, int64_t i, T* matrix,
                                     const ForEach& for_each) {
   const int64_t R = g.R, D = g.D, M = g.M, S = g.S;
   const int64_t begin = g.offsets[i], end = g.offsets[i + 1];
-  const bool node_sum = g.nodes != nullptr;
+  const bool node_sum = g.node_sum;
+  T* sums = node_sum ? g.nodes + i * M * S : nullptr;
   if (node_sum) for_each(M * S, [&](int64_t k) { sums[k] = T(0); });
   for (int64_t first = begin; first < end;) {
     const int64_t t = g.pair_type[g.order[first]];
@@ -119,7 +121,6 @@ LOREM_HOST_DEVICE void centre_block(const PairGroups<T>& g, int64_t i, T* matrix
     }
     first = last;
   }
-  if (node_sum) for_each(M * S, [&](int64_t k) { g.nodes[i * M * S + k] = sums[k]; });
 }
 
 // The GPU launch (pair_group_cuda.cu, compiled when LOREM_CUDA_KERNELS is on): one block

@@ -23,8 +23,7 @@ template <typename T>
 __global__ void __launch_bounds__(kThreadsPerBlock) pair_group_kernel(const PairGroups<T> groups) {
   extern __shared__ __align__(16) unsigned char scratch[];
   T* matrix = reinterpret_cast<T*>(scratch);
-  T* sums = matrix + groups.R * groups.M;
-  centre_block(groups, static_cast<int64_t>(blockIdx.x), matrix, sums, BlockForEach{});
+  centre_block(groups, static_cast<int64_t>(blockIdx.x), matrix, BlockForEach{});
 }
 
 }  // namespace
