@@ -2,7 +2,8 @@
 one call per target, on random factors of a water box's size (default 12,288 atoms, 58
 edges per atom, L = 6, s = 8): message_form, coupling_form and pair_sum_form (290 pairs
 per atom, 10 channels) against their chunked torch paths; the edge harmonics and their
-derivatives (one thread per edge) against the torch-op kernel over chunks; and the first
+derivatives (one thread per edge) and the PME mesh operators (one thread per atom) against
+their torch-op kernels over chunks; and the first
 block (pair_form, 4 pair types of which each centre sees 2, 32 radial functions): the
 node sum with the gradients forces need by the group blocks, by the per-value threads and
 by the blocked torch path, side by side. First, in float64 on a smaller problem, each
@@ -165,6 +166,27 @@ def check_against_cpu(device):
         scale = max(expected.abs().max().item(), 1.0)
         worst = max(worst, (actual - expected).abs().max().item() / scale)
     print(f"  harmonics: {worst:.1e} over 4 kinds")
+    worst = 0.0
+    coordinates, charges, directions, brick = mesh_problem(300, torch.float64, "cpu")
+    for name in ("spread", "interpolate", "gradient"):
+        for h in (None, directions):
+            call_args = mesh_args(name, coordinates, charges, h, brick)
+            reference = ops._mesh_op_by_chunks(*call_args, 1000)  # the CPU kernel's reference
+            expected = {
+                "spread": lambda: ops.mesh_spread(charges, coordinates, h, [0] * 3, MESH, MESH, 6),
+                "interpolate": lambda: ops.mesh_interpolate(
+                    brick, coordinates, h, [0] * 3, MESH, 6
+                ),
+                "gradient": lambda: ops.mesh_gradient(
+                    brick, charges, coordinates, h, [0] * 3, MESH, 6
+                ),
+            }[name]()
+            assert (expected - reference).abs().max() < 1e-9  # the CPU kernel is what it is
+            moved = [a.to(device) if isinstance(a, torch.Tensor) else a for a in call_args]
+            actual = ops._mesh_op_device(*moved).cpu()
+            scale = max(expected.abs().max().item(), 1.0)
+            worst = max(worst, (actual - expected).abs().max().item() / scale)
+    print(f"  mesh operators: {worst:.1e} over 3 operators with and without directions")
 
 
 def main(argv=None):
@@ -212,7 +234,45 @@ def main(argv=None):
             chunked_mb = (torch.cuda.max_memory_allocated() - base) / 2**20
             print(f"| {name} | peak MB, last target | {kernel_mb:.0f} | {chunked_mb:.0f} | |")
     edge_harmonics(args, dtype, device)
+    mesh_operators(args, dtype, device)
     first_block(args, dtype, device)
+
+
+MESH = [48, 48, 48]  # about 1 A spacing for 12,288 water atoms
+
+
+def mesh_problem(atoms, dtype, device, channels=9, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=generator, dtype=torch.float64).to(dtype).to(device)
+
+    coordinates = rand(atoms, 3) * torch.tensor(MESH, dtype=dtype, device=device)
+    charges, directions = rand(atoms, channels) - 0.5, rand(atoms, 3) - 0.5
+    brick = rand(channels, *MESH) - 0.5
+    return coordinates, charges, directions, brick
+
+
+def mesh_args(name, coordinates, charges, directions, brick, order=6):
+    first, second = (charges, None) if name == "spread" else (brick, charges)
+    if name == "interpolate":
+        second = None
+    return name, first, second, coordinates, directions, [0, 0, 0], MESH, MESH, order
+
+
+def mesh_operators(args, dtype, device):
+    """The PME mesh operators (order 6, 9 channels, the whole periodic mesh), with and
+    without directions: one thread per atom against the torch-op kernel over chunks of
+    atoms (what CUDA runs without the kernels; its own chunk length)."""
+    coordinates, charges, directions, brick = mesh_problem(args.atoms, dtype, device)
+    chunk = max(1, (1 << 22) // (6**3 * charges.shape[1]))
+    for name in ("spread", "interpolate", "gradient"):
+        for h in (None, directions):
+            call_args = mesh_args(name, coordinates, charges, h, brick)
+            fast = seconds(lambda: ops._mesh_op_device(*call_args), device, args.repeats)
+            slow = seconds(lambda: ops._mesh_op_by_chunks(*call_args, chunk), device, args.repeats)
+            label = f"{name}{' with directions' if h is not None else ''}"
+            print(f"| mesh | {label} | {1e3 * fast:.2f} | {1e3 * slow:.2f} | {slow / fast:.2f}x |")
 
 
 def harmonics_problem(edges, dtype, device, seed=0):

@@ -13,8 +13,9 @@
 #      operators' CUDA kernels (LOREM_CUDA_KERNELS=ON; LOREM_GPU_KERNELS=off builds without,
 #      as does a failed build with them)
 #   kernels: the CUDA kernels (sparse forms: message, coupling, pair, pair-sum; pair_form's
-#      group blocks; the edge harmonics) against the CPU kernels in float64
-#      (tests/nn/test_device_kernels.py) and against the torch paths in time
+#      group blocks; the edge harmonics; the PME mesh operators) against the CPU kernels in
+#      float64 (tests/nn/test_device_kernels.py, tests/long_range/test_mesh_ops.py) and
+#      against the torch paths in time
 #      (benchmarks/bench_device_kernels.py)
 #   parity: the runtime and LAMMPS tests with the C++ side on CUDA
 #      (LOREM_TEST_DEVICE=cuda: pair_style lorem device cuda, lorem_torch._core on cuda)
@@ -72,8 +73,8 @@ for step in $STEPS; do
     log "CUDA kernels of the sparse forms: == CPU kernel (float64), time vs the torch paths"
     python3 -c "import torch, lorem_torch; print('cuda kernels compiled:', torch.ops.lorem.cuda_kernels_compiled())" \
       2>&1 | tee -a "$OUT/steps.txt"
-    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/nn/test_device_kernels.py \
-      > "$OUT/kernel_tests.txt" 2>&1
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/nn/test_device_kernels.py \
+      tests/long_range/test_mesh_ops.py > "$OUT/kernel_tests.txt" 2>&1
     echo "pytest rc=$?" >> "$OUT/kernel_tests.txt"
     tail -4 "$OUT/kernel_tests.txt" | tee -a "$OUT/steps.txt"
     timeout 120 python3 benchmarks/bench_device_kernels.py --device cuda 2>&1 | tee -a "$OUT/steps.txt"

@@ -20,7 +20,7 @@ mapfile -t includes < <(CUDA_HOME=$cuda_home "$python" -c \
   "import torch.utils.cpp_extension as c; print('\n'.join('-I' + p for p in c.include_paths()))")
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-for kernel in sparse_form_cuda pair_group_cuda harmonics_cuda; do
+for kernel in sparse_form_cuda pair_group_cuda harmonics_cuda mesh_cuda; do
   echo "nvcc $(nvcc --version | tail -1): $kernel.cu for sm_$sm"
   nvcc -std=c++17 -O3 -arch="sm_$sm" -Werror all-warnings -c "cpp/src/ops/$kernel.cu" \
     -o "$out/$kernel.o"
@@ -31,7 +31,7 @@ echo "g++: the operators' CUDA glue (LOREM_CUDA_KERNELS) against $("$python" -c 
   'import torch; print(torch.__version__)')"
 for source in cpp/src/ops/sparse_form_device.cpp cpp/src/ops/coupling_ops.cpp \
   cpp/src/ops/pair_form_ops.cpp cpp/src/ops/pair_sum_ops.cpp cpp/src/ops/edge_ops.cpp \
-  cpp/src/ops/harmonics_ops.cpp \
+  cpp/src/ops/harmonics_ops.cpp cpp/src/ops/mesh_ops.cpp \
   cpp/src/ops/message_ops.cpp; do
   g++ -std=c++20 -fsyntax-only -Wno-psabi -fopenmp -DLOREM_CUDA_KERNELS -D_GLIBCXX_USE_CXX11_ABI=1 \
     "${includes[@]}" -I"$cuda_home/include" "$source"

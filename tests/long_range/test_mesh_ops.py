@@ -288,3 +288,108 @@ def test_mesh_convolve_refusals():
         torch.ops.lorem.mesh_convolve(mesh_values, kernel.float())
     with pytest.raises(RuntimeError, match=r"mesh must be \[C, N0, N1, N2\]"):
         torch.ops.lorem.mesh_convolve(mesh_values[0], kernel)
+
+
+# -- the device kernel's threads (cpp/src/ops/mesh_threads.hpp), run on the CPU --
+
+
+@pytest.mark.parametrize("order", [4, 6, 8, 10])
+@pytest.mark.parametrize("directional", [False, True])
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_device_threads_equal_the_cpu_kernels(order, directional, dtype, tolerance):
+    """One thread per atom (what a LOREM_CUDA_KERNELS build runs on CUDA) == the CPU
+    kernels, on the whole periodic mesh (stencils wrapping around) and on a brick, with
+    zero charges, every order, float64 and float32."""
+    pme, cell, positions, charges = setup(num_atoms=25, order=order)
+    mesh = pme.mesh_shape(cell)
+    u = pme.mesh_coordinates(positions, cell, mesh).detach().to(dtype)
+    q = charges.detach().clone().to(dtype)
+    q[3] = 0.0
+    q[5, 1] = 0.0
+    h = torch.randn(25, 3, dtype=torch.float64).to(dtype) if directional else None
+    for lo, shape in bricks(pme, positions, cell, mesh):
+        brick = torch.randn(3, *shape, dtype=torch.float64).to(dtype)
+        cases = {
+            "spread": (torch.ops.lorem.mesh_spread(q, u, h, lo, shape, mesh, order), q, None),
+            "interpolate": (
+                torch.ops.lorem.mesh_interpolate(brick, u, h, lo, mesh, order),
+                brick,
+                None,
+            ),
+            "gradient": (
+                torch.ops.lorem.mesh_gradient(brick, q, u, h, lo, mesh, order),
+                brick,
+                q,
+            ),
+        }
+        for name, (expected, first, second) in cases.items():
+            actual = torch.ops.lorem._mesh_op_device(
+                name, first, second, u, h, lo, shape, mesh, order
+            )
+            assert actual.shape == expected.shape
+            scale = max(float(expected.abs().max()), 1.0)
+            assert float((actual - expected).abs().max()) <= tolerance * scale, name
+
+
+def test_device_threads_refuse_as_the_cpu_kernels_do():
+    pme, cell, positions, charges = setup(num_atoms=10, order=6)
+    mesh = pme.mesh_shape(cell)
+    lo, shape = pme.brick_of_atoms(positions, cell, mesh)
+    u = pme.mesh_coordinates(positions, cell, mesh).detach()
+    q = charges.detach()
+    device = torch.ops.lorem._mesh_op_device
+    moved = [lo[0] + 1, lo[1], lo[2]]
+    with pytest.raises(RuntimeError, match="outside the brick"):
+        device("spread", q, None, u, None, moved, shape, mesh, 6)
+    bad = u.clone()
+    bad[3, 1] = float("nan")
+    bad[7, 0] = float("inf")
+    for name, first, second in (
+        ("spread", q, None),
+        ("interpolate", torch.randn(3, *mesh, dtype=torch.float64), None),
+        ("gradient", torch.randn(3, *mesh, dtype=torch.float64), q),
+    ):
+        with pytest.raises(RuntimeError, match=f"lorem::mesh_{name}: mesh coordinates of atom 3"):
+            device(name, first, second, bad, None, [0, 0, 0], mesh, mesh, 6)
+    # the first bad atom decides: atom 2 outside the brick comes before atom 3's NaN
+    outside = bad.clone()
+    outside[2] = outside[2] - 40.0
+    with pytest.raises(RuntimeError, match="outside the brick"):
+        device("spread", q, None, outside, None, lo, shape, mesh, 6)
+    with pytest.raises(RuntimeError, match="PME order must be 4, 6, 8 or 10"):
+        device("spread", q, None, u, None, lo, shape, mesh, 5)
+    with pytest.raises(RuntimeError, match="outside the brick"):  # an empty brick
+        device("spread", q, None, u, None, [1, 1, 1], [0, 0, 0], mesh, 4)
+    brick = torch.full((3, *mesh), float("nan"), dtype=torch.float64)
+    zero = q.clone()
+    zero[2] = 0.0
+    assert torch.isnan(device("gradient", brick, zero, u, None, [0, 0, 0], mesh, mesh, 4)[2]).all()
+
+
+CUDA_KERNELS = torch.cuda.is_available() and torch.ops.lorem.cuda_kernels_compiled()
+
+
+@pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build")
+@pytest.mark.parametrize("directional", [False, True])
+def test_cuda_mesh_kernel_equals_the_cpu_kernel(directional):
+    """The operators on CUDA take the kernel in such a build: == the CPU kernels, float64,
+    3,000 atoms, order 6, the whole mesh and a brick."""
+    pme, cell, positions, charges = setup(num_atoms=3000, order=6)
+    mesh = pme.mesh_shape(cell)
+    u = pme.mesh_coordinates(positions, cell, mesh).detach()
+    q = charges.detach()
+    h = torch.randn(3000, 3, dtype=torch.float64) if directional else None
+    for lo, shape in bricks(pme, positions, cell, mesh):
+        brick = torch.randn(3, *shape, dtype=torch.float64)
+        on = [t.cuda() if t is not None else None for t in (q, u, h, brick)]
+        pairs = [
+            (torch.ops.lorem.mesh_spread(q, u, h, lo, shape, mesh, 6),
+             torch.ops.lorem.mesh_spread(on[0], on[1], on[2], lo, shape, mesh, 6)),
+            (torch.ops.lorem.mesh_interpolate(brick, u, h, lo, mesh, 6),
+             torch.ops.lorem.mesh_interpolate(on[3], on[1], on[2], lo, mesh, 6)),
+            (torch.ops.lorem.mesh_gradient(brick, q, u, h, lo, mesh, 6),
+             torch.ops.lorem.mesh_gradient(on[3], on[0], on[1], on[2], lo, mesh, 6)),
+        ]  # fmt: skip
+        for expected, actual in pairs:
+            scale = max(float(expected.abs().max()), 1.0)
+            assert float((actual.cpu() - expected).abs().max()) <= 1e-12 * scale

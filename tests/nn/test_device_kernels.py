@@ -452,10 +452,37 @@ def harmonics_on_threads(kind):
     return run
 
 
+def mesh_spread_on_threads(charges, coordinates, directions, lo, shape, mesh, order):
+    return ops._mesh_op_device(
+        "spread", charges, None, coordinates, directions, lo, shape, mesh, order
+    )
+
+
+def mesh_interpolate_on_threads(brick, coordinates, directions, lo, mesh, order):
+    shape = list(brick.shape[1:])
+    return ops._mesh_op_device(
+        "interpolate", brick, None, coordinates, directions, lo, shape, mesh, order
+    )
+
+
+def mesh_gradient_on_threads(brick, charges, coordinates, directions, lo, mesh, order):
+    shape = list(brick.shape[1:])
+    return ops._mesh_op_device(
+        "gradient", brick, charges, coordinates, directions, lo, shape, mesh, order
+    )
+
+
+MESH_OPS = {
+    "mesh_spread": mesh_spread_on_threads,
+    "mesh_interpolate": mesh_interpolate_on_threads,
+    "mesh_gradient": mesh_gradient_on_threads,
+}
+
+
 @contextlib.contextmanager
 def device_kernels_on_cpu():
-    """Routes the CPU dispatch of the four forms (and of pair_form's adjoints) and of the
-    edge harmonics to the device kernels' threads, counting the calls; on leaving, the
+    """Routes the CPU dispatch of the four forms (and of pair_form's adjoints), of the
+    edge harmonics and of the PME mesh operators to the device kernels' threads, counting the calls; on leaving, the
     registrations go and the CPU kernels are back."""
     calls = {}
 
@@ -482,6 +509,8 @@ def device_kernels_on_cpu():
             library.impl("pair_form_adjoints", adjoints, "CPU")
             for kind, name in enumerate(HARMONICS_OPS):
                 library.impl(name, routed(name, harmonics_on_threads(kind)), "CPU")
+            for name, device_op in MESH_OPS.items():
+                library.impl(name, routed(name, device_op), "CPU")
         yield calls
     finally:
         library._destroy()
@@ -492,12 +521,12 @@ def model_step(model, atoms_list):
     return [out["energy"], out["forces"], out["stress"], *force_loss_gradients(model, atoms_list)]
 
 
-@pytest.mark.parametrize("layers", [0, 1])
-def test_model_on_the_kernel_threads_equals_the_cpu_kernels(layers):
+@pytest.mark.parametrize("layers, long_range", [(0, "ewald"), (1, "ewald"), (0, "pme")])
+def test_model_on_the_kernel_threads_equals_the_cpu_kernels(layers, long_range):
     """Energy, forces, stress and the force-training gradients of a model whose four forms
     and edge harmonics all run on the device kernels' threads (as a LOREM_CUDA_KERNELS build runs them on
     CUDA, first and second derivatives included) == the CPU kernels, float64."""
-    model = small_model(num_message_passing=layers)
+    model = small_model(num_message_passing=layers, long_range={"method": long_range})
     atoms_list = [triclinic_water()]
     expected = model_step(model, atoms_list)
     with device_kernels_on_cpu() as calls:
@@ -506,6 +535,8 @@ def test_model_on_the_kernel_threads_equals_the_cpu_kernels(layers):
     # force training differentiates vjp in its gradient (jvp); hvp, its derivative in the
     # vectors, is not reached by parameter gradients
     names |= {"harmonics", "harmonics_vjp", "harmonics_jvp"}
+    if long_range == "pme":
+        names |= set(MESH_OPS)
     if layers:
         names.add("message_form")
     assert names <= set(calls), sorted(set(names) - set(calls))

@@ -43,10 +43,17 @@
 #include <vector>
 
 #include "channel_lanes.hpp"
+#include "mesh_threads.hpp"
+
+#ifdef LOREM_CUDA_KERNELS
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
 namespace {
 
 using at::Tensor;
+namespace mesh_threads = lorem::mesh_threads;
 
 constexpr int64_t kMaxOrder = 10;            // PME orders 4, 6, 8, 10 (long_range/accuracy.py)
 constexpr int64_t kChunkElements = 1 << 22;  // composite kernel: [atoms, p^3, C] per chunk
@@ -770,6 +777,134 @@ Tensor mesh_op_by_chunks(const std::string& name, const Tensor& first,
   TORCH_CHECK(false, "lorem::_mesh_op_by_chunks: unknown operator '", name, "'");
 }
 
+// -- device kernel: one thread per atom (mesh_threads.hpp) --
+
+// The operator `kind` by the threads: on CUDA the compiled kernel (LOREM_CUDA_KERNELS), on
+// the CPU one atom after another (what the tests hold to the CPU kernel). The inputs are
+// checked by the callers; the atoms' coordinates here, with one copy to the host, and the
+// first bad atom named as the CPU kernel names it.
+Tensor mesh_on_threads(int32_t kind, const Tensor& first, const Tensor& second,
+                       const Tensor& coordinates, const c10::optional<Tensor>& directions,
+                       const Brick& brick, const char* op) {
+  const int64_t atoms = coordinates.size(0);
+  const int64_t channels = kind == mesh_threads::kSpread ? first.size(1) : first.size(0);
+  const auto options = first.options();
+  Tensor out = kind == mesh_threads::kSpread
+                   ? at::zeros({channels, brick.shape[0], brick.shape[1], brick.shape[2]}, options)
+                   : at::zeros({atoms, kind == mesh_threads::kInterpolate ? channels : 3}, options);
+  if (atoms == 0) return out;
+  const Tensor u = coordinates.contiguous();
+  const Tensor a = first.contiguous();
+  const Tensor b = second.defined() ? second.contiguous() : Tensor();
+  const Tensor h = has(directions) ? directions->contiguous() : Tensor();
+  Tensor status = at::empty({atoms}, options.dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "lorem mesh threads", [&] {
+    mesh_threads::MeshForm<scalar_t> form;
+    form.coordinates = u.data_ptr<scalar_t>();
+    if (kind == mesh_threads::kSpread) {
+      form.charges = a.data_ptr<scalar_t>();
+    } else {
+      form.brick = a.data_ptr<scalar_t>();
+      if (b.defined()) form.charges = b.data_ptr<scalar_t>();
+    }
+    form.directions = h.defined() ? h.data_ptr<scalar_t>() : nullptr;
+    form.out = out.data_ptr<scalar_t>();
+    form.status = status.data_ptr<int32_t>();
+    for (int axis = 0; axis < 3; ++axis) {
+      form.lo[axis] = brick.lo[axis];
+      form.shape[axis] = brick.shape[axis];
+      form.mesh[axis] = brick.mesh[axis];
+    }
+    form.periodic = brick.periodic ? 1 : 0;
+    form.order = static_cast<int32_t>(brick.order);
+    form.kind = kind;
+    form.atoms = atoms;
+    form.channels = channels;
+    if (out.is_cuda()) {
+#ifdef LOREM_CUDA_KERNELS
+      const c10::cuda::CUDAGuard guard(out.device());
+      const char* error =
+          mesh_threads::launch_on_cuda(form, c10::cuda::getCurrentCUDAStream().stream());
+      TORCH_CHECK(error == nullptr, op, ": the CUDA kernel failed: ", error);
+      return;
+#else
+      TORCH_CHECK(false, op, ": this library was built without its CUDA kernels (LOREM_CUDA_KERNELS)");
+#endif
+    }
+    TORCH_CHECK(out.is_cpu(), op, ": the mesh threads run on CUDA or the CPU, not ", out.device());
+    if (kind == mesh_threads::kSpread) {  // the atoms add into shared mesh points: in order
+      for (int64_t i = 0; i < atoms; ++i) mesh_threads::atom_thread(form, i);
+    } else {
+      at::parallel_for(0, atoms, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) mesh_threads::atom_thread(form, i);
+      });
+    }
+  });
+  const Tensor bad = status.ne(0);
+  if (bad.any().item<bool>()) {  // the first bad atom, named as the CPU kernel names it
+    const int64_t i = bad.nonzero()[0][0].item<int64_t>();
+    TORCH_CHECK(status[i].item<int32_t>() != mesh_threads::kNotFinite, op,
+                ": mesh coordinates of atom ", i, " are not finite (or beyond 4.5e15 mesh points)");
+    TORCH_CHECK(false, "PME: atoms reach mesh points outside the brick (lo ", list_string(brick.lo),
+                ", shape ", list_string(brick.shape), "); compute the brick with brick_for");
+  }
+  return out;
+}
+
+Tensor mesh_spread_threads(const Tensor& charges, const Tensor& coordinates,
+                           const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
+                           at::IntArrayRef brick_shape, at::IntArrayRef mesh, int64_t order) {
+  const char* op = "lorem::mesh_spread";
+  check_coordinates(coordinates, op);
+  check_per_atom(charges, coordinates.size(0), -1, "charges", coordinates, op);
+  check_directions(directions, coordinates, op);
+  const Brick brick = make_brick(brick_lo, brick_shape, mesh, order, op);
+  return mesh_on_threads(mesh_threads::kSpread, charges, Tensor(), coordinates, directions, brick,
+                         op);
+}
+
+Tensor mesh_interpolate_threads(const Tensor& brick_tensor, const Tensor& coordinates,
+                                const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
+                                at::IntArrayRef mesh, int64_t order) {
+  const char* op = "lorem::mesh_interpolate";
+  check_coordinates(coordinates, op);
+  check_brick_tensor(brick_tensor, coordinates, op);
+  check_directions(directions, coordinates, op);
+  const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
+  return mesh_on_threads(mesh_threads::kInterpolate, brick_tensor, Tensor(), coordinates,
+                         directions, brick, op);
+}
+
+Tensor mesh_gradient_threads(const Tensor& brick_tensor, const Tensor& charges,
+                             const Tensor& coordinates, const c10::optional<Tensor>& directions,
+                             at::IntArrayRef brick_lo, at::IntArrayRef mesh, int64_t order) {
+  const char* op = "lorem::mesh_gradient";
+  check_coordinates(coordinates, op);
+  check_brick_tensor(brick_tensor, coordinates, op);
+  check_per_atom(charges, coordinates.size(0), brick_tensor.size(0), "charges", coordinates, op);
+  check_directions(directions, coordinates, op);
+  const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
+  return mesh_on_threads(mesh_threads::kGradient, brick_tensor, charges, coordinates, directions,
+                         brick, op);
+}
+
+// The threads under their own name, on the CPU and (in a LOREM_CUDA_KERNELS build) CUDA:
+// first is the charges (spread) or the brick, second the charges of mesh_gradient.
+Tensor mesh_op_device(const std::string& name, const Tensor& first,
+                      const c10::optional<Tensor>& second, const Tensor& coordinates,
+                      const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
+                      at::IntArrayRef brick_shape, at::IntArrayRef mesh, int64_t order) {
+  if (name == "spread")
+    return mesh_spread_threads(first, coordinates, directions, brick_lo, brick_shape, mesh, order);
+  if (name == "interpolate")
+    return mesh_interpolate_threads(first, coordinates, directions, brick_lo, mesh, order);
+  if (name == "gradient") {
+    TORCH_CHECK(has(second), "lorem::_mesh_op_device: gradient needs the charges");
+    return mesh_gradient_threads(first, *second, coordinates, directions, brick_lo, mesh, order);
+  }
+  TORCH_CHECK(false, "lorem::_mesh_op_device: unknown operator '", name, "'");
+}
+
 // -- autograd: every backward calls the operators through the dispatcher --
 
 using OptionalTensor = c10::optional<Tensor>;
@@ -951,13 +1086,28 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
       "_mesh_op_by_chunks(str name, Tensor first, Tensor? second, Tensor coordinates, "
       "Tensor? directions, int[] brick_lo, int[] brick_shape, int[] mesh, int order, "
       "int chunk_atoms) -> Tensor");
+  // the device kernel's threads (CUDA: the compiled kernel in a LOREM_CUDA_KERNELS build;
+  // CPU: one atom after another, which the tests hold to the CPU kernel)
+  m.def(
+      "_mesh_op_device(str name, Tensor first, Tensor? second, Tensor coordinates, "
+      "Tensor? directions, int[] brick_lo, int[] brick_shape, int[] mesh, int order) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(lorem, CPU, m) {
   m.impl("mesh_spread", mesh_spread_cpu);
   m.impl("mesh_interpolate", mesh_interpolate_cpu);
   m.impl("mesh_gradient", mesh_gradient_cpu);
+  m.impl("_mesh_op_device", mesh_op_device);
 }
+
+#ifdef LOREM_CUDA_KERNELS
+TORCH_LIBRARY_IMPL(lorem, CUDA, m) {
+  m.impl("mesh_spread", mesh_spread_threads);
+  m.impl("mesh_interpolate", mesh_interpolate_threads);
+  m.impl("mesh_gradient", mesh_gradient_threads);
+  m.impl("_mesh_op_device", mesh_op_device);
+}
+#endif
 
 TORCH_LIBRARY_IMPL(lorem, CompositeExplicitAutograd, m) {
   m.impl("mesh_spread", mesh_spread_composite);
