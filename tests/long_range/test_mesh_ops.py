@@ -290,18 +290,33 @@ def test_mesh_convolve_refusals():
         torch.ops.lorem.mesh_convolve(mesh_values[0], kernel)
 
 
-# -- the device kernel's threads (cpp/src/ops/mesh_threads.hpp), run on the CPU --
+# -- the device kernel's threads (cpp/src/ops/mesh_threads.hpp): on the CPU one atom after
+# another, and on CUDA the kernel itself where a LOREM_CUDA_KERNELS build has a GPU --
+
+CUDA_KERNELS = torch.cuda.is_available() and torch.ops.lorem.cuda_kernels_compiled()
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build"
+        ),
+    ),
+]
 
 
 @pytest.mark.parametrize("order", [4, 6, 8, 10])
 @pytest.mark.parametrize("directional", [False, True])
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_device_threads_equal_the_cpu_kernels(order, directional, dtype, tolerance):
+@pytest.mark.parametrize("coarse", [False, True])
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_threads_equal_the_cpu_kernels(order, directional, dtype, tolerance, coarse, device):
     """One thread per atom (what a LOREM_CUDA_KERNELS build runs on CUDA) == the CPU
-    kernels, on the whole periodic mesh (stencils wrapping around) and on a brick, with
-    zero charges, every order, float64 and float32."""
+    kernels, on the whole periodic mesh (stencils wrapping around; on a coarse mesh, fewer
+    points than the order, a stencil visits a point twice) and on a brick, with zero
+    charges, every order, float64 and float32."""
     pme, cell, positions, charges = setup(num_atoms=25, order=order)
-    mesh = pme.mesh_shape(cell)
+    mesh = [3, 4, 5] if coarse else pme.mesh_shape(cell)
     u = pme.mesh_coordinates(positions, cell, mesh).detach().to(dtype)
     q = charges.detach().clone().to(dtype)
     q[3] = 0.0
@@ -323,21 +338,27 @@ def test_device_threads_equal_the_cpu_kernels(order, directional, dtype, toleran
             ),
         }
         for name, (expected, first, second) in cases.items():
-            actual = torch.ops.lorem._mesh_op_device(
-                name, first, second, u, h, lo, shape, mesh, order
-            )
+            on = [t.to(device) if t is not None else None for t in (first, second, u, h)]
+            actual = torch.ops.lorem._mesh_op_device(name, *on[:3], on[3], lo, shape, mesh, order)
+            actual = actual.cpu()
             assert actual.shape == expected.shape
             scale = max(float(expected.abs().max()), 1.0)
             assert float((actual - expected).abs().max()) <= tolerance * scale, name
 
 
-def test_device_threads_refuse_as_the_cpu_kernels_do():
+@pytest.mark.parametrize("on", DEVICES)
+def test_device_threads_refuse_as_the_cpu_kernels_do(on):
     pme, cell, positions, charges = setup(num_atoms=10, order=6)
     mesh = pme.mesh_shape(cell)
     lo, shape = pme.brick_of_atoms(positions, cell, mesh)
-    u = pme.mesh_coordinates(positions, cell, mesh).detach()
-    q = charges.detach()
-    device = torch.ops.lorem._mesh_op_device
+    u = pme.mesh_coordinates(positions, cell, mesh).detach().to(on)
+    q = charges.detach().to(on)
+
+    def device(name, first, second, *rest):
+        first = first.to(on)
+        second = second.to(on) if second is not None else None
+        return torch.ops.lorem._mesh_op_device(name, first, second, *rest)
+
     moved = [lo[0] + 1, lo[1], lo[2]]
     with pytest.raises(RuntimeError, match="outside the brick"):
         device("spread", q, None, u, None, moved, shape, mesh, 6)
@@ -364,9 +385,8 @@ def test_device_threads_refuse_as_the_cpu_kernels_do():
     zero = q.clone()
     zero[2] = 0.0
     assert torch.isnan(device("gradient", brick, zero, u, None, [0, 0, 0], mesh, mesh, 4)[2]).all()
-
-
-CUDA_KERNELS = torch.cuda.is_available() and torch.ops.lorem.cuda_kernels_compiled()
+    with pytest.raises(RuntimeError, match="spread takes no second operand"):
+        device("spread", q, q, u, None, [0, 0, 0], mesh, mesh, 4)
 
 
 @pytest.mark.skipif(not CUDA_KERNELS, reason="needs a GPU and a LOREM_CUDA_KERNELS build")

@@ -822,6 +822,9 @@ Tensor mesh_on_threads(int32_t kind, const Tensor& first, const Tensor& second,
     form.channels = channels;
     if (out.is_cuda()) {
 #ifdef LOREM_CUDA_KERNELS
+      // the spread's atomic adds make its sums vary at round-off from run to run
+      if (kind == mesh_threads::kSpread)
+        at::globalContext().alertNotDeterministic("lorem::mesh_spread (CUDA kernel)");
       const c10::cuda::CUDAGuard guard(out.device());
       const char* error =
           mesh_threads::launch_on_cuda(form, c10::cuda::getCurrentCUDAStream().stream());
@@ -894,6 +897,8 @@ Tensor mesh_op_device(const std::string& name, const Tensor& first,
                       const c10::optional<Tensor>& second, const Tensor& coordinates,
                       const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
                       at::IntArrayRef brick_shape, at::IntArrayRef mesh, int64_t order) {
+  TORCH_CHECK(name == "gradient" || !has(second), "lorem::_mesh_op_device: ", name,
+              " takes no second operand (only gradient takes the charges)");
   if (name == "spread")
     return mesh_spread_threads(first, coordinates, directions, brick_lo, brick_shape, mesh, order);
   if (name == "interpolate")
