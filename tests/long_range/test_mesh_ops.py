@@ -51,6 +51,19 @@ def test_spread_and_interpolate_equal_plain_torch(order, num_atoms):
         )
 
 
+def cpu_kernel_cases(q, u, h, brick, lo, shape, mesh, order):
+    """name -> (the CPU kernel's result, the operator's first and second operands)."""
+    return {
+        "spread": (torch.ops.lorem.mesh_spread(q, u, h, lo, shape, mesh, order), q, None),
+        "interpolate": (
+            torch.ops.lorem.mesh_interpolate(brick, u, h, lo, mesh, order),
+            brick,
+            None,
+        ),
+        "gradient": (torch.ops.lorem.mesh_gradient(brick, q, u, h, lo, mesh, order), brick, q),
+    }
+
+
 @pytest.mark.parametrize("order", [4, 6, 8, 10])
 @pytest.mark.parametrize("directional", [False, True])
 @pytest.mark.parametrize("chunk_atoms", [1, 7, 1000])
@@ -67,19 +80,7 @@ def test_cpu_kernels_equal_the_chunked_kernel(order, directional, chunk_atoms):
     h = torch.randn(25, 3, dtype=torch.float64) if directional else None
     for lo, shape in bricks(pme, positions, cell, mesh):
         brick = torch.randn(3, *shape, dtype=torch.float64)
-        cases = {
-            "spread": (torch.ops.lorem.mesh_spread(q, u, h, lo, shape, mesh, order), q, None),
-            "interpolate": (
-                torch.ops.lorem.mesh_interpolate(brick, u, h, lo, mesh, order),
-                brick,
-                None,
-            ),
-            "gradient": (
-                torch.ops.lorem.mesh_gradient(brick, q, u, h, lo, mesh, order),
-                brick,
-                q,
-            ),
-        }
+        cases = cpu_kernel_cases(q, u, h, brick, lo, shape, mesh, order)
         for name, (fused, first, second) in cases.items():
             chunked = torch.ops.lorem._mesh_op_by_chunks(
                 name, first, second, u, h, lo, shape, mesh, order, chunk_atoms
@@ -324,19 +325,7 @@ def test_device_threads_equal_the_cpu_kernels(order, directional, dtype, toleran
     h = torch.randn(25, 3, dtype=torch.float64).to(dtype) if directional else None
     for lo, shape in bricks(pme, positions, cell, mesh):
         brick = torch.randn(3, *shape, dtype=torch.float64).to(dtype)
-        cases = {
-            "spread": (torch.ops.lorem.mesh_spread(q, u, h, lo, shape, mesh, order), q, None),
-            "interpolate": (
-                torch.ops.lorem.mesh_interpolate(brick, u, h, lo, mesh, order),
-                brick,
-                None,
-            ),
-            "gradient": (
-                torch.ops.lorem.mesh_gradient(brick, q, u, h, lo, mesh, order),
-                brick,
-                q,
-            ),
-        }
+        cases = cpu_kernel_cases(q, u, h, brick, lo, shape, mesh, order)
         for name, (expected, first, second) in cases.items():
             on = [t.to(device) if t is not None else None for t in (first, second, u, h)]
             actual = torch.ops.lorem._mesh_op_device(name, *on[:3], on[3], lo, shape, mesh, order)

@@ -122,6 +122,43 @@ void check_directions(const c10::optional<Tensor>& directions, const Tensor& coo
 
 bool has(const c10::optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
+void check_brick_tensor(const Tensor& brick_tensor, const Tensor& coordinates, const char* op) {
+  TORCH_CHECK(brick_tensor.dim() == 4, op, ": the brick must be [C, b0, b1, b2], got ",
+              brick_tensor.sizes());
+  check_same(brick_tensor, coordinates, "brick and mesh coordinates", op);
+}
+
+// Each operator's inputs checked against one another (every kernel's first step), and
+// the brick they describe.
+Brick checked_spread(const Tensor& charges, const Tensor& coordinates,
+                     const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
+                     at::IntArrayRef brick_shape, at::IntArrayRef mesh, int64_t order,
+                     const char* op) {
+  check_coordinates(coordinates, op);
+  check_per_atom(charges, coordinates.size(0), -1, "charges", coordinates, op);
+  check_directions(directions, coordinates, op);
+  return make_brick(brick_lo, brick_shape, mesh, order, op);
+}
+
+Brick checked_interpolate(const Tensor& brick_tensor, const Tensor& coordinates,
+                          const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
+                          at::IntArrayRef mesh, int64_t order, const char* op) {
+  check_coordinates(coordinates, op);
+  check_brick_tensor(brick_tensor, coordinates, op);
+  check_directions(directions, coordinates, op);
+  return make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
+}
+
+Brick checked_gradient(const Tensor& brick_tensor, const Tensor& charges, const Tensor& coordinates,
+                       const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
+                       at::IntArrayRef mesh, int64_t order, const char* op) {
+  check_coordinates(coordinates, op);
+  check_brick_tensor(brick_tensor, coordinates, op);
+  check_per_atom(charges, coordinates.size(0), brick_tensor.size(0), "charges", coordinates, op);
+  check_directions(directions, coordinates, op);
+  return make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
+}
+
 // -- CPU kernels --
 
 // values M_n(x + j), j = 0..n-1, for the orders n = p - 2, p - 1, p; the recursion of
@@ -439,10 +476,8 @@ Tensor mesh_spread_cpu(const Tensor& charges, const Tensor& coordinates,
                        const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
                        at::IntArrayRef brick_shape, at::IntArrayRef mesh, int64_t order) {
   const char* op = "lorem::mesh_spread";
-  check_coordinates(coordinates, op);
-  check_per_atom(charges, coordinates.size(0), -1, "charges", coordinates, op);
-  check_directions(directions, coordinates, op);
-  const Brick brick = make_brick(brick_lo, brick_shape, mesh, order, op);
+  const Brick brick =
+      checked_spread(charges, coordinates, directions, brick_lo, brick_shape, mesh, order, op);
   const int64_t atoms = coordinates.size(0), channels = charges.size(1);
   Tensor out =
       at::zeros({channels, brick.shape[0], brick.shape[1], brick.shape[2]}, charges.options());
@@ -467,22 +502,14 @@ Tensor mesh_spread_cpu(const Tensor& charges, const Tensor& coordinates,
   return out;
 }
 
-void check_brick_tensor(const Tensor& brick_tensor, const Tensor& coordinates, const char* op) {
-  TORCH_CHECK(brick_tensor.dim() == 4, op, ": the brick must be [C, b0, b1, b2], got ",
-              brick_tensor.sizes());
-  check_same(brick_tensor, coordinates, "brick and mesh coordinates", op);
-}
-
 // sum over channels and stencil points, for each atom, of brick values times (directional)
 // weights: interpolate gives [N, C]; gradient gives [N, 3] from r(t) = sum_c B q
 Tensor mesh_interpolate_cpu(const Tensor& brick_tensor, const Tensor& coordinates,
                             const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
                             at::IntArrayRef mesh, int64_t order) {
   const char* op = "lorem::mesh_interpolate";
-  check_coordinates(coordinates, op);
-  check_brick_tensor(brick_tensor, coordinates, op);
-  check_directions(directions, coordinates, op);
-  const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
+  const Brick brick =
+      checked_interpolate(brick_tensor, coordinates, directions, brick_lo, mesh, order, op);
   const int64_t atoms = coordinates.size(0), channels = brick_tensor.size(0);
   Tensor out = at::zeros({atoms, channels}, brick_tensor.options());
   // the coordinates are checked (make_stencils) whenever there are atoms, even
@@ -509,11 +536,8 @@ Tensor mesh_gradient_cpu(const Tensor& brick_tensor, const Tensor& charges,
                          const Tensor& coordinates, const c10::optional<Tensor>& directions,
                          at::IntArrayRef brick_lo, at::IntArrayRef mesh, int64_t order) {
   const char* op = "lorem::mesh_gradient";
-  check_coordinates(coordinates, op);
-  check_brick_tensor(brick_tensor, coordinates, op);
-  check_per_atom(charges, coordinates.size(0), brick_tensor.size(0), "charges", coordinates, op);
-  check_directions(directions, coordinates, op);
-  const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
+  const Brick brick =
+      checked_gradient(brick_tensor, charges, coordinates, directions, brick_lo, mesh, order, op);
   const int64_t atoms = coordinates.size(0), channels = brick_tensor.size(0);
   Tensor out = at::zeros({atoms, 3}, brick_tensor.options());
   // the coordinates are checked (make_stencils) whenever there are atoms, even
@@ -638,10 +662,8 @@ Tensor mesh_spread_chunked(const Tensor& charges, const Tensor& coordinates,
                            at::IntArrayRef brick_shape, at::IntArrayRef mesh, int64_t order,
                            int64_t chunk_atoms) {
   const char* op = "lorem::mesh_spread";
-  check_coordinates(coordinates, op);
-  check_per_atom(charges, coordinates.size(0), -1, "charges", coordinates, op);
-  check_directions(directions, coordinates, op);
-  const Brick brick = make_brick(brick_lo, brick_shape, mesh, order, op);
+  const Brick brick =
+      checked_spread(charges, coordinates, directions, brick_lo, brick_shape, mesh, order, op);
   const int64_t atoms = coordinates.size(0), channels = charges.size(1);
   Tensor out = at::zeros({channels, brick.size()}, charges.options());
   const int64_t chunk = chunk_atoms_for(brick.order, channels, chunk_atoms);
@@ -665,10 +687,8 @@ Tensor mesh_interpolate_chunked(const Tensor& brick_tensor, const Tensor& coordi
                                 const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
                                 at::IntArrayRef mesh, int64_t order, int64_t chunk_atoms) {
   const char* op = "lorem::mesh_interpolate";
-  check_coordinates(coordinates, op);
-  check_brick_tensor(brick_tensor, coordinates, op);
-  check_directions(directions, coordinates, op);
-  const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
+  const Brick brick =
+      checked_interpolate(brick_tensor, coordinates, directions, brick_lo, mesh, order, op);
   const int64_t atoms = coordinates.size(0), channels = brick_tensor.size(0);
   const Tensor rows = brick_tensor.reshape({channels, brick.size()});
   std::vector<Tensor> pieces;
@@ -688,11 +708,8 @@ Tensor mesh_gradient_chunked(const Tensor& brick_tensor, const Tensor& charges,
                              at::IntArrayRef brick_lo, at::IntArrayRef mesh, int64_t order,
                              int64_t chunk_atoms) {
   const char* op = "lorem::mesh_gradient";
-  check_coordinates(coordinates, op);
-  check_brick_tensor(brick_tensor, coordinates, op);
-  check_per_atom(charges, coordinates.size(0), brick_tensor.size(0), "charges", coordinates, op);
-  check_directions(directions, coordinates, op);
-  const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
+  const Brick brick =
+      checked_gradient(brick_tensor, charges, coordinates, directions, brick_lo, mesh, order, op);
   const int64_t atoms = coordinates.size(0), channels = brick_tensor.size(0);
   const Tensor rows = brick_tensor.reshape({channels, brick.size()});
   std::vector<Tensor> pieces;
@@ -858,10 +875,8 @@ Tensor mesh_spread_threads(const Tensor& charges, const Tensor& coordinates,
                            const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
                            at::IntArrayRef brick_shape, at::IntArrayRef mesh, int64_t order) {
   const char* op = "lorem::mesh_spread";
-  check_coordinates(coordinates, op);
-  check_per_atom(charges, coordinates.size(0), -1, "charges", coordinates, op);
-  check_directions(directions, coordinates, op);
-  const Brick brick = make_brick(brick_lo, brick_shape, mesh, order, op);
+  const Brick brick =
+      checked_spread(charges, coordinates, directions, brick_lo, brick_shape, mesh, order, op);
   return mesh_on_threads(mesh_threads::kSpread, charges, Tensor(), coordinates, directions, brick,
                          op);
 }
@@ -870,10 +885,8 @@ Tensor mesh_interpolate_threads(const Tensor& brick_tensor, const Tensor& coordi
                                 const c10::optional<Tensor>& directions, at::IntArrayRef brick_lo,
                                 at::IntArrayRef mesh, int64_t order) {
   const char* op = "lorem::mesh_interpolate";
-  check_coordinates(coordinates, op);
-  check_brick_tensor(brick_tensor, coordinates, op);
-  check_directions(directions, coordinates, op);
-  const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
+  const Brick brick =
+      checked_interpolate(brick_tensor, coordinates, directions, brick_lo, mesh, order, op);
   return mesh_on_threads(mesh_threads::kInterpolate, brick_tensor, Tensor(), coordinates,
                          directions, brick, op);
 }
@@ -882,11 +895,8 @@ Tensor mesh_gradient_threads(const Tensor& brick_tensor, const Tensor& charges,
                              const Tensor& coordinates, const c10::optional<Tensor>& directions,
                              at::IntArrayRef brick_lo, at::IntArrayRef mesh, int64_t order) {
   const char* op = "lorem::mesh_gradient";
-  check_coordinates(coordinates, op);
-  check_brick_tensor(brick_tensor, coordinates, op);
-  check_per_atom(charges, coordinates.size(0), brick_tensor.size(0), "charges", coordinates, op);
-  check_directions(directions, coordinates, op);
-  const Brick brick = make_brick(brick_lo, brick_tensor.sizes().slice(1), mesh, order, op);
+  const Brick brick =
+      checked_gradient(brick_tensor, charges, coordinates, directions, brick_lo, mesh, order, op);
   return mesh_on_threads(mesh_threads::kGradient, brick_tensor, charges, coordinates, directions,
                          brick, op);
 }
