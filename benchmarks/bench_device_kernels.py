@@ -171,8 +171,7 @@ def check_against_cpu(device):
     for name in ("spread", "interpolate", "gradient"):
         for h in (None, directions):
             call_args = mesh_args(name, coordinates, charges, h, brick)
-            reference = ops._mesh_op_by_chunks(*call_args, 1000)  # the CPU kernel's reference
-            expected = {
+            expected = {  # the CPU kernel
                 "spread": lambda: ops.mesh_spread(charges, coordinates, h, [0] * 3, MESH, MESH, 6),
                 "interpolate": lambda: ops.mesh_interpolate(
                     brick, coordinates, h, [0] * 3, MESH, 6
@@ -181,7 +180,6 @@ def check_against_cpu(device):
                     brick, charges, coordinates, h, [0] * 3, MESH, 6
                 ),
             }[name]()
-            assert (expected - reference).abs().max() < 1e-9  # the CPU kernel is what it is
             moved = [a.to(device) if isinstance(a, torch.Tensor) else a for a in call_args]
             actual = ops._mesh_op_device(*moved).cpu()
             scale = max(expected.abs().max().item(), 1.0)

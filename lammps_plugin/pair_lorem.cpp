@@ -463,8 +463,8 @@ void PairLorem::log_cuda_kernels() const {
   if (!op->typed<bool()>().call())
     utils::logmesg(lmp,
                    "pair_style lorem: this lorem-torch was built without its CUDA kernels "
-                   "(LOREM_CUDA_KERNELS): the sparse forms of the short range run as torch "
-                   "operations over chunks\n");
+                   "(LOREM_CUDA_KERNELS): the short range's operators and the PME mesh run "
+                   "as torch operations over chunks\n");
 }
 
 void PairLorem::init_style() {

@@ -113,6 +113,51 @@ void check_companion(const Tensor& t, const Tensor& vectors, int64_t width, cons
 
 enum class Kind { kValues, kVjp, kJvp, kHvp };
 
+// One term of a kind's sums: output `key` += k x^a y^b z^c, times G[m] where the kind has a
+// gradient and D[axis] where it has a direction.
+struct KeyedTerm {
+  int32_t key, m, axis;
+  Term term;
+};
+
+// The kind's terms sorted by output (stable: an output's terms keep their order) and each
+// output's run [begin, end) of them: what the CPU kernel and the device threads walk.
+struct KindTerms {
+  std::vector<KeyedTerm> terms;
+  std::vector<harmonics_threads::Run> runs;
+};
+
+KindTerms kind_terms(Kind kind, const Polynomials& p) {
+  KindTerms out;
+  auto add = [&](const std::vector<Term>& terms, int32_t key_axis, int32_t axis) {
+    for (const Term& t : terms) out.terms.push_back({key_axis < 0 ? t.m : key_axis, t.m, axis, t});
+  };
+  switch (kind) {
+    case Kind::kValues:  // out[m] = sum_t k_t mono_t
+      add(p.values, -1, 0);
+      break;
+    case Kind::kVjp:  // out[j] = sum_{t in dY/du_j} k_t G[m_t] mono_t
+      for (int j = 0; j < 3; ++j) add(p.first[j], j, 0);
+      break;
+    case Kind::kJvp:  // out[m] = sum_i D[i] sum_{t in dY/du_i} k_t mono_t
+      for (int i = 0; i < 3; ++i) add(p.first[i], -1, i);
+      break;
+    case Kind::kHvp:  // out[j] = sum_i D[i] sum_{t in d2Y/du_i du_j} k_t G[m_t] mono_t
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) add(p.second[3 * i + j], j, i);
+      break;
+  }
+  std::stable_sort(out.terms.begin(), out.terms.end(),
+                   [](const KeyedTerm& a, const KeyedTerm& b) { return a.key < b.key; });
+  for (size_t k = 0; k < out.terms.size(); ++k) {
+    const int32_t key = out.terms[k].key;
+    if (out.runs.empty() || out.runs.back().key != key)
+      out.runs.push_back({key, static_cast<int32_t>(k), 0});
+    out.runs.back().end = static_cast<int32_t>(k + 1);
+  }
+  return out;
+}
+
 // The CPU kernel works on kLanes edges at a time, one edge per lane of a vector value
 // (channel_lanes.hpp): per block, the monomials x^a y^b z^c that the term lists use are
 // formed once, and every term is then one multiply-add on a whole vector of edges. The
@@ -135,44 +180,12 @@ class HarmonicsLanes {
         D_(D),
         out_(out),
         P_(P) {
-    auto add = [&](const std::vector<Term>& terms, int32_t key_axis, int32_t axis) {
-      for (const Term& t : terms) {
-        const int32_t key = key_axis < 0 ? t.m : key_axis;
-        steps_.push_back(Step{key, t.m, axis, monomial_index(t)});
-        coefficients_.push_back(static_cast<scalar_t>(t.coefficient));
-      }
-    };
-    switch (kind) {
-      case Kind::kValues:  // out[m] = sum_t k_t mono_t
-        add(p.values, -1, 0);
-        break;
-      case Kind::kVjp:  // out[j] = sum_{t in dY/du_j} k_t G[m_t] mono_t
-        for (int j = 0; j < 3; ++j) add(p.first[j], j, 0);
-        break;
-      case Kind::kJvp:  // out[m] = sum_i D[i] sum_{t in dY/du_i} k_t mono_t
-        for (int i = 0; i < 3; ++i) add(p.first[i], -1, i);
-        break;
-      case Kind::kHvp:  // out[j] = sum_i D[i] sum_{t in d2Y/du_i du_j} k_t G[m_t] mono_t
-        for (int i = 0; i < 3; ++i)
-          for (int j = 0; j < 3; ++j) add(p.second[3 * i + j], j, i);
-        break;
+    const KindTerms sorted = kind_terms(kind, p);
+    for (const KeyedTerm& t : sorted.terms) {
+      steps_.push_back(Step{t.key, t.m, t.axis, monomial_index(t.term)});
+      coefficients_.push_back(static_cast<scalar_t>(t.term.coefficient));
     }
-    // runs of one output, in the order of the outputs
-    std::vector<int32_t> order(steps_.size());
-    for (size_t k = 0; k < order.size(); ++k) order[k] = static_cast<int32_t>(k);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int32_t a, int32_t b) { return steps_[a].key < steps_[b].key; });
-    std::vector<Step> steps;
-    std::vector<scalar_t> coefficients;
-    for (int32_t k : order) {
-      steps.push_back(steps_[k]);
-      coefficients.push_back(coefficients_[k]);
-      if (runs_.empty() || runs_.back().key != steps.back().key)
-        runs_.push_back(Run{steps.back().key, static_cast<int32_t>(steps.size() - 1), 0});
-      runs_.back().end = static_cast<int32_t>(steps.size());
-    }
-    steps_.swap(steps);
-    coefficients_.swap(coefficients);
+    runs_ = sorted.runs;
     width_ = (kind == Kind::kValues || kind == Kind::kJvp) ? M_ : 3;
   }
 
@@ -191,9 +204,7 @@ class HarmonicsLanes {
   struct Step {
     int32_t key, m, axis, monomial;
   };
-  struct Run {
-    int32_t key, begin, end;
-  };
+  using Run = harmonics_threads::Run;
 
   // every run's terms summed into its output row of lanes: k_t mono_t, times G[m_t] (with
   // a gradient) and D[axis_t] (with a direction)
@@ -440,44 +451,15 @@ void run_threads(Kind kind, const Polynomials& p, const Tensor& vectors, const T
   TORCH_CHECK(p.max_power <= harmonics_threads::kMaxPower,
               "lorem::harmonics: the device kernel holds powers up to ",
               harmonics_threads::kMaxPower, ", these terms need ", p.max_power);
-  struct Keyed {
-    int32_t key;
-    Step step;
-    double coefficient;
-  };
-  std::vector<Keyed> terms;
-  auto add = [&](const std::vector<Term>& list, int32_t key_axis, int32_t axis) {
-    for (const Term& t : list)
-      terms.push_back(
-          {key_axis < 0 ? t.m : key_axis, Step{t.m, axis, t.a, t.b, t.c}, t.coefficient});
-  };
-  switch (kind) {
-    case Kind::kValues:
-      add(p.values, -1, 0);
-      break;
-    case Kind::kVjp:
-      for (int j = 0; j < 3; ++j) add(p.first[j], j, 0);
-      break;
-    case Kind::kJvp:
-      for (int i = 0; i < 3; ++i) add(p.first[i], -1, i);
-      break;
-    case Kind::kHvp:
-      for (int i = 0; i < 3; ++i)
-        for (int j = 0; j < 3; ++j) add(p.second[3 * i + j], j, i);
-      break;
-  }
-  std::stable_sort(terms.begin(), terms.end(),
-                   [](const Keyed& a, const Keyed& b) { return a.key < b.key; });
-  std::vector<int32_t> steps, runs;
+  const KindTerms sorted = kind_terms(kind, p);
+  std::vector<int32_t> steps;
   std::vector<double> coefficients;
-  for (size_t k = 0; k < terms.size(); ++k) {
-    const Step& s = terms[k].step;
-    steps.insert(steps.end(), {s.m, s.axis, s.a, s.b, s.c});
-    coefficients.push_back(terms[k].coefficient);
-    if (runs.empty() || runs[runs.size() - 3] != terms[k].key)
-      runs.insert(runs.end(), {terms[k].key, static_cast<int32_t>(k), 0});
-    runs.back() = static_cast<int32_t>(k + 1);
+  for (const KeyedTerm& t : sorted.terms) {
+    steps.insert(steps.end(), {t.m, t.axis, t.term.a, t.term.b, t.term.c});
+    coefficients.push_back(t.term.coefficient);
   }
+  std::vector<int32_t> runs;
+  for (const Run& run : sorted.runs) runs.insert(runs.end(), {run.key, run.begin, run.end});
   static_assert(sizeof(Step) == 5 * sizeof(int32_t) && sizeof(Run) == 3 * sizeof(int32_t));
   const auto device = vectors.device();
   const Tensor step_table = torch::tensor(steps, torch::kInt).to(device);

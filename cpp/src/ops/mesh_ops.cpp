@@ -55,7 +55,7 @@ namespace {
 using at::Tensor;
 namespace mesh_threads = lorem::mesh_threads;
 
-constexpr int64_t kMaxOrder = 10;            // PME orders 4, 6, 8, 10 (long_range/accuracy.py)
+constexpr int64_t kMaxOrder = mesh_threads::kMaxOrder;  // orders 4, 6, 8, 10 (accuracy.py)
 constexpr int64_t kChunkElements = 1 << 22;  // composite kernel: [atoms, p^3, C] per chunk
 
 // Where the stencils of the atoms land: the brick [lo, lo + shape) of the mesh, periodic
@@ -161,42 +161,9 @@ Brick checked_gradient(const Tensor& brick_tensor, const Tensor& charges, const 
 
 // -- CPU kernels --
 
-// values M_n(x + j), j = 0..n-1, for the orders n = p - 2, p - 1, p; the recursion of
-// long_range/bspline.py: M_n(t) = (t M_{n-1}(t) + (n - t) M_{n-1}(t - 1)) / (n - 1)
-template <typename scalar_t>
-void spline_table(scalar_t x, int64_t p, scalar_t* w, scalar_t* dw, scalar_t* ddw) {
-  scalar_t value[kMaxOrder], next[kMaxOrder], lower1[kMaxOrder], lower2[kMaxOrder];
-  value[0] = 1;
-  for (int64_t n = 2; n <= p; ++n) {
-    if (n == p - 1) std::copy(value, value + n - 1, lower2);
-    if (n == p) std::copy(value, value + n - 1, lower1);
-    for (int64_t j = 0; j < n; ++j) {
-      scalar_t term = 0;
-      if (j < n - 1) term += (x + scalar_t(j)) * value[j];
-      if (j > 0) term += (scalar_t(n) - x - scalar_t(j)) * value[j - 1];
-      next[j] = term / scalar_t(n - 1);
-    }
-    std::copy(next, next + n, value);
-  }
-  // the weight of stencil point t is M_p(x + j), j = p - 1 - t; its derivatives in x are
-  // M_{p-1}(x + j) - M_{p-1}(x + j - 1) and M_{p-2}(x + j) - 2 M_{p-2}(x + j - 1) + M_{p-2}(x + j -
-  // 2)
-  for (int64_t t = 0; t < p; ++t) {
-    const int64_t j = p - 1 - t;
-    w[t] = value[j];
-    scalar_t d = 0, dd = 0;
-    if (j <= p - 2) d += lower1[j];
-    if (j >= 1) d -= lower1[j - 1];
-    if (j <= p - 3) dd += lower2[j];
-    if (j >= 1 && j - 1 <= p - 3) dd -= 2 * lower2[j - 1];
-    if (j >= 2) dd += lower2[j - 2];
-    dw[t] = d;
-    ddw[t] = dd;
-  }
-}
-
 // Per atom: the brick index of each stencil point along each axis, and the 1D weights and
-// their first and second derivatives: index [N, 3, p], weights [3 (w, dw, ddw), N, 3, p].
+// their first and second derivatives (mesh_threads::spline_table, which the device threads
+// use too): index [N, 3, p], weights [3 (w, dw, ddw), N, 3, p].
 template <typename scalar_t>
 struct Stencils {
   int64_t p = 0;
@@ -247,8 +214,9 @@ Stencils<scalar_t> make_stencils(const Tensor& coordinates, const Brick& brick, 
           for (int64_t t = 0; t < p; ++t)
             index[t] = std::min(std::max<int64_t>(start + t, 0), brick.shape[a] - 1);
         }
-        spline_table<scalar_t>(value - floor, p, s.w.data() + (i * 3 + a) * p,
-                               s.dw.data() + (i * 3 + a) * p, s.ddw.data() + (i * 3 + a) * p);
+        mesh_threads::spline_table<scalar_t>(
+            value - floor, static_cast<int>(p), s.w.data() + (i * 3 + a) * p,
+            s.dw.data() + (i * 3 + a) * p, s.ddw.data() + (i * 3 + a) * p);
       }
       key[i] = (s.index_of(i, 0)[0] * brick.shape[1] + s.index_of(i, 1)[0]) * brick.shape[2] +
                s.index_of(i, 2)[0];

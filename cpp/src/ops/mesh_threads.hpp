@@ -41,7 +41,10 @@ struct MeshForm {
 };
 
 // M_p(x + j) for j = p - 1 - t at the stencil points t, and the first and second
-// derivatives in x: the recursion of long_range/bspline.py, as mesh_ops.cpp's spline_table.
+// derivatives in x, from the recursion of long_range/bspline.py for the orders
+// n = p - 2, p - 1, p: M_n(t) = (t M_{n-1}(t) + (n - t) M_{n-1}(t - 1)) / (n - 1). The
+// derivatives are M_{p-1}(x + j) - M_{p-1}(x + j - 1) and M_{p-2}(x + j) -
+// 2 M_{p-2}(x + j - 1) + M_{p-2}(x + j - 2). The CPU kernel's stencils use it as well.
 template <typename T>
 LOREM_HOST_DEVICE inline void spline_table(T x, int p, T* w, T* dw, T* ddw) {
   T value[kMaxOrder], next[kMaxOrder], lower1[kMaxOrder], lower2[kMaxOrder];

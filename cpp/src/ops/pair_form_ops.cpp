@@ -464,22 +464,21 @@ Groups<scalar_t> groups_of(const std::array<Tensor, kNumFactors>& f, const Tenso
                           pair_type.data_ptr<int64_t>(), centers.data_ptr<int64_t>(), z);
 }
 
-// the given factors, contiguous, of one dtype, on the CPU
-std::array<Tensor, kNumFactors> factors_of(const std::array<OptionalTensor, kNumFactors>& given,
-                                           int64_t target,
-                                           std::array<std::vector<int64_t>, kNumFactors>& shapes,
-                                           at::IntArrayRef target_shape,
-                                           std::optional<at::TensorOptions>& options,
-                                           bool on_cpu = true) {
+// the given factors, contiguous, of one dtype and device (on the CPU where asked); a slot
+// left empty must be a target's, and takes its shape from target_shapes
+std::array<Tensor, kNumFactors> load_factors(
+    const std::array<OptionalTensor, kNumFactors>& given,
+    const std::array<bool, kNumFactors>& targets,
+    const std::array<std::vector<int64_t>, kNumFactors>& target_shapes,
+    std::array<std::vector<int64_t>, kNumFactors>& shapes,
+    std::optional<at::TensorOptions>& options, bool on_cpu) {
   std::array<Tensor, kNumFactors> factor;
   for (int64_t k = 0; k < kNumFactors; ++k) {
-    if (k == target) {
-      TORCH_CHECK(!given[k].has_value() || !given[k]->defined(), kOp, ": the target's slot (",
-                  kNames[k], ") must be None");
-      shapes[k] = target_shape.vec();
+    if (!given[k].has_value() || !given[k]->defined()) {
+      TORCH_CHECK(targets[k], kOp, ": ", kNames[k], " is missing");
+      shapes[k] = target_shapes[k];
       continue;
     }
-    TORCH_CHECK(given[k].has_value() && given[k]->defined(), kOp, ": ", kNames[k], " is missing");
     factor[k] = given[k]->contiguous();
     shapes[k] = factor[k].sizes().vec();
     if (!options) options = factor[k].options();
@@ -490,6 +489,24 @@ std::array<Tensor, kNumFactors> factors_of(const std::array<OptionalTensor, kNum
                 "floating-point tensor of one dtype and device (", kNames[k], " differs)");
   }
   return factor;
+}
+
+// the same for one target (none for -1), whose slot must be empty
+std::array<Tensor, kNumFactors> factors_of(const std::array<OptionalTensor, kNumFactors>& given,
+                                           int64_t target,
+                                           std::array<std::vector<int64_t>, kNumFactors>& shapes,
+                                           at::IntArrayRef target_shape,
+                                           std::optional<at::TensorOptions>& options,
+                                           bool on_cpu = true) {
+  std::array<bool, kNumFactors> targets = {};
+  std::array<std::vector<int64_t>, kNumFactors> target_shapes;
+  if (target >= 0) {
+    TORCH_CHECK(!given[target].has_value() || !given[target]->defined(), kOp,
+                ": the target's slot (", kNames[target], ") must be None");
+    targets[target] = true;
+    target_shapes[target] = target_shape.vec();
+  }
+  return load_factors(given, targets, target_shapes, shapes, options, on_cpu);
 }
 
 Tensor pair_form_cpu(int64_t target, at::IntArrayRef target_shape, const OptionalTensor& radial,
@@ -624,24 +641,10 @@ std::array<Tensor, kNumFactors> pair_form_groups(
   const bool node_sum = targets[kNodes];
   TORCH_CHECK(node_sum != (targets[kRadial] || targets[kHarmonics]), kOp,
               ": the group blocks form the node sum or the edge gradients, not both");
+  // a target's slot may hold its factor: the other edge gradient reads it
   std::array<std::vector<int64_t>, kNumFactors> shapes;
   std::optional<at::TensorOptions> options;
-  std::array<Tensor, kNumFactors> factor;
-  for (int64_t k = 0; k < kNumFactors; ++k) {
-    // a target's slot may hold its factor: the other edge gradient reads it
-    if (!given[k].has_value() || !given[k]->defined()) {
-      TORCH_CHECK(targets[k], kOp, ": ", kNames[k], " is missing");
-      shapes[k] = target_shapes[k];
-      continue;
-    }
-    factor[k] = given[k]->contiguous();
-    shapes[k] = factor[k].sizes().vec();
-    if (!options) options = factor[k].options();
-    TORCH_CHECK(factor[k].scalar_type() == options->dtype() &&
-                    factor[k].device() == options->device() && factor[k].is_floating_point(),
-                kOp, ": every factor must be a floating-point tensor of one dtype and device (",
-                kNames[k], " differs)");
-  }
+  const auto factor = load_factors(given, targets, target_shapes, shapes, options, false);
   const Tensor pair_type = pair_type_in.contiguous(), centers = centers_in.contiguous();
   const Sizes z = check(shapes, pair_type, centers, false);
   TORCH_CHECK(pair_type.device() == options->device() && centers.device() == options->device(), kOp,
@@ -709,9 +712,12 @@ std::array<Tensor, kNumFactors> pair_form_groups(
   return out;
 }
 
-// Whether a group block's matrix fits the shared memory of one block.
-bool groups_fit(const Sizes& z, at::ScalarType dtype) {
-  return z.R * z.M() * static_cast<int64_t>(c10::elementSize(dtype)) <=
+// Whether the group blocks serve this table [T, R, L+1, s]: its [R, (L+1)^2] matrix fits
+// the shared memory of one block.
+bool groups_serve(const Tensor& table) {
+  if (table.dim() != 4) return false;
+  const int64_t values = table.size(1) * table.size(2) * table.size(2);
+  return values * static_cast<int64_t>(c10::elementSize(table.scalar_type())) <=
          pair_groups::kMaxScratchBytes;
 }
 
@@ -724,25 +730,15 @@ Tensor pair_form_device(int64_t target, at::IntArrayRef target_shape, const Opti
                         const Tensor& centers) {
   TORCH_CHECK(0 <= target && target < kNumFactors, kOp, ": target ", target,
               " is not a factor slot (0..3)");
-  const std::array<OptionalTensor, kNumFactors> given = {radial, table, harmonics, node_grad};
-  if (target != kTable && given[kTable].has_value() && given[kTable]->defined()) {
-    const Tensor& t = *given[kTable];
-    Sizes z;
-    z.R = t.dim() == 4 ? t.size(1) : 0;
-    z.D = t.dim() == 4 ? t.size(2) : 0;
-    z.S = t.dim() == 4 ? t.size(3) : 0;
-    if (t.dim() == 4 && groups_fit(z, t.scalar_type())) {
-      for (int64_t k = 0; k < kNumFactors; ++k)
-        TORCH_CHECK(k == target || (given[k].has_value() && given[k]->defined()), kOp, ": ",
-                    kNames[k], " is missing");
-      TORCH_CHECK(!given[target].has_value() || !given[target]->defined(), kOp,
-                  ": the target's slot (", kNames[target], ") must be None");
-      std::array<bool, kNumFactors> targets = {};
-      targets[target] = true;
-      std::array<std::vector<int64_t>, kNumFactors> shapes;
-      shapes[target] = target_shape.vec();
-      return pair_form_groups(given, targets, shapes, pair_type, centers)[target];
-    }
+  if (target != kTable && table.has_value() && table->defined() && groups_serve(*table)) {
+    const std::array<OptionalTensor, kNumFactors> given = {radial, table, harmonics, node_grad};
+    TORCH_CHECK(!given[target].has_value() || !given[target]->defined(), kOp,
+                ": the target's slot (", kNames[target], ") must be None");
+    std::array<bool, kNumFactors> targets = {};
+    targets[target] = true;
+    std::array<std::vector<int64_t>, kNumFactors> shapes;
+    shapes[target] = target_shape.vec();
+    return pair_form_groups(given, targets, shapes, pair_type, centers)[target];
   }
   return pair_form_threads(target, target_shape, radial, table, harmonics, node_grad, pair_type,
                            centers);
@@ -756,13 +752,7 @@ std::vector<Tensor> pair_form_adjoints_device(const Tensor& radial, const Tensor
                                               std::array<bool, 3> needed) {
   const std::array<Tensor, kNumFactors> given = {radial, table, harmonics, node_grad};
   std::vector<Tensor> out(3);
-  Sizes z;
-  z.R = table.dim() == 4 ? table.size(1) : 0;
-  z.D = table.dim() == 4 ? table.size(2) : 0;
-  z.S = table.dim() == 4 ? table.size(3) : 0;
-  const bool by_groups = table.dim() == 4 && groups_fit(z, table.scalar_type()) &&
-                         (needed[kRadial] || needed[kHarmonics]);
-  if (by_groups) {
+  if ((needed[kRadial] || needed[kHarmonics]) && groups_serve(table)) {
     std::array<bool, kNumFactors> targets = {needed[kRadial], false, needed[kHarmonics], false};
     std::array<std::vector<int64_t>, kNumFactors> shapes;
     shapes[kRadial] = radial.sizes().vec();
@@ -901,10 +891,11 @@ TORCH_LIBRARY_FRAGMENT(lorem, m) {
   m.def(
       "pair_form_adjoints(Tensor radial, Tensor table, Tensor harmonics, Tensor node_grad, "
       "Tensor pair_type, Tensor centers, bool[3] needed) -> Tensor[]");
-  // the device kernel under its own name (CUDA: the compiled kernel; CPU: its threads
-  // one after another, which the tests hold to the CPU kernel)
-  // (the node sum and edge gradients by the group blocks, the table by the sparse-form
-  // threads), the sparse-form threads for every target, and the adjoints as CUDA runs them
+  // the device kernels under their own names (CUDA: the compiled kernels; CPU: their
+  // threads one after another, which the tests hold to the CPU kernel): pair_form as CUDA
+  // runs it (the node sum and edge gradients by the group blocks, the table by the
+  // sparse-form threads), the sparse-form threads for every target, and the adjoints as
+  // CUDA runs them
   m.def(
       "_pair_form_device(int target, int[] target_shape, Tensor? radial, Tensor? table, "
       "Tensor? harmonics, Tensor? node_grad, Tensor pair_type, Tensor centers) -> Tensor");
