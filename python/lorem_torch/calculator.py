@@ -62,7 +62,14 @@ def with_long_range(model, contract, long_range):
     available = contract["long_range"]["methods"]
     if method not in available:
         raise ValueError(f"long_range {method!r} is not available for this export ({available})")
-    model.model.long_range_method = method
+    # a scripted export holds the model more than once (its staged methods' and its energy
+    # model's, copies after scripting): every one of them is switched, or the energies
+    # would come from the export's own method while the calculator reported another
+    switched = [m for _, m in model.named_modules() if hasattr(m, "long_range_method")]
+    for module in switched:
+        module.long_range_method = method
+    if not switched:
+        raise ValueError("this export has no long-range method to switch")
     return model
 
 

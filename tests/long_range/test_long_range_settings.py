@@ -208,3 +208,21 @@ def test_calculator_override_and_scripted_model():
     graph = atoms_to_graph([atoms], model.cutoff, dtype=torch.float64)
     energies, _, _ = scripted(**graph)
     torch.testing.assert_close(energies, graph_out["energies"], rtol=0, atol=1e-12)
+
+
+def test_calculator_switches_an_exports_method_for_every_copy(tmp_path):
+    """An export carries Ewald and PME; long_range="pme" on the calculator must give PME's
+    numbers (the eager PME model's, to round-off), not the export's own Ewald ones."""
+    from lorem_torch.export import export_model
+
+    model = small_model()
+    path = tmp_path / "model.pt"
+    export_model(model, path, "float64")
+    atoms = triclinic_water()
+    ewald, pme = evaluate(model, [atoms]), evaluate(model.with_long_range("pme"), [atoms])
+    assert abs(float(ewald["energy"]) - float(pme["energy"])) > 1e-10  # the methods differ
+    for method, reference in (("pme", pme), ("ewald", ewald)):
+        atoms.calc = LoremCalculator(path, long_range=method)
+        assert atoms.calc.model_long_range_method() == method
+        assert atoms.get_potential_energy() == pytest.approx(float(reference["energy"]), abs=1e-12)
+        np.testing.assert_allclose(atoms.get_forces(), reference["forces"].numpy(), atol=1e-12)
