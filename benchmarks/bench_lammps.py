@@ -66,13 +66,14 @@ def lammps_run(
     steps: int,
     device: str = "cpu",
     long_range: str | None = None,
+    chunk: int = 0,
 ) -> dict:
     write_data(atoms, folder / "water.data", ["O", "H"])
     script = f"""units metal
 atom_style atomic
 atom_modify map yes
 read_data water.data
-{pair_lines(model_file, ["O", "H"], {"device": device, "long_range": long_range})}
+{pair_lines(model_file, ["O", "H"], {"device": device, "long_range": long_range, "chunk": chunk or None})}
 velocity all create 300 1 mom yes rot no
 timestep 0.0005
 fix integrate all nve
@@ -194,6 +195,12 @@ def main():
     )
     parser.add_argument("--no-python", action="store_true", help="skip the Python reference")
     parser.add_argument(
+        "--chunk",
+        type=int,
+        default=0,
+        help="pair_style lorem chunk N: the short range N local atoms at a time (0: one pass)",
+    )
+    parser.add_argument(
         "--ghost-strategies", action="store_true", help="compare the two ghost strategies"
     )
     args = parser.parse_args()
@@ -220,7 +227,14 @@ def main():
                 # from the LAMMPS process otherwise
                 results = [
                     lammps_run(
-                        folder, model_file, atoms, ranks, steps, args.device, args.long_range
+                        folder,
+                        model_file,
+                        atoms,
+                        ranks,
+                        steps,
+                        args.device,
+                        args.long_range,
+                        args.chunk,
                     )
                     for ranks in args.ranks
                 ]

@@ -25,7 +25,8 @@
 #   lammps: LAMMPS water, default model, float32, device cuda: PME at 12k and 98k atoms,
 #      the Python step beside it, and Ewald at 98k as the baseline on the same card
 #   kspace: the k-space alone on the GPU: Ewald and PME to 10^6 atoms
-#   million: LAMMPS water at 943k atoms (PME)
+#   million: LAMMPS water at 943k atoms (PME), in one pass and with the short range in
+#      chunks of 131,072 atoms (pair_style lorem ... chunk N)
 #   mp: message passing in LAMMPS on CUDA;  training: bench_training_gpu.sh
 #   bec, lammps-parity: parts of the parity tests alone
 set -u
@@ -128,6 +129,12 @@ for step in $STEPS; do
     log "LAMMPS water 943k atoms, PME, device cuda"
     timeout 100 python3 benchmarks/bench_lammps.py --device cuda --long-range pme \
       --replicas 17 --ranks 1 --steps 2 --no-python 2>&1 | tail -c 3000 | tee -a "$OUT/steps.txt"
+    log "the same with chunk 131072"
+    timeout 120 python3 benchmarks/bench_lammps.py --device cuda --long-range pme \
+      --replicas 17 --ranks 1 --steps 2 --no-python --chunk 131072 2>&1 | tail -c 3000 |
+      tee -a "$OUT/steps.txt"
+    timeout 60 python3 benchmarks/bench_short_range_chunks.py --device cuda \
+      --systems water32832 --chunks 0 8192 2>&1 | tee -a "$OUT/steps.txt"
     ;;
   mp)
     log "message passing in LAMMPS on cuda"

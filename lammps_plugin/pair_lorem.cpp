@@ -297,6 +297,17 @@ void PairLorem::allocate() {
 }
 
 void PairLorem::settings(int narg, char** arg) {
+  // pair_style lorem given again keeps pair_coeff (LAMMPS calls only settings() when the
+  // style is the same): every option starts from its default, so that one left out now
+  // is off, and a loaded model takes the new ones below
+  device_request_ = "auto";
+  gpu_aware_request_ = "auto";
+  long_range_request_.clear();
+  accuracy_request_ = 0.0;
+  chunk_atoms_ = 0;
+  apply_electric_field_ = false;
+  electric_field_ = {0.0, 0.0, 0.0};
+  timers_ = true;
   int iarg = 0;
   while (iarg < narg) {
     if (std::strcmp(arg[iarg], "device") == 0 && iarg + 1 < narg) {
@@ -319,6 +330,14 @@ void PairLorem::settings(int narg, char** arg) {
         error->all(FLERR, "pair_style lorem: gpu_aware must be auto, on or off, not '{}'",
                    gpu_aware_request_);
       iarg += 2;
+    } else if (std::strcmp(arg[iarg], "chunk") == 0 && iarg + 1 < narg) {
+      chunk_atoms_ = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (chunk_atoms_ < 0)
+        error->all(FLERR,
+                   "pair_style lorem: chunk must be a number of local atoms >= 0 (0: the short "
+                   "range in one pass), not {}",
+                   arg[iarg + 1]);
+      iarg += 2;
     } else if (std::strcmp(arg[iarg], "timers") == 0 && iarg + 1 < narg) {
       timers_ = utils::logical(FLERR, arg[iarg + 1], false, lmp) != 0;
       iarg += 2;
@@ -332,9 +351,13 @@ void PairLorem::settings(int narg, char** arg) {
       error->all(FLERR,
                  "Illegal pair_style lorem argument '{}': use pair_style lorem [device "
                  "cpu|cuda|cuda:N|auto] [long_range ewald|pme|auto] [accuracy A] [efield Ex Ey Ez] "
-                 "[gpu_aware auto|on|off] [timers on|off]",
+                 "[gpu_aware auto|on|off] [chunk N] [timers on|off]",
                  arg[iarg]);
     }
+  }
+  if (model_) {  // given again after pair_coeff
+    if (choose_device() != model_->device().str()) load_model();
+    apply_settings();
   }
 }
 
@@ -376,29 +399,9 @@ void PairLorem::coeff(int narg, char** arg) {
                "--with-lorem) or the plugin with the lorem-torch installed now",
                lorem::header_interface().describe(), lorem::runtime_interface().describe());
   }
-  const auto device = choose_device();
-  try {
-    model_ = std::make_unique<lorem::Model>(arg[2], device);
-  } catch (const std::exception& e) {
-    error->all(FLERR, "pair_style lorem: {}", e.what());
-  }
+  model_path_ = arg[2];
+  load_model();
   const auto& contract = model_->contract();
-  cutoff_ = contract.cutoff;
-  if (!long_range_request_.empty()) {
-    try {
-      model_->set_long_range_method(long_range_request_);
-    } catch (const std::exception& e) {
-      error->all(FLERR, "pair_style lorem: {}", e.what());
-    }
-  }
-  if (accuracy_request_ > 0.0 && contract.accuracy > 0.0 &&
-      std::abs(accuracy_request_ - contract.accuracy) > 1e-3 * contract.accuracy) {
-    error->all(FLERR,
-               "pair_style lorem: accuracy {} differs from the model's {} (its k-space grid "
-               "and PME mesh are chosen when it is exported): export it again with "
-               "lorem-export --accuracy {}",
-               accuracy_request_, contract.accuracy, accuracy_request_);
-  }
   type_to_z_.assign(ntypes + 1, 0);
   type_symbol_.assign(ntypes + 1, "NULL");
   mass_checked_.assign(ntypes + 1, 0);
@@ -414,17 +417,66 @@ void PairLorem::coeff(int narg, char** arg) {
     type_to_z_[t] = z;
     type_symbol_[t] = symbol;
   }
+  // alone (not a sub-style of pair_style hybrid), no other style takes a NULL type: say
+  // so here, before LAMMPS' "All pair coeffs are not set"
+  if (force->pair == this) {
+    for (int t = 1; t <= ntypes; ++t)
+      if (type_to_z_[t] == 0)
+        error->all(FLERR,
+                   "pair_style lorem: type {} is NULL in pair_coeff, but no other pair style "
+                   "takes it: NULL is for the types of another style of pair_style hybrid",
+                   t);
+  }
   for (int i = 1; i <= ntypes; ++i)
     for (int j = i; j <= ntypes; ++j)
       setflag[i][j] = (type_to_z_[i] > 0 && type_to_z_[j] > 0) ? 1 : 0;
+  apply_settings();
+}
+
+void PairLorem::load_model() {
+  try {
+    model_ = std::make_unique<lorem::Model>(model_path_, choose_device());
+  } catch (const std::exception& e) {
+    error->all(FLERR, "pair_style lorem: {}", e.what());
+  }
+  cutoff_ = model_->contract().cutoff;
+}
+
+// pair_style's options on the loaded model (after pair_coeff, and when pair_style lorem
+// is given again): the long-range method (the export's own unless asked), the chunks, the
+// accuracy check, the MPI buffers, and the lines of the log that say what runs
+void PairLorem::apply_settings() {
+  const auto& contract = model_->contract();
+  try {
+    if (!long_range_request_.empty())
+      model_->set_long_range_method(long_range_request_);
+    else if (!contract.long_range_methods.empty())
+      model_->set_long_range_method(contract.long_range_method);
+    model_->set_short_range_chunk(chunk_atoms_);
+  } catch (const std::exception& e) {
+    error->all(FLERR, "pair_style lorem: {}", e.what());
+  }
+  if (accuracy_request_ > 0.0 && contract.accuracy > 0.0 &&
+      std::abs(accuracy_request_ - contract.accuracy) > 1e-3 * contract.accuracy) {
+    error->all(FLERR,
+               "pair_style lorem: accuracy {} differs from the model's {} (its k-space grid "
+               "and PME mesh are chosen when it is exported): export it again with "
+               "lorem-export --accuracy {}",
+               accuracy_request_, contract.accuracy, accuracy_request_);
+  }
   choose_mpi_buffers();
   log_cuda_kernels();
   if (comm->me == 0) {
     utils::logmesg(lmp,
                    "pair_style lorem: {} on {}, cutoff {} A, {} message-passing layers, long "
                    "range {} ({} channels, accuracy {})\n",
-                   arg[2], model_->device().str(), cutoff_, contract.num_message_passing,
+                   model_path_, model_->device().str(), cutoff_, contract.num_message_passing,
                    model_->long_range_method(), contract.num_charges, contract.accuracy);
+    if (chunk_atoms_ > 0)
+      utils::logmesg(lmp,
+                     "pair_style lorem: the short range in chunks of {} local atoms, each "
+                     "computed again in the backward (less memory, its forward twice)\n",
+                     chunk_atoms_);
   }
 }
 
@@ -485,18 +537,22 @@ void PairLorem::init_style() {
   const bool open = !domain->xperiodic && !domain->yperiodic && !domain->zperiodic;
   try {
     const auto& contract = model_->contract();
+    if (!periodic && !open) {
+      // a 2D slab as kspace_modify slab takes it: boundary p p f, c along z (checked before
+      // the contract, so that a box that no export takes is not sent to --slab)
+      if (!domain->xperiodic || !domain->yperiodic || domain->boundary[2][0] != 1 ||
+          domain->boundary[2][1] != 1) {
+        error->all(FLERR,
+                   "pair_style lorem: boxes must be periodic along all three axes, along none "
+                   "(f, s or m), or, for a 2D slab, boundary p p f (periodic along x and y, "
+                   "fixed along z)");
+      }
+    }
     contract.require(periodic ? "periodic"
                      : open   ? "non_periodic"
                               : "slab",
                      "pair_style lorem with this box");
     if (!periodic && !open) {
-      // a 2D slab as kspace_modify slab takes it: boundary p p f, c along z
-      if (!domain->xperiodic || !domain->yperiodic || domain->boundary[2][0] != 1 ||
-          domain->boundary[2][1] != 1) {
-        error->all(FLERR,
-                   "pair_style lorem: a 2D slab needs boundary p p f (periodic along x and y, "
-                   "fixed along z)");
-      }
       if (domain->triclinic && (domain->xz != 0.0 || domain->yz != 0.0)) {
         error->all(FLERR,
                    "pair_style lorem: a 2D slab needs the box's xz and yz tilts to be zero (its "
@@ -511,6 +567,23 @@ void PairLorem::init_style() {
                  "direct sum; leave out long_range or use auto)");
   } catch (const std::exception& e) {
     error->all(FLERR, "{}", e.what());
+  }
+  // pairs LAMMPS leaves out of the neighbour list would be left out of the model, silently
+  if (neighbor->nex_type || neighbor->nex_group || neighbor->nex_mol)
+    error->all(FLERR,
+               "pair_style lorem: neigh_modify exclude removes pairs from the neighbour list, "
+               "and the model would not see them: remove the exclusion");
+  if (atom->molecular != Atom::ATOMIC &&
+      (atom->nbonds > 0 || atom->nangles > 0 || atom->ndihedrals > 0)) {
+    for (int k = 1; k <= 3; ++k) {
+      if (force->special_lj[k] == 0.0 && force->special_coul[k] == 0.0)
+        error->all(FLERR,
+                   "pair_style lorem: special_bonds weights of 0 for 1-{} pairs remove bonded "
+                   "neighbours from the neighbour list, and the model would not see them: use "
+                   "special_bonds lj/coul 1.0 1.0 1.0 (the model takes every pair within its "
+                   "cutoff, whatever the weights)",
+                   k + 1);
+    }
   }
   neighbor->add_request(this, NeighConst::REQ_FULL);
   check_masses();

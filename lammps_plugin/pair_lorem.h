@@ -58,15 +58,19 @@ class PairLorem : public Pair {
   void check_masses();
   void refuse_per_atom_virial();
   std::string choose_device() const;  // "cpu", "cuda:N"
+  void load_model();                  // model_ from model_path_ on choose_device()
+  void apply_settings();              // pair_style's options on the loaded model
   void choose_mpi_buffers();          // device_buffers_, from gpu_aware_ and the MPI
   void log_cuda_kernels() const;      // a GPU model without the CUDA kernels says so
 
   std::unique_ptr<lorem::Model> model_;
+  std::string model_path_;  // pair_coeff's file
   std::string device_request_ = "auto";
   std::string gpu_aware_request_ = "auto";  // pair_style ... gpu_aware auto|on|off
   bool device_buffers_ = false;             // MPI takes the GPU's buffers (CUDA-aware)
   std::string long_range_request_;          // empty: the model's own method
   double accuracy_request_ = 0.0;           // 0: the model's own
+  int64_t chunk_atoms_ = 0;                 // pair_style ... chunk N (0: one pass)
   bool apply_electric_field_ = false;
   std::array<double, 3> electric_field_{0.0, 0.0, 0.0};  // V/Angstrom
   std::vector<int64_t> type_to_z_;                       // per LAMMPS type (1-based); 0 for NULL

@@ -88,8 +88,20 @@ class TimedCommunicator : public Communicator {
 // The model raises errors with a code ("[lorem:memory] ..."; python/lorem_torch/errors.py)
 // that TorchScript wraps in its traceback: the coded line alone (the last one: the
 // traceback may quote code), or the whole text when there is none.
-std::string evaluation_failure(const std::string& text) {
+std::string evaluation_failure(const std::string& text, int64_t short_range_chunk) {
   const auto start = text.rfind("[lorem:");
+  if (text.find("out of memory") != std::string::npos ||
+      text.find("can't allocate memory") != std::string::npos) {
+    // the short range's graphs are most of a step's memory: say what bounds them
+    return "lorem model evaluation ran out of memory (" +
+           text.substr(0, text.find('\n')).substr(0, 300) + "): " +
+           (short_range_chunk > 0
+                ? "a smaller chunk (now " + std::to_string(short_range_chunk) +
+                      " local atoms) or more ranks hold less"
+                : std::string("the short range in chunks of local atoms holds one chunk's "
+                              "graph at a time (pair_style lorem ... chunk N, "
+                              "Model.short_range_chunk), or use more ranks"));
+  }
   if (start == std::string::npos) return "lorem model evaluation failed: " + text;
   auto line = text.substr(start, text.find('\n', start) - start);
   if (line.rfind("[lorem:memory]", 0) == 0) {
@@ -246,6 +258,14 @@ void Model::set_long_range_method(const std::string& method) {
   method_ = method;
 }
 
+void Model::set_short_range_chunk(int64_t atoms) {
+  if (atoms < 0) {
+    throw Error("the short range's chunk size must be >= 0 local atoms (0: one pass), not " +
+                std::to_string(atoms));
+  }
+  short_range_chunk_ = atoms;
+}
+
 namespace {
 
 // Refuse pairs closer than the contract allows (and non-finite positions), in float64.
@@ -328,10 +348,10 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
   try {
     ctx.call("check_species", {in.numbers});
     // 1-2. the short-range stages and the charges of the final features
-    staged::ShortRange short_range;
+    staged::ShortRange short_range(short_range_chunk_);
     short_range.forward(ctx, in, contract.num_message_passing, comm);
     const auto& final = short_range.final_stage();
-    auto charges = ctx.tensor("charges", {final.scalar, final.spherical});
+    auto charges = short_range.charges(ctx);
     auto energies = short_range.energies();
     ctx.sync();
     const double encoded_at = now();
@@ -370,7 +390,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
     // 6. backward through the short-range stages, last first
     auto grad_positions = long_range.grad_positions;
     auto grad_strain = long_range.grad_strain;
-    short_range.backward(ctx, in, long_range.grad_scalar, long_range.grad_spherical, charges,
+    short_range.backward(ctx, in, long_range.grad_scalar, long_range.grad_spherical,
                          long_range.grad_charges, comm, grad_positions, grad_strain);
 
     ctx.sync();
@@ -406,9 +426,9 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
   } catch (const Error&) {
     throw;
   } catch (const c10::Error& error) {
-    throw Error(evaluation_failure(error.what_without_backtrace()));
+    throw Error(evaluation_failure(error.what_without_backtrace(), short_range_chunk_));
   } catch (const std::exception& error) {
-    throw Error(evaluation_failure(error.what()));
+    throw Error(evaluation_failure(error.what(), short_range_chunk_));
   }
 }
 

@@ -92,6 +92,11 @@ PYBIND11_MODULE(_core, m) {
             model.set_long_range_method(method);
           },
           "the k-space method for periodic cells, among the contract's methods")
+      .def_property(
+          "short_range_chunk", [](const lorem::Model& model) { return model.short_range_chunk(); },
+          [](lorem::Model& model, int64_t atoms) { model.set_short_range_chunk(atoms); },
+          "local atoms per chunk of the short range (0: one pass); chunks are computed "
+          "again in the backward, so only one chunk's autograd graph is held at a time")
       .def(
           "compute",
           [](lorem::Model& model,

@@ -206,6 +206,8 @@ print "RESULT $(pe:%.17g)"
         ("newton", "requires newton pair on"),
         ("checkpoint", "is a training checkpoint, not an export: run `lorem-export"),
         ("slab", "2D slabs (periodic along x and y only) need an export made with slab"),
+        ("exclude", "neigh_modify exclude removes pairs from the neighbour list"),
+        ("null", "type 2 is NULL in pair_coeff, but no other pair style takes it"),
     ],
 )
 def test_errors_end_lammps_with_the_plugins_message(model_files, tmp_path, change, message):
@@ -228,6 +230,10 @@ def test_errors_end_lammps_with_the_plugins_message(model_files, tmp_path, chang
         script = script.replace(str(files["float64"]), str(tmp_path / "model.ckpt"))
     elif change == "slab":
         script = script.replace("boundary p p p", "boundary p p f")
+    elif change == "exclude":
+        script = script.replace("compute pe_atom", "neigh_modify exclude type 1 2\ncompute pe_atom")
+    elif change == "null":
+        script = script.replace(f"{files['float64']} O H", f"{files['float64']} O NULL")
     code, output = run(tmp_path, script, 1, check=False)
     assert code != 0
     assert message in output
@@ -246,3 +252,81 @@ def test_units_real_converts(model_files, tmp_path):
     kcal = 23.060547830619029
     assert result["energy"] == pytest.approx(kcal * float(reference["energy"]), abs=1e-7)
     np.testing.assert_allclose(result["forces"], kcal * reference["forces"].numpy(), atol=1e-7)
+
+
+BONDED_WATER = """units metal
+atom_style full
+boundary p p p
+region box block 0 9 0 9 0 9
+create_box 2 box bond/types 1 extra/bond/per/atom 2 extra/special/per/atom 4
+mass 1 15.999
+mass 2 1.008
+create_atoms 1 single 4.5 4.5 4.5
+create_atoms 2 single 5.46 4.5 4.5
+create_atoms 2 single 4.26 5.43 4.5
+create_bonds single/bond 1 1 2
+create_bonds single/bond 1 1 3
+bond_style zero
+bond_coeff *
+{special}
+{pair}
+thermo_style custom step pe
+thermo_modify format float %.16g
+run 0
+print "RESULT $(pe:%.17g)"
+"""
+
+
+@pytest.mark.parametrize("special", ["", "special_bonds lj/coul 0.0 0.5 1.0"])
+def test_bonds_excluded_by_special_bonds_are_refused(model_files, tmp_path, special):
+    """Default special_bonds (lj/coul 0 0 0) drop bonded pairs from the neighbour list:
+    the model would miss the O-H pairs of a molecule with bonds, so LAMMPS stops."""
+    from lammps_run import plugin
+
+    from lorem_torch.lammps import pair_lines
+
+    _, files = model_files
+    pair = pair_lines(files["float64"], ["O", "H"], "", plugin())
+    code, output = run(tmp_path, BONDED_WATER.format(special=special, pair=pair), 1, check=False)
+    assert code != 0
+    assert "special_bonds weights of 0 for 1-2 pairs remove bonded neighbours" in output
+
+
+def test_bonds_with_full_special_weights_match_python(model_files, tmp_path):
+    from lammps_run import plugin
+
+    from lorem_torch.lammps import pair_lines
+
+    model, files = model_files
+    pair = pair_lines(files["float64"], ["O", "H"], "", plugin())
+    script = BONDED_WATER.format(special="special_bonds lj/coul 1.0 1.0 1.0", pair=pair)
+    _, output = run(tmp_path, script, 1)
+    energy = float(re.findall(r"(?m)^RESULT (.*)$", output)[-1])
+    atoms = Atoms(
+        "OH2",
+        positions=[[4.5, 4.5, 4.5], [5.46, 4.5, 4.5], [4.26, 5.43, 4.5]],
+        cell=[9, 9, 9],
+        pbc=True,
+    )
+    assert energy == pytest.approx(float(evaluate(model, [atoms])["energy"]), abs=1e-10)
+
+
+def test_pair_style_given_again_takes_its_new_options(model_files, tmp_path):
+    """pair_style lorem given again keeps pair_coeff (LAMMPS calls only the settings):
+    options left out return to their defaults and new ones reach the loaded model."""
+    model, files = model_files
+    atoms = wrapped(triclinic_water())
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    script = single_point_script("system.data", files["float64"], SPECIES)
+    first = script.replace("pair_style lorem", "pair_style lorem long_range pme chunk 2")
+    again = '\npair_style lorem\nrun 0\nprint "AGAIN $(pe:%.17g)"\n'
+    _, output = run(tmp_path, first + again, 1)
+    assert "long range pme" in output and "chunks of 2 local atoms" in output
+    assert "long range ewald" in output.split("AGAIN")[0].split("RESULT")[-1]
+    pme = float(re.findall(r"(?m)^RESULT (\S+)", output)[-1])
+    ewald = float(re.findall(r"(?m)^AGAIN (\S+)", output)[-1])
+    reference_pme = float(evaluate(model.with_long_range("pme"), [atoms])["energy"])
+    reference_ewald = float(evaluate(model, [atoms])["energy"])
+    assert abs(reference_pme - reference_ewald) > 1e-9  # the two methods differ
+    assert pme == pytest.approx(reference_pme, abs=1e-11)
+    assert ewald == pytest.approx(reference_ewald, abs=1e-11)

@@ -114,6 +114,32 @@ def test_message_passing_with_an_empty_rank(mp_files, tmp_path):
     compare(result, reference, True, 1e-8)
 
 
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_short_range_in_chunks(mp_files, tmp_path, ranks):
+    """pair_style lorem ... chunk 5: each rank's short range five local atoms at a time,
+    computed again in the backward; the same numbers as the Python model."""
+    model, path = mp_files["mp2_lr_scalar"]
+    atoms = wrapped(triclinic_water() * (2, 1, 1))
+    reference = evaluate(model, [atoms], stress=True)
+    write_data(atoms, tmp_path / "system.data", SPECIES)
+    script = single_point_script("system.data", path, SPECIES)
+    assert script.count("pair_style lorem") == 1
+    _, output = run(tmp_path, script.replace("pair_style lorem", "pair_style lorem chunk 5"), ranks)
+    assert "the short range in chunks of 5 local atoms" in output
+    compare(read_single_point(tmp_path, output), reference, True, 1e-8)
+
+
+def test_a_negative_chunk_is_refused(mp_files, tmp_path):
+    _, path = mp_files["mp1_lr_equivariant"]
+    write_data(wrapped(triclinic_water()), tmp_path / "system.data", SPECIES)
+    script = single_point_script("system.data", path, SPECIES)
+    code, output = run(
+        tmp_path, script.replace("pair_style lorem", "pair_style lorem chunk -2"), 1, check=False
+    )
+    assert code != 0
+    assert "chunk must be a number of local atoms >= 0" in output
+
+
 def test_message_passing_nve_drift(mp_files, tmp_path):
     _, path = mp_files["mp1_lr_equivariant"]
     atoms = water_box((1, 1, 1))

@@ -78,7 +78,15 @@ def test_slab_is_refused_without_a_slab_export(slab_files, tmp_path):
     script = single_point_script("system.data", path, SPECIES, boundary="p p s")
     code, output = run(tmp_path / "shrink", script, 1, check=False)
     assert code != 0
-    assert "a 2D slab needs boundary p p f" in output
+    assert "or, for a 2D slab, boundary p p f" in output
+    # and a box that no export takes is not sent to lorem-export --slab
+    _, path = slab_files["plain"]
+    (tmp_path / "mixed").mkdir()
+    write_data(lammps_slab(), tmp_path / "mixed" / "system.data", SPECIES)
+    script = single_point_script("system.data", path, SPECIES, boundary="p s p")
+    code, output = run(tmp_path / "mixed", script, 1, check=False)
+    assert code != 0
+    assert "or, for a 2D slab, boundary p p f" in output and "--slab" not in output
 
 
 @pytest.mark.slow

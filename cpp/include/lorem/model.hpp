@@ -147,6 +147,12 @@ class Model {
   // contract's long_range methods; default: the contract's method).
   void set_long_range_method(const std::string& method);
   const std::string& long_range_method() const { return method_; }
+  // Local atoms per chunk of the short range: > 0 runs the short-range stages chunk by
+  // chunk and computes each chunk again in the backward, so that only one chunk's
+  // autograd graph is held at a time (less memory, the short range's forward twice);
+  // 0 (the default): one pass. Same numbers either way, to round-off.
+  void set_short_range_chunk(int64_t atoms);
+  int64_t short_range_chunk() const { return short_range_chunk_; }
   const std::string& metadata_json() const { return metadata_json_; }
   torch::Device device() const { return device_; }
 
@@ -167,6 +173,7 @@ class Model {
   Contract contract_;
   std::string metadata_json_;
   std::string method_;
+  int64_t short_range_chunk_ = 0;
   // PME (when the contract lists it), read once from the export: its B-spline order, and
   // whether it has pme_interpolate and pme_combine (else pme_potentials does both)
   int64_t pme_order_ = 0;
@@ -182,7 +189,7 @@ class Model {
 // (header_interface(), inlined where it is compiled) with the loaded library's
 // (runtime_interface()) and stops with both named, instead of reading memory that
 // another lorem-torch laid out otherwise.
-constexpr int64_t kRuntimeInterfaceVersion = 20261207;
+constexpr int64_t kRuntimeInterfaceVersion = 20261208;
 struct RuntimeInterface {
   int64_t version = 0;
   int64_t system = 0, timings = 0, result = 0, model = 0;  // sizeof of each

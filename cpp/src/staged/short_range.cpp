@@ -69,11 +69,101 @@ std::vector<torch::Tensor> tensors(const c10::IValue& tuple) {
 
 }  // namespace
 
+namespace {
+
+// The chunks of local atoms [k c, (k + 1) c) and their pairs (found by one stable sort of
+// the centres, so that each chunk's pairs keep their order). Every centre must be local.
+std::vector<Chunk> make_chunks(const Inputs& in, int64_t chunk_atoms) {
+  std::vector<Chunk> chunks;
+  const int64_t pairs = in.centers.numel();
+  auto sorted = torch::sort(in.centers, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const auto& centers = std::get<0>(sorted);
+  const auto& order = std::get<1>(sorted);
+  std::vector<int64_t> starts;
+  for (int64_t begin = 0; begin < in.n_local; begin += chunk_atoms) starts.push_back(begin);
+  starts.push_back(in.n_local);
+  auto bounds =
+      torch::searchsorted(centers, torch::tensor(starts, in.centers.options())).to(torch::kCPU);
+  const auto* offset = bounds.data_ptr<int64_t>();
+  if (offset[0] != 0 || offset[starts.size() - 1] != pairs)
+    throw Error("every pair's centre must be a local atom (0 <= centers < n_local)");
+  for (size_t k = 0; k + 1 < starts.size(); ++k)
+    chunks.push_back({starts[k], starts[k + 1], order.slice(0, offset[k], offset[k + 1])});
+  return chunks;
+}
+
+// A chunk's view of the system: its atoms first (they are the stage's nodes), then all
+// the others in their order, and its pairs renumbered accordingly.
+struct ChunkView {
+  torch::Tensor order;    // [n_all] atom at each new place
+  torch::Tensor centers;  // [P_chunk] new indices
+  torch::Tensor others;
+  int64_t nodes = 0;
+};
+
+ChunkView view_of(const Inputs& in, const Chunk& chunk) {
+  const int64_t n_all = in.positions.size(0), begin = chunk.begin, end = chunk.end;
+  const auto opts = in.centers.options();
+  ChunkView view;
+  view.order = torch::cat({torch::arange(begin, end, opts), torch::arange(0, begin, opts),
+                           torch::arange(end, n_all, opts)});
+  view.centers = in.centers.index_select(0, chunk.pairs) - begin;
+  auto others = in.others.index_select(0, chunk.pairs);
+  view.others = torch::where(others < begin, others + (end - begin),
+                             torch::where(others < end, others - begin, others));
+  view.nodes = end - begin;
+  return view;
+}
+
+// A stage's feature input [n_all, ...]: local atoms' then ghosts' (leaves)
+std::pair<torch::Tensor, torch::Tensor> all_features(const Stage& stage) {
+  std::map<std::string, torch::Tensor> named(stage.inputs.begin(), stage.inputs.end());
+  return {torch::cat({named.at("local_scalar"), named.at("ghost_scalar")}),
+          torch::cat({named.at("local_spherical"), named.at("ghost_spherical")})};
+}
+
+}  // namespace
+
+std::vector<torch::Tensor> ShortRange::chunk_outputs(const Context& ctx, const Inputs& in,
+                                                     int64_t t, const Stage& stage,
+                                                     const Chunk& chunk) const {
+  const auto view = view_of(in, chunk);
+  auto positions = in.positions.index_select(0, view.order);
+  if (t == 0) {
+    return tensors(
+        ctx.call("initial_features", {positions, in.numbers.index_select(0, view.order),
+                                      view.centers, view.others, in.strain, view.nodes}));
+  }
+  auto [scalar, spherical] = all_features(stage);
+  return tensors(ctx.call(
+      "message_passing_step",
+      {t - 1, positions, view.centers, view.others, in.strain, scalar.index_select(0, view.order),
+       spherical.index_select(0, view.order), view.nodes}));
+}
+
 void ShortRange::forward(const Context& ctx, const Inputs& in, int64_t layers, Communicator& comm) {
   stages_.clear();
-  auto first = tensors(ctx.call("initial_features", {in.positions, in.numbers, in.centers,
-                                                     in.others, in.strain, in.n_local}));
-  stages_.push_back({first[0], first[1], first[2], {}});
+  chunks_.clear();
+  if (chunk_atoms_ < 0) throw Error("the short range's chunk size must be >= 0 (0: no chunks)");
+  if (chunk_atoms_ > 0 && in.n_local > chunk_atoms_) chunks_ = make_chunks(in, chunk_atoms_);
+  // stage t's outputs: in one pass with its graph, or chunk by chunk without
+  auto run = [&](int64_t t, const Stage& inputs, const std::vector<c10::IValue>& whole) {
+    if (chunks_.empty()) {
+      auto out = tensors(ctx.call(t == 0 ? "initial_features" : "message_passing_step", whole));
+      return Stage{out[0], out[1], out[2], inputs.inputs};
+    }
+    torch::NoGradGuard no_graph;  // computed again, chunk by chunk, in the backward
+    std::vector<torch::Tensor> energy, scalar, spherical;
+    for (const auto& chunk : chunks_) {
+      auto out = chunk_outputs(ctx, in, t, inputs, chunk);
+      energy.push_back(out[0]);
+      scalar.push_back(out[1]);
+      spherical.push_back(out[2]);
+    }
+    return Stage{torch::cat(energy), torch::cat(scalar), torch::cat(spherical), inputs.inputs};
+  };
+  stages_.push_back(
+      run(0, Stage{}, {in.positions, in.numbers, in.centers, in.others, in.strain, in.n_local}));
   for (int64_t layer = 0; layer < layers; ++layer) {
     const auto& previous = stages_.back();
     auto local_scalar = leaf(previous.scalar);
@@ -83,18 +173,27 @@ void ShortRange::forward(const Context& ctx, const Inputs& in, int64_t layers, C
         unpack(ghosts, previous.scalar, previous.spherical);
     auto ghost_scalar = leaf(ghost_scalar_value);
     auto ghost_spherical = leaf(ghost_spherical_value);
-    auto out = tensors(ctx.call("message_passing_step",
-                                {layer, in.positions, in.centers, in.others, in.strain,
-                                 torch::cat({local_scalar, ghost_scalar}),
-                                 torch::cat({local_spherical, ghost_spherical}), in.n_local}));
-    stages_.push_back({out[0],
-                       out[1],
-                       out[2],
-                       {{"local_scalar", local_scalar},
-                        {"local_spherical", local_spherical},
-                        {"ghost_scalar", ghost_scalar},
-                        {"ghost_spherical", ghost_spherical}}});
+    Stage inputs{{},
+                 {},
+                 {},
+                 {{"local_scalar", local_scalar},
+                  {"local_spherical", local_spherical},
+                  {"ghost_scalar", ghost_scalar},
+                  {"ghost_spherical", ghost_spherical}}};
+    stages_.push_back(run(layer + 1, inputs,
+                          {layer, in.positions, in.centers, in.others, in.strain,
+                           torch::cat({local_scalar, ghost_scalar}),
+                           torch::cat({local_spherical, ghost_spherical}), in.n_local}));
   }
+}
+
+torch::Tensor ShortRange::charges(const Context& ctx) {
+  const auto& final = stages_.back();
+  auto scalar = leaf(final.scalar);
+  auto spherical = leaf(final.spherical);
+  charge_inputs_ = {{"scalar", scalar}, {"spherical", spherical}};
+  charges_ = ctx.tensor("charges", {scalar, spherical});
+  return charges_;
 }
 
 torch::Tensor ShortRange::energies() const {
@@ -104,21 +203,38 @@ torch::Tensor ShortRange::energies() const {
 }
 
 void ShortRange::backward(const Context& ctx, const Inputs& in, torch::Tensor grad_scalar,
-                          torch::Tensor grad_spherical, const torch::Tensor& charges,
-                          const torch::Tensor& grad_charges, Communicator& comm,
-                          torch::Tensor& grad_positions, torch::Tensor& grad_strain) const {
+                          torch::Tensor grad_spherical, const torch::Tensor& grad_charges,
+                          Communicator& comm, torch::Tensor& grad_positions,
+                          torch::Tensor& grad_strain) const {
+  // the charges are a function of the final features
+  if (charges_.defined()) {
+    auto grads = gradients({charges_}, {grad_charges}, charge_inputs_);
+    grad_scalar = grad_scalar + grads["scalar"];
+    grad_spherical = grad_spherical + grads["spherical"];
+  }
   const auto last = static_cast<int64_t>(stages_.size()) - 1;
   for (int64_t t = last; t >= 0; --t) {
     const auto& stage = stages_[t];
-    std::vector<torch::Tensor> outputs{stage.energy.sum(), stage.scalar, stage.spherical};
-    std::vector<torch::Tensor> seeds{torch::ones({}, ctx.options), grad_scalar, grad_spherical};
-    if (t == last) {  // the charges are a function of the final features
-      outputs.push_back(charges);
-      seeds.push_back(grad_charges);
-    }
     Leaves leaves{{"positions", in.positions}, {"strain", in.strain}};
     leaves.insert(leaves.end(), stage.inputs.begin(), stage.inputs.end());
-    auto grads = gradients(outputs, seeds, leaves);
+    const auto one = torch::ones({}, ctx.options);
+    std::map<std::string, torch::Tensor> summed;
+    if (chunks_.empty()) {
+      auto grads = gradients({stage.energy.sum(), stage.scalar, stage.spherical},
+                             {one, grad_scalar, grad_spherical}, leaves);
+      for (const auto& [name, tensor] : leaves) summed[name] = grads[name];
+    } else {
+      for (const auto& chunk : chunks_) {  // each chunk's graph again, then its gradients
+        auto out = chunk_outputs(ctx, in, t, stage, chunk);
+        auto grads = gradients({out[0].sum(), out[1], out[2]},
+                               {one, grad_scalar.slice(0, chunk.begin, chunk.end),
+                                grad_spherical.slice(0, chunk.begin, chunk.end)},
+                               leaves);
+        for (const auto& [name, tensor] : leaves)
+          summed[name] = summed.count(name) ? summed[name] + grads[name] : grads[name];
+      }
+    }
+    const Gradients grads(std::move(summed));
     grad_positions = grad_positions + grads["positions"];
     grad_strain = grad_strain + grads["strain"];
     if (t > 0) {  // gradients of ghost features go back to their owners

@@ -73,23 +73,46 @@ struct Stage {
   Leaves inputs;                            // local and ghost features (layers only)
 };
 
+// Local atoms [begin, end) and the pairs whose centre is one of them: the short range of
+// a chunk is that of its atoms alone (a stage's outputs for an atom depend only on the
+// pairs it is the centre of), so a stage can run chunk by chunk.
+struct Chunk {
+  int64_t begin = 0, end = 0;
+  torch::Tensor pairs;  // [P_chunk] indices into Inputs::centers / others, in their order
+};
+
 class ShortRange {
  public:
+  // chunk_atoms > 0: the stages run over chunks of that many local atoms without keeping
+  // their autograd graphs, and each chunk is computed again in the backward (memory
+  // bounded by one chunk's graph, the short range's forward twice); 0: one pass, graphs
+  // kept (docs/design.md section 4)
+  explicit ShortRange(int64_t chunk_atoms = 0) : chunk_atoms_(chunk_atoms) {}
   // stage 0, then each layer after its ghosts got their owners' features
   void forward(const Context& ctx, const Inputs& in, int64_t layers, Communicator& comm);
+  // the learned charges [n_local, C] of the final features (kept, with the features as
+  // leaves, for the backward)
+  torch::Tensor charges(const Context& ctx);
   torch::Tensor energies() const;  // [n_local] detached, summed over stages
   const Stage& final_stage() const { return stages_.back(); }
   const std::vector<Stage>& stages() const { return stages_; }
-  // Backward through the stages, last first, from the gradients of the final features
-  // and of the charges; gradients of ghost features go back to their owners. Adds to
-  // grad_positions and grad_strain.
+  // Backward through the charges and the stages, last first, from the gradients of the
+  // final features and of the charges; gradients of ghost features go back to their
+  // owners. Adds to grad_positions and grad_strain.
   void backward(const Context& ctx, const Inputs& in, torch::Tensor grad_scalar,
-                torch::Tensor grad_spherical, const torch::Tensor& charges,
-                const torch::Tensor& grad_charges, Communicator& comm,
+                torch::Tensor grad_spherical, const torch::Tensor& grad_charges, Communicator& comm,
                 torch::Tensor& grad_positions, torch::Tensor& grad_strain) const;
 
  private:
+  // stage t's outputs {energy, scalar, spherical} for one chunk's atoms (graph built when
+  // grad mode is on); `stage` holds layer t's feature leaves
+  std::vector<torch::Tensor> chunk_outputs(const Context& ctx, const Inputs& in, int64_t t,
+                                           const Stage& stage, const Chunk& chunk) const;
+  int64_t chunk_atoms_ = 0;
+  std::vector<Chunk> chunks_;  // empty: one pass
   std::vector<Stage> stages_;
+  torch::Tensor charges_;
+  Leaves charge_inputs_;  // the final features, leaves of the charges
 };
 
 // ---- long range: one unit per k-space method behind one interface
