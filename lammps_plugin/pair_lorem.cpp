@@ -440,6 +440,9 @@ void PairLorem::load_model() {
     error->all(FLERR, "pair_style lorem: {}", e.what());
   }
   cutoff_ = model_->contract().cutoff;
+  // the timing table reports the difference to the last table: a new model starts at zero
+  reported_.reset();
+  reported_host_ = host_seconds_;
 }
 
 // pair_style's options on the loaded model (after pair_coeff, and when pair_style lorem
@@ -568,25 +571,73 @@ void PairLorem::init_style() {
   } catch (const std::exception& e) {
     error->all(FLERR, "{}", e.what());
   }
-  // pairs LAMMPS leaves out of the neighbour list would be left out of the model, silently
-  if (neighbor->nex_type || neighbor->nex_group || neighbor->nex_mol)
-    error->all(FLERR,
-               "pair_style lorem: neigh_modify exclude removes pairs from the neighbour list, "
-               "and the model would not see them: remove the exclusion");
-  if (atom->molecular != Atom::ATOMIC &&
-      (atom->nbonds > 0 || atom->nangles > 0 || atom->ndihedrals > 0)) {
-    for (int k = 1; k <= 3; ++k) {
-      if (force->special_lj[k] == 0.0 && force->special_coul[k] == 0.0)
-        error->all(FLERR,
-                   "pair_style lorem: special_bonds weights of 0 for 1-{} pairs remove bonded "
-                   "neighbours from the neighbour list, and the model would not see them: use "
-                   "special_bonds lj/coul 1.0 1.0 1.0 (the model takes every pair within its "
-                   "cutoff, whatever the weights)",
-                   k + 1);
-    }
-  }
+  check_pairs_kept();
   neighbor->add_request(this, NeighConst::REQ_FULL);
   check_masses();
+}
+
+// Pairs that LAMMPS leaves out of the neighbour list would be left out of the model with
+// no error: neigh_modify exclude between two of this style's types (under hybrid, other
+// styles' types may be excluded), and special_bonds weights of 0 for lj and coul both,
+// which drop the bonded neighbours of an atom unless a k-space style (or a pair style that
+// needs them, as LAMMPS' Neighbor::init decides) keeps them. Refused by name.
+void PairLorem::check_pairs_kept() {
+  const bool alone = force->pair == this;
+  for (int k = 0; k < neighbor->nex_type; ++k) {
+    const int a = neighbor->ex1_type[k], b = neighbor->ex2_type[k];
+    if (alone || (type_to_z_[a] > 0 && type_to_z_[b] > 0))
+      error->all(FLERR,
+                 "pair_style lorem: neigh_modify exclude type {} {} removes pairs of its atoms "
+                 "from the neighbour list, and the model would not see them: remove the "
+                 "exclusion",
+                 a, b);
+  }
+  if (neighbor->nex_group || neighbor->nex_mol) {
+    if (alone)
+      error->all(FLERR,
+                 "pair_style lorem: neigh_modify exclude removes pairs from the neighbour list, "
+                 "and the model would not see them: remove the exclusion");
+    if (comm->me == 0)
+      error->warning(FLERR,
+                     "pair_style lorem: neigh_modify exclude group/molecule must not exclude "
+                     "pairs of atoms of pair_style lorem's types (the model would not see them)");
+  }
+  if (atom->molecular == Atom::ATOMIC || force->kspace || force->pair_match("coul/wolf", 0) ||
+      force->pair_match("coul/dsf", 0) || force->pair_match("thole", 0))
+    return;
+  bool dropped[4] = {false, false, false, false};
+  for (int k = 1; k <= 3; ++k)
+    dropped[k] = force->special_lj[k] == 0.0 && force->special_coul[k] == 0.0;
+  if (!dropped[1] && !dropped[2] && !dropped[3]) return;
+  // local atoms of this style's types that have such neighbours (1-2, 1-3, 1-4)
+  int found = 0;
+  int level = 0;
+  if (atom->molecular == Atom::MOLECULAR && atom->nspecial) {
+    for (int i = 0; i < atom->nlocal && !found; ++i) {
+      if (type_to_z_[atom->type[i]] <= 0) continue;
+      const int counts[4] = {0, atom->nspecial[i][0], atom->nspecial[i][1] - atom->nspecial[i][0],
+                             atom->nspecial[i][2] - atom->nspecial[i][1]};
+      for (int k = 1; k <= 3; ++k)
+        if (dropped[k] && counts[k] > 0) {
+          found = 1;
+          level = k;
+          break;
+        }
+    }
+  } else if (atom->nbonds > 0 || atom->nangles > 0 || atom->ndihedrals > 0) {
+    found = 1;  // molecule templates: no per-atom lists to look at
+    for (int k = 3; k >= 1; --k)
+      if (dropped[k]) level = k;
+  }
+  int levels[2] = {found, level}, any[2] = {0, 0};
+  MPI_Allreduce(levels, any, 2, MPI_INT, MPI_MAX, world);
+  if (any[0])
+    error->all(FLERR,
+               "pair_style lorem: special_bonds weights of 0 for 1-{} pairs remove bonded "
+               "neighbours of its atoms from the neighbour list, and the model would not see "
+               "them: use special_bonds lj/coul 1.0 1.0 1.0 (the model takes every pair within "
+               "its cutoff, whatever the weights)",
+               any[1] + 1);
 }
 
 // pair_coeff's elements against the types' masses: a swapped element order

@@ -60,6 +60,7 @@ class PairLorem : public Pair {
   std::string choose_device() const;  // "cpu", "cuda:N"
   void load_model();                  // model_ from model_path_ on choose_device()
   void apply_settings();              // pair_style's options on the loaded model
+  void check_pairs_kept();            // no pair of the model's atoms left out of the list
   void choose_mpi_buffers();          // device_buffers_, from gpu_aware_ and the MPI
   void log_cuda_kernels() const;      // a GPU model without the CUDA kernels says so
 

@@ -93,8 +93,15 @@ std::string evaluation_failure(const std::string& text, int64_t short_range_chun
   if (text.find("out of memory") != std::string::npos ||
       text.find("can't allocate memory") != std::string::npos) {
     // the short range's graphs are most of a step's memory: say what bounds them
-    return "lorem model evaluation ran out of memory (" +
-           text.substr(0, text.find('\n')).substr(0, 300) + "): " +
+    // the allocator's own line (a TorchScript traceback comes first)
+    auto at = text.find("out of memory");
+    if (at == std::string::npos) at = text.find("can't allocate memory");
+    const auto line_start = text.rfind('\n', at);
+    const auto from = line_start == std::string::npos ? 0 : line_start + 1;
+    auto line = text.substr(from, text.find('\n', at) - from);
+    const auto first = line.find_first_not_of(' ');
+    line = first == std::string::npos ? line : line.substr(first, 300);
+    return "lorem model evaluation ran out of memory (" + line + "): " +
            (short_range_chunk > 0
                 ? "a smaller chunk (now " + std::to_string(short_range_chunk) +
                       " local atoms) or more ranks hold less"

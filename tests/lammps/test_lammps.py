@@ -197,6 +197,36 @@ print "RESULT $(pe:%.17g)"
     assert energy == pytest.approx(float(reference["energy"]), abs=1e-8)
 
 
+@pytest.mark.parametrize("excluded, refused", [("2 2", False), ("1 1", True)])
+def test_hybrid_exclusions_of_other_styles_types(model_files, tmp_path, excluded, refused):
+    """Under hybrid, excluding pairs of another style's types is that style's business;
+    excluding pairs of lorem's own types is refused."""
+    model, files = model_files
+    atoms = water_box((1, 1, 1))
+    write_data(atoms, tmp_path / "system.data", ["O", "H"])
+    oxygen_only = atoms[[i for i, z in enumerate(atoms.numbers) if z == 8]]
+    from lammps_run import plugin
+
+    script = f"""units metal
+atom_style atomic
+read_data system.data
+plugin load {plugin()}
+pair_style hybrid/overlay lorem lj/cut 3.0
+pair_coeff * * lorem {files["float64"]} O NULL
+pair_coeff * * lj/cut 0.0 1.0
+neigh_modify exclude type {excluded}
+run 0
+print "RESULT $(pe:%.17g)"
+"""
+    code, output = run(tmp_path, script, 1, check=not refused)
+    if refused:
+        assert code != 0 and "neigh_modify exclude type 1 1 removes pairs of its atoms" in output
+        return
+    energy = float(re.findall(r"(?m)^RESULT (.*)$", output)[-1])
+    reference = evaluate(model, [oxygen_only])
+    assert energy == pytest.approx(float(reference["energy"]), abs=1e-8)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -206,7 +236,7 @@ print "RESULT $(pe:%.17g)"
         ("newton", "requires newton pair on"),
         ("checkpoint", "is a training checkpoint, not an export: run `lorem-export"),
         ("slab", "2D slabs (periodic along x and y only) need an export made with slab"),
-        ("exclude", "neigh_modify exclude removes pairs from the neighbour list"),
+        ("exclude", "neigh_modify exclude type 1 2 removes pairs of its atoms"),
         ("null", "type 2 is NULL in pair_coeff, but no other pair style takes it"),
     ],
 )
@@ -292,14 +322,20 @@ def test_bonds_excluded_by_special_bonds_are_refused(model_files, tmp_path, spec
     assert "special_bonds weights of 0 for 1-2 pairs remove bonded neighbours" in output
 
 
-def test_bonds_with_full_special_weights_match_python(model_files, tmp_path):
+@pytest.mark.parametrize(
+    "special",
+    ["special_bonds lj/coul 1.0 1.0 1.0", "special_bonds lj 0.0 0.0 0.0 coul 1.0 1.0 1.0"],
+)
+def test_bonds_with_kept_pairs_match_python(model_files, tmp_path, special):
+    """Weights that keep the bonded pairs in the list (any weight but lj and coul both 0):
+    the model sees every pair, whatever the weights."""
     from lammps_run import plugin
 
     from lorem_torch.lammps import pair_lines
 
     model, files = model_files
     pair = pair_lines(files["float64"], ["O", "H"], "", plugin())
-    script = BONDED_WATER.format(special="special_bonds lj/coul 1.0 1.0 1.0", pair=pair)
+    script = BONDED_WATER.format(special=special, pair=pair)
     _, output = run(tmp_path, script, 1)
     energy = float(re.findall(r"(?m)^RESULT (.*)$", output)[-1])
     atoms = Atoms(
@@ -322,6 +358,7 @@ def test_pair_style_given_again_takes_its_new_options(model_files, tmp_path):
     again = '\npair_style lorem\nrun 0\nprint "AGAIN $(pe:%.17g)"\n'
     _, output = run(tmp_path, first + again, 1)
     assert "long range pme" in output and "chunks of 2 local atoms" in output
+    assert output.count("the short range in chunks of") == 1  # chunk back to 0
     assert "long range ewald" in output.split("AGAIN")[0].split("RESULT")[-1]
     pme = float(re.findall(r"(?m)^RESULT (\S+)", output)[-1])
     ewald = float(re.findall(r"(?m)^AGAIN (\S+)", output)[-1])

@@ -92,11 +92,12 @@ std::vector<Chunk> make_chunks(const Inputs& in, int64_t chunk_atoms) {
   return chunks;
 }
 
-// A chunk's view of the system: its atoms first (they are the stage's nodes), then all
-// the others in their order, and its pairs renumbered accordingly.
+// A chunk's view of the system: its atoms first (the stage's nodes, in order), then the
+// other atoms its pairs reach (sorted), and its pairs renumbered into the view, so that a
+// chunk's work and memory follow its atoms and their neighbours, not the rank's.
 struct ChunkView {
-  torch::Tensor order;    // [n_all] atom at each new place
-  torch::Tensor centers;  // [P_chunk] new indices
+  torch::Tensor atoms;    // [n_view] rank index of each atom of the view
+  torch::Tensor centers;  // [P_chunk] indices into the view
   torch::Tensor others;
   int64_t nodes = 0;
 };
@@ -105,40 +106,50 @@ ChunkView view_of(const Inputs& in, const Chunk& chunk) {
   const int64_t n_all = in.positions.size(0), begin = chunk.begin, end = chunk.end;
   const auto opts = in.centers.options();
   ChunkView view;
-  view.order = torch::cat({torch::arange(begin, end, opts), torch::arange(0, begin, opts),
-                           torch::arange(end, n_all, opts)});
-  view.centers = in.centers.index_select(0, chunk.pairs) - begin;
-  auto others = in.others.index_select(0, chunk.pairs);
-  view.others = torch::where(others < begin, others + (end - begin),
-                             torch::where(others < end, others - begin, others));
   view.nodes = end - begin;
+  view.centers = in.centers.index_select(0, chunk.pairs) - begin;
+  // sort keys that put the chunk's atoms first (0..nodes-1) and every other atom after
+  // (n_all + its index); the chunk's own atoms are all present, so they keep 0..nodes-1
+  auto others = in.others.index_select(0, chunk.pairs);
+  auto keys = torch::where((others >= begin) & (others < end), others - begin, others + n_all);
+  auto unique = at::_unique2(torch::cat({torch::arange(view.nodes, opts), keys}),
+                             /*sorted=*/true, /*return_inverse=*/true, /*return_counts=*/false);
+  const auto& values = std::get<0>(unique);
+  view.atoms = torch::where(values < n_all, values + begin, values - n_all);
+  view.others = std::get<1>(unique).slice(0, view.nodes);
   return view;
 }
 
-// A stage's feature input [n_all, ...]: local atoms' then ghosts' (leaves)
+// A layer stage's feature input over the rank's atoms [n_all, ...]: local then ghosts
 std::pair<torch::Tensor, torch::Tensor> all_features(const Stage& stage) {
   std::map<std::string, torch::Tensor> named(stage.inputs.begin(), stage.inputs.end());
-  return {torch::cat({named.at("local_scalar"), named.at("ghost_scalar")}),
-          torch::cat({named.at("local_spherical"), named.at("ghost_spherical")})};
+  return {torch::cat({named.at("local_scalar"), named.at("ghost_scalar")}).detach(),
+          torch::cat({named.at("local_spherical"), named.at("ghost_spherical")}).detach()};
 }
 
 }  // namespace
 
-std::vector<torch::Tensor> ShortRange::chunk_outputs(const Context& ctx, const Inputs& in,
-                                                     int64_t t, const Stage& stage,
-                                                     const Chunk& chunk) const {
+ShortRange::ChunkCall ShortRange::chunk_call(
+    const Context& ctx, const Inputs& in, int64_t t,
+    const std::pair<torch::Tensor, torch::Tensor>& features, const Chunk& chunk) const {
   const auto view = view_of(in, chunk);
-  auto positions = in.positions.index_select(0, view.order);
+  ChunkCall call;
+  call.atoms = view.atoms;
+  // the view's own leaves: gradients to them are [n_view, ...], added into the rank's
+  call.leaves.emplace_back("positions", leaf(in.positions.index_select(0, view.atoms)));
+  call.leaves.emplace_back("strain", in.strain);
   if (t == 0) {
-    return tensors(
-        ctx.call("initial_features", {positions, in.numbers.index_select(0, view.order),
+    call.outputs = tensors(
+        ctx.call("initial_features", {call.leaves[0].second, in.numbers.index_select(0, view.atoms),
                                       view.centers, view.others, in.strain, view.nodes}));
+    return call;
   }
-  auto [scalar, spherical] = all_features(stage);
-  return tensors(ctx.call(
-      "message_passing_step",
-      {t - 1, positions, view.centers, view.others, in.strain, scalar.index_select(0, view.order),
-       spherical.index_select(0, view.order), view.nodes}));
+  call.leaves.emplace_back("scalar", leaf(features.first.index_select(0, view.atoms)));
+  call.leaves.emplace_back("spherical", leaf(features.second.index_select(0, view.atoms)));
+  call.outputs = tensors(ctx.call(
+      "message_passing_step", {t - 1, call.leaves[0].second, view.centers, view.others, in.strain,
+                               call.leaves[2].second, call.leaves[3].second, view.nodes}));
+  return call;
 }
 
 void ShortRange::forward(const Context& ctx, const Inputs& in, int64_t layers, Communicator& comm) {
@@ -146,24 +157,26 @@ void ShortRange::forward(const Context& ctx, const Inputs& in, int64_t layers, C
   chunks_.clear();
   if (chunk_atoms_ < 0) throw Error("the short range's chunk size must be >= 0 (0: no chunks)");
   if (chunk_atoms_ > 0 && in.n_local > chunk_atoms_) chunks_ = make_chunks(in, chunk_atoms_);
-  // stage t's outputs: in one pass with its graph, or chunk by chunk without
-  auto run = [&](int64_t t, const Stage& inputs, const std::vector<c10::IValue>& whole) {
-    if (chunks_.empty()) {
-      auto out = tensors(ctx.call(t == 0 ? "initial_features" : "message_passing_step", whole));
-      return Stage{out[0], out[1], out[2], inputs.inputs};
-    }
-    torch::NoGradGuard no_graph;  // computed again, chunk by chunk, in the backward
+  // stage t's outputs chunk by chunk, without graphs (computed again in the backward)
+  auto by_chunks = [&](int64_t t, const Stage& inputs) {
+    torch::NoGradGuard no_graph;
+    const auto features = t == 0 ? std::pair<torch::Tensor, torch::Tensor>{} : all_features(inputs);
     std::vector<torch::Tensor> energy, scalar, spherical;
     for (const auto& chunk : chunks_) {
-      auto out = chunk_outputs(ctx, in, t, inputs, chunk);
+      auto out = chunk_call(ctx, in, t, features, chunk).outputs;
       energy.push_back(out[0]);
       scalar.push_back(out[1]);
       spherical.push_back(out[2]);
     }
     return Stage{torch::cat(energy), torch::cat(scalar), torch::cat(spherical), inputs.inputs};
   };
-  stages_.push_back(
-      run(0, Stage{}, {in.positions, in.numbers, in.centers, in.others, in.strain, in.n_local}));
+  if (chunks_.empty()) {
+    auto first = tensors(ctx.call("initial_features", {in.positions, in.numbers, in.centers,
+                                                       in.others, in.strain, in.n_local}));
+    stages_.push_back({first[0], first[1], first[2], {}});
+  } else {
+    stages_.push_back(by_chunks(0, Stage{}));
+  }
   for (int64_t layer = 0; layer < layers; ++layer) {
     const auto& previous = stages_.back();
     auto local_scalar = leaf(previous.scalar);
@@ -180,10 +193,15 @@ void ShortRange::forward(const Context& ctx, const Inputs& in, int64_t layers, C
                   {"local_spherical", local_spherical},
                   {"ghost_scalar", ghost_scalar},
                   {"ghost_spherical", ghost_spherical}}};
-    stages_.push_back(run(layer + 1, inputs,
-                          {layer, in.positions, in.centers, in.others, in.strain,
-                           torch::cat({local_scalar, ghost_scalar}),
-                           torch::cat({local_spherical, ghost_spherical}), in.n_local}));
+    if (!chunks_.empty()) {
+      stages_.push_back(by_chunks(layer + 1, inputs));
+      continue;
+    }
+    auto out = tensors(ctx.call("message_passing_step",
+                                {layer, in.positions, in.centers, in.others, in.strain,
+                                 torch::cat({local_scalar, ghost_scalar}),
+                                 torch::cat({local_spherical, ghost_spherical}), in.n_local}));
+    stages_.push_back({out[0], out[1], out[2], inputs.inputs});
   }
 }
 
@@ -224,14 +242,36 @@ void ShortRange::backward(const Context& ctx, const Inputs& in, torch::Tensor gr
                              {one, grad_scalar, grad_spherical}, leaves);
       for (const auto& [name, tensor] : leaves) summed[name] = grads[name];
     } else {
-      for (const auto& chunk : chunks_) {  // each chunk's graph again, then its gradients
-        auto out = chunk_outputs(ctx, in, t, stage, chunk);
-        auto grads = gradients({out[0].sum(), out[1], out[2]},
+      // each chunk's graph again, its gradients to its own leaves added into the rank's
+      const auto features =
+          t == 0 ? std::pair<torch::Tensor, torch::Tensor>{} : all_features(stage);
+      auto positions = torch::zeros_like(in.positions);
+      auto strain = torch::zeros_like(in.strain);
+      torch::Tensor scalar, spherical;
+      if (t > 0) {
+        scalar = torch::zeros_like(features.first);
+        spherical = torch::zeros_like(features.second);
+      }
+      for (const auto& chunk : chunks_) {
+        auto call = chunk_call(ctx, in, t, features, chunk);
+        auto grads = gradients({call.outputs[0].sum(), call.outputs[1], call.outputs[2]},
                                {one, grad_scalar.slice(0, chunk.begin, chunk.end),
                                 grad_spherical.slice(0, chunk.begin, chunk.end)},
-                               leaves);
-        for (const auto& [name, tensor] : leaves)
-          summed[name] = summed.count(name) ? summed[name] + grads[name] : grads[name];
+                               call.leaves);
+        positions.index_add_(0, call.atoms, grads["positions"]);
+        strain += grads["strain"];
+        if (t > 0) {
+          scalar.index_add_(0, call.atoms, grads["scalar"]);
+          spherical.index_add_(0, call.atoms, grads["spherical"]);
+        }
+      }
+      summed["positions"] = positions;
+      summed["strain"] = strain;
+      if (t > 0) {
+        summed["local_scalar"] = scalar.slice(0, 0, in.n_local);
+        summed["ghost_scalar"] = scalar.slice(0, in.n_local);
+        summed["local_spherical"] = spherical.slice(0, 0, in.n_local);
+        summed["ghost_spherical"] = spherical.slice(0, in.n_local);
       }
     }
     const Gradients grads(std::move(summed));

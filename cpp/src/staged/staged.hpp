@@ -104,10 +104,17 @@ class ShortRange {
                 torch::Tensor& grad_positions, torch::Tensor& grad_strain) const;
 
  private:
-  // stage t's outputs {energy, scalar, spherical} for one chunk's atoms (graph built when
-  // grad mode is on); `stage` holds layer t's feature leaves
-  std::vector<torch::Tensor> chunk_outputs(const Context& ctx, const Inputs& in, int64_t t,
-                                           const Stage& stage, const Chunk& chunk) const;
+  // stage t for one chunk's atoms: outputs {energy, scalar, spherical} (a graph when grad
+  // mode is on) from leaves of the chunk's view (positions, strain; for layers the
+  // features [n_all, ...] of the rank's atoms picked for the view), and the view's atoms
+  struct ChunkCall {
+    std::vector<torch::Tensor> outputs;
+    Leaves leaves;
+    torch::Tensor atoms;  // [n_view] rank indices of the leaves' rows
+  };
+  ChunkCall chunk_call(const Context& ctx, const Inputs& in, int64_t t,
+                       const std::pair<torch::Tensor, torch::Tensor>& features,
+                       const Chunk& chunk) const;
   int64_t chunk_atoms_ = 0;
   std::vector<Chunk> chunks_;  // empty: one pass
   std::vector<Stage> stages_;
