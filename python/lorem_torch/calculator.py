@@ -34,6 +34,7 @@ from .errors import (
     NonFiniteError,
     NotPeriodicError,
     UnknownElementError,
+    UnsupportedPeriodicityError,
     reraise_coded,
 )
 from .export import load_any
@@ -196,6 +197,13 @@ class LoremCalculator(Calculator):
     def _pairs(self, atoms):
         pbc = np.asarray(atoms.get_pbc(), dtype=bool)
         shape = "periodic" if pbc.all() else "non_periodic" if not pbc.any() else "slab"
+        if shape == "slab" and pbc.tolist() != [True, True, False]:
+            # not a slab either: no model takes it, so no export or setting is suggested
+            raise UnsupportedPeriodicityError(
+                f"structure {atoms.get_chemical_formula()} is periodic along {pbc.tolist()}: "
+                "structures must be fully periodic, fully non-periodic, or 2D slabs periodic "
+                "along x and y only (pbc True, True, False)"
+            )
         require(
             self.contract, shape, f"structure {atoms.get_chemical_formula()} (pbc {pbc.tolist()})"
         )
@@ -349,3 +357,23 @@ class LoremCalculator(Calculator):
             stress = numpy(keys.VIRIAL)[0] / abs(np.linalg.det(cell))
             stress = 0.5 * (stress + stress.T)
             self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]].copy()
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """A NaN or infinity in any result is an error, not a number to hand on (inputs are
+        checked before; what passes them and still fails, e.g. coincident atoms with
+        min_distance=0, stops here with the first atom named)."""
+        for name, value in self.results.items():
+            finite = np.isfinite(np.asarray(value))
+            if finite.all():
+                continue
+            self.results = {}
+            where = ""
+            if finite.ndim >= 1 and finite.shape[0] == len(self.atoms):
+                rows = finite.reshape(finite.shape[0], -1).all(axis=1)
+                where = f" (first at atom {int(np.argmin(rows))})"
+            raise NonFiniteError(
+                f"the model gave a non-finite {name}{where}: atoms closer than the model can "
+                f"describe (min_distance is {self.min_distance} A) or a model with non-finite "
+                "weights"
+            )
