@@ -172,6 +172,17 @@ def test_nan_labels(tmp_path):
         load_samples([atoms], 5.0, LabelKeys())
 
 
+def test_bad_structures_name_their_file(tmp_path):
+    """A structure that cannot be evaluated (NaN positions) is named with its file, as a
+    bad label is."""
+    from lorem_torch.errors import NonFiniteError
+
+    atoms = Atoms("H2", positions=[[0, 0, 0], [np.nan, 0, 0]])
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((2, 3)))
+    with pytest.raises(NonFiniteError, match=r"^train.xyz: structure 0 \(H2\) has NaN"):
+        load_samples([atoms], 5.0, LabelKeys(), source="train.xyz")
+
+
 def test_empty_split(tmp_path):
     frames = ase.io.read(DATA, ":2")
     path = tmp_path / "two.xyz"

@@ -147,9 +147,13 @@ def load_samples(
         field = None
         if label_keys.electric_field:
             field = _field_label(atoms, label_keys.electric_field, index, source)
+        try:
+            graph = structure_to_graph(atoms, cutoff, index, slab=slab)
+        except LoremInputError as error:  # the same error, naming the file as the labels do
+            raise type(error)(f"{source}: {error}") from None
         samples.append(
             Sample(
-                graph=structure_to_graph(atoms, cutoff, index, slab=slab),
+                graph=graph,
                 energy=energy,
                 forces=forces,
                 stress=stress,
