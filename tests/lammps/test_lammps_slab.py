@@ -64,28 +64,25 @@ def test_slab_matches_python(slab_files, tmp_path, name, ranks, grid):
     compare(read_single_point(tmp_path, output), reference, True, 1e-8)
 
 
-def test_slab_is_refused_without_a_slab_export(slab_files, tmp_path):
-    _, path = slab_files["plain"]
-    write_data(lammps_slab(), tmp_path / "system.data", SPECIES)
-    script = single_point_script("system.data", path, SPECIES, boundary="p p f")
-    code, output = run(tmp_path, script, 1, check=False)
+def refused_output(slab_files, folder, name, boundary):
+    """LAMMPS' output for the slab with export `name` in `boundary`, which must stop."""
+    _, path = slab_files[name]
+    folder.mkdir(exist_ok=True)
+    write_data(lammps_slab(), folder / "system.data", SPECIES)
+    script = single_point_script("system.data", path, SPECIES, boundary=boundary)
+    code, output = run(folder, script, 1, check=False)
     assert code != 0
+    return output
+
+
+def test_slab_is_refused_without_a_slab_export(slab_files, tmp_path):
+    output = refused_output(slab_files, tmp_path / "plain", "plain", "p p f")
     assert "need an export made with slab (lorem-export --slab" in output
     # and a slab export takes only boundary p p f of the partial ones
-    _, path = slab_files["ewald"]
-    (tmp_path / "shrink").mkdir()
-    write_data(lammps_slab(), tmp_path / "shrink" / "system.data", SPECIES)
-    script = single_point_script("system.data", path, SPECIES, boundary="p p s")
-    code, output = run(tmp_path / "shrink", script, 1, check=False)
-    assert code != 0
+    output = refused_output(slab_files, tmp_path / "shrink", "ewald", "p p s")
     assert "or, for a 2D slab, boundary p p f" in output
     # and a box that no export takes is not sent to lorem-export --slab
-    _, path = slab_files["plain"]
-    (tmp_path / "mixed").mkdir()
-    write_data(lammps_slab(), tmp_path / "mixed" / "system.data", SPECIES)
-    script = single_point_script("system.data", path, SPECIES, boundary="p s p")
-    code, output = run(tmp_path / "mixed", script, 1, check=False)
-    assert code != 0
+    output = refused_output(slab_files, tmp_path / "mixed", "plain", "p s p")
     assert "or, for a 2D slab, boundary p p f" in output and "--slab" not in output
 
 

@@ -67,10 +67,6 @@ std::vector<torch::Tensor> tensors(const c10::IValue& tuple) {
   return out;
 }
 
-}  // namespace
-
-namespace {
-
 // The chunks of local atoms [k c, (k + 1) c) and their pairs (found by one stable sort of
 // the centres, so that each chunk's pairs keep their order). Every centre must be local.
 std::vector<Chunk> make_chunks(const Inputs& in, int64_t chunk_atoms) {
