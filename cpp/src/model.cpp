@@ -275,6 +275,28 @@ void Model::set_short_range_chunk(int64_t atoms) {
 
 namespace {
 
+// A NaN or infinity in what goes back to the engine is an error, not a number to integrate
+// (the inputs were checked; this is what passes them and still fails, e.g. a model with
+// non-finite weights): the first bad row named, per-atom values before forces.
+void check_finite(const Result& result, int64_t n_local) {
+  const std::vector<std::pair<const char*, torch::Tensor>> rows = {
+      {"energy", result.energies.reshape({n_local, 1})},
+      {"force", result.forces},  // local atoms, then ghosts
+      {"Born effective charge", result.born_effective_charges.defined()
+                                    ? result.born_effective_charges.reshape({n_local, 9})
+                                    : torch::zeros({0, 1}, torch::kFloat64)}};
+  for (const auto& [what, values] : rows) {
+    if (values.numel() == 0 || torch::isfinite(values).all().item<bool>()) continue;
+    const auto bad = torch::nonzero(~torch::isfinite(values).all(1)).flatten();
+    throw Error(std::string("the model gave a non-finite ") + what + " (first at row " +
+                std::to_string(bad[0].item<int64_t>()) +
+                " of this rank's atoms, locals first): a model with non-finite weights, or "
+                "atoms in a configuration it cannot describe");
+  }
+  if (!torch::isfinite(result.virial).all().item<bool>())
+    throw Error("the model gave a non-finite virial");
+}
+
 // Refuse pairs closer than the contract allows (and non-finite positions), in float64.
 void check_distances(const System& system, double min_distance) {
   auto positions = system.positions.to(torch::kFloat64);
@@ -427,6 +449,7 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
       }
     }
     timings.transfers += now() - end;  // .to(kCPU) waits for the device
+    check_finite(result, n_local);
     add_timings(timings);
     result.timings = timings;
     return result;

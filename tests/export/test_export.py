@@ -281,3 +281,28 @@ def test_unknown_element_in_cpp(exports):
     atoms = Atoms("OU", positions=[[0, 0, 0], [2.0, 0, 0]])
     with pytest.raises(LoremError, match=r"unknown element.*\[92\]"):
         cpp_evaluate(Model(str(paths["float64"]), RUNTIME_DEVICE), atoms)
+
+
+def test_non_finite_weights_are_not_exported(tmp_path):
+    model = small_model()
+    with torch.no_grad():
+        model.embedding[0, 0] = float("nan")
+    with pytest.raises(ExportError, match=r"non-finite weights \(embedding\)"):
+        export_model(model, tmp_path / "model.pt", "float64")
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_runtime_refuses_a_non_finite_result(exports, tmp_path):
+    """What passes the input checks and still gives NaN (here coincident atoms, with the
+    contract's min_distance set to 0) stops with a named error, not NaN forces."""
+    _, paths = exports
+
+    def no_minimum(metadata):
+        metadata["contract"]["min_distance"] = 0.0
+        return metadata
+
+    path = rewrite_metadata(paths["float64"], tmp_path / "no_minimum.pt", no_minimum)
+    atoms = cluster()
+    atoms.positions[1] = atoms.positions[0]
+    with pytest.raises(LoremError, match=r"non-finite energy \(first at row 0"):
+        cpp_evaluate(Model(str(path), RUNTIME_DEVICE), atoms)

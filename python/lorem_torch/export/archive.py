@@ -86,6 +86,18 @@ def export_model(
         )
     else:
         model = model_from_checkpoint(source, dtype=torch_dtype)
+    # a diverged training's NaN would reach every engine as NaN forces: refuse it here
+    bad = [
+        name
+        for name, value in model.state_dict().items()
+        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
+    if bad:
+        raise ExportError(
+            f"the model has non-finite weights ({', '.join(bad[:4])}"
+            f"{', ...' if len(bad) > 4 else ''}): did its training diverge? export a checkpoint "
+            "from before (lorem-train keeps best.pt)"
+        )
     if long_range is not None:
         try:
             model = model.with_long_range(long_range)
