@@ -8,10 +8,10 @@ per step and peak memory, per setting in a process of its own.
 
 Default model (random weights), float32, exported once per run; the system is one rank
 holding every atom with its periodic images as ghosts (lorem_torch.export.split_into_ranks).
-Memory: on CPU the growth of the process's peak resident set over the step (ru_maxrss
-after minus before: the step's peak, coarse), on CUDA torch's peak allocated bytes during
-the step above what was allocated before it. Time: the best of --repeats steps after one
-warm-up step.
+Memory: on CPU the growth of the process's peak resident set over its first step
+(ru_maxrss after minus before: the step's peak, coarse), on CUDA torch's peak allocated
+bytes during the timed steps above what was allocated before them. Time: the best of
+--repeats steps after the first.
 """
 
 import argparse
@@ -27,10 +27,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 
-def runtime_and_inputs(args):
-    """The runtime Model with its chunk size, and the inputs of Model.compute for one rank
-    holding the whole system (periodic images as ghosts)."""
+def measure(args, timed: bool) -> dict:
+    """One setting in this (fresh) process: the first step's peak (CPU: the growth of the
+    resident set over it, since later steps reuse what it took), and, when timed, the best
+    of --repeats later steps (CUDA: their peak from torch's allocator). The runtime runs as
+    one rank holding the whole system, periodic images as ghosts."""
     import numpy as np
+    import torch
 
     sys.path.insert(0, str(HERE))
     from bench_model import build
@@ -42,6 +45,8 @@ def runtime_and_inputs(args):
     cpp = Model(args.export, args.device)
     cpp.short_range_chunk = args.chunk
     (system,) = split_into_ranks(atoms, cpp.cutoff, np.zeros(len(atoms), dtype=int))
+    # Model.compute in this thread (one process, SingleProcess): a simulated rank's thread
+    # would take memory from a malloc arena of its own and blur the peak
     inputs = (
         system.positions.numpy(),
         system.atomic_numbers.numpy(),
@@ -52,45 +57,34 @@ def runtime_and_inputs(args):
         True,
         system.ghost_index.numpy(),
     )
-    return cpp, inputs, len(atoms), int(system.centers.shape[0])
 
+    def step():
+        return cpp.compute(*inputs)
 
-def one_setting(args) -> dict:
-    """Seconds per step (best of --repeats after a warm-up) and, on CUDA, the step's peak."""
-    import numpy as np
-    import torch
-
-    cpp, inputs, atoms, pairs = runtime_and_inputs(args)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = step()
+    result = {
+        "atoms": len(atoms),
+        "pairs": int(system.centers.shape[0]),
+        "peak_MB": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1e3,
+    }
+    if not timed:
+        return result
     cuda = args.device.startswith("cuda")
-    cpp.compute(*inputs)  # warm-up
-    peak = float("nan")
     if cuda:
         torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
+        allocated = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        out = cpp.compute(*inputs)
+        out = step()
         times.append(time.perf_counter() - start)
     if cuda:
-        peak = (torch.cuda.max_memory_allocated() - before) / 1e6
-    return {
-        "atoms": atoms,
-        "pairs": pairs,
-        "seconds": min(times),
-        "peak_MB": peak,
-        "forces": np.asarray(out["forces"]).tolist(),
-    }
-
-
-def peak_first_step(args) -> dict:
-    """CPU: the growth of a fresh process's peak resident set over its first step (later
-    steps reuse the memory the first one took, so they do not move ru_maxrss)."""
-    cpp, inputs, _, _ = runtime_and_inputs(args)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    cpp.compute(*inputs)
-    return {"peak_MB": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1e3}
+        result["peak_MB"] = (torch.cuda.max_memory_allocated() - allocated) / 1e6
+    result["seconds"] = min(times)
+    result["forces"] = np.asarray(out["forces"]).tolist()
+    return result
 
 
 def main() -> None:
@@ -108,7 +102,7 @@ def main() -> None:
     parser.add_argument("--export", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        result = one_setting(args) if args.one == "timed" else peak_first_step(args)
+        result = measure(args, timed=args.one == "timed")
         print("RESULT " + json.dumps(result))
         return
 
@@ -162,9 +156,7 @@ def main() -> None:
                     return json.loads(line[len("RESULT ") :])
 
                 timed = run("timed")
-                peak = (
-                    timed["peak_MB"] if args.device.startswith("cuda") else run("peak")["peak_MB"]
-                )
+                peak = timed["peak_MB"]
                 forces = np.asarray(timed["forces"])
                 if reference is None:
                     reference = forces

@@ -216,6 +216,43 @@ torch::Tensor ShortRange::energies() const {
   return total;
 }
 
+// Stage t's gradients as gradients() gives them for one pass, chunk by chunk: each
+// chunk's graph again, its gradients to its own leaves added into the rank's.
+Gradients ShortRange::chunk_gradients(const Context& ctx, const Inputs& in, int64_t t,
+                                      const Stage& stage, const torch::Tensor& grad_scalar,
+                                      const torch::Tensor& grad_spherical) const {
+  const auto features = t == 0 ? std::pair<torch::Tensor, torch::Tensor>{} : all_features(stage);
+  const auto one = torch::ones({}, ctx.options);
+  auto positions = torch::zeros_like(in.positions);
+  auto strain = torch::zeros_like(in.strain);
+  torch::Tensor scalar, spherical;
+  if (t > 0) {
+    scalar = torch::zeros_like(features.first);
+    spherical = torch::zeros_like(features.second);
+  }
+  for (const auto& chunk : chunks_) {
+    auto call = chunk_call(ctx, in, t, features, chunk);
+    auto grads = gradients({call.outputs[0].sum(), call.outputs[1], call.outputs[2]},
+                           {one, grad_scalar.slice(0, chunk.begin, chunk.end),
+                            grad_spherical.slice(0, chunk.begin, chunk.end)},
+                           call.leaves);
+    positions.index_add_(0, call.atoms, grads["positions"]);
+    strain += grads["strain"];
+    if (t > 0) {
+      scalar.index_add_(0, call.atoms, grads["scalar"]);
+      spherical.index_add_(0, call.atoms, grads["spherical"]);
+    }
+  }
+  std::map<std::string, torch::Tensor> summed{{"positions", positions}, {"strain", strain}};
+  if (t > 0) {
+    summed["local_scalar"] = scalar.slice(0, 0, in.n_local);
+    summed["ghost_scalar"] = scalar.slice(0, in.n_local);
+    summed["local_spherical"] = spherical.slice(0, 0, in.n_local);
+    summed["ghost_spherical"] = spherical.slice(0, in.n_local);
+  }
+  return Gradients(std::move(summed));
+}
+
 void ShortRange::backward(const Context& ctx, const Inputs& in, torch::Tensor grad_scalar,
                           torch::Tensor grad_spherical, const torch::Tensor& grad_charges,
                           Communicator& comm, torch::Tensor& grad_positions,
@@ -229,48 +266,15 @@ void ShortRange::backward(const Context& ctx, const Inputs& in, torch::Tensor gr
   const auto last = static_cast<int64_t>(stages_.size()) - 1;
   for (int64_t t = last; t >= 0; --t) {
     const auto& stage = stages_[t];
-    Leaves leaves{{"positions", in.positions}, {"strain", in.strain}};
-    leaves.insert(leaves.end(), stage.inputs.begin(), stage.inputs.end());
-    const auto one = torch::ones({}, ctx.options);
-    std::map<std::string, torch::Tensor> summed;
+    Gradients grads;
     if (chunks_.empty()) {
-      auto grads = gradients({stage.energy.sum(), stage.scalar, stage.spherical},
-                             {one, grad_scalar, grad_spherical}, leaves);
-      for (const auto& [name, tensor] : leaves) summed[name] = grads[name];
+      Leaves leaves{{"positions", in.positions}, {"strain", in.strain}};
+      leaves.insert(leaves.end(), stage.inputs.begin(), stage.inputs.end());
+      grads = gradients({stage.energy.sum(), stage.scalar, stage.spherical},
+                        {torch::ones({}, ctx.options), grad_scalar, grad_spherical}, leaves);
     } else {
-      // each chunk's graph again, its gradients to its own leaves added into the rank's
-      const auto features =
-          t == 0 ? std::pair<torch::Tensor, torch::Tensor>{} : all_features(stage);
-      auto positions = torch::zeros_like(in.positions);
-      auto strain = torch::zeros_like(in.strain);
-      torch::Tensor scalar, spherical;
-      if (t > 0) {
-        scalar = torch::zeros_like(features.first);
-        spherical = torch::zeros_like(features.second);
-      }
-      for (const auto& chunk : chunks_) {
-        auto call = chunk_call(ctx, in, t, features, chunk);
-        auto grads = gradients({call.outputs[0].sum(), call.outputs[1], call.outputs[2]},
-                               {one, grad_scalar.slice(0, chunk.begin, chunk.end),
-                                grad_spherical.slice(0, chunk.begin, chunk.end)},
-                               call.leaves);
-        positions.index_add_(0, call.atoms, grads["positions"]);
-        strain += grads["strain"];
-        if (t > 0) {
-          scalar.index_add_(0, call.atoms, grads["scalar"]);
-          spherical.index_add_(0, call.atoms, grads["spherical"]);
-        }
-      }
-      summed["positions"] = positions;
-      summed["strain"] = strain;
-      if (t > 0) {
-        summed["local_scalar"] = scalar.slice(0, 0, in.n_local);
-        summed["ghost_scalar"] = scalar.slice(0, in.n_local);
-        summed["local_spherical"] = spherical.slice(0, 0, in.n_local);
-        summed["ghost_spherical"] = spherical.slice(0, in.n_local);
-      }
+      grads = chunk_gradients(ctx, in, t, stage, grad_scalar, grad_spherical);
     }
-    const Gradients grads(std::move(summed));
     grad_positions = grad_positions + grads["positions"];
     grad_strain = grad_strain + grads["strain"];
     if (t > 0) {  // gradients of ghost features go back to their owners

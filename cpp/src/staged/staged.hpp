@@ -115,6 +115,10 @@ class ShortRange {
   ChunkCall chunk_call(const Context& ctx, const Inputs& in, int64_t t,
                        const std::pair<torch::Tensor, torch::Tensor>& features,
                        const Chunk& chunk) const;
+  // stage t's gradients (as gradients() names them for one pass), chunk by chunk
+  Gradients chunk_gradients(const Context& ctx, const Inputs& in, int64_t t, const Stage& stage,
+                            const torch::Tensor& grad_scalar,
+                            const torch::Tensor& grad_spherical) const;
   int64_t chunk_atoms_ = 0;
   std::vector<Chunk> chunks_;  // empty: one pass
   std::vector<Stage> stages_;
