@@ -440,6 +440,9 @@ void PairLorem::load_model() {
     error->all(FLERR, "pair_style lorem: {}", e.what());
   }
   cutoff_ = model_->contract().cutoff;
+  if (comm->me == 0)
+    for (const auto& advisory : model_->contract().advisories)
+      error->warning(FLERR, "pair_style lorem: {}", advisory);
   // the timing table reports the difference to the last table: a new model starts at zero
   reported_.reset();
   reported_host_ = host_seconds_;

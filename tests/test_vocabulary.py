@@ -45,6 +45,8 @@ def test_cpp_accuracy_bound_and_versions_are_the_python_ones():
     assert cpp.EXPORT_FORMAT == vocabulary.EXPORT_FORMAT
     assert cpp.EXPORT_FORMAT_VERSION == vocabulary.EXPORT_FORMAT_VERSION
     assert cpp.CONTRACT_VERSION == vocabulary.CONTRACT_VERSION
+    assert cpp.EXACT_SCALAR_NORMS == vocabulary.EXACT_SCALAR_NORMS
+    assert vocabulary.NUMERICS == [vocabulary.EXACT_SCALAR_NORMS]
 
 
 def test_python_consumers_use_the_vocabulary():

@@ -81,6 +81,19 @@ Contract Contract::from_metadata(const std::string& metadata_json, const std::st
       contract.capabilities[key] = value.as_bool("capabilities." + key);
     for (const auto& [key, value] : c.at("limitations").as_object("limitations"))
       contract.limitations[key] = value.as_string("limitations." + key);
+    if (c.contains("numerics"))
+      for (const auto& fix : c.at("numerics").as_array("numerics"))
+        contract.numerics.push_back(fix.as_string("a numerics entry"));
+    const auto has_fix = [&](std::string_view fix) {
+      return std::find(contract.numerics.begin(), contract.numerics.end(), fix) !=
+             contract.numerics.end();
+    };
+    if (contract.dtype == torch::kFloat32 && !has_fix(vocabulary::kExactScalarNorms))
+      contract.advisories.push_back(
+          name +
+          " is a float32 export written before the fix of scalar feature norms (lorem-torch "
+          "CHANGELOG): its forces can be off by up to ~0.07 eV/A on a few atoms per thousand; "
+          "export the checkpoint again with lorem-export");
     if (contract.cutoff <= 0.0) throw Error("the cutoff must be positive");
     if (contract.grants("slab") && contract.slab_factor <= 0.0)
       throw Error("the contract grants slab but long_range has no slab_factor");

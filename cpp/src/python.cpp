@@ -73,6 +73,7 @@ PYBIND11_MODULE(_core, m) {
     vocabulary.attr("EXPORT_FORMAT") = std::string(v::kExportFormat);
     vocabulary.attr("EXPORT_FORMAT_VERSION") = v::kExportFormatVersion;
     vocabulary.attr("CONTRACT_VERSION") = v::kContractVersion;
+    vocabulary.attr("EXACT_SCALAR_NORMS") = std::string(v::kExactScalarNorms);
   }
 
   py::class_<lorem::Model>(m, "Model")
@@ -84,6 +85,9 @@ PYBIND11_MODULE(_core, m) {
                              [](const lorem::Model& model) { return model.contract().cutoff; })
       .def_property_readonly(
           "species", [](const lorem::Model& model) { return model.contract().atomic_numbers; })
+      .def_property_readonly(
+          "advisories", [](const lorem::Model& model) { return model.contract().advisories; },
+          "what this export gets wrong, one line each (written before a fix of the numbers)")
       .def_property_readonly("device",
                              [](const lorem::Model& model) { return model.device().str(); })
       .def_property(

@@ -47,6 +47,12 @@ EXPORT_FORMAT_VERSION = 2  # 2: the contract
 # 2: long_range.slab and slab_factor (written only when slab is granted; a contract
 # that grants no slab keeps version 1, which older runtimes read as before)
 CONTRACT_VERSION = 2
+# The contract's "numerics": fixes of the model's own numbers that an export carries in
+# its archived code. An export without one was written before it (consumers warn).
+# exact-scalar-norms: degree-0 norms |x0| without a tolerance (float32 forces were off by
+# up to 7e-2 eV/A on a few atoms per thousand; docs/design.md 1.1).
+EXACT_SCALAR_NORMS = "exact-scalar-norms"
+NUMERICS = [EXACT_SCALAR_NORMS]
 
 
 def torch_dtype(value) -> torch.dtype | None:

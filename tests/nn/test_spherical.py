@@ -33,3 +33,26 @@ def test_norm_has_finite_first_and_second_derivatives_at_zero():
     (grad,) = torch.autograd.grad(degree_wise_norm(y, 6)[0, 2, 0], y)
     block = y.detach()[0, 4:9, 0]
     torch.testing.assert_close(grad[0, 4:9, 0], block / block.norm())
+
+
+def test_degree_zero_norm_has_no_tolerance():
+    # a scalar channel at 1e-6 of the features' norm is genuine: its norm is |x0| and its
+    # gradient sign(x0), in float32 as in float64 (degree 0 never vanishes by symmetry)
+    x = torch.randn(1, 49, 2, dtype=torch.float64)
+    x[0, 0, 0] = -1e-6 * x.norm()
+    for dtype in (torch.float64, torch.float32):
+        y = x.to(dtype).clone().requires_grad_(True)
+        norms = degree_wise_norm(y, 6)
+        (grad,) = torch.autograd.grad(norms[0, 0, 0], y)
+        assert float(norms[0, 0, 0].detach()) == abs(float(y[0, 0, 0].detach()))
+        assert float(grad[0, 0, 0]) == -1.0
+    # an exact zero stays the central difference, 0
+    x[0, 0, 0] = 0.0
+    y = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(degree_wise_norm(y, 6)[0, 0, 0], y)
+    assert float(grad[0, 0, 0]) == 0.0
+
+
+def test_norm_with_max_degree_zero_is_abs():
+    x = torch.tensor([[[-2.0, 0.5]]], dtype=torch.float64)
+    torch.testing.assert_close(degree_wise_norm(x, 0), x.abs())

@@ -36,6 +36,11 @@ struct Contract {
   std::vector<std::string> methods;
   std::map<std::string, bool> capabilities;
   std::map<std::string, std::string> limitations;
+  // Fixes of the model's numbers carried in the export's code (absent before them), and
+  // for each one missing where it matters a line saying what the export gets wrong
+  // (python/lorem_torch/export/contract.py stale_export_advisories; LAMMPS warns).
+  std::vector<std::string> numerics;
+  std::vector<std::string> advisories;
 
   // Parse and check metadata.json (format, version, units, every field); `name` (the
   // file) prefixes every error.

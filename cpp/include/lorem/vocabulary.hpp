@@ -38,6 +38,9 @@ inline constexpr double kMaxAccuracy = 1e-2;
 inline constexpr std::string_view kExportFormat = "lorem-torch-export";
 inline constexpr int64_t kExportFormatVersion = 2;
 inline constexpr int64_t kContractVersion = 2;
+// The contract's "numerics": fixes carried in an export's archived code (absent from
+// exports written before them). exact-scalar-norms: degree-0 norms without a tolerance.
+inline constexpr std::string_view kExactScalarNorms = "exact-scalar-norms";
 
 // The torch dtype of a dtype name, or nothing.
 inline std::optional<c10::ScalarType> dtype_of(std::string_view name) {

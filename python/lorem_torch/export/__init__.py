@@ -2,7 +2,7 @@
 files), the staged module, and a system split over ranks for the C++ runtime's simulated
 ranks."""
 
-from .archive import ExportError, export_model, load_exported, read_metadata
+from .archive import ExportError, StaleExportWarning, export_model, load_exported, read_metadata
 from .contract import CapabilityError, contract_of, require
 from .loading import load_any
 from .ranks import RankResult, RankSystem, evaluate_ranks, split_into_ranks
@@ -14,6 +14,7 @@ __all__ = [
     "ExportedLorem",
     "RankResult",
     "RankSystem",
+    "StaleExportWarning",
     "contract_of",
     "evaluate_ranks",
     "export_model",

@@ -11,6 +11,7 @@ import datetime
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
@@ -33,7 +34,7 @@ from ..vocabulary import (
     LONG_RANGE_METHODS,
     NO_LONG_RANGE,
 )
-from .contract import check_contract, contract_of, exported_methods
+from .contract import check_contract, contract_of, exported_methods, stale_export_advisories
 from .staged import ExportedLorem, ExportedLoremBEC
 
 METADATA_FILE = "metadata.json"
@@ -41,6 +42,11 @@ METADATA_FILE = "metadata.json"
 
 class ExportError(ValueError):
     """A file that is not a lorem-torch export, or one this version cannot use."""
+
+
+class StaleExportWarning(UserWarning):
+    """An export written before a fix of the model's numbers: it runs, and the message
+    says what it gets wrong and how to write it again."""
 
 
 def weight_hash(model: torch.nn.Module) -> str:
@@ -171,8 +177,12 @@ def check_metadata(metadata: Dict[str, Any], name: str) -> Dict[str, Any]:
 def load_exported(
     path: str | Path, device: str = "cpu"
 ) -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
-    """Load an export after checking its metadata; returns (module, metadata)."""
+    """Load an export after checking its metadata; returns (module, metadata). An
+    export written before a fix of the model's numbers is loaded with a StaleExportWarning
+    naming what it gets wrong."""
     metadata = read_metadata(path)
+    for advisory in stale_export_advisories(metadata["contract"], str(path)):
+        warnings.warn(advisory, StaleExportWarning, stacklevel=2)
     module = torch.jit.load(str(path), map_location=device)
     return module, metadata
 

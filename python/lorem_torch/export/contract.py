@@ -29,6 +29,9 @@ Fields (all plain JSON):
   outputs                 what the model computes
   methods                 the TorchScript methods of the export (read from the module)
   capabilities            {name: bool}; for each false one, limitations[name] says why
+  numerics                fixes of the model's numbers carried in the archived code
+                          (vocabulary.NUMERICS); optional: older exports lack it and
+                          consumers warn where that matters (stale_export_advisories)
 """
 
 from typing import Any, Dict, List
@@ -42,8 +45,10 @@ from ..vocabulary import (
     DEFAULT_MIN_DISTANCE,
     DIRECT_SUM,
     EWALD,
+    EXACT_SCALAR_NORMS,
     LONG_RANGE_METHODS,
     NO_LONG_RANGE,
+    NUMERICS,
     dtype_name,
 )
 
@@ -128,7 +133,22 @@ def contract_of(model, dtype: torch.dtype, methods: List[str]) -> Dict[str, Any]
         "methods": sorted(methods),
         "capabilities": capabilities,
         "limitations": {k: v for k, v in limitations.items() if not capabilities[k]},
+        "numerics": list(NUMERICS),
     }
+
+
+def stale_export_advisories(contract: Dict[str, Any], name: str) -> List[str]:
+    """What an export written before a fix of the model's numbers gets wrong, one line
+    each (the C++ runtime's copy: Contract::advisories, cpp/src/contract.cpp)."""
+    numerics = contract.get("numerics", [])
+    advisories = []
+    if contract["dtype"] == "float32" and EXACT_SCALAR_NORMS not in numerics:
+        advisories.append(
+            f"{name} is a float32 export written before the fix of scalar feature norms "
+            "(lorem-torch CHANGELOG): its forces can be off by up to ~0.07 eV/A on a few atoms "
+            "per thousand; export the checkpoint again with lorem-export"
+        )
+    return advisories
 
 
 def require(contract: Dict[str, Any], capability: str, where: str = "") -> None:

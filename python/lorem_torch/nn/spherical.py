@@ -300,10 +300,19 @@ def degree_wise_norm(x: torch.Tensor, max_degree: int) -> torch.Tensor:
     comes out of the sums as round-off, whose direction differs between code paths
     (Python, C++, LAMMPS, ranks, dtypes), and the norm's gradient x / |x| would turn
     it into forces and stresses of order one in that direction. Blocks below a
-    tolerance relative to the atom's whole norm count as zero:
+    tolerance relative to the atom's whole norm count as zero (degrees 1 and up):
     every path then returns the same derivative at the kink, the central difference
-    (docs/design.md, "Kinks at symmetric structures").
+    (docs/design.md, "Kinks at symmetric structures"). Degree 0, an invariant, is
+    |x0| with no tolerance.
     """
+    # Degree 0 is |x0|, with no tolerance: an invariant never vanishes by symmetry, and
+    # |x0| has its kink wherever a channel's x0 crosses zero, in any structure. A
+    # tolerance there zeroed genuine values and their gradient sign(x0): in float32,
+    # forces off by up to 7e-2 eV/A on a few atoms per thousand of a trained water model
+    # (docs/design.md 1.1). abs: sign(0) = 0 at an exact zero, as in the reference.
+    degree_zero = x[:, :1, :].abs()
+    if max_degree == 0:
+        return degree_zero
     squares = x * x
     # split, not one slice per degree: the backward of a slice is a zero-filled copy of
     # the whole [N, (L+1)**2, F] per degree, that of split one concatenation
@@ -316,9 +325,12 @@ def degree_wise_norm(x: torch.Tensor, max_degree: int) -> torch.Tensor:
     # epsilon): up to ~20 in the short range and in the long-range products of 1- and
     # 8-atom cells, ~1000 in those of a 64-atom NaCl cell (it grows with the sums).
     # float64: 1e-10 (4.5e5 epsilon; a genuine block that small moves energies by ~1e-10
-    # relative); float32: 3e-5 (250 epsilon; moved energies by 0-1 ulp where measured).
+    # relative); float32: 3e-5 (250 epsilon). A 3-component block that small by chance
+    # is rare (~(3e-5)^3), unlike a scalar near zero.
     relative = 1e-10 if x.dtype == torch.float64 else 3e-5
     whole = sum_of_squares.sum(dim=2, keepdim=True).sum(dim=1, keepdim=True)
-    positive = sum_of_squares > relative * relative * whole
-    safe = torch.where(positive, sum_of_squares, torch.ones_like(sum_of_squares))
-    return torch.where(positive, torch.sqrt(safe), torch.zeros_like(sum_of_squares))
+    higher = sum_of_squares[:, 1:]
+    positive = higher > relative * relative * whole
+    safe = torch.where(positive, higher, torch.ones_like(higher))
+    norms = torch.where(positive, torch.sqrt(safe), torch.zeros_like(higher))
+    return torch.cat([degree_zero, norms], dim=1)
