@@ -226,3 +226,25 @@ def test_calculator_switches_an_exports_method_for_every_copy(tmp_path):
         assert atoms.calc.model_long_range_method() == method
         assert atoms.get_potential_energy() == pytest.approx(float(reference["energy"]), abs=1e-12)
         np.testing.assert_allclose(atoms.get_forces(), reference["forces"].numpy(), atol=1e-12)
+
+
+def test_other_long_range_settings_keep_the_reference_path():
+    # with_long_range rebuilds the model: use_fused_operators(False) must survive it, or a
+    # comparison of the fused path with the reference would compare the fused with itself
+    from lorem_torch.models.lorem import FUSED_SWITCHES
+
+    for method in ("pme", "ewald", {"accuracy": 1e-8}):
+        rebuilt = small_model().use_fused_operators(False).with_long_range(method)
+        values = [
+            getattr(module, switch)
+            for module in rebuilt.modules()
+            for switch in FUSED_SWITCHES
+            if hasattr(module, switch)
+        ]
+        assert values and not any(values), method
+        assert all(
+            getattr(module, switch)
+            for module in small_model().with_long_range(method).modules()
+            for switch in FUSED_SWITCHES
+            if hasattr(module, switch)
+        )

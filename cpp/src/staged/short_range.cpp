@@ -298,12 +298,14 @@ torch::Tensor born_effective_charges(const Context& ctx, const ShortRange& short
   if (potentials.defined())
     apt = apt + ctx.tensor("long_range_apt", {short_range.final_stage().spherical, potentials});
   // the acoustic sum rule over the whole system: 9 sums and the atom count, all ranks
-  // (the count on apt's device: torch::cat refuses tensors on two devices)
+  // (the count on apt's device: torch::cat refuses tensors on two devices). In float64,
+  // rounded once, as models/bec.py acoustic_sum_rule: N subtractions of a mean rounded to
+  // float32 leave a sum of N times its rounding
+  const auto wide = apt.to(torch::kFloat64);
   auto totals = comm.all_reduce_sum(torch::cat(
-      {apt.sum(0).reshape({9}).to(torch::kFloat64),
-       torch::full({1}, static_cast<double>(n_local), apt.options().dtype(torch::kFloat64))}));
+      {wide.sum(0).reshape({9}), torch::full({1}, static_cast<double>(n_local), wide.options())}));
   const double count = std::max(1.0, totals[9].item<double>());
-  return apt - (totals.slice(0, 0, 9).reshape({1, 3, 3}) / count).to(ctx.options);
+  return (wide - totals.slice(0, 0, 9).reshape({1, 3, 3}) / count).to(ctx.options);
 }
 
 }  // namespace lorem::staged

@@ -519,7 +519,29 @@ class Lorem(ConstantsModule):
         parameter = next(self.parameters())
         model = type(self)(**config, baseline=baseline).to(dtype=parameter.dtype)
         model.load_state_dict(self.state_dict())
+        model.copy_operator_switches(self)
         return model.to(device=parameter.device)
+
+    @torch.jit.unused
+    def copy_operator_switches(self, source: "Lorem") -> None:
+        """The fused/reference switches of `source`, module by module (a module `source`
+        lacks, e.g. a PME made by with_long_range, takes the common setting when all of
+        source's switches agree): a rebuilt model keeps use_fused_operators(False)."""
+        switches = {
+            (name, switch): bool(getattr(module, switch))
+            for name, module in source.named_modules()
+            for switch in FUSED_SWITCHES
+            if hasattr(module, switch)
+        }
+        common = set(switches.values())
+        for name, module in self.named_modules():
+            for switch in FUSED_SWITCHES:
+                if not hasattr(module, switch):
+                    continue
+                if (name, switch) in switches:
+                    setattr(module, switch, switches[(name, switch)])
+                elif len(common) == 1:
+                    setattr(module, switch, next(iter(common)))
 
     @torch.jit.unused
     def use_fused_operators(self, enabled: bool = True) -> "Lorem":
