@@ -360,6 +360,15 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
   staged::Inputs in;
   auto origin =
       torch::tensor({system.origin[0], system.origin[1], system.origin[2]}, torch::kFloat64);
+  if (system.slab) {
+    // z of a slab has no lattice to wrap by: the origin's z is the atoms' mean z over all
+    // ranks (data/graph.py model_frame_offsets, the same), so that a float32 model keeps
+    // its precision where a slab sits far from z = 0 (forces off by 4e-3 eV/A at 1000 A)
+    const auto local_z = system.positions.slice(0, 0, n_local).select(1, 2).to(torch::kFloat64);
+    const auto sums = comm.all_reduce_sum(torch::stack(
+        {local_z.sum(), torch::tensor(static_cast<double>(n_local), torch::kFloat64)}));
+    origin[2] = sums[0] / std::max(1.0, sums[1].item<double>());
+  }
   in.positions =
       (system.positions.to(torch::kFloat64) - origin).to(ctx.options).requires_grad_(true);
   in.numbers = system.atomic_numbers.to(ctx.index_options);

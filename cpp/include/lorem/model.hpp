@@ -52,7 +52,8 @@ struct System {
   bool slab = false;
   // Subtracted from the positions (in float64) before they are cast to the model's
   // dtype, so that float32 models keep their precision far from zero. Every rank
-  // must use the same point (the energy is translation invariant).
+  // must use the same point (the energy is translation invariant). For a slab, its z is
+  // replaced by the atoms' mean z over all ranks (z has no lattice to wrap by).
   std::array<double, 3> origin{0.0, 0.0, 0.0};
   // Born effective charges (models whose contract grants "electric_field"): computed
   // when wanted or when a uniform field (V/Angstrom) is applied, which adds the forces
