@@ -7,13 +7,21 @@ test_float32_kinks.py); a float64 one is off only in a 1e-10 band, so it is not 
 
 import warnings
 
+import numpy as np
 import pytest
 from conftest import small_model, triclinic_water
 from lammps_run import run, single_point_script, write_data
 from lorem_torch._core import Model
 
 from lorem_torch import LoremCalculator
-from lorem_torch.export import StaleExportWarning, export_model, load_exported, read_metadata
+from lorem_torch.export import (
+    StaleExportWarning,
+    evaluate_ranks,
+    export_model,
+    load_exported,
+    read_metadata,
+    split_into_ranks,
+)
 from lorem_torch.vocabulary import EXACT_SCALAR_NORMS
 
 SPECIES = [1, 8]
@@ -47,6 +55,9 @@ def test_new_exports_carry_the_fix_and_load_quietly(exports):
             warnings.simplefilter("error", StaleExportWarning)
             load_exported(exports[dtype])
             LoremCalculator(exports[dtype])
+            water = triclinic_water()
+            systems = split_into_ranks(water, 5.0, np.zeros(len(water), dtype=int))
+            evaluate_ranks(exports[dtype], systems, water.cell.array, True)
         assert Model(str(exports[dtype])).advisories == []
 
 
@@ -61,6 +72,9 @@ def test_an_old_float32_export_is_named_by_every_consumer(exports):
     assert abs(atoms.get_potential_energy()) > 0  # it runs
     (advisory,) = Model(str(path)).advisories
     assert str(path) in advisory and "lorem-export" in advisory
+    systems = split_into_ranks(atoms, 5.0, np.arange(len(atoms)) % 2)
+    with pytest.warns(StaleExportWarning, match="written before the fix"):
+        evaluate_ranks(path, systems, atoms.cell.array, True)
 
 
 def test_an_old_float64_export_is_not_warned(exports):

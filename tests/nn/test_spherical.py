@@ -54,5 +54,6 @@ def test_degree_zero_norm_has_no_tolerance():
 
 
 def test_norm_with_max_degree_zero_is_abs():
-    x = torch.tensor([[[-2.0, 0.5]]], dtype=torch.float64)
-    torch.testing.assert_close(degree_wise_norm(x, 0), x.abs())
+    for dtype in (torch.float64, torch.float32):
+        x = torch.tensor([[[-2.0, 0.5, 1e-6, -1e-7]]], dtype=dtype)  # small ones are genuine
+        torch.testing.assert_close(degree_wise_norm(x, 0), x.abs(), rtol=0, atol=0)

@@ -190,7 +190,7 @@ class Model {
 // (header_interface(), inlined where it is compiled) with the loaded library's
 // (runtime_interface()) and stops with both named, instead of reading memory that
 // another lorem-torch laid out otherwise.
-constexpr int64_t kRuntimeInterfaceVersion = 20261208;
+constexpr int64_t kRuntimeInterfaceVersion = 20261209;  // Contract numerics, advisories
 struct RuntimeInterface {
   int64_t version = 0;
   int64_t system = 0, timings = 0, result = 0, model = 0;  // sizeof of each

@@ -187,6 +187,9 @@ def check_contract(contract: Any, name: str, error=ValueError) -> Dict[str, Any]
     ):
         if key not in contract:
             raise error(f"{name}: the export's contract lacks '{key}'")
+    numerics = contract.get("numerics", [])
+    if not isinstance(numerics, list) or not all(isinstance(x, str) for x in numerics):
+        raise error(f"{name}: the export's contract has numerics {numerics!r}, not a list of names")
     if contract["units"] != {"energy": "eV", "length": "Angstrom"}:
         raise error(f"{name}: units {contract['units']} are not eV and Angstrom")
     return contract

@@ -5,11 +5,14 @@ LAMMPS runs, every stage of docs/design.md section 4 (Ewald, PME, direct sum, sl
 message passing, Born effective charges), without MPI.
 """
 
+import warnings
 from dataclasses import dataclass
 from typing import List, Sequence
 
 import numpy as np
 import torch
+
+from .archive import StaleExportWarning
 
 
 @dataclass
@@ -55,6 +58,8 @@ def evaluate_ranks(
 
     if not isinstance(model, _core.Model):
         model = _core.Model(str(model))
+    for advisory in model.advisories:
+        warnings.warn(advisory, StaleExportWarning, stacklevel=2)
     ranks = [
         {
             "positions": s.positions.detach().double().numpy(),
