@@ -8,8 +8,8 @@ CHECKPOINT: a trained model of water (e.g. `lorem-train examples/configs/water.y
 --epochs 400 --output runs/water`, then runs/water/best.pt); the boxes are the first
 frame of examples/data/water-64.xyz repeated n x n x n and rattled. Per box it prints,
 in eV/A: |F32 - F64| max and rms over atoms, the atoms above 1e-3, and "positions only":
-the float64 model given positions rounded to float32 (the part of the difference that
-comes from the inputs, not the arithmetic). The energy difference per atom in eV.
+the float64 model given the positions rounded to float32 in the model's frame (the part
+of the difference that comes from the inputs, not the arithmetic). The energy difference per atom in eV.
 """
 
 import argparse
@@ -25,6 +25,7 @@ def main() -> None:
     import ase.io
 
     from lorem_torch import LoremCalculator
+    from lorem_torch.data import model_frame_offsets
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
@@ -42,8 +43,12 @@ def main() -> None:
         atoms = base.repeat((n, n, n))
         rng = np.random.default_rng(0)
         atoms.positions += rng.normal(scale=args.rattle, size=atoms.positions.shape)
+        # the positions as the model sees them (data.model_frame_offsets, in float64),
+        # rounded to float32 and put back where they were
+        offsets = model_frame_offsets(atoms.positions, atoms.cell.array, True)
+        frame = atoms.positions - offsets
         rounded = atoms.copy()
-        rounded.positions = atoms.positions.astype(np.float32).astype(np.float64)
+        rounded.positions = frame.astype(np.float32).astype(np.float64) + offsets
         start = time.perf_counter()
         results = {}
         for name, structure, dtype in (

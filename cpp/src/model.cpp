@@ -360,6 +360,13 @@ Result Model::compute(const System& system, Communicator& outer_comm, bool compu
   staged::Inputs in;
   auto origin =
       torch::tensor({system.origin[0], system.origin[1], system.origin[2]}, torch::kFloat64);
+  if (system.periodic) {
+    // the cell's centre as the origin, as data/graph.py model_frame_offsets: float32's
+    // spacing grows with |r|, and the positions' rounding is nearly all of a float32
+    // model's force error (docs/design.md 1.12); a PME mesh then sits where Python puts it
+    const auto cell = system.cell.to(torch::kCPU, torch::kFloat64);
+    origin = origin + 0.5 * (cell[0] + cell[1] + (system.slab ? 0.0 : 1.0) * cell[2]);
+  }
   if (system.slab) {
     // z of a slab has no lattice to wrap by: the origin's z is the atoms' mean z over all
     // ranks (data/graph.py model_frame_offsets, the same), so that a float32 model keeps

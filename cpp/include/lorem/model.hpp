@@ -52,8 +52,9 @@ struct System {
   bool slab = false;
   // Subtracted from the positions (in float64) before they are cast to the model's
   // dtype, so that float32 models keep their precision far from zero. Every rank
-  // must use the same point (the energy is translation invariant). For a slab, its z is
-  // replaced by the atoms' mean z over all ranks (z has no lattice to wrap by).
+  // must use the same point (the energy is translation invariant). A periodic cell's
+  // centre is added to it ((a + b + c) / 2; halves float32's spacing), and for a slab its
+  // z is replaced by the atoms' mean z over all ranks (z has no lattice to wrap by).
   std::array<double, 3> origin{0.0, 0.0, 0.0};
   // Born effective charges (models whose contract grants "electric_field"): computed
   // when wanted or when a uniform field (V/Angstrom) is applied, which adds the forces

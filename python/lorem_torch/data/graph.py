@@ -85,11 +85,15 @@ def model_frame_offsets(
     on where a structure sits. Non-periodic: every atom moves by the same vector, the
     per-coordinate median (robust to a few far-away atoms), which changes no distance.
     Periodic: each atom moves by the lattice vector that brings it into the cell,
-    which changes no periodic image (the neighbour list is built afterwards). A slab:
-    the lattice vector along a and b, and along z (which must not wrap) the atoms' mean z
-    for every atom, as the C++ runtime does (cpp/src/model.cpp): a float32 slab at
-    z ~ 1000 A had forces off by 4e-3 eV/A. Energy, forces and stress are invariant under
-    all three.
+    which changes no periodic image (the neighbour list is built afterwards), and then
+    every atom by half the cell's diagonal (a + b + c) / 2, so that the cell's centre is
+    the origin: float32's spacing grows with |r|, and centred coordinates halve it (the
+    float32 force error of water boxes, which is nearly all the positions' rounding,
+    halved: docs/design.md 1.12). A slab: the lattice vector along a and b and (a + b) / 2,
+    and along z (which must not wrap) the atoms' mean z (a float32 slab at z ~ 1000 A had
+    forces off by 4e-3 eV/A). The C++ runtime moves its origin the same way
+    (cpp/src/model.cpp), so a PME mesh sits where Python puts it. Energy, forces and stress
+    are invariant under all of them.
     """
     positions = np.asarray(positions, dtype=np.float64)
     if not periodic:
@@ -97,10 +101,16 @@ def model_frame_offsets(
     fractional = np.linalg.solve(cell.T, positions.T).T  # positions = fractional @ cell
     if slab:
         fractional[:, 2] = 0.0
-    offsets = np.floor(fractional) @ cell
+    offsets = np.floor(fractional) @ cell + 0.5 * cell_centre_diagonal(cell, slab)
     if slab and len(positions):
         offsets[:, 2] += positions[:, 2].mean()
     return offsets
+
+
+def cell_centre_diagonal(cell: np.ndarray, slab: bool) -> np.ndarray:
+    """[3] a + b + c (a + b for a slab, whose z is centred on its atoms instead)."""
+    rows = np.asarray(cell, dtype=np.float64)
+    return rows[0] + rows[1] + (0.0 if slab else rows[2])
 
 
 def is_slab(atoms) -> bool:
