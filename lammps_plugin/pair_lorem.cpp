@@ -795,8 +795,9 @@ void PairLorem::compute(int eflag, int vflag) {
   system.slab = domain->xperiodic && domain->yperiodic && !domain->zperiodic;
   system.periodic = (domain->xperiodic && domain->yperiodic && domain->zperiodic) || system.slab;
   // a point shared by all ranks, so that float32 models lose no precision far from zero:
-  // the box origin when periodic or a slab (a lattice point: a PME mesh sits where Python
-  // puts it; along z of a slab any common point will do), the box centre otherwise
+  // the box origin when periodic or a slab (a lattice point; the runtime adds the cell's
+  // centre, and for a slab takes the atoms' mean z, as Python does, so that a PME mesh
+  // sits where Python puts it), the box centre otherwise
   if (system.periodic) {
     system.origin = {domain->boxlo[0], domain->boxlo[1], domain->boxlo[2]};
   } else {

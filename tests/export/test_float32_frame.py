@@ -1,9 +1,8 @@
 """The model's frame: positions are moved in float64 before the cast to the model's dtype
 so that float32 keeps its digits (docs/design.md 1.12). A periodic cell's centre is the
 origin (lattice vectors per atom, then half the cell's diagonal); a slab's z is centred on
-its atoms' mean. Python (data.model_frame_offsets) and the C++ runtime move the same way:
-their float32 results then differ by the arithmetic's order only, far less than float32
-differs from float64."""
+its atoms' mean. Python (data.model_frame_offsets) and the C++ runtime must move the
+same way, as a PME mesh sits at the frame's origin."""
 
 import numpy as np
 import pytest
