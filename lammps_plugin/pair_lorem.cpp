@@ -612,35 +612,31 @@ void PairLorem::check_pairs_kept() {
   for (int k = 1; k <= 3; ++k)
     dropped[k] = force->special_lj[k] == 0.0 && force->special_coul[k] == 0.0;
   if (!dropped[1] && !dropped[2] && !dropped[3]) return;
-  // local atoms of this style's types that have such neighbours (1-2, 1-3, 1-4)
-  int found = 0;
+  // the 1-(k+1) level (1, 2, 3; 0: none) of a dropped bonded neighbour of a local atom of
+  // this style's types
   int level = 0;
   if (atom->molecular == Atom::MOLECULAR && atom->nspecial) {
-    for (int i = 0; i < atom->nlocal && !found; ++i) {
+    for (int i = 0; i < atom->nlocal && !level; ++i) {
       if (type_to_z_[atom->type[i]] <= 0) continue;
       const int counts[4] = {0, atom->nspecial[i][0], atom->nspecial[i][1] - atom->nspecial[i][0],
                              atom->nspecial[i][2] - atom->nspecial[i][1]};
-      for (int k = 1; k <= 3; ++k)
-        if (dropped[k] && counts[k] > 0) {
-          found = 1;
-          level = k;
-          break;
-        }
+      for (int k = 1; k <= 3 && !level; ++k)
+        if (dropped[k] && counts[k] > 0) level = k;
     }
   } else if (atom->nbonds > 0 || atom->nangles > 0 || atom->ndihedrals > 0) {
-    found = 1;  // molecule templates: no per-atom lists to look at
+    // molecule templates: no per-atom lists to look at, the first dropped level
     for (int k = 3; k >= 1; --k)
       if (dropped[k]) level = k;
   }
-  int levels[2] = {found, level}, any[2] = {0, 0};
-  MPI_Allreduce(levels, any, 2, MPI_INT, MPI_MAX, world);
-  if (any[0])
+  int any = 0;
+  MPI_Allreduce(&level, &any, 1, MPI_INT, MPI_MAX, world);
+  if (any)
     error->all(FLERR,
                "pair_style lorem: special_bonds weights of 0 for 1-{} pairs remove bonded "
                "neighbours of its atoms from the neighbour list, and the model would not see "
                "them: use special_bonds lj/coul 1.0 1.0 1.0 (the model takes every pair within "
                "its cutoff, whatever the weights)",
-               any[1] + 1);
+               any + 1);
 }
 
 // pair_coeff's elements against the types' masses: a swapped element order

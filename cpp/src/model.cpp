@@ -286,8 +286,10 @@ void check_finite(const Result& result, int64_t n_local) {
                                     ? result.born_effective_charges.reshape({n_local, 9})
                                     : torch::zeros({0, 1}, torch::kFloat64)}};
   for (const auto& [what, values] : rows) {
-    if (values.numel() == 0 || torch::isfinite(values).all().item<bool>()) continue;
-    const auto bad = torch::nonzero(~torch::isfinite(values).all(1)).flatten();
+    if (values.numel() == 0) continue;
+    const auto finite_rows = torch::isfinite(values).all(1);
+    if (finite_rows.all().item<bool>()) continue;
+    const auto bad = torch::nonzero(~finite_rows).flatten();
     throw Error(std::string("the model gave a non-finite ") + what + " (first at row " +
                 std::to_string(bad[0].item<int64_t>()) +
                 " of this rank's atoms, locals first): a model with non-finite weights, or "

@@ -20,6 +20,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from . import keys
 from .data import (
     DEFAULT_MIN_DISTANCE,
+    check_periodicity,
     check_structure,
     is_slab,
     model_frame_offsets,
@@ -34,7 +35,6 @@ from .errors import (
     NonFiniteError,
     NotPeriodicError,
     UnknownElementError,
-    UnsupportedPeriodicityError,
     reraise_coded,
 )
 from .export import load_any
@@ -197,13 +197,8 @@ class LoremCalculator(Calculator):
     def _pairs(self, atoms):
         pbc = np.asarray(atoms.get_pbc(), dtype=bool)
         shape = "periodic" if pbc.all() else "non_periodic" if not pbc.any() else "slab"
-        if shape == "slab" and pbc.tolist() != [True, True, False]:
-            # not a slab either: no model takes it, so no export or setting is suggested
-            raise UnsupportedPeriodicityError(
-                f"structure {atoms.get_chemical_formula()} is periodic along {pbc.tolist()}: "
-                "structures must be fully periodic, fully non-periodic, or 2D slabs periodic "
-                "along x and y only (pbc True, True, False)"
-            )
+        # before the contract's slab capability: what no model takes is refused as such
+        check_periodicity(pbc, f"structure {atoms.get_chemical_formula()}")
         require(
             self.contract, shape, f"structure {atoms.get_chemical_formula()} (pbc {pbc.tolist()})"
         )

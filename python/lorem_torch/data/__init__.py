@@ -3,6 +3,7 @@
 from .graph import (
     DEFAULT_MIN_DISTANCE,
     atoms_to_graph,
+    check_periodicity,
     check_structure,
     collate,
     is_slab,
@@ -14,6 +15,7 @@ from .graph import (
 __all__ = [
     "DEFAULT_MIN_DISTANCE",
     "atoms_to_graph",
+    "check_periodicity",
     "check_structure",
     "collate",
     "is_slab",

@@ -138,6 +138,7 @@ def check_structure(atoms, index: int = 0, slab: bool = False) -> bool:
         bad = np.where(~np.isfinite(positions).all(axis=1))[0]
         raise NonFiniteError(f"{name} has NaN or infinite positions (atoms {bad[:10].tolist()})")
     pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+    check_periodicity(pbc, name)
     if pbc.any() and not pbc.all():
         if not slab:
             raise UnsupportedPeriodicityError(
@@ -161,15 +162,22 @@ def check_structure(atoms, index: int = 0, slab: bool = False) -> bool:
     return periodic
 
 
-def _check_slab(atoms, name: str) -> None:
-    """A slab: periodic along x and y, its cell's a and b in the xy plane, c along z with
-    a height that holds the atoms (the k-space cell is c * slab_factor tall)."""
-    pbc = np.asarray(atoms.get_pbc(), dtype=bool)
-    if pbc.tolist() != [True, True, False]:
+def check_periodicity(pbc, name: str) -> None:
+    """Fully periodic, fully open, or a 2D slab (pbc True, True, False): no model runs
+    anything else, so no setting or export is suggested for it."""
+    pbc = [bool(p) for p in pbc]
+    if any(pbc) and not all(pbc) and pbc != [True, True, False]:
         raise UnsupportedPeriodicityError(
-            f"{name} is periodic along {pbc.tolist()}: a 2D slab must be periodic along x "
-            "and y and open along z (pbc True, True, False)"
+            f"{name} is periodic along {pbc}: structures must be fully periodic, fully "
+            "non-periodic, or 2D slabs periodic along x and y and open along z (pbc True, "
+            "True, False)"
         )
+
+
+def _check_slab(atoms, name: str) -> None:
+    """A slab (pbc True, True, False: check_periodicity): its cell's a and b in the xy
+    plane, c along z with a height that holds the atoms (the k-space cell is
+    c * slab_factor tall)."""
     cell = atoms.get_cell().array
     if not np.isfinite(cell).all():
         raise NonFiniteError(f"{name} has a NaN or infinite cell")
